@@ -1,0 +1,117 @@
+"""Pack chunks into numbered batches of at most ``batch_size`` inputs.
+
+Batches are numbered in read order, so the writer can put answers back in
+that order whatever order the API answers in. Records that failed while
+being read or cut ride along in the batch of their stretch of input, and
+each batch says how many records it completes and how far each file is done.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Awaitable, Callable, Iterable
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from .types import END_OF_FILE, Batch, Chunk, Failure, FileEnd
+
+#: one record's outcome after chunking (its chunks, or why it failed), or a file's end
+Piece = tuple[Chunk, ...] | Failure | FileEnd
+
+
+class Batcher:
+    """Accumulates pieces into :class:`Batch` values (synchronous core)."""
+
+    def __init__(self, batch_size: int, *, max_failures: int = 1000) -> None:
+        self.batch_size = batch_size
+        self.max_failures = max_failures
+        self.seq = 0
+        self._chunks: list[Chunk] = []
+        self._failures: list[Failure] = []
+        self._records = 0
+        self._marks: dict[str, int] = {}
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything is waiting to be sent."""
+        return bool(self._chunks or self._failures or self._marks)
+
+    def add(self, piece: Piece) -> Iterable[Batch]:
+        """Add one record's outcome; yield every batch it fills."""
+        if isinstance(piece, FileEnd):
+            self.mark(piece.url, END_OF_FILE)
+            return
+        if isinstance(piece, Failure):
+            self._failures.append(piece)
+            self._complete(piece.source, piece.location)
+            if len(self._failures) >= self.max_failures:
+                yield self.flush()
+            return
+        last = len(piece) - 1
+        for i, chunk in enumerate(piece):
+            self._chunks.append(chunk)
+            if i == last:
+                self._complete(chunk.source, chunk.location)
+            if len(self._chunks) >= self.batch_size:
+                yield self.flush()
+
+    def mark(self, url: str, location: int) -> None:
+        """Say that ``url`` is done up to ``location`` (e.g. at the end of a file)."""
+        self._marks[url] = max(location, self._marks.get(url, location))
+
+    def _complete(self, url: str, location: int) -> None:
+        self._records += 1
+        self.mark(url, location)
+
+    def flush(self) -> Batch:
+        """The batch accumulated so far (possibly without chunks)."""
+        batch = Batch(
+            seq=self.seq,
+            chunks=tuple(self._chunks),
+            failures=tuple(self._failures),
+            records=self._records,
+            marks=tuple(self._marks.items()),
+        )
+        self.seq += 1
+        self._chunks, self._failures, self._records, self._marks = [], [], 0, {}
+        return batch
+
+
+async def batch_stage(
+    receive: ObjectReceiveStream[list[Piece]],
+    send: ObjectSendStream[Batch],
+    *,
+    batch_size: int,
+    linger_s: float = 0.5,
+    before_send: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Read lists of pieces, send full batches; flush a partial one after
+    ``linger_s`` without input, and at the end of the stream.
+
+    ``before_send`` is awaited before each batch goes out (the runner uses it
+    to bound how far ahead of the writer batches may run).
+    """
+    batcher = Batcher(batch_size)
+
+    async def emit(batch: Batch) -> None:
+        if before_send is not None:
+            await before_send()
+        await send.send(batch)
+
+    async with receive, send:
+        while True:
+            pieces: list[Piece] | None = None
+            with anyio.move_on_after(linger_s if batcher.pending else math.inf):
+                try:
+                    pieces = await receive.receive()
+                except anyio.EndOfStream:
+                    break
+            if pieces is None:  # nothing arrived for a while: don't sit on a partial batch
+                await emit(batcher.flush())
+                continue
+            for piece in pieces:
+                for batch in batcher.add(piece):
+                    await emit(batch)
+        if batcher.pending:
+            await emit(batcher.flush())

@@ -1,0 +1,180 @@
+"""The ``pipeline`` command line: run, validate, inspect, retry-failed, serve.
+
+Every error a user can cause ends here as one plain line on stderr and an
+exit code (2 for config and command-line problems, 3 for a fatal API error);
+anything else is a bug and is allowed to crash loudly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import anyio
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError, FatalApiError, PipelineError, SinkError, SourceError
+from .logs import configure
+
+EXIT_CONFIG = 2
+EXIT_FATAL = 3
+
+
+def _fail(message: str, code: int, secrets: Sequence[str | None] = ()) -> int:
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    print(f"pipeline: error: {message}", file=sys.stderr)
+    return code
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="the job's YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key by dotted path (repeatable), e.g. embedding.concurrency=16",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    from . import server
+
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description="Turn a pile of documents into a vector dataset through an embeddings API.",
+    )
+    parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the job (resumes where an earlier run stopped)")
+    _add_config_args(p)
+    p = sub.add_parser("validate", help="check the config and estimate the job; calls no API")
+    _add_config_args(p)
+    p = sub.add_parser("inspect", help="print a dataset's shards, rows, failures and token usage")
+    p.add_argument("dataset", help="the dataset path (local path or fsspec URL)")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to fsspec (repeatable)")
+    p = sub.add_parser("retry-failed", help="embed again the rows in errors/ and move successes to data/")
+    _add_config_args(p)
+    p = sub.add_parser("serve", help="a local embeddings API server for development and tests")
+    server.add_arguments(p)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``pipeline run``."""
+    from .runner import run_job
+
+    cfg = _load(args)
+    logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
+    try:
+        result = anyio.run(lambda: run_job(cfg, logs=logs))
+    except (SourceError, SinkError) as exc:
+        return _fail(str(exc), EXIT_CONFIG, [cfg.api_key])
+    finally:
+        if logs.console is not None:
+            logs.console.clear()
+    if result.message:
+        print(f"pipeline: {'error: ' if result.exit_code else ''}{logs.redactor.text(result.message)}", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """``pipeline validate``: counts and estimates, no API call."""
+    from .logs import format_duration
+    from .runner import estimate
+
+    cfg = _load(args)
+    est = estimate(cfg)
+    emb = cfg.embedding
+    print(f"config: ok ({args.config})")
+    print(f"endpoint: {emb.provider}" + (f" {emb.url}" if emb.provider == "http" else "") + f", model {emb.model}")
+    print(f"inputs: {len(est.files)} file(s) under {cfg.source.path}")
+    for inp in est.files[:20]:
+        size = f"{inp.size:,} bytes" if inp.size is not None else "size unknown"
+        print(f"  {inp.url}  ({inp.format}{', ' + inp.compression if inp.compression else ''}, {size})")
+    if len(est.files) > 20:
+        print(f"  ... and {len(est.files) - 20} more")
+    print(f"records: {est.records:,} ({est.bad_records:,} unusable"
+          + (": " + ", ".join(f"{k} {v}" for k, v in sorted(est.by_error.items())) if est.by_error else "")
+          + ")")
+    print(f"chunks: {est.chunks:,} ({est.chars:,} characters)")
+    print(f"estimated tokens: {est.tokens:,}")
+    print(f"requests: {est.requests:,} (batch_size {emb.batch_size})")
+    if est.minutes is not None:
+        print(f"time at the configured limits: about {format_duration(est.minutes * 60)}")
+    else:
+        print("time: no client-side limit configured (set embedding.requests_per_minute / tokens_per_minute)")
+    if est.cost_usd is not None:
+        print(f"cost: about ${est.cost_usd:,.4f} at ${emb.usd_per_million_tokens:g} per million tokens")
+    else:
+        print("cost: set embedding.usd_per_million_tokens to estimate it")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``pipeline inspect``: a dataset as a table, read from its files."""
+    from .inspect import inspect_dataset
+
+    options = {}
+    for item in args.storage_option:
+        key, _, value = item.partition("=")
+        options[key] = value
+    print(inspect_dataset(args.dataset, options))
+    return 0
+
+
+def cmd_retry_failed(args: argparse.Namespace) -> int:
+    """``pipeline retry-failed``."""
+    cfg = _load(args)
+    return _fail(f"retry-failed is not available yet for {cfg.sink.path}", EXIT_CONFIG)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``pipeline serve``."""
+    from . import server
+
+    return server.main(args)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "inspect": cmd_inspect,
+    "retry-failed": cmd_retry_failed,
+    "serve": cmd_serve,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pipeline`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except FatalApiError as exc:
+        return _fail(str(exc), EXIT_FATAL)
+    except (SourceError, SinkError) as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except PipelineError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    """Console-script shim: exit with :func:`main`'s code."""
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Client-side pacing of requests and tokens per minute.
+
+A request reserves its share of both budgets before it is sent. Reservations
+are paced evenly (a generic cell-rate scheduler) instead of bursting a whole
+minute's budget at start, so a server that enforces its limit per second
+still rarely says 429. Tokens are not known before a call: the caller passes
+an estimate and later reports what ``usage`` said, and the limiter learns the
+ratio between the two so that the budget is used fully whatever the language.
+When the server says 429 anyway, :meth:`RateLimiter.backoff` pauses every
+request, not just the one that was refused.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Awaitable, Callable
+
+import anyio
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class _Pacer:
+    """Spaces out reservations of ``amount`` so that ``rate`` per second holds.
+
+    ``burst_s`` seconds of budget may be used at once after an idle spell;
+    beyond that each reservation waits for its slot.
+    """
+
+    def __init__(self, per_minute: float, burst_s: float = 1.0) -> None:
+        self.rate = per_minute / 60.0
+        self.burst_s = burst_s
+        self.next_free = -math.inf  # time at which the budget is fully caught up
+
+    def reserve(self, amount: float, now: float) -> float:
+        """Reserve ``amount`` and return how long to wait before using it."""
+        start = max(self.next_free, now - self.burst_s)
+        self.next_free = start + amount / self.rate
+        return max(0.0, self.next_free - self.burst_s - now)
+
+    def push_back(self, until: float) -> None:
+        """Make no budget available before ``until``."""
+        self.next_free = max(self.next_free, until + self.burst_s)
+
+
+class RateLimiter:
+    """Paces requests under ``requests_per_minute`` and ``tokens_per_minute``.
+
+    Either limit may be ``None`` (no client-side limit on that axis).
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        self._requests = _Pacer(requests_per_minute) if requests_per_minute else None
+        self._tokens = _Pacer(tokens_per_minute) if tokens_per_minute else None
+        self._clock = clock
+        self._sleep = sleep
+        self._pause_until = 0.0
+        self.ratio = 1.0  # reported tokens ÷ estimated tokens, learned
+        self.throttled = 0  # how many 429s we were told about
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any client-side limit is configured."""
+        return self._requests is not None or self._tokens is not None
+
+    def tokens_for(self, estimate: int) -> int:
+        """Estimated tokens corrected by the learned ratio."""
+        return max(1, math.ceil(estimate * self.ratio))
+
+    async def acquire(self, estimate: int) -> int:
+        """Wait until a request of ``estimate`` (raw) tokens may be sent.
+
+        Returns the tokens reserved, to hand back to :meth:`record`.
+        """
+        now = self._clock()
+        wait = max(0.0, self._pause_until - now)
+        reserved = self.tokens_for(estimate)
+        if self._requests is not None:
+            wait = max(wait, self._requests.reserve(1, now))
+        if self._tokens is not None:
+            wait = max(wait, self._tokens.reserve(reserved, now))
+        if wait > 0:
+            await self._sleep(wait)
+        return reserved
+
+    def record(self, estimate: int, reserved: int, reported: int | None) -> None:
+        """Learn from a successful answer: ``reported`` tokens for ``estimate``.
+
+        The token budget is corrected by what the reservation got wrong, so
+        the pace follows real usage, not the estimate.
+        """
+        if reported is None or estimate <= 0 or reported <= 0:
+            return
+        # a slow-moving average: one odd batch must not swing the pace
+        self.ratio += 0.2 * (reported / estimate - self.ratio)
+        if self._tokens is not None:
+            self._tokens.next_free += (reported - reserved) / self._tokens.rate
+
+    def backoff(self, delay: float) -> None:
+        """The server said 429: pause every request for ``delay`` seconds."""
+        self.throttled += 1
+        until = self._clock() + delay
+        self._pause_until = max(self._pause_until, until)

@@ -1,0 +1,472 @@
+"""The job: read → chunk → batch → embed → write, as one graph of stages.
+
+Stages are async functions joined by bounded anyio memory object streams, so
+a slow API slows the reader instead of filling memory. Blocking work (file
+reads, parsing, chunking, Arrow writes) runs in worker threads. Answers come
+back in any order; the write stage puts them back in read order (a small
+reorder buffer, bounded by a window the batcher waits on) so that what is
+committed is always a prefix of the input and resuming is a matter of
+per-file high-water marks.
+
+Stopping drains from the head: on SIGTERM/SIGINT the reader stops, what was
+read flows through and is committed, and after ``run.shutdown_grace_s`` (or
+a second signal) whatever is left is cancelled. A fatal API error cancels
+everything at once. In every case what the write stage already wrote is
+committed before the run returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import islice
+from typing import Any, Callable, Iterator
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from .batching import Piece, batch_stage
+from .chunking import Chunker
+from .client import Embedder, estimate_tokens, make_embedder
+from .config import Config
+from .errors import ApiError, FatalApiError, SourceError
+from .logs import LogSetup, format_duration, get_logger
+from .sinks import DatasetWriter
+from .sources import open_source, read_records
+from .types import Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
+
+READ_BLOCK = 512  # records per hop between the reader thread and the event loop
+PROGRESS_EVERY_S = 10.0
+COMMIT_CHECK_S = 1.0
+EXIT_OK, EXIT_TOO_MANY_FAILED, EXIT_CONFIG, EXIT_FATAL = 0, 1, 2, 3
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+def utcnow() -> str:
+    """Now, as an ISO-8601 UTC timestamp."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Progress:
+    """Counters of this run, for progress lines and the summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    files: int = 0
+    records_read: int = 0
+    rows_embedded: int = 0
+    rows_reused: int = 0
+    rows_failed: int = 0
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    shards: int = 0
+    bytes_total: int | None = None
+
+    def add(self, batch: EmbeddedBatch) -> None:
+        """Count a batch handed to the sink."""
+        self.records_read += batch.records
+        self.rows_embedded += len(batch.chunks)
+        self.rows_reused += batch.reused
+        self.rows_failed += len(batch.failures)
+        self.requests += batch.usage.requests
+        self.retries += batch.usage.retries
+        self.prompt_tokens += batch.usage.prompt_tokens
+        self.total_tokens += batch.usage.total_tokens
+
+    def fields(self) -> dict[str, Any]:
+        """The counters and rates, as log fields."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return {
+            "records": self.records_read,
+            "rows": self.rows_embedded,
+            "failed": self.rows_failed,
+            "requests": self.requests,
+            "retries": self.retries,
+            "tokens": self.total_tokens,
+            "rows_per_s": round(self.rows_embedded / elapsed, 1),
+            "tokens_per_min": round(self.total_tokens / elapsed * 60),
+            "elapsed": format_duration(elapsed),
+        }
+
+
+@dataclass
+class RunResult:
+    """How the run ended."""
+
+    status: str  # completed | interrupted | failed
+    exit_code: int
+    totals: dict[str, int]
+    message: str | None = None
+
+
+class _Stop:
+    """Shutdown state shared by the stages."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None  # the signal that asked us to stop
+        self.reading = anyio.CancelScope()
+
+
+def assign(files: list[InputFile], rank: int, world_size: int) -> list[InputFile]:
+    """The files this worker owns: a stable hash of each URL, modulo the world.
+
+    Stable across reruns and listing order, so a file always goes to the same
+    worker.
+    """
+    if world_size == 1:
+        return files
+    return [
+        f
+        for f in files
+        if int.from_bytes(hashlib.sha256(f.url.encode()).digest()[:8], "big") % world_size == rank
+    ]
+
+
+def _take(iterator: Iterator[Any], n: int) -> list[Any]:
+    return list(islice(iterator, n))
+
+
+def _file_pieces(cfg: Config, fs: Any, inp: InputFile, after: int) -> Iterator[Record | Failure | FileEnd]:
+    """A file's records, then its end; a file that breaks midway ends in one failure."""
+    last = after
+    try:
+        for item in read_records(cfg.source, fs, inp, after=after):
+            last = item.location
+            yield item
+    except SourceError as exc:
+        yield Failure(
+            id=f"{inp.url}:{last + 1}",
+            doc_id=f"{inp.url}:{last + 1}",
+            chunk_index=0,
+            text=None,
+            source=inp.url,
+            location=last + 1,
+            error_type="unreadable_file",
+            message=str(exc),
+        )
+    yield FileEnd(inp.url)
+
+
+class Job:
+    """One run of a config: the stages and their shared state."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        embedder: Embedder | None = None,
+        logs: LogSetup | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.progress = Progress()
+        self.log = get_logger()
+        self._logs = logs
+        self._embedder = embedder
+        self._handle_signals = handle_signals
+        self._stop = _Stop()
+        self._limiter = anyio.CapacityLimiter(2)  # threads for blocking I/O and parsing
+        self._window = anyio.Semaphore(max(4, cfg.embedding.concurrency * 4))
+        self.writer: DatasetWriter | None = None
+
+    # ------------------------------------------------------------------ stages
+
+    async def read_stage(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Any]]) -> None:
+        """Stream records from every file, in blocks, until done or told to stop."""
+        progress = self.writer.manifest.progress if self.writer else {}
+        async with send:
+            with self._stop.reading:
+                for inp in files:
+                    after = int(progress.get(inp.url, 0))
+                    if after >= 2**53:
+                        continue  # committed whole by an earlier run
+                    self.progress.files += 1
+                    if after:
+                        self.log.info("file_resumed", file=inp.url, after=after)
+                    iterator = _file_pieces(self.cfg, fs, inp, after)
+                    while block := await anyio.to_thread.run_sync(
+                        _take, iterator, READ_BLOCK, limiter=self._limiter
+                    ):
+                        await send.send(block)
+
+    async def chunk_stage(self, receive: ObjectReceiveStream[list[Any]], send: ObjectSendStream[list[Piece]]) -> None:
+        """Cut each record into chunks (in a worker thread, a block at a time)."""
+        emb = self.cfg.embedding
+        chunker = Chunker(
+            self.cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type
+        )
+
+        def cut(block: list[Any]) -> list[Piece]:
+            out: list[Piece] = []
+            for item in block:
+                if isinstance(item, Record):
+                    result = chunker(item)
+                    out.append(result if isinstance(result, Failure) else tuple(result))
+                else:
+                    out.append(item)
+            return out
+
+        async with receive, send:
+            async for block in receive:
+                await send.send(await anyio.to_thread.run_sync(cut, block, limiter=self._limiter))
+
+    async def embed_stage(
+        self, embedder: Embedder, receive: ObjectReceiveStream[Batch], send: ObjectSendStream[EmbeddedBatch]
+    ) -> None:
+        """One of ``concurrency`` workers: embed batches as they come."""
+        async with receive, send:
+            async for batch in receive:
+                await send.send(await embedder.embed(batch))
+
+    async def write_stage(self, receive: ObjectReceiveStream[EmbeddedBatch]) -> None:
+        """Put answers back in read order and hand them to the sink."""
+        assert self.writer is not None
+        writer = self.writer
+        waiting: dict[int, EmbeddedBatch] = {}
+        expected = 0
+        async with receive:
+            while True:
+                batch = None
+                with anyio.move_on_after(COMMIT_CHECK_S):
+                    try:
+                        batch = await receive.receive()
+                    except anyio.EndOfStream:
+                        break
+                if batch is None:
+                    await self._commit(writer.commit_if_due)
+                    continue
+                waiting[batch.seq] = batch
+                while expected in waiting:
+                    ready = waiting.pop(expected)
+                    expected += 1
+                    await self._commit(writer.write, ready)
+                    self.progress.add(ready)
+                    self._window.release()
+                await self._commit(writer.commit_if_due)
+        if waiting:  # only after a cancellation: these are not committed, and will be read again
+            self.log.warning("batches_dropped", count=len(waiting))
+
+    async def _commit(self, fn: Callable[..., list[dict]], *args: Any) -> None:
+        entries = await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        for entry in entries:
+            self.progress.shards += 1
+            self.log.info(
+                "shard_committed",
+                path=entry.get("path"),
+                rows=entry.get("rows"),
+                requests=entry.get("requests"),
+                tokens=entry.get("total_tokens"),
+            )
+
+    async def progress_stage(self) -> None:
+        """Report progress: a line every 10 s, or a live line on a terminal."""
+        live = self._logs.console if self._logs and self._logs.live else None
+        every = 0.5 if live else PROGRESS_EVERY_S
+        while True:
+            await anyio.sleep(every)
+            fields = self.progress.fields()
+            if live is not None:
+                live.show(
+                    f"records {fields['records']:,}  rows {fields['rows']:,}  failed {fields['failed']:,}  "
+                    f"tokens {fields['tokens']:,}  {fields['rows_per_s']:,.0f} rows/s  "
+                    f"retries {fields['retries']}  {fields['elapsed']}"
+                )
+            else:
+                self.log.info("progress", **fields)
+
+    async def signal_stage(self, scope: anyio.CancelScope) -> None:
+        """First SIGTERM/SIGINT: drain; second, or the grace running out: cancel."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self._stop.requested is None:
+                    self._stop.requested = signum
+                    grace = self.cfg.run.shutdown_grace_s
+                    self.log.warning("shutdown_requested", signal=signal.Signals(signum).name, grace_s=grace)
+                    self._stop.reading.cancel()
+                    # leave a few seconds for the final commit inside Heroku's 30 s
+                    scope.deadline = min(scope.deadline, anyio.current_time() + max(0.0, grace - 3.0))
+                else:
+                    self.log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+                    scope.cancel()
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> RunResult:
+        """Run the job to its end; commit what was done whatever happens."""
+        cfg = self.cfg
+        started_at = utcnow()
+        fs, files = await anyio.to_thread.run_sync(open_source, cfg.source)
+        files = assign(files, cfg.run.rank, cfg.run.world_size)
+        self.progress.bytes_total = sum(f.size or 0 for f in files)
+        self.writer = await anyio.to_thread.run_sync(
+            lambda: DatasetWriter(
+                cfg.sink,
+                rank=cfg.run.rank,
+                model=cfg.embedding.model,
+                input_type=cfg.embedding.input_type,
+                embedding_type=cfg.embedding.embedding_type,
+                metadata_fields=list(cfg.source.metadata_fields),
+                run_started_at=started_at,
+            )
+        )
+        self.log.info(
+            "run_started",
+            files=len(files),
+            source=cfg.source.path,
+            sink=cfg.sink.path,
+            provider=cfg.embedding.provider,
+            model=cfg.embedding.model,
+            rank=cfg.run.rank,
+            world_size=cfg.run.world_size,
+        )
+        embedder = self._embedder or make_embedder(
+            cfg.embedding, cfg.api_key, on_retry=self._on_retry
+        )
+        status, code, message = "completed", EXIT_OK, None
+        try:
+            async with embedder:  # type: ignore[attr-defined]
+                await self._run_stages(fs, files, embedder)
+        except* FatalApiError as group:
+            exc = group.exceptions[0]
+            status, code, message = "failed", EXIT_FATAL, str(exc)
+        if self._stop.requested is not None and status == "completed":
+            status = "interrupted"
+            code = EXIT_SIGINT if self._stop.requested == signal.SIGINT else EXIT_SIGTERM
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._finish, status)
+        totals = dict(self.writer.manifest.totals)
+        if code == EXIT_OK:
+            done = totals.get("rows_embedded", 0) + totals.get("rows_failed", 0)
+            if done and totals.get("rows_failed", 0) / done > cfg.run.max_failed_fraction:
+                code = EXIT_TOO_MANY_FAILED
+                message = (
+                    f"{totals['rows_failed']} of {done} rows failed, more than "
+                    f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}; see {cfg.sink.path}/errors/"
+                )
+        summary = self.progress.fields()
+        cost = None
+        if cfg.embedding.usd_per_million_tokens is not None:
+            cost = round(self.progress.total_tokens * cfg.embedding.usd_per_million_tokens / 1e6, 6)
+        self.log.info(
+            "run_finished",
+            status=status,
+            exit_code=code,
+            **summary,
+            prompt_tokens=self.progress.prompt_tokens,
+            shards=self.progress.shards,
+            cost_usd=cost,
+            dataset_rows=totals.get("rows_embedded"),
+            dataset_failed=totals.get("rows_failed"),
+        )
+        return RunResult(status=status, exit_code=code, totals=totals, message=message)
+
+    def _finish(self, status: str) -> None:
+        assert self.writer is not None
+        for entry in self.writer.commit():
+            self.progress.shards += 1
+            self.log.info("shard_committed", path=entry.get("path"), rows=entry.get("rows"),
+                          requests=entry.get("requests"), tokens=entry.get("total_tokens"))
+        self.writer.close(status)
+
+    def _on_retry(self, exc: ApiError, attempt: int) -> None:
+        self.log.info("request_retried", attempt=attempt, status=exc.status, reason=exc.message)
+
+    async def _run_stages(self, fs: Any, files: list[InputFile], embedder: Embedder) -> None:
+        cfg = self.cfg
+        records_send, records_receive = anyio.create_memory_object_stream[list[Any]](4)
+        pieces_send, pieces_receive = anyio.create_memory_object_stream[list[Piece]](4)
+        batches_send, batches_receive = anyio.create_memory_object_stream[Batch](cfg.embedding.concurrency)
+        results_send, results_receive = anyio.create_memory_object_stream[EmbeddedBatch](
+            cfg.embedding.concurrency
+        )
+        with anyio.CancelScope() as drain_scope:
+            async with anyio.create_task_group() as outer:
+                if self._handle_signals:
+                    outer.start_soon(self.signal_stage, drain_scope)
+                outer.start_soon(self.progress_stage)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self.read_stage, fs, files, records_send)
+                    tg.start_soon(self.chunk_stage, records_receive, pieces_send)
+                    tg.start_soon(
+                        lambda: batch_stage(
+                            pieces_receive,
+                            batches_send,
+                            batch_size=cfg.embedding.batch_size,
+                            before_send=self._window.acquire,
+                        )
+                    )
+                    async with batches_receive, results_send:
+                        for _ in range(cfg.embedding.concurrency):
+                            tg.start_soon(
+                                self.embed_stage, embedder, batches_receive.clone(), results_send.clone()
+                            )
+                    tg.start_soon(self.write_stage, results_receive)
+                outer.cancel_scope.cancel()  # the data stages are done: stop the watchers
+
+
+async def run_job(cfg: Config, **kwargs: Any) -> RunResult:
+    """Run ``cfg`` to its end (see :class:`Job`)."""
+    return await Job(cfg, **kwargs).run()
+
+
+# ---------------------------------------------------------------------- validate
+
+
+@dataclass
+class Estimate:
+    """What ``pipeline validate`` found, without calling the API."""
+
+    files: list[InputFile]
+    records: int = 0
+    bad_records: int = 0
+    chunks: int = 0
+    chars: int = 0
+    tokens: int = 0
+    requests: int = 0
+    minutes: float | None = None
+    cost_usd: float | None = None
+    by_error: dict[str, int] = field(default_factory=dict)
+
+
+def estimate(cfg: Config) -> Estimate:
+    """Read every input, count records and chunks, estimate tokens, requests, time, cost."""
+    fs, files = open_source(cfg.source)
+    files = assign(files, cfg.run.rank, cfg.run.world_size)
+    emb = cfg.embedding
+    chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type)
+    est = Estimate(files=files)
+    for inp in files:
+        for item in _file_pieces(cfg, fs, inp, 0):
+            if isinstance(item, FileEnd):
+                continue
+            if isinstance(item, Failure):
+                est.records += 1
+                est.bad_records += 1
+                est.by_error[item.error_type] = est.by_error.get(item.error_type, 0) + 1
+                continue
+            est.records += 1
+            result = chunker(item)
+            if isinstance(result, Failure):
+                est.bad_records += 1
+                est.by_error[result.error_type] = est.by_error.get(result.error_type, 0) + 1
+                continue
+            for chunk in result:
+                est.chunks += 1
+                est.chars += len(chunk.text)
+                est.tokens += estimate_tokens(chunk.text)
+    est.requests = math.ceil(est.chunks / emb.batch_size)
+    limits = []
+    if emb.requests_per_minute:
+        limits.append(est.requests / emb.requests_per_minute)
+    if emb.tokens_per_minute:
+        limits.append(est.tokens / emb.tokens_per_minute)
+    est.minutes = max(limits) if limits else None
+    if emb.usd_per_million_tokens is not None:
+        est.cost_usd = est.tokens * emb.usd_per_million_tokens / 1e6
+    return est

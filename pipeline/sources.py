@@ -1,0 +1,504 @@
+"""Where records are read: list the input files, then stream records out of each.
+
+:func:`open_source` resolves ``source.path`` (a file, a directory, a glob or
+any fsspec URL) into a sorted list of :class:`~pipeline.types.InputFile`;
+:func:`read_records` streams one file as :class:`~pipeline.types.Record`
+values, turning each unusable record into a :class:`~pipeline.types.Failure`
+instead of stopping. Both are synchronous: the runner calls them in worker
+threads.
+"""
+
+from __future__ import annotations
+
+import lzma
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import fsspec
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.ipc as pa_ipc
+import pyarrow.parquet as pq
+import zstandard
+
+from .config import SourceConfig
+from .errors import SourceError
+from .types import Failure, InputFile, Record
+
+__all__ = ["FORMATS", "COMPRESSIONS", "detect_format", "open_source", "read_records"]
+
+#: file extension → format, for ``format: auto``
+FORMATS: dict[str, str] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".txt": "text",
+    ".md": "text",
+    ".markdown": "text",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+}
+
+#: compression suffix → fsspec compression name
+COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
+
+_BLOCK = 1 << 20  # bytes read at a time from a jsonl stream
+_BATCH_ROWS = 4096  # rows per Arrow batch for csv, parquet and arrow
+_MAGIC = re.compile(r"[*?\[]")
+
+# What a broken file raises while being read: I/O errors, truncated or corrupt
+# compressed streams, and Arrow's own errors (bad parquet, bad CSV, bad IPC).
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    lzma.LZMAError,
+    zstandard.ZstdError,
+    pa.ArrowException,
+)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def detect_format(name: str, configured: str = "auto") -> tuple[str | None, str | None]:
+    """Return ``(format, compression)`` for a file name.
+
+    The compression comes from a ``.gz``/``.zst``/``.bz2``/``.xz`` suffix. The
+    format is ``configured`` unless that is ``auto``, in which case it comes
+    from the extension left once the compression suffix is stripped (``None``
+    when the extension is unknown).
+    """
+    base = posixpath.basename(name).lower()
+    stem, ext = posixpath.splitext(base)
+    compression = COMPRESSIONS.get(ext)
+    if compression is not None:
+        base = stem
+    if configured != "auto":
+        return configured, compression
+    return FORMATS.get(posixpath.splitext(base)[1]), compression
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or "local" in protocols
+
+
+def _mtime(info: dict[str, Any]) -> str | None:
+    for key in ("ETag", "etag", "e_tag", "mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value = info.get(key)
+        if value is not None and value != "":
+            return str(value)
+    return None
+
+
+def _is_hidden(rel_path: str) -> bool:
+    return any(part.startswith((".", "_")) for part in rel_path.split("/"))
+
+
+def open_source(cfg: SourceConfig) -> tuple[fsspec.AbstractFileSystem, list[InputFile]]:
+    """List the input files of ``source.path``, sorted by path.
+
+    ``source.path`` may be a file, a directory (every supported file below it),
+    a glob (``**`` recurses) or an fsspec URL. Hidden files and directories
+    (names starting with ``.`` or ``_``) are skipped, and so are files whose
+    extension says nothing under ``format: auto``. Raises
+    :class:`~pipeline.errors.SourceError` when the path cannot be listed or
+    nothing matches.
+    """
+    try:
+        fs, root = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
+    except (ImportError, ValueError, TypeError, OSError) as exc:
+        raise SourceError(f"source.path {cfg.path}: cannot open the filesystem: {_one_line(exc)}") from exc
+    local = _is_local(fs)
+    if local:
+        root = posixpath.normpath(root)
+
+    try:
+        if _MAGIC.search(root):
+            base = _glob_base(root)
+            listing = fs.glob(root, detail=True)
+            entries = [(path, info) for path, info in listing.items() if info.get("type") != "directory"]
+            single = False
+        else:
+            info = fs.info(root)
+            if info.get("type") == "directory":
+                base = root
+                entries = list(fs.find(root, detail=True).items())
+                single = False
+            else:
+                base = posixpath.dirname(root)
+                entries = [(info.get("name", root), info)]
+                single = True
+    except FileNotFoundError as exc:
+        raise SourceError(f"source.path not found: {cfg.path}") from exc
+    except PermissionError as exc:
+        raise SourceError(f"source.path {cfg.path}: permission denied: {_one_line(exc)}") from exc
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"source.path {cfg.path}: cannot list: {_one_line(exc)}") from exc
+
+    files: list[InputFile] = []
+    for path, info in entries:
+        if local:
+            path = posixpath.normpath(path)
+        rel = posixpath.basename(path) if single else _relative(path, base)
+        if not single and _is_hidden(rel):
+            continue
+        fmt, compression = detect_format(path, cfg.format)
+        if fmt is None:
+            if single:
+                raise SourceError(
+                    f"source.path {cfg.path}: cannot tell the format from the extension; "
+                    "set source.format (jsonl, text, csv, parquet or arrow)"
+                )
+            continue
+        size = info.get("size")
+        files.append(
+            InputFile(
+                path=path,
+                url=path if local else fs.unstrip_protocol(path),
+                size=int(size) if size is not None else None,
+                format=fmt,
+                compression=compression,
+                rel_path=rel,
+                mtime=_mtime(info),
+            )
+        )
+    if not files:
+        raise SourceError(f"no input files match source.path: {cfg.path}")
+    files.sort(key=lambda f: f.path)
+    return fs, files
+
+
+def _glob_base(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard."""
+    parts = pattern.split("/")
+    for i, part in enumerate(parts):
+        if _MAGIC.search(part):
+            return "/".join(parts[:i])
+    return posixpath.dirname(pattern)
+
+
+def _relative(path: str, base: str) -> str:
+    base = base.rstrip("/")
+    if base and path.startswith(base + "/"):
+        return path[len(base) + 1 :]
+    if not base and path.startswith("/"):
+        return path[1:]
+    return path.lstrip("/")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_records(
+    cfg: SourceConfig,
+    fs: fsspec.AbstractFileSystem,
+    inp: InputFile,
+    *,
+    after: int = 0,
+) -> Iterator[Record | Failure]:
+    """Stream the records of one file, in file order.
+
+    Records whose ``location`` is at most ``after`` are skipped (to resume
+    mid-file; a text file's single record, at location 0, is skipped when
+    ``after >= 1``). Unusable records come out as :class:`Failure` values in
+    their place. Raises :class:`~pipeline.errors.SourceError` when the file
+    cannot be opened or turns out to be corrupt while being read.
+    """
+    reader = _READERS.get(inp.format)
+    if reader is None:
+        raise SourceError(f"{inp.url}: unknown source format {inp.format!r}")
+    try:
+        yield from reader(cfg, fs, inp, after)
+    except SourceError:
+        raise
+    except _READ_ERRORS as exc:
+        raise SourceError(f"cannot read {inp.url}: {_one_line(exc)}") from exc
+
+
+def _open(fs: fsspec.AbstractFileSystem, inp: InputFile) -> Any:
+    try:
+        return fs.open(inp.path, "rb", compression=inp.compression)
+    except FileNotFoundError as exc:
+        raise SourceError(f"input file not found: {inp.url}") from exc
+    except PermissionError as exc:
+        raise SourceError(f"cannot open {inp.url}: permission denied") from exc
+    except _READ_ERRORS as exc:
+        raise SourceError(f"cannot open {inp.url}: {_one_line(exc)}") from exc
+
+
+def _failure(inp: InputFile, location: int, doc_id: str | None, error_type: str, message: str, text: Any = None) -> Failure:
+    ident = doc_id if doc_id is not None else f"{inp.url}:{location}"
+    return Failure(
+        id=ident,
+        doc_id=ident,
+        chunk_index=0,
+        text=text if isinstance(text, str) else None,
+        source=inp.url,
+        location=location,
+        error_type=error_type,
+        message=message,
+    )
+
+
+def _doc_id(value: Any) -> str | None:
+    """A record's id as a string; ``None`` when it has none (missing, null or empty)."""
+    if value is None:
+        return None
+    if type(value) is str:
+        return value or None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace") or None
+    return orjson.dumps(value, default=str).decode()
+
+
+def _check_text(value: Any, field: str, where: str) -> tuple[str, str] | None:
+    """``(error_type, message)`` when ``value`` is not a usable text, else ``None``."""
+    if value is None:
+        return "missing_text", f"{where}: no text (field {field!r} is missing or null)"
+    if type(value) is not str:
+        return "invalid_text", f"{where}: field {field!r} is {_json_type(value)}, not a string"
+    if not value or value.isspace():
+        return "empty_text", f"{where}: field {field!r} is empty"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _blocks(f: Any) -> Iterator[list[bytes]]:
+    """Lines of a binary stream, a block at a time (the last line may lack its newline)."""
+    rest: list[bytes] = []
+    read = f.read
+    while True:
+        data = read(_BLOCK)
+        if not data:
+            break
+        if b"\n" not in data:
+            rest.append(data)
+            continue
+        if rest:
+            rest.append(data)
+            data = b"".join(rest)
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        rest = [tail] if tail else []
+        yield lines
+    if rest:
+        yield [b"".join(rest)]
+
+
+def _read_jsonl(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+    url = inp.url
+    id_field = cfg.id_field
+    text_field = cfg.text_field
+    meta_fields = tuple(cfg.metadata_fields)
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    n = 0
+    with _open(fs, inp) as f:
+        for lines in _blocks(f):
+            if n + len(lines) <= after:  # resuming: skip whole blocks unparsed
+                n += len(lines)
+                continue
+            for line in lines:
+                n += 1
+                if n <= after:
+                    continue
+                if n == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]  # UTF-8 byte order mark
+                try:
+                    obj = loads(line)
+                except decode_error as exc:
+                    if not line.strip():
+                        continue  # blank line
+                    yield _bad_json_line(inp, n, line, exc)
+                    continue
+                if type(obj) is not dict:
+                    yield _failure(inp, n, None, "invalid_json", f"line {n}: not a JSON object but {_json_type(obj)}")
+                    continue
+                doc_id = obj.get(id_field)
+                if type(doc_id) is not str or not doc_id:
+                    doc_id = _doc_id(doc_id)
+                text = obj.get(text_field)
+                if type(text) is not str or not text or text.isspace():
+                    problem = _check_text(text, text_field, f"line {n}")
+                    if problem is not None:
+                        yield _failure(inp, n, doc_id, problem[0], problem[1], text)
+                        continue
+                if doc_id is None:
+                    doc_id = f"{url}:{n}"
+                metadata = {name: obj.get(name) for name in meta_fields} if meta_fields else {}
+                yield Record(doc_id, text, url, n, metadata)
+
+
+def _bad_json_line(inp: InputFile, n: int, line: bytes, exc: Exception) -> Failure:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as uexc:
+        return _failure(inp, n, None, "invalid_utf8", f"line {n}: not valid UTF-8 at byte {uexc.start + 1}")
+    msg = getattr(exc, "msg", None) or str(exc)
+    col = getattr(exc, "colno", None)
+    where = f" at column {col}" if col else ""
+    return _failure(inp, n, None, "invalid_json", f"line {n}: not valid JSON: {msg}{where}")
+
+
+def _read_text(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+    if after >= 1:
+        return
+    with _open(fs, inp) as f:
+        data = f.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    doc_id = inp.rel_path
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield _failure(inp, 0, doc_id, "invalid_utf8", f"{inp.rel_path}: not valid UTF-8 at byte {exc.start + 1}")
+        return
+    if not text or text.isspace():
+        yield _failure(inp, 0, doc_id, "empty_text", f"{inp.rel_path}: the file is empty", text)
+        return
+    yield Record(doc_id, text, inp.url, 0, {})
+
+
+# Tabular formats (csv, parquet, arrow) share one loop over record batches.
+
+
+def _columns(cfg: SourceConfig) -> list[str]:
+    names = [cfg.id_field, cfg.text_field, *cfg.metadata_fields]
+    return list(dict.fromkeys(names))
+
+
+def _require_text_column(inp: InputFile, cfg: SourceConfig, names: Iterable[str]) -> None:
+    if cfg.text_field not in set(names):
+        raise SourceError(f"{inp.url}: no column {cfg.text_field!r} (source.text_field)")
+
+
+def _rows(
+    cfg: SourceConfig,
+    inp: InputFile,
+    batches: Iterable[pa.RecordBatch],
+    after: int,
+) -> Iterator[Record | Failure]:
+    url = inp.url
+    meta_fields = tuple(cfg.metadata_fields)
+    row = 0
+    for batch in batches:
+        size = batch.num_rows
+        if row + size <= after:
+            row += size
+            continue
+        names = set(batch.schema.names)
+
+        def column(name: str) -> list[Any]:
+            return batch.column(name).to_pylist() if name in names else [None] * size
+
+        ids = column(cfg.id_field)
+        texts = column(cfg.text_field)
+        metas = [column(name) for name in meta_fields]
+        for i in range(size):
+            row += 1
+            if row <= after:
+                continue
+            doc_id = _doc_id(ids[i])
+            text = texts[i]
+            if isinstance(text, bytes):
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield _failure(inp, row, doc_id, "invalid_utf8", f"row {row}: not valid UTF-8 at byte {exc.start + 1}")
+                    continue
+            problem = _check_text(text, cfg.text_field, f"row {row}")
+            if problem is not None:
+                yield _failure(inp, row, doc_id, problem[0], problem[1], text)
+                continue
+            metadata = {name: values[i] for name, values in zip(meta_fields, metas)}
+            yield Record(doc_id if doc_id is not None else f"{url}:{row}", text, url, row, metadata)
+
+
+def _read_csv(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+    wanted = _columns(cfg)
+    with _open(fs, inp) as f:
+        reader = pa_csv.open_csv(
+            f,
+            read_options=pa_csv.ReadOptions(block_size=_BLOCK),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=wanted,
+                include_missing_columns=True,
+                column_types={name: pa.string() for name in wanted},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        if not any(field.name == cfg.text_field and field.type != pa.null() for field in reader.schema):
+            raise SourceError(f"{inp.url}: no column {cfg.text_field!r} (source.text_field)")
+        present = _csv_header(fs, inp)
+        if present is not None:
+            _require_text_column(inp, cfg, present)
+        yield from _rows(cfg, inp, reader, after)
+
+
+def _csv_header(fs: fsspec.AbstractFileSystem, inp: InputFile) -> list[str] | None:
+    """The CSV's own column names (``include_missing_columns`` hides a missing one)."""
+    with _open(fs, inp) as f:
+        reader = pa_csv.open_csv(f, read_options=pa_csv.ReadOptions(block_size=1 << 16))
+        return reader.schema.names
+
+
+def _read_parquet(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+    with _open(fs, inp) as f:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        _require_text_column(inp, cfg, names)
+        columns = [name for name in _columns(cfg) if name in names]
+        yield from _rows(cfg, inp, pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns), after)
+
+
+def _read_arrow(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+    with _open(fs, inp) as f:
+        try:
+            reader = pa_ipc.open_file(f)
+        except (pa.ArrowInvalid, OSError, ValueError):
+            reader = None
+        if reader is not None:
+            _require_text_column(inp, cfg, reader.schema.names)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            yield from _rows(cfg, inp, batches, after)
+            return
+    # Not the random-access file format: read it again as an IPC stream.
+    with _open(fs, inp) as f:
+        stream = pa_ipc.open_stream(f)
+        _require_text_column(inp, cfg, stream.schema.names)
+        yield from _rows(cfg, inp, stream, after)
+
+
+_READERS: dict[str, Callable[[SourceConfig, fsspec.AbstractFileSystem, InputFile, int], Iterator[Record | Failure]]] = {
+    "jsonl": _read_jsonl,
+    "text": _read_text,
+    "csv": _read_csv,
+    "parquet": _read_parquet,
+    "arrow": _read_arrow,
+}

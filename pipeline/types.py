@@ -1,0 +1,140 @@
+"""The small frozen values that cross stage boundaries.
+
+A :class:`Record` is read from a file; it is cut into :class:`Chunk` values;
+chunks travel in a :class:`Batch` to the API and come back as an
+:class:`EmbeddedBatch`. Anything that cannot be embedded becomes a
+:class:`Failure` and ends in ``errors/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """One file of the source, as listed."""
+
+    path: str  # as the filesystem knows it (no protocol for local files)
+    url: str  # as shown to users and stored in the ``source`` column
+    size: int | None
+    format: str  # jsonl | text | csv | parquet | arrow
+    compression: str | None  # gzip | zstd | bz2 | xz | None
+    rel_path: str  # path relative to the source root (the id of a text record)
+    mtime: str | None = None  # modification time or ETag, for change detection
+
+
+#: the location a file's mark takes once the whole file is done
+END_OF_FILE = 2**53
+
+
+@dataclass(frozen=True, slots=True)
+class FileEnd:
+    """Sent after a file's last record: the whole file is read."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One usable document read from the source."""
+
+    doc_id: str
+    text: str
+    source: str
+    location: int  # 1-based line number (jsonl, csv) or row number (parquet, arrow); 0 for text files
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a record small enough for the API."""
+
+    id: str  # doc_id for an unsplit record, f"{doc_id}#{chunk_index}" otherwise
+    doc_id: str
+    chunk_index: int
+    text: str
+    source: str
+    location: int
+    content_hash: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A record or chunk that ends in ``errors/``, with why."""
+
+    id: str
+    doc_id: str
+    chunk_index: int
+    text: str | None
+    source: str
+    location: int
+    error_type: str
+    message: str
+    status: int | None = None
+    attempts: int = 0
+
+
+#: (file url, last location of that file whose every row is in this batch or before)
+Mark = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Chunks sent together in one request, numbered in read order.
+
+    ``failures`` are records that failed while being read or cut, in the same
+    stretch of the input; they ride along so that everything reaches the sink
+    in read order. ``records`` counts the records completed by this batch
+    (their last chunk or their failure is in it) and ``marks`` says how far
+    each file touched is complete, for resuming.
+    """
+
+    seq: int
+    chunks: tuple[Chunk, ...]
+    failures: tuple[Failure, ...] = ()
+    records: int = 0
+    marks: tuple[Mark, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the API reported, and what it cost us to get it."""
+
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.requests + other.requests,
+            self.retries + other.retries,
+            self.prompt_tokens + other.prompt_tokens,
+            self.total_tokens + other.total_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedBatch:
+    """The answer to one batch: a vector per chunk, plus inputs that failed.
+
+    ``vectors[i]`` belongs to ``chunks[i]``. ``vectors`` is a 2-D numpy array
+    whose dtype follows the embedding type (float32, int8 or uint8; the binary
+    types are bit-packed, ``dimensions / 8`` columns). ``failures`` holds the
+    inputs of the original batch that the API rejected on their own, plus the
+    batch's read failures; ``seq``, ``records`` and ``marks`` are the batch's.
+    """
+
+    seq: int
+    chunks: tuple[Chunk, ...]
+    vectors: np.ndarray
+    usage: Usage
+    failures: tuple[Failure, ...] = ()
+    records: int = 0
+    marks: tuple[Mark, ...] = ()
+    reused: int = 0  # how many of ``chunks`` took their vector from run.reuse_from

@@ -1,0 +1,122 @@
+"""Config loading: interpolation, overrides, validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import interpolate, load_config
+from pipeline.errors import ConfigError
+
+BASE = """\
+source:
+  path: docs/*.jsonl
+embedding:
+  url: ${EMBEDDING_URL}
+  api_key: ${EMBEDDING_KEY}
+  model: ${EMBEDDING_MODEL_ID:-cohere-embed-multilingual}
+sink:
+  path: out/dataset
+run:
+  rank: ${RANK:-0}
+  world_size: ${WORLD_SIZE:-1}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_env(tmp_path: Path) -> None:
+    """Env vars fill ${VAR}, defaults apply, and integers come out typed."""
+    cfg = load_config(write(tmp_path, BASE), env={"EMBEDDING_URL": "https://x.example/", "EMBEDDING_KEY": "k-123456"})
+    assert cfg.embedding.url == "https://x.example"
+    assert cfg.api_key == "k-123456"
+    assert cfg.embedding.model == "cohere-embed-multilingual"
+    assert cfg.run.rank == 0 and cfg.run.world_size == 1
+    assert cfg.embedding.batch_size == 96 and cfg.chunking.max_chars == 2048
+
+
+def test_env_fills_missing_endpoint(tmp_path: Path) -> None:
+    """EMBEDDING_* config vars fill the endpoint when the file leaves it out."""
+    text = "source: {path: a.jsonl}\nsink: {path: out}\n"
+    cfg = load_config(write(tmp_path, text), env={"EMBEDDING_URL": "https://h", "EMBEDDING_MODEL_ID": "m1"})
+    assert cfg.embedding.url == "https://h" and cfg.embedding.model == "m1"
+
+
+def test_missing_url_names_key(tmp_path: Path) -> None:
+    """Without a URL for provider http, the error names embedding.url and the env var."""
+    with pytest.raises(ConfigError, match=r"embedding.*EMBEDDING_URL"):
+        load_config(write(tmp_path, BASE), env={})
+
+
+def test_unknown_key_names_dotted_path_and_line(tmp_path: Path) -> None:
+    """A typo is reported with its dotted key and its line in the file."""
+    path = write(tmp_path, BASE.replace("sink:\n", "sink:\n  shard_row: 5\n"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"EMBEDDING_URL": "http://h"})
+    assert str(info.value) == f"{path}:8: sink.shard_row: unknown key"
+
+
+def test_out_of_range_value(tmp_path: Path) -> None:
+    """A value out of range names its key; batch_size above 96 is refused."""
+    with pytest.raises(ConfigError, match=r"embedding\.batch_size: .*96"):
+        load_config(write(tmp_path, BASE), ["embedding.batch_size=97"], env={"EMBEDDING_URL": "http://h"})
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    """A wrong type says what it got."""
+    with pytest.raises(ConfigError, match=r"embedding\.concurrency: .*'lots'"):
+        load_config(write(tmp_path, BASE), ["embedding.concurrency=lots"], env={"EMBEDDING_URL": "http://h"})
+
+
+def test_set_overrides_parse_yaml_scalars(tmp_path: Path) -> None:
+    """--set values are YAML scalars and reach nested keys."""
+    cfg = load_config(
+        write(tmp_path, BASE),
+        ["embedding.concurrency=16", "source.path=s3://b/docs/*.jsonl", "sink.include_text=false"],
+        env={"EMBEDDING_URL": "http://h"},
+    )
+    assert cfg.embedding.concurrency == 16
+    assert cfg.source.path == "s3://b/docs/*.jsonl"
+    assert cfg.sink.include_text is False
+
+
+def test_bad_set_syntax(tmp_path: Path) -> None:
+    """A --set without '=' is a config error, not a crash."""
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(write(tmp_path, BASE), ["embedding.concurrency"])
+
+
+def test_invalid_yaml_names_line(tmp_path: Path) -> None:
+    """Broken YAML is reported with its file and line."""
+    path = write(tmp_path, "source:\n  path: [unclosed\nsink: {path: x}\n")
+    with pytest.raises(ConfigError, match=rf"{path}:\d+: invalid YAML"):
+        load_config(path)
+
+
+def test_missing_file() -> None:
+    """A missing config file is one clear line."""
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml"):
+        load_config("nope.yaml")
+
+
+def test_rank_must_be_below_world_size(tmp_path: Path) -> None:
+    """rank >= world_size is refused."""
+    with pytest.raises(ConfigError, match="rank"):
+        load_config(write(tmp_path, BASE), env={"EMBEDDING_URL": "http://h", "RANK": "2", "WORLD_SIZE": "2"})
+
+
+def test_key_not_in_repr(tmp_path: Path) -> None:
+    """The API key never shows in the config's repr."""
+    cfg = load_config(write(tmp_path, BASE), env={"EMBEDDING_URL": "http://h", "EMBEDDING_KEY": "supersecret"})
+    assert "supersecret" not in repr(cfg) and "supersecret" not in str(cfg.model_dump())
+
+
+def test_interpolate_inline() -> None:
+    """${VAR} inside a longer string is substituted; defaults apply when unset."""
+    assert interpolate("s3://${BUCKET}/x", {"BUCKET": "b"}) == "s3://b/x"
+    assert interpolate("${A:-z}-${B:-y}", {}) == "z-y"
