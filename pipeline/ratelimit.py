@@ -25,24 +25,26 @@ Sleep = Callable[[float], Awaitable[None]]
 class _Pacer:
     """Spaces out reservations of ``amount`` so that ``rate`` per second holds.
 
-    ``burst_s`` seconds of budget may be used at once after an idle spell;
-    beyond that each reservation waits for its slot.
+    A generic cell-rate scheduler: ``tat`` is the time at which everything
+    reserved so far has been paid for at ``rate``. A reservation may go up to
+    ``burst_s`` seconds ahead of that, so an idle client gets one second of
+    budget at once and a busy one runs at the steady pace.
     """
 
     def __init__(self, per_minute: float, burst_s: float = 1.0) -> None:
         self.rate = per_minute / 60.0
         self.burst_s = burst_s
-        self.next_free = -math.inf  # time at which the budget is fully caught up
+        self.tat = -math.inf
 
     def reserve(self, amount: float, now: float) -> float:
         """Reserve ``amount`` and return how long to wait before using it."""
-        start = max(self.next_free, now - self.burst_s)
-        self.next_free = start + amount / self.rate
-        return max(0.0, self.next_free - self.burst_s - now)
+        start = max(self.tat, now)
+        self.tat = start + amount / self.rate
+        return max(0.0, start - self.burst_s - now)
 
-    def push_back(self, until: float) -> None:
-        """Make no budget available before ``until``."""
-        self.next_free = max(self.next_free, until + self.burst_s)
+    def adjust(self, amount: float) -> None:
+        """Correct an earlier reservation by ``amount`` (positive: it cost more)."""
+        self.tat += amount / self.rate
 
 
 class RateLimiter:
@@ -103,7 +105,7 @@ class RateLimiter:
         # a slow-moving average: one odd batch must not swing the pace
         self.ratio += 0.2 * (reported / estimate - self.ratio)
         if self._tokens is not None:
-            self._tokens.next_free += (reported - reserved) / self._tokens.rate
+            self._tokens.adjust(reported - reserved)
 
     def backoff(self, delay: float) -> None:
         """The server said 429: pause every request for ``delay`` seconds."""
