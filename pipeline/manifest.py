@@ -1,0 +1,397 @@
+"""The dataset's ledger: ``_manifest.json``.
+
+The manifest names every committed shard with its accounting (rows, requests,
+tokens, the records it completed and how far each input file is done), the
+runs that wrote them, and how far each input file is committed (``progress``,
+what a re-run resumes from). A shard file exists before the manifest lists
+it, so a reader that goes by the manifest never sees a half-written shard.
+``totals`` are always recomputed from the shard entries, so they match the
+files.
+
+With ``world_size > 1`` each rank keeps its own part in
+``_manifests/{rank:05d}.json``; :func:`merge` combines the parts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import fsspec
+import orjson
+import pyarrow as pa
+import pyarrow.ipc
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import SinkError
+from .types import Mark
+
+FORMAT_VERSION = 1
+MANIFEST = "_manifest.json"
+RANK_MANIFESTS = "_manifests"
+META_KEY = "pipeline"  # schema metadata key of each shard file
+
+#: ``data/part-00000-000012.parquet`` → rank 0, seq 12
+SHARD_NAME = re.compile(r"part-(\d{5})-(\d{6})\.(parquet|arrow)$")
+
+TOTAL_KEYS = (
+    "records_read",
+    "rows_embedded",
+    "rows_reused",
+    "rows_failed",
+    "requests",
+    "retries",
+    "prompt_tokens",
+    "total_tokens",
+)
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC string (``2024-05-01T12:00:00.123Z``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...`` for fsspec paths (always ``/``)."""
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local disk (write-then-rename) rather than a store (one PUT)."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def shard_rank_seq(path: str) -> tuple[int, int] | None:
+    """The (rank, seq) in a shard path, or None when it is not a shard name."""
+    m = SHARD_NAME.search(path)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def manifest_name(rank: int = 0, world_size: int = 1) -> str:
+    """Where a rank keeps its manifest, relative to the dataset root."""
+    return MANIFEST if world_size <= 1 else f"{RANK_MANIFESTS}/{rank:05d}.json"
+
+
+@dataclass
+class Manifest:
+    """The contents of ``_manifest.json``; ``totals`` are derived from ``shards``."""
+
+    model: str
+    input_type: str | None
+    embedding_type: str
+    dimensions: int | None = None
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    progress: dict[str, int] = field(default_factory=dict)
+    #: columns of ``data/`` as ``{"name", "type"}``; every shard's schema casts to it
+    schema: list[dict[str, str]] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+    #: keys this version does not know, kept so that saving does not drop them
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def new(cls, model: str, input_type: str | None, embedding_type: str) -> Manifest:
+        """An empty manifest for a dataset made with this model and types."""
+        return cls(model=model, input_type=input_type, embedding_type=embedding_type)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST) -> Manifest:
+        """A manifest from its JSON form; ``SinkError`` naming ``where`` when malformed."""
+        if not isinstance(data, dict):
+            raise SinkError(f"{where}: not a pipeline manifest (expected a JSON object)")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise SinkError(
+                f"{where}: format_version {version!r} is not supported (this pipeline writes {FORMAT_VERSION})"
+            )
+        try:
+            known = {
+                "model": str(data["model"]),
+                "input_type": data.get("input_type"),
+                "embedding_type": str(data["embedding_type"]),
+                "dimensions": data.get("dimensions"),
+                "shards": [dict(s) for s in data.get("shards") or []],
+                "runs": [dict(r) for r in data.get("runs") or []],
+                "progress": {str(k): int(v) for k, v in (data.get("progress") or {}).items()},
+                "schema": [dict(c) for c in data.get("schema") or []],
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SinkError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+        for entry in known["shards"]:
+            if not isinstance(entry.get("path"), str) or entry.get("kind") not in ("data", "errors"):
+                raise SinkError(f"{where}: malformed shard entry {entry!r}")
+        skip = set(known) | {"format_version", "totals"}
+        extra = {k: v for k, v in data.items() if k not in skip}
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def load(cls, fs: fsspec.AbstractFileSystem, root: str, name: str = MANIFEST) -> Manifest | None:
+        """The manifest at ``root/name``, or None when there is none."""
+        path = join(root, name)
+        try:
+            raw = fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SinkError(f"cannot read {path}: {exc}") from exc
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise SinkError(f"{path} is not valid JSON ({exc}); restore it or move the dataset away") from exc
+        return cls.from_dict(data, where=path)
+
+    # ------------------------------------------------------------ derived values
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Sums over the shard entries (``records_read`` is the sum of ``records``)."""
+        t = dict.fromkeys(TOTAL_KEYS, 0)
+        for s in self.shards:
+            rows = int(s.get("rows", 0))
+            if s["kind"] == "data":
+                t["rows_embedded"] += rows
+            else:
+                t["rows_failed"] += rows
+            t["records_read"] += int(s.get("records", 0))
+            t["rows_reused"] += int(s.get("rows_reused", 0))
+            for key in ("requests", "retries", "prompt_tokens", "total_tokens"):
+                t[key] += int(s.get(key, 0))
+        return t
+
+    def last_seq(self, rank: int, kind: str) -> int:
+        """The highest shard seq of ``kind`` committed by ``rank``, or -1."""
+        seqs = [
+            rs[1]
+            for s in self.shards
+            if s["kind"] == kind and (rs := shard_rank_seq(s["path"])) is not None and rs[0] == rank
+        ]
+        return max(seqs, default=-1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (with ``totals``)."""
+        return {
+            **self.extra,
+            "format_version": self.format_version,
+            "model": self.model,
+            "input_type": self.input_type,
+            "embedding_type": self.embedding_type,
+            "dimensions": self.dimensions,
+            "schema": self.schema,
+            "shards": self.shards,
+            "totals": self.totals,
+            "runs": self.runs,
+            "progress": self.progress,
+        }
+
+    def to_json(self) -> bytes:
+        """Sorted, indented JSON, for people as much as for programs."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+    # ------------------------------------------------------------ changes
+
+    def check_compatible(
+        self, model: str, input_type: str | None, embedding_type: str, *, where: str = "the dataset"
+    ) -> None:
+        """Raise ``SinkError`` unless the dataset was made with the same model and types."""
+        mine = (self.model, self.input_type, self.embedding_type)
+        theirs = (model, input_type, embedding_type)
+        if mine != theirs:
+            raise SinkError(
+                f"dataset at {where} was made with model={self.model!r}, input_type={self.input_type!r}, "
+                f"embedding_type={self.embedding_type!r}; refusing to mix in model={model!r}, "
+                f"input_type={input_type!r}, embedding_type={embedding_type!r} "
+                "(use another sink.path)"
+            )
+
+    def set_dimensions(self, dimensions: int, *, where: str = "the dataset") -> None:
+        """Record the vector dimensions, or raise ``SinkError`` if they changed."""
+        if self.dimensions is None:
+            self.dimensions = dimensions
+        elif self.dimensions != dimensions:
+            raise SinkError(
+                f"dataset at {where} holds {self.dimensions}-dimensional vectors; "
+                f"the API now returns {dimensions} dimensions, refusing to mix them"
+            )
+
+    def add_commit(
+        self,
+        entries: Iterable[dict[str, Any]],
+        marks: Iterable[Mark] | dict[str, int] = (),
+        schema: pa.Schema | None = None,
+    ) -> None:
+        """Record the shards of one commit and how far each input file is now done."""
+        self.shards.extend(entries)
+        items = marks.items() if isinstance(marks, dict) else marks
+        for url, location in items:
+            if location > self.progress.get(url, -1):
+                self.progress[url] = int(location)
+        if schema is not None:
+            self.schema = merge_schema(self.schema, describe_schema(schema))
+
+    def start_run(self, started_at: str, *, rank: int = 0) -> dict[str, Any]:
+        """Append a run in status ``running``; a run left ``running`` before it becomes ``unfinished``."""
+        for run in self.runs:
+            if run.get("status") == "running" and run.get("rank", 0) == rank:
+                run["status"] = "unfinished"  # its process died without closing the dataset
+        run = {"started_at": started_at, "finished_at": None, "status": "running", "rank": rank}
+        self.runs.append(run)
+        return run
+
+    # ------------------------------------------------------------ saving
+
+    def save(self, fs: fsspec.AbstractFileSystem, root: str, name: str = MANIFEST) -> None:
+        """Write atomically: local → temp file, fsync, rename; object store → one PUT."""
+        path = join(root, name)
+        data = self.to_json()
+        try:
+            if is_local(fs):
+                fs.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = path + ".tmp"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            else:
+                fs.pipe_file(path, data)
+        except OSError as exc:
+            raise SinkError(f"cannot write {path}: {exc}") from exc
+
+
+def load_rank(
+    fs: fsspec.AbstractFileSystem, root: str, rank: int = 0, world_size: int = 1
+) -> Manifest | None:
+    """The manifest this rank writes to (None when it has none yet)."""
+    return Manifest.load(fs, root, manifest_name(rank, world_size))
+
+
+def save_rank(
+    manifest: Manifest, fs: fsspec.AbstractFileSystem, root: str, rank: int = 0, world_size: int = 1
+) -> None:
+    """Save this rank's manifest: ``_manifest.json``, or its part in ``_manifests/``."""
+    manifest.save(fs, root, manifest_name(rank, world_size))
+
+
+def merge(manifests: Iterable[Manifest]) -> Manifest:
+    """One manifest from the parts of several ranks (same model and types required)."""
+    parts = list(manifests)
+    if not parts:
+        raise ValueError("merge() needs at least one manifest")
+    first = parts[0]
+    out = Manifest.new(first.model, first.input_type, first.embedding_type)
+    for part in parts:
+        out.check_compatible(part.model, part.input_type, part.embedding_type)
+        if part.dimensions is not None:
+            out.set_dimensions(part.dimensions)
+        out.add_commit(part.shards, part.progress)
+        out.schema = merge_schema(out.schema, part.schema)
+        out.runs.extend(part.runs)
+        for key, value in part.extra.items():
+            out.extra.setdefault(key, value)
+    out.shards.sort(key=lambda s: s["path"])
+    out.runs.sort(key=lambda r: (r.get("started_at") or "", r.get("rank", 0)))
+    return out
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def describe_schema(schema: pa.Schema) -> list[dict[str, str]]:
+    """An Arrow schema as ``[{"name", "type"}]`` (Arrow's type names)."""
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+
+def merge_schema(old: list[dict[str, str]], new: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Columns of both, in order; for a column in both, the newer type wins."""
+    types = {c["name"]: c["type"] for c in new}
+    out = [{"name": c["name"], "type": types.pop(c["name"], c["type"])} for c in old]
+    out.extend({"name": c["name"], "type": c["type"]} for c in new if c["name"] in types)
+    return out
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def read_shard_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, dict[str, Any] | None]:
+    """Row count and ``pipeline`` schema metadata of one shard file, from its footer."""
+    with fs.open(path, "rb") as f:
+        if path.endswith(".arrow"):
+            reader = pa.ipc.open_file(f)
+            rows = reader.count_rows()
+            meta = reader.schema.metadata or {}
+        else:
+            md = pq.read_metadata(f)
+            rows = md.num_rows
+            meta = md.metadata or {}
+    raw = meta.get(META_KEY.encode())
+    return rows, (orjson.loads(raw) if raw else None)
+
+
+def load_dataset_manifest(fs: fsspec.AbstractFileSystem, root: str) -> Manifest | None:
+    """``_manifest.json``, or the merge of ``_manifests/*.json`` when only the parts exist."""
+    manifest = Manifest.load(fs, root)
+    if manifest is not None:
+        return manifest
+    try:
+        names = sorted(fs.glob(join(root, RANK_MANIFESTS, "*.json")))
+    except OSError:
+        names = []
+    parts = [Manifest.load(fs, root, f"{RANK_MANIFESTS}/{n.rsplit('/', 1)[-1]}") for n in names]
+    parts = [p for p in parts if p is not None]
+    return merge(parts) if parts else None
+
+
+def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
+    """A dataset as ``pipeline inspect`` shows it: the manifest, checked against the files.
+
+    Each listed shard is opened at its footer only; ``problems`` lists shards
+    that are missing, hold another row count than listed, or whose own
+    metadata disagrees with the manifest. Raises ``SinkError`` when ``root``
+    holds no manifest.
+    """
+    manifest = load_dataset_manifest(fs, root)
+    if manifest is None:
+        raise SinkError(f"no dataset at {root}: {MANIFEST} not found")
+    problems: list[str] = []
+    shards = []
+    for entry in manifest.shards:
+        path = join(root, entry["path"])
+        check: dict[str, Any] = {"exists": True, "file_rows": None, "metadata_matches": False}
+        try:
+            rows, meta = read_shard_footer(fs, path)
+        except FileNotFoundError:
+            check["exists"] = False
+            problems.append(f"{entry['path']}: listed in the manifest but missing")
+        except (OSError, pa.ArrowException, orjson.JSONDecodeError) as exc:
+            problems.append(f"{entry['path']}: unreadable ({exc})")
+        else:
+            check["file_rows"] = rows
+            check["metadata_matches"] = meta == entry
+            if rows != entry.get("rows"):
+                problems.append(f"{entry['path']}: {rows} rows in the file, {entry.get('rows')} listed")
+            elif meta != entry:
+                problems.append(f"{entry['path']}: its metadata differs from the manifest entry")
+        shards.append({**entry, **check})
+    return {
+        "path": root,
+        "format_version": manifest.format_version,
+        "model": manifest.model,
+        "input_type": manifest.input_type,
+        "embedding_type": manifest.embedding_type,
+        "dimensions": manifest.dimensions,
+        "schema": manifest.schema,
+        "totals": manifest.totals,
+        "runs": manifest.runs,
+        "shards": shards,
+        "data_shards": sum(1 for s in manifest.shards if s["kind"] == "data"),
+        "error_shards": sum(1 for s in manifest.shards if s["kind"] == "errors"),
+        "files_in_progress": len(manifest.progress),
+        "problems": problems,
+        "ok": not problems,
+    }
