@@ -13,6 +13,7 @@ from __future__ import annotations
 import lzma
 import posixpath
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -51,12 +52,16 @@ _BLOCK = 1 << 20  # bytes read at a time from a jsonl stream
 _BATCH_ROWS = 4096  # rows per Arrow batch for csv, parquet and arrow
 _MAGIC = re.compile(r"[*?\[]")
 
+_FS = fsspec.AbstractFileSystem
+_Items = Iterator[Record | Failure]
+
 # What a broken file raises while being read: I/O errors, truncated or corrupt
 # compressed streams, and Arrow's own errors (bad parquet, bad CSV, bad IPC).
 _READ_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     EOFError,
     lzma.LZMAError,
+    zlib.error,
     zstandard.ZstdError,
     pa.ArrowException,
 )
@@ -115,9 +120,11 @@ def open_source(cfg: SourceConfig) -> tuple[fsspec.AbstractFileSystem, list[Inpu
     :class:`~pipeline.errors.SourceError` when the path cannot be listed or
     nothing matches.
     """
+    # Listing is the boundary with fsspec and its backends (s3fs, gcsfs, ...),
+    # whose errors are not all OSError: anything they raise here is translated.
     try:
         fs, root = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
-    except (ImportError, ValueError, TypeError, OSError) as exc:
+    except Exception as exc:
         raise SourceError(f"source.path {cfg.path}: cannot open the filesystem: {_one_line(exc)}") from exc
     local = _is_local(fs)
     if local:
@@ -143,7 +150,7 @@ def open_source(cfg: SourceConfig) -> tuple[fsspec.AbstractFileSystem, list[Inpu
         raise SourceError(f"source.path not found: {cfg.path}") from exc
     except PermissionError as exc:
         raise SourceError(f"source.path {cfg.path}: permission denied: {_one_line(exc)}") from exc
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
         raise SourceError(f"source.path {cfg.path}: cannot list: {_one_line(exc)}") from exc
 
     files: list[InputFile] = []
@@ -237,7 +244,9 @@ def _open(fs: fsspec.AbstractFileSystem, inp: InputFile) -> Any:
         raise SourceError(f"cannot open {inp.url}: {_one_line(exc)}") from exc
 
 
-def _failure(inp: InputFile, location: int, doc_id: str | None, error_type: str, message: str, text: Any = None) -> Failure:
+def _failure(
+    inp: InputFile, location: int, doc_id: str | None, error_type: str, message: str, text: Any = None
+) -> Failure:
     ident = doc_id if doc_id is not None else f"{inp.url}:{location}"
     return Failure(
         id=ident,
@@ -309,7 +318,7 @@ def _blocks(f: Any) -> Iterator[list[bytes]]:
         yield [b"".join(rest)]
 
 
-def _read_jsonl(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+def _read_jsonl(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:
     url = inp.url
     id_field = cfg.id_field
     text_field = cfg.text_field
@@ -364,7 +373,7 @@ def _bad_json_line(inp: InputFile, n: int, line: bytes, exc: Exception) -> Failu
     return _failure(inp, n, None, "invalid_json", f"line {n}: not valid JSON: {msg}{where}")
 
 
-def _read_text(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+def _read_text(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:
     if after >= 1:
         return
     with _open(fs, inp) as f:
@@ -428,7 +437,8 @@ def _rows(
                 try:
                     text = text.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    yield _failure(inp, row, doc_id, "invalid_utf8", f"row {row}: not valid UTF-8 at byte {exc.start + 1}")
+                    message = f"row {row}: not valid UTF-8 at byte {exc.start + 1}"
+                    yield _failure(inp, row, doc_id, "invalid_utf8", message)
                     continue
             problem = _check_text(text, cfg.text_field, f"row {row}")
             if problem is not None:
@@ -438,7 +448,8 @@ def _rows(
             yield Record(doc_id if doc_id is not None else f"{url}:{row}", text, url, row, metadata)
 
 
-def _read_csv(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+def _read_csv(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:
+    _require_text_column(inp, cfg, _csv_header(fs, inp))
     wanted = _columns(cfg)
     with _open(fs, inp) as f:
         reader = pa_csv.open_csv(
@@ -449,26 +460,28 @@ def _read_csv(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, 
                 include_columns=wanted,
                 include_missing_columns=True,
                 column_types={name: pa.string() for name in wanted},
-                strings_can_be_null=False,
+                # Only an unquoted empty cell is null (a missing value); "" is an
+                # empty string, and words like NA or null stay text.
+                null_values=[""],
+                strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
             ),
         )
-        if not any(field.name == cfg.text_field and field.type != pa.null() for field in reader.schema):
-            raise SourceError(f"{inp.url}: no column {cfg.text_field!r} (source.text_field)")
-        present = _csv_header(fs, inp)
-        if present is not None:
-            _require_text_column(inp, cfg, present)
         yield from _rows(cfg, inp, reader, after)
 
 
-def _csv_header(fs: fsspec.AbstractFileSystem, inp: InputFile) -> list[str] | None:
-    """The CSV's own column names (``include_missing_columns`` hides a missing one)."""
+def _csv_header(fs: fsspec.AbstractFileSystem, inp: InputFile) -> list[str]:
+    """The CSV's own column names (the main reader fills missing ones with nulls)."""
     with _open(fs, inp) as f:
-        reader = pa_csv.open_csv(f, read_options=pa_csv.ReadOptions(block_size=1 << 16))
+        reader = pa_csv.open_csv(
+            f,
+            read_options=pa_csv.ReadOptions(block_size=1 << 16),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        )
         return reader.schema.names
 
 
-def _read_parquet(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+def _read_parquet(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:
     with _open(fs, inp) as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
@@ -477,7 +490,7 @@ def _read_parquet(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFi
         yield from _rows(cfg, inp, pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns), after)
 
 
-def _read_arrow(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> Iterator[Record | Failure]:
+def _read_arrow(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:
     with _open(fs, inp) as f:
         try:
             reader = pa_ipc.open_file(f)
@@ -495,7 +508,7 @@ def _read_arrow(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile
         yield from _rows(cfg, inp, stream, after)
 
 
-_READERS: dict[str, Callable[[SourceConfig, fsspec.AbstractFileSystem, InputFile, int], Iterator[Record | Failure]]] = {
+_READERS: dict[str, Callable[[SourceConfig, _FS, InputFile, int], _Items]] = {
     "jsonl": _read_jsonl,
     "text": _read_text,
     "csv": _read_csv,
