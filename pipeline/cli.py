@@ -123,16 +123,78 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_summary(summary: dict, failures_by_type: dict[str, int]) -> str:
+    """The text ``pipeline inspect`` prints for a dataset summary."""
+    t = summary["totals"]
+    out = [
+        f"dataset: {summary['path']}",
+        f"model: {summary['model']}  input_type: {summary['input_type']}  "
+        f"embedding_type: {summary['embedding_type']}  dimensions: {summary['dimensions']}",
+        "",
+        _table(
+            ["shard", "kind", "rows", "requests", "retries", "prompt_tokens", "total_tokens", "finished_at"],
+            [
+                [s["path"], s["kind"], f"{s['rows']:,}", f"{s.get('requests', 0):,}", s.get("retries", 0),
+                 f"{s.get('prompt_tokens', 0):,}", f"{s.get('total_tokens', 0):,}", s.get("finished_at", "")]
+                for s in summary["shards"]
+            ],
+        ),
+        "",
+        f"records read: {t['records_read']:,}   rows embedded: {t['rows_embedded']:,} "
+        f"(reused {t['rows_reused']:,})   rows failed: {t['rows_failed']:,}",
+        f"requests: {t['requests']:,} (retries {t['retries']:,})   prompt tokens: {t['prompt_tokens']:,}   "
+        f"total tokens: {t['total_tokens']:,}",
+    ]
+    if failures_by_type:
+        out.append("failures: " + ", ".join(f"{k} {v:,}" for k, v in sorted(failures_by_type.items())))
+    if summary["runs"]:
+        out += ["", _table(["run started", "finished", "status"],
+                           [[r.get("started_at", ""), r.get("finished_at") or "", r.get("status", "")]
+                            for r in summary["runs"]])]
+    out.append("")
+    if summary["problems"]:
+        out += [f"PROBLEM: {p}" for p in summary["problems"]]
+    else:
+        out.append("every listed shard is present, with the listed rows and metadata")
+    return "\n".join(out)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``pipeline inspect``: a dataset as a table, read from its files."""
-    from .inspect import inspect_dataset
+    import fsspec
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from .manifest import summarize
 
     options = {}
     for item in args.storage_option:
         key, _, value = item.partition("=")
         options[key] = value
-    print(inspect_dataset(args.dataset, options))
-    return 0
+    fs, root = fsspec.core.url_to_fs(args.dataset, **options)
+    summary = summarize(fs, root)
+    by_type: dict[str, int] = {}
+    error_files = [f"{root}/{s['path']}" for s in summary["shards"] if s["kind"] == "errors" and s["exists"]]
+    if error_files:
+        fmt = "arrow" if error_files[0].endswith(".arrow") else "parquet"
+        table = ds.dataset(error_files, format="ipc" if fmt == "arrow" else fmt, filesystem=fs).to_table(
+            columns=["error_type"]
+        )
+        for row in pc.value_counts(table["error_type"]).to_pylist():
+            by_type[row["values"]] = row["counts"]
+    print(render_summary(summary, by_type))
+    return 0 if summary["ok"] else 1
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ class LocalModel:
         """Float32 vectors (one row per text, L2-normalised) and the token count."""
         with self._lock:
             vectors = self._model.embed(texts, norm=True)
-            tokens = sum(len(e.ids) for e in self._model.tokenizer.encode_batch(texts))
+            tokens = sum(sum(e.attention_mask) for e in self._model.tokenizer.encode_batch(texts))
         return np.asarray(vectors, dtype=np.float32), tokens
 
 

@@ -72,7 +72,9 @@ def _logfmt_value(value: Any) -> str:
 
 def logfmt(_logger: Any, _name: str, event: dict[str, Any]) -> str:
     """Render an event as one logfmt line: ``at=info event=… key=value …``."""
-    parts = [f"at={event.pop('level', 'info')}", f"event={event.pop('event', '')}"]
+    ts = event.pop("ts", None)
+    parts = [f"ts={ts}"] if ts else []
+    parts += [f"at={event.pop('level', 'info')}", f"event={event.pop('event', '')}"]
     parts += [f"{k}={_logfmt_value(v)}" for k, v in event.items()]
     line = " ".join(parts)
     return line if len(line) <= MAX_LINE else line[: MAX_LINE - 1] + "…"

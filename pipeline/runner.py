@@ -22,7 +22,6 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from itertools import islice
 from typing import Any, Callable, Iterator
 
@@ -35,6 +34,7 @@ from .client import Embedder, estimate_tokens, make_embedder
 from .config import Config
 from .errors import ApiError, FatalApiError, SourceError
 from .logs import LogSetup, format_duration, get_logger
+from .manifest import utc_now
 from .sinks import DatasetWriter
 from .sources import open_source, read_records
 from .types import Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
@@ -44,11 +44,6 @@ PROGRESS_EVERY_S = 10.0
 COMMIT_CHECK_S = 1.0
 EXIT_OK, EXIT_TOO_MANY_FAILED, EXIT_CONFIG, EXIT_FATAL = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-
-
-def utcnow() -> str:
-    """Now, as an ISO-8601 UTC timestamp."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -253,16 +248,7 @@ class Job:
             self.log.warning("batches_dropped", count=len(waiting))
 
     async def _commit(self, fn: Callable[..., list[dict]], *args: Any) -> None:
-        entries = await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-        for entry in entries:
-            self.progress.shards += 1
-            self.log.info(
-                "shard_committed",
-                path=entry.get("path"),
-                rows=entry.get("rows"),
-                requests=entry.get("requests"),
-                tokens=entry.get("total_tokens"),
-            )
+        self._log_commits(await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter))
 
     async def progress_stage(self) -> None:
         """Report progress: a line every 10 s, or a live line on a terminal."""
@@ -300,7 +286,7 @@ class Job:
     async def run(self) -> RunResult:
         """Run the job to its end; commit what was done whatever happens."""
         cfg = self.cfg
-        started_at = utcnow()
+        started_at = utc_now()
         fs, files = await anyio.to_thread.run_sync(open_source, cfg.source)
         files = assign(files, cfg.run.rank, cfg.run.world_size)
         self.progress.bytes_total = sum(f.size or 0 for f in files)
@@ -313,6 +299,7 @@ class Job:
                 embedding_type=cfg.embedding.embedding_type,
                 metadata_fields=list(cfg.source.metadata_fields),
                 run_started_at=started_at,
+                world_size=cfg.run.world_size,
             )
         )
         self.log.info(
@@ -368,11 +355,21 @@ class Job:
 
     def _finish(self, status: str) -> None:
         assert self.writer is not None
-        for entry in self.writer.commit():
+        try:
+            self._log_commits(self.writer.commit())
+        finally:
+            self.writer.close(status)  # records the run, even after a failed commit
+
+    def _log_commits(self, entries: list[dict]) -> None:
+        for entry in entries:
             self.progress.shards += 1
-            self.log.info("shard_committed", path=entry.get("path"), rows=entry.get("rows"),
-                          requests=entry.get("requests"), tokens=entry.get("total_tokens"))
-        self.writer.close(status)
+            self.log.info(
+                "shard_committed",
+                path=entry.get("path"),
+                rows=entry.get("rows"),
+                requests=entry.get("requests"),
+                tokens=entry.get("total_tokens"),
+            )
 
     def _on_retry(self, exc: ApiError, attempt: int) -> None:
         self.log.info("request_retried", attempt=attempt, status=exc.status, reason=exc.message)
