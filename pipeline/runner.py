@@ -123,6 +123,13 @@ def assign(files: list[InputFile], rank: int, world_size: int) -> list[InputFile
     ]
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _take(iterator: Iterator[Any], n: int) -> list[Any]:
     return list(islice(iterator, n))
 
@@ -320,8 +327,7 @@ class Job:
             async with embedder:  # type: ignore[attr-defined]
                 await self._run_stages(fs, files, embedder)
         except* FatalApiError as group:
-            exc = group.exceptions[0]
-            status, code, message = "failed", EXIT_FATAL, str(exc)
+            status, code, message = "failed", EXIT_FATAL, str(_first_leaf(group))
         if self._stop.requested is not None and status == "completed":
             status = "interrupted"
             code = EXIT_SIGINT if self._stop.requested == signal.SIGINT else EXIT_SIGTERM
@@ -350,6 +356,7 @@ class Job:
             cost_usd=cost,
             dataset_rows=totals.get("rows_embedded"),
             dataset_failed=totals.get("rows_failed"),
+            **({"error": message} if message else {}),
         )
         return RunResult(status=status, exit_code=code, totals=totals, message=message)
 

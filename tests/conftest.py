@@ -9,3 +9,52 @@ import pytest
 def anyio_backend() -> str:
     """Run async tests on asyncio (the backend production uses)."""
     return "asyncio"
+
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pipeline_cmd(*args: str) -> list[str]:
+    """The command line that runs ``pipeline`` with this interpreter."""
+    return [sys.executable, "-m", "pipeline", *args]
+
+
+@contextmanager
+def serve_process(*flags: str) -> Iterator[str]:
+    """A real ``pipeline serve`` subprocess on an ephemeral loopback port; yields its URL."""
+    proc = subprocess.Popen(
+        pipeline_cmd("serve", "--host", "127.0.0.1", "--port", "0", *flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the server prints its URL once it listens
+        if "listening on" not in line:
+            raise RuntimeError(f"pipeline serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+        yield line.rsplit(" ", 1)[-1].strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run ``pipeline ARGS`` to completion and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(pipeline_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)

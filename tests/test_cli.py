@@ -1,0 +1,108 @@
+"""The command line, as a user runs it: exit codes, one-line errors, no secrets."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from conftest import ROOT, run_cli, serve_process
+
+KEY = "sk-test-0123456789abcdef"
+
+
+def write_job(tmp_path: Path, url: str = "http://127.0.0.1:9", **extra: str) -> Path:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    lines = [json.dumps({"id": f"r{i}", "text": f"record number {i}"}) for i in range(50)]
+    (tmp_path / "in" / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    body = (
+        f"source:\n  path: {tmp_path / 'in'}\n"
+        f"embedding:\n  url: {url}\n  api_key: ${{TEST_KEY}}\n  max_attempts: 2\n  timeout_s: 5\n"
+        f"sink:\n  path: {tmp_path / 'out'}\n"
+        "logging:\n  format: logfmt\n"
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(body)
+    return job
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_key_exit_2(tmp_path: Path) -> None:
+    """A typo in the config exits 2 with one line naming file, line and dotted key."""
+    job = write_job(tmp_path)
+    job.write_text(job.read_text().replace("  max_attempts: 2\n", "  max_atempts: 2\n"))
+    result = run_cli("run", str(job))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, f"{job}:", "embedding.max_atempts", "unknown key")
+
+
+def test_bad_set_value_exit_2(tmp_path: Path) -> None:
+    """A --set with a wrong type exits 2 and names the key."""
+    result = run_cli("validate", str(write_job(tmp_path)), "--set", "embedding.batch_size=500")
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "embedding.batch_size")
+
+
+def test_missing_source_exit_2(tmp_path: Path) -> None:
+    """A source path that matches nothing exits 2 with one line naming it."""
+    result = run_cli("run", str(write_job(tmp_path)), "--set", f"source.path={tmp_path}/nothing/*.jsonl")
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "nothing")
+
+
+def test_validate_sample_counts_without_api() -> None:
+    """validate on the sample corpus prints counts and estimates and calls no API."""
+    result = run_cli("validate", "configs/local.yaml", "--set", "embedding.provider=http",
+                     "--set", "embedding.url=http://127.0.0.1:9")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "records: 300" in out and "chunks: 308" in out
+    assert "estimated tokens:" in out and "requests: 4" in out
+
+
+def test_rejected_key_exit_3_fast_and_secret(tmp_path: Path) -> None:
+    """A rejected key stops the run in under 10 s with exit 3, and the key is printed nowhere."""
+    with serve_process("--fake", "--api-key", "the-right-key") as url:
+        job = write_job(tmp_path, url)
+        started = time.monotonic()
+        result = run_cli("run", str(job), env={"TEST_KEY": KEY})
+        elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert elapsed < 10
+    assert "embedding API rejected the key (401)" in result.stderr
+    assert KEY not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_endpoint_exit_3(tmp_path: Path) -> None:
+    """An endpoint nobody listens on ends the run with exit 3 and one clear line."""
+    result = run_cli("run", str(write_job(tmp_path, "http://127.0.0.1:9")), env={"TEST_KEY": KEY})
+    assert result.returncode == 3
+    assert "unreachable" in result.stderr and KEY not in result.stderr
+
+
+def test_run_then_inspect(tmp_path: Path) -> None:
+    """run against pipeline serve writes a dataset that inspect reads back."""
+    with serve_process("--fake", "--dimensions", "16") as url:
+        result = run_cli("run", str(write_job(tmp_path, url)), env={"TEST_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    assert "event=run_finished" in result.stderr and KEY not in result.stderr
+    shown = run_cli("inspect", str(tmp_path / "out"))
+    assert shown.returncode == 0, shown.stderr
+    assert "rows embedded: 50" in shown.stdout
+
+
+def test_local_sample_job(tmp_path: Path) -> None:
+    """The README's first command: the local provider embeds the sample corpus offline."""
+    result = run_cli("run", str(ROOT / "configs/local.yaml"), "--set", f"sink.path={tmp_path / 'local'}")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "local" / "_manifest.json").read_text())
+    assert manifest["totals"]["rows_embedded"] == 308 and manifest["totals"]["rows_failed"] == 2
+    assert manifest["dimensions"] == 256

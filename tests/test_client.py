@@ -1,0 +1,145 @@
+"""The HTTP client against a real `pipeline serve` on a loopback port."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import numpy as np
+import pytest
+
+from pipeline.client import HttpEmbedder, LocalEmbedder, parse_reset
+from pipeline.config import EmbeddingConfig
+from pipeline.errors import FatalApiError
+from pipeline.server import ServerOptions, running_server
+from pipeline.types import Batch, Chunk
+from pipeline.vectors import DTYPES
+
+pytestmark = pytest.mark.anyio
+
+
+def chunks(n: int, prefix: str = "text") -> tuple[Chunk, ...]:
+    return tuple(
+        Chunk(id=f"d{i}", doc_id=f"d{i}", chunk_index=0, text=f"{prefix} number {i} ünïcødé 日本語",
+              source="f.jsonl", location=i + 1, content_hash=str(i))
+        for i in range(n)
+    )
+
+
+async def no_sleep(_: float) -> None:
+    await anyio.lowlevel.checkpoint()
+
+
+def embedding_config(url: str, **kw) -> EmbeddingConfig:
+    return EmbeddingConfig(url=url, **kw)
+
+
+async def embed(options: ServerOptions, batch: Batch, key: str | None = None, **kw):
+    """Embed ``batch`` through a fresh server; FatalApiError is re-raised bare."""
+    fatal: FatalApiError | None = None
+    async with running_server(options) as server:
+        cfg = embedding_config(server.url, **kw)
+        async with HttpEmbedder(cfg, api_key=key, sleep=no_sleep, rng=random.Random(0)) as client:
+            with anyio.fail_after(20):
+                try:
+                    result = await client.embed(batch)
+                except FatalApiError as exc:
+                    fatal = exc
+        stats = server.stats.snapshot()
+    if fatal is not None:
+        raise fatal
+    return result, stats
+
+
+@pytest.mark.parametrize("encoding", ["raw", "base64"])
+@pytest.mark.parametrize("etype,width", [("float", 64), ("int8", 64), ("uint8", 64), ("binary", 8), ("ubinary", 8)])
+async def test_every_type_and_encoding(etype: str, width: int, encoding: str) -> None:
+    """All five embedding types, in both encodings, decode to the right dtype and width."""
+    batch = Batch(seq=0, chunks=chunks(5))
+    result, _ = await embed(ServerOptions(port=0, fake=True, dimensions=64), batch,
+                            embedding_type=etype, encoding_format=encoding)
+    assert result.vectors.dtype == DTYPES[etype]
+    assert result.vectors.shape == (5, width)
+    assert result.usage.requests == 1 and result.usage.prompt_tokens > 0
+
+
+async def test_vectors_follow_index_not_position() -> None:
+    """With data shuffled by the server, each vector still lands on its own text."""
+    batch = Batch(seq=0, chunks=chunks(96))
+    plain, _ = await embed(ServerOptions(port=0, fake=True, dimensions=32), batch)
+    shuffled, _ = await embed(ServerOptions(port=0, fake=True, dimensions=32, shuffle=True, seed=3), batch)
+    np.testing.assert_array_equal(plain.vectors, shuffled.vectors)
+    assert len({row.tobytes() for row in plain.vectors}) == 96
+
+
+@pytest.mark.parametrize("fault", ["fail_500", "fail_503", "fail_429", "drop", "malformed", "short"])
+async def test_transient_faults_are_retried(fault: str) -> None:
+    """5xx, 429, dropped connections, malformed and short bodies are retried until they succeed."""
+    options = ServerOptions(port=0, fake=True, dimensions=16, seed=1, fault_retry_after=0, **{fault: 0.5})
+    result, stats = await embed(options, Batch(seq=0, chunks=chunks(4)), max_attempts=30)
+    assert result.vectors.shape == (4, 16) and not result.failures
+    assert result.usage.requests == stats["requests"]
+    assert result.usage.retries == stats["requests"] - 1
+
+
+async def test_hang_times_out_and_retries() -> None:
+    """A request that hangs past timeout_s counts as a failed attempt."""
+    options = ServerOptions(port=0, fake=True, dimensions=16, hang=1.0, hang_s=30)
+    result, stats = await embed(options, Batch(seq=0, chunks=chunks(2)), timeout_s=0.2, max_attempts=2)
+    assert not len(result.chunks) and len(result.failures) == 2
+    assert {f.error_type for f in result.failures} == {"api_error"}
+    assert all(f.attempts == 2 for f in result.failures)
+
+
+async def test_poison_input_is_isolated() -> None:
+    """A 400 for a batch is bisected until only the bad input fails; the rest are embedded."""
+    batch = Batch(seq=0, chunks=chunks(10) + chunks(1, prefix="POISON"))
+    result, _ = await embed(ServerOptions(port=0, fake=True, dimensions=16, poison=("POISON",)), batch)
+    assert len(result.chunks) == 10
+    assert [f.text for f in result.failures] == [batch.chunks[-1].text]
+    assert result.failures[0].status == 400 and result.failures[0].error_type == "rejected"
+
+
+async def test_rejected_key_is_fatal_and_never_echoed() -> None:
+    """401 stops with FatalApiError whose message names the status but not the key."""
+    with pytest.raises(FatalApiError) as info:
+        await embed(ServerOptions(port=0, fake=True, api_key="right-key"), Batch(seq=0, chunks=chunks(1)),
+                    key="wrong-key-123")
+    assert "401" in str(info.value) and "wrong-key-123" not in str(info.value)
+
+
+async def test_unknown_model_is_fatal() -> None:
+    """404 for the model stops the run with a message naming the model."""
+    with pytest.raises(FatalApiError, match="no-such-model"):
+        await embed(ServerOptions(port=0, fake=True, models=("m1",)), Batch(seq=0, chunks=chunks(1)),
+                    model="no-such-model")
+
+
+async def test_unreachable_endpoint_is_fatal() -> None:
+    """A refused connection on every attempt becomes a fatal 'unreachable' error."""
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        await listener.aclose()  # nothing listens there now
+        cfg = embedding_config(f"http://127.0.0.1:{port}", max_attempts=2)
+        async with HttpEmbedder(cfg, api_key=None, sleep=no_sleep) as client:
+            with pytest.raises(FatalApiError, match="unreachable"):
+                await client.embed(Batch(seq=0, chunks=chunks(1)))
+
+
+async def test_local_embedder_quantizes() -> None:
+    """The local provider gives 256-dim float vectors, or 32 packed bytes for binary."""
+    for etype, width in (("float", 256), ("binary", 32)):
+        cfg = EmbeddingConfig(provider="local", embedding_type=etype)
+        async with LocalEmbedder(cfg) as client:
+            result = await client.embed(Batch(seq=0, chunks=chunks(3)))
+        assert result.vectors.shape == (3, width) and result.usage.prompt_tokens > 0
+
+
+def test_parse_reset_formats() -> None:
+    """Retry-After and x-ratelimit-reset values parse in seconds and durations."""
+    assert parse_reset("2") == 2.0
+    assert parse_reset("51s") == 51.0
+    assert parse_reset("1m30s") == 90.0
+    assert parse_reset("250ms") == 0.25
+    assert parse_reset("soon") is None

@@ -1,0 +1,155 @@
+"""The whole job against a real `pipeline serve` on loopback: every record lands once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import Config
+from pipeline.runner import run_job
+from pipeline.server import ServerOptions, running_server
+
+pytestmark = pytest.mark.anyio
+
+
+def write_corpus(path: Path, n: int, *, bad: bool = True, long_every: int = 0, prefix: str = "doc") -> int:
+    """n JSON lines (plus two bad ones); returns how many lines were written."""
+    lines = []
+    for i in range(n):
+        text = f"Document {prefix} {i}: une phrase, ein Satz, 一つの文。"
+        if long_every and i % long_every == 0:
+            text = " ".join([f"Paragraph {i} sentence {k}." for k in range(300)])
+        lines.append(json.dumps({"id": f"{prefix}-{i}", "text": text, "lang": "xx"}, ensure_ascii=False))
+    if bad:
+        lines.insert(n // 2, "{not json")
+        lines.insert(n // 3, json.dumps({"id": "empty", "text": ""}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(lines)
+
+
+def make_config(tmp_path: Path, url: str, **sections: dict[str, Any]) -> Config:
+    data: dict[str, Any] = {
+        "source": {"path": str(tmp_path / "in"), "metadata_fields": ["lang"]},
+        "embedding": {"url": url, "model": "test-model", "concurrency": 4, "max_attempts": 10},
+        "sink": {"path": str(tmp_path / "out"), "shard_rows": 200},
+        "logging": {"format": "logfmt"},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return Config.model_validate(data)
+
+
+def read_dataset(tmp_path: Path, kind: str = "data") -> pa.Table:
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    files = [str(tmp_path / "out" / s["path"]) for s in manifest["shards"] if s["kind"] == kind]
+    return ds.dataset(files, format="parquet").to_table() if files else pa.table({})
+
+
+async def run(cfg: Config, options: ServerOptions) -> tuple[Any, dict]:
+    async with running_server(options) as server:
+        with anyio.fail_after(60):
+            result = await run_job(cfg.model_copy(update={"embedding": cfg.embedding.model_copy(
+                update={"url": server.url})}), handle_signals=False)
+        return result, server.stats.snapshot()
+
+
+async def test_every_record_lands_exactly_once(tmp_path: Path) -> None:
+    """Good records are in data/, bad ones in errors/, each exactly once, and totals add up."""
+    (tmp_path / "in").mkdir()
+    lines = write_corpus(tmp_path / "in" / "a.jsonl", 500, long_every=50)
+    write_corpus(tmp_path / "in" / "b.jsonl", 120, bad=False, prefix="b")
+    cfg = make_config(tmp_path, "http://placeholder")
+    result, stats = await run(cfg, ServerOptions(port=0, fake=True, dimensions=32, shuffle=True))
+    assert result.exit_code == 0 and result.status == "completed"
+    data, errors = read_dataset(tmp_path), read_dataset(tmp_path, "errors")
+    ids = data["id"].to_pylist()
+    assert len(ids) == len(set(ids))
+    doc_ids = set(data["doc_id"].to_pylist())
+    assert len(doc_ids) == 620 - 0  # 500 + 120 good records
+    assert errors.num_rows == 2
+    assert sorted(errors["error_type"].to_pylist()) == ["empty_text", "invalid_json"]
+    assert errors["location"].to_pylist() and all(x > 0 for x in errors["location"].to_pylist())
+    split = [i for i in ids if i.startswith("doc-0#")]
+    assert len(split) > 1  # the long document was cut into chunks
+    assert all(len(t) <= 2048 for t in data["text"].to_pylist())
+    totals = result.totals
+    assert totals["records_read"] == lines + 120
+    assert totals["rows_embedded"] == data.num_rows and totals["rows_failed"] == 2
+    # token usage adds up to what the server reported
+    assert totals["prompt_tokens"] == stats["prompt_tokens"] and totals["requests"] == stats["requests"]
+    assert stats["duplicate_inputs_embedded"] == 0
+
+
+async def test_vectors_belong_to_their_text(tmp_path: Path) -> None:
+    """With the server shuffling data, each row's vector is the one its text gets alone."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 200, bad=False)
+    cfg = make_config(tmp_path, "http://placeholder")
+    await run(cfg, ServerOptions(port=0, fake=True, dimensions=16, shuffle=True, seed=7))
+    from pipeline.server import FakeEmbedder
+
+    data = read_dataset(tmp_path)
+    texts = data["text"].to_pylist()
+    expected = await FakeEmbedder(16).embed(texts)
+    got = data["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, 16)
+    assert (got == expected).all()
+
+
+@pytest.mark.parametrize("etype,arrow_type", [
+    ("float", pa.list_(pa.float32(), 64)), ("int8", pa.list_(pa.int8(), 64)),
+    ("uint8", pa.list_(pa.uint8(), 64)), ("binary", pa.list_(pa.int8(), 8)),
+    ("ubinary", pa.list_(pa.uint8(), 8)),
+])
+@pytest.mark.parametrize("encoding", ["raw", "base64"])
+async def test_embedding_types_reach_arrow(tmp_path: Path, etype: str, arrow_type: pa.DataType, encoding: str) -> None:
+    """Every embedding type and encoding lands as the right fixed_size_list type."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 30, bad=False)
+    cfg = make_config(tmp_path, "http://placeholder", embedding={"embedding_type": etype, "encoding_format": encoding})
+    await run(cfg, ServerOptions(port=0, fake=True, dimensions=64))
+    schema = pq.read_schema(next((tmp_path / "out" / "data").glob("*.parquet")))
+    assert schema.field("embedding").type == arrow_type
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["dimensions"] == 64 and manifest["embedding_type"] == etype
+
+
+async def test_shard_usage_is_per_shard(tmp_path: Path) -> None:
+    """Each shard's metadata carries the usage of the responses in it, and they sum to the totals."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 1000, bad=False)
+    cfg = make_config(tmp_path, "http://placeholder", sink={"shard_rows": 300})
+    result, stats = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    data_shards = [s for s in manifest["shards"] if s["kind"] == "data"]
+    assert len(data_shards) == 4 and all(s["rows"] <= 300 for s in data_shards)
+    for shard in data_shards:
+        meta = json.loads(pq.read_schema(tmp_path / "out" / shard["path"]).metadata[b"pipeline"])
+        assert meta["prompt_tokens"] == shard["prompt_tokens"] > 0
+    assert sum(s["prompt_tokens"] for s in data_shards) == stats["prompt_tokens"]
+
+
+async def test_rerun_resumes_without_duplicates(tmp_path: Path) -> None:
+    """A second run of a finished config embeds nothing and duplicates nothing."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 300)
+    cfg = make_config(tmp_path, "http://placeholder")
+    await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    result, stats = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert stats["requests"] == 0
+    assert read_dataset(tmp_path).num_rows == 300
+
+
+async def test_too_many_failures_exit_1(tmp_path: Path) -> None:
+    """More failed rows than run.max_failed_fraction allows gives exit code 1."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 20)  # 2 bad of 22
+    cfg = make_config(tmp_path, "http://placeholder", run={"max_failed_fraction": 0.05})
+    result, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert result.exit_code == 1 and "max_failed_fraction" in result.message
