@@ -32,12 +32,20 @@ class LocalModel:
             raise RuntimeError(f"cannot load the local wordllama model: {exc}") from exc
         self._lock = threading.Lock()
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text as the model's tokenizer counts them (padding excluded), at least one."""
+        with self._lock:
+            encodings = self._model.tokenizer.encode_batch(texts)
+        return [max(1, sum(e.attention_mask)) for e in encodings]
+
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        """Float32 vectors, one L2-normalised row per text."""
+        with self._lock:
+            return np.asarray(self._model.embed(texts, norm=True), dtype=np.float32)
+
     def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
         """Float32 vectors (one row per text, L2-normalised) and the token count."""
-        with self._lock:
-            vectors = self._model.embed(texts, norm=True)
-            tokens = sum(sum(e.attention_mask) for e in self._model.tokenizer.encode_batch(texts))
-        return np.asarray(vectors, dtype=np.float32), tokens
+        return self.vectors(texts), sum(self.count_tokens(texts))
 
 
 @cache
