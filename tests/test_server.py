@@ -501,3 +501,18 @@ async def test_module_runs_as_a_process_and_stops_on_sigterm() -> None:
                 assert (await post(client, input="hi")).status_code == 200
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
+
+
+@pytest.mark.anyio
+async def test_local_model_answers_256_dimensions() -> None:
+    """Without --fake the server embeds with the packaged wordllama model, offline."""
+    async with running_server(ServerOptions(port=0)) as server:
+        async with httpx.AsyncClient() as client:
+            with anyio.fail_after(30):
+                response = await client.post(
+                    f"{server.url}/v1/embeddings", json={"model": "m", "input": ["hello", "bonjour"]}
+                )
+    body = response.json()
+    assert response.status_code == 200
+    assert len(body["data"][0]["embedding"]) == 256
+    assert body["usage"]["prompt_tokens"] >= 2
