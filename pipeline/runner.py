@@ -37,7 +37,7 @@ from .logs import LogSetup, format_duration, get_logger
 from .manifest import utc_now
 from .sinks import DatasetWriter
 from .sources import open_source, read_records
-from .types import Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
+from .types import END_OF_FILE, Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
 
 READ_BLOCK = 512  # records per hop between the reader thread and the event loop
 PROGRESS_EVERY_S = 10.0
@@ -61,10 +61,15 @@ class Progress:
     prompt_tokens: int = 0
     total_tokens: int = 0
     shards: int = 0
-    bytes_total: int | None = None
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes of each file still to finish
+    bytes_total: int = 0
+    bytes_done: int = 0
 
     def add(self, batch: EmbeddedBatch) -> None:
         """Count a batch handed to the sink."""
+        for url, location in batch.marks:
+            if location >= END_OF_FILE and url in self.sizes:
+                self.bytes_done += self.sizes.pop(url)
         self.records_read += batch.records
         self.rows_embedded += len(batch.chunks)
         self.rows_reused += batch.reused
@@ -74,9 +79,16 @@ class Progress:
         self.prompt_tokens += batch.usage.prompt_tokens
         self.total_tokens += batch.usage.total_tokens
 
+    @property
+    def fraction(self) -> float | None:
+        """How much of this run's input is done, by bytes of finished files."""
+        return self.bytes_done / self.bytes_total if self.bytes_total else None
+
     def fields(self) -> dict[str, Any]:
         """The counters and rates, as log fields."""
         elapsed = max(time.monotonic() - self.started, 1e-9)
+        fraction = self.fraction
+        eta = elapsed * (1 - fraction) / fraction if fraction else None
         return {
             "records": self.records_read,
             "rows": self.rows_embedded,
@@ -87,6 +99,8 @@ class Progress:
             "rows_per_s": round(self.rows_embedded / elapsed, 1),
             "tokens_per_min": round(self.total_tokens / elapsed * 60),
             "elapsed": format_duration(elapsed),
+            "done_pct": round(fraction * 100, 1) if fraction is not None else None,
+            "eta": format_duration(eta),
         }
 
 
@@ -182,11 +196,12 @@ class Job:
     async def read_stage(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Any]]) -> None:
         """Stream records from every file, in blocks, until done or told to stop."""
         progress = self.writer.manifest.progress if self.writer else {}
+        progress = {url: progress.get(url, 0) for url in (f.url for f in files)}
         async with send:
             with self._stop.reading:
                 for inp in files:
-                    after = int(progress.get(inp.url, 0))
-                    if after >= 2**53:
+                    after = int(progress[inp.url])
+                    if after >= END_OF_FILE:
                         continue  # committed whole by an earlier run
                     self.progress.files += 1
                     if after:
@@ -265,7 +280,10 @@ class Job:
             await anyio.sleep(every)
             fields = self.progress.fields()
             if live is not None:
+                fraction = self.progress.fraction or 0.0
+                bar = "█" * int(fraction * 20) + "·" * (20 - int(fraction * 20))
                 live.show(
+                    f"[{bar}] {fraction * 100:5.1f}%  eta {fields['eta']}  "
                     f"records {fields['records']:,}  rows {fields['rows']:,}  failed {fields['failed']:,}  "
                     f"tokens {fields['tokens']:,}  {fields['rows_per_s']:,.0f} rows/s  "
                     f"retries {fields['retries']}  {fields['elapsed']}"
@@ -296,7 +314,6 @@ class Job:
         started_at = utc_now()
         fs, files = await anyio.to_thread.run_sync(open_source, cfg.source)
         files = assign(files, cfg.run.rank, cfg.run.world_size)
-        self.progress.bytes_total = sum(f.size or 0 for f in files)
         self.writer = await anyio.to_thread.run_sync(
             lambda: DatasetWriter(
                 cfg.sink,
@@ -309,6 +326,9 @@ class Job:
                 world_size=cfg.run.world_size,
             )
         )
+        done = self._done_files()
+        self.progress.sizes = {f.url: f.size or 0 for f in files if f.url not in done}
+        self.progress.bytes_total = sum(self.progress.sizes.values())
         self.log.info(
             "run_started",
             files=len(files),
@@ -377,6 +397,10 @@ class Job:
                 requests=entry.get("requests"),
                 tokens=entry.get("total_tokens"),
             )
+
+    def _done_files(self) -> set[str]:
+        progress = self.writer.manifest.progress if self.writer else {}
+        return {url for url, location in progress.items() if location >= END_OF_FILE}
 
     def _on_retry(self, exc: ApiError, attempt: int) -> None:
         self.log.info("request_retried", attempt=attempt, status=exc.status, reason=exc.message)
