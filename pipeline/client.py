@@ -97,10 +97,9 @@ def retry_delay(response: httpx.Response) -> float | None:
     headers = response.headers
     delays = [parse_reset(headers.get("retry-after"))]
     if response.status_code == 429:
+        # the axis that refused us has the longer reset; the other one's is about 0
         for axis in ("requests", "tokens"):
-            remaining = headers.get(f"x-ratelimit-remaining-{axis}")
-            if remaining is not None and remaining.strip() in ("0", "0.0"):
-                delays.append(parse_reset(headers.get(f"x-ratelimit-reset-{axis}")))
+            delays.append(parse_reset(headers.get(f"x-ratelimit-reset-{axis}")))
     known = [d for d in delays if d is not None]
     return max(known) if known else None
 
@@ -273,12 +272,11 @@ class HttpEmbedder:
             return matrix, Usage(requests=attempt, retries=attempt - 1, prompt_tokens=prompt, total_tokens=total)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Capped exponential backoff with full jitter, at least ``retry_after``."""
+        """``retry_after`` when the server gave one, else capped exponential backoff with jitter."""
+        if retry_after is not None:  # the server said when: no need to guess
+            return retry_after + self._rng.uniform(0, 0.1)
         ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-        delay = self._rng.uniform(ceiling / 2, ceiling)
-        if retry_after is not None:
-            delay = max(delay, retry_after + self._rng.uniform(0, 0.25))
-        return delay
+        return self._rng.uniform(ceiling / 2, ceiling)
 
     async def _request(self, body: bytes, n: int) -> tuple[np.ndarray, int, int]:
         try:

@@ -27,11 +27,12 @@ class _Pacer:
 
     A generic cell-rate scheduler: ``tat`` is the time at which everything
     reserved so far has been paid for at ``rate``. A reservation may go up to
-    ``burst_s`` seconds ahead of that, so an idle client gets one second of
-    budget at once and a busy one runs at the steady pace.
+    ``burst_s`` seconds ahead of that. The default is no burst at all: each
+    request waits for the budget it uses, so a server that counts its budget
+    over a sliding second sees the same pace as one that counts per minute.
     """
 
-    def __init__(self, per_minute: float, burst_s: float = 1.0) -> None:
+    def __init__(self, per_minute: float, burst_s: float = 0.0) -> None:
         self.rate = per_minute / 60.0
         self.burst_s = burst_s
         self.tat = -math.inf
@@ -50,8 +51,19 @@ class _Pacer:
 class RateLimiter:
     """Paces requests under ``requests_per_minute`` and ``tokens_per_minute``.
 
-    Either limit may be ``None`` (no client-side limit on that axis).
+    Either limit may be ``None`` (no client-side limit on that axis). The
+    pace adapts to the server: each 429 lowers it by a few percent (at most
+    once a second, however many requests were refused together) and pauses
+    every request until the server's reset time; each success raises it
+    again slowly, back up to the configured budget. The effect is a pace
+    that settles just under what the server really allows, which is the
+    configured budget less whatever the server's windowing and network
+    jitter cost.
     """
+
+    DECREASE = 0.97  # the pace after a 429, as a share of the pace before
+    INCREASE = 0.0003  # added back to the share after each success
+    FLOOR = 0.5  # never slower than half the configured budget
 
     def __init__(
         self,
@@ -63,16 +75,23 @@ class RateLimiter:
     ) -> None:
         self._requests = _Pacer(requests_per_minute) if requests_per_minute else None
         self._tokens = _Pacer(tokens_per_minute) if tokens_per_minute else None
+        self._base = {id(p): p.rate for p in self._pacers}
         self._clock = clock
         self._sleep = sleep
-        self._pause_until = 0.0
+        self._pause_until = -math.inf
+        self._last_decrease = -math.inf
+        self.scale = 1.0  # share of the configured budget we pace at
         self.ratio = 1.0  # reported tokens ÷ estimated tokens, learned
         self.throttled = 0  # how many 429s we were told about
 
     @property
+    def _pacers(self) -> list[_Pacer]:
+        return [p for p in (self._requests, self._tokens) if p is not None]
+
+    @property
     def enabled(self) -> bool:
         """Whether any client-side limit is configured."""
-        return self._requests is not None or self._tokens is not None
+        return bool(self._pacers)
 
     def tokens_for(self, estimate: int) -> int:
         """Estimated tokens corrected by the learned ratio."""
@@ -100,6 +119,8 @@ class RateLimiter:
         The token budget is corrected by what the reservation got wrong, so
         the pace follows real usage, not the estimate.
         """
+        if self.scale < 1.0:
+            self._set_scale(self.scale + self.INCREASE)
         if reported is None or estimate <= 0 or reported <= 0:
             return
         # a slow-moving average: one odd batch must not swing the pace
@@ -108,7 +129,18 @@ class RateLimiter:
             self._tokens.adjust(reported - reserved)
 
     def backoff(self, delay: float) -> None:
-        """The server said 429: pause every request for ``delay`` seconds."""
+        """The server said 429: slow down, and pause every request for ``delay`` seconds."""
         self.throttled += 1
-        until = self._clock() + delay
-        self._pause_until = max(self._pause_until, until)
+        now = self._clock()
+        if now - self._last_decrease >= 1.0:
+            self._last_decrease = now
+            self._set_scale(self.scale * self.DECREASE)
+        self._pause_until = max(self._pause_until, now + delay)
+        for pacer in self._pacers:
+            # requests reserved from now on queue up after the pause, at the pace
+            pacer.tat = max(pacer.tat, self._pause_until)
+
+    def _set_scale(self, scale: float) -> None:
+        self.scale = min(1.0, max(self.FLOOR, scale))
+        for pacer in self._pacers:
+            pacer.rate = self._base[id(pacer)] * self.scale

@@ -275,10 +275,16 @@ class Stats:
     inputs_embedded: int = 0
     prompt_tokens: int = 0
     total_tokens: int = 0
+    first_embedded_at: float | None = None  # monotonic time of the first complete 200
+    last_embedded_at: float | None = None
     _seen: set[bytes] = field(default_factory=set, repr=False)
 
     def record_embedded(self, texts: list[str], tokens: int) -> None:
         """Count a complete 200 answer."""
+        now = time.monotonic()
+        if self.first_embedded_at is None:
+            self.first_embedded_at = now
+        self.last_embedded_at = now
         self.inputs_embedded += len(texts)
         self._seen.update(map(text_digest, texts))
         self.prompt_tokens += tokens
@@ -294,10 +300,15 @@ class Stats:
             "duplicate_inputs_embedded": self.inputs_embedded - len(self._seen),
             "prompt_tokens": self.prompt_tokens,
             "total_tokens": self.total_tokens,
+            # seconds from the first to the last complete 200, for rate figures
+            "embedded_span_s": (self.last_embedded_at - self.first_embedded_at)
+            if self.first_embedded_at is not None and self.last_embedded_at is not None
+            else 0.0,
         }
 
     def reset(self) -> None:
         """Zero every counter."""
+        self.first_embedded_at = self.last_embedded_at = None
         self.requests = self.inputs_embedded = self.prompt_tokens = self.total_tokens = 0
         self.responses.clear()
         self._seen.clear()

@@ -136,8 +136,50 @@ def overhead(work: Path, records: int) -> Row:
     })
 
 
-SCENARIOS: dict[str, Callable[[Path, int], Row]] = {"overhead": overhead}
-DEFAULT_RECORDS = {"overhead": 60_000}
+def _rate_limited(work: Path, records: int, name: str, server_flags: list[str], client: dict[str, Any],
+                  words: int) -> Row:
+    corpus = work / f"{name}.jsonl"
+    write_corpus(corpus, records, words=words)
+    config = work / f"{name}.yaml"
+    with serve("--fake", "--dimensions", "256", "--limit-window-s", "1", *server_flags) as url:
+        write_config(config, corpus, work / f"{name}-out",
+                     {"url": url, "model": "bench", "concurrency": 8, **client})
+        m = run_pipeline(config)
+        server = stats(url)
+    ok = server["responses"].get("200", 0)
+    span = server["embedded_span_s"] or 1e-9
+    figures: dict[str, Any] = {"records": records, "wall_s": round(m.wall_s, 1), "requests": server["requests"]}
+    if "requests_per_minute" in client:
+        allowed = client["requests_per_minute"] / 60
+        figures["request_utilisation"] = round((ok - 1) / span / allowed, 3)
+    if "tokens_per_minute" in client:
+        allowed = client["tokens_per_minute"] / 60
+        achieved = server["total_tokens"] * (ok - 1) / max(ok, 1) / span
+        figures["token_utilisation"] = round(achieved / allowed, 3)
+    figures["share_429"] = round(server["responses"].get("429", 0) / max(server["requests"], 1), 4)
+    figures["exit"] = m.returncode
+    return Row(name, figures)
+
+
+def rate_requests(work: Path, records: int) -> Row:
+    """Request budget binds: the server allows 10 requests in any sliding second (600/min)."""
+    return _rate_limited(work, records, "rate-requests", ["--rpm", "10"], {"requests_per_minute": 600}, words=12)
+
+
+def rate_tokens(work: Path, records: int) -> Row:
+    """Token budget binds: the server allows 20,000 tokens in any sliding second (1.2M/min)."""
+    return _rate_limited(
+        work, records, "rate-tokens", ["--tpm", "20000", "--rpm", "1000"],
+        {"tokens_per_minute": 1_200_000, "requests_per_minute": 60_000}, words=9,
+    )
+
+
+SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
+    "overhead": overhead,
+    "rate-requests": rate_requests,
+    "rate-tokens": rate_tokens,
+}
+DEFAULT_RECORDS = {"overhead": 60_000, "rate-requests": 28_800, "rate-tokens": 40_000}
 
 
 def main() -> int:
