@@ -44,6 +44,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 REJECTED_STATUS = frozenset({400, 413, 422})
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
+SYSTEMATIC_REJECTIONS = 8  # lone inputs refused, with no success ever, that make a config error
 
 
 class Embedder(Protocol):
@@ -175,6 +176,8 @@ class HttpEmbedder:
             transport=transport,
         )
         self.dimensions: int | None = None  # stored width, fixed by the first answer
+        self._successes = 0  # requests answered with vectors, ever
+        self._lone_rejections = 0  # single inputs the API refused
         self._params: dict[str, Any] = {"model": cfg.model}
         if cfg.input_type is not None:
             self._params["input_type"] = cfg.input_type
@@ -212,8 +215,16 @@ class HttpEmbedder:
                 if len(chunks) > 1:  # bisect: the bad input ends up alone
                     mid = len(chunks) // 2
                     pending[:0] = [chunks[:mid], chunks[mid:]]
-                else:
-                    failures.append(_failure(chunks[0], "rejected", exc.message, exc.status, exc.attempts))
+                    continue
+                self._lone_rejections += 1
+                if self._successes == 0 and self._lone_rejections >= SYSTEMATIC_REJECTIONS:
+                    # nothing was ever accepted: the request, not the inputs, is wrong
+                    raise FatalApiError(
+                        f"embedding API rejects every input ({exc.status}): {exc.message}; "
+                        "check embedding.model, input_type, embedding_type and encoding_format",
+                        status=exc.status,
+                    ) from exc
+                failures.append(_failure(chunks[0], "rejected", exc.message, exc.status, exc.attempts))
                 continue
             except RetryableApiError as exc:  # attempts exhausted: the rows go to errors/
                 usage = usage + Usage(requests=exc.attempts, retries=exc.attempts - 1)
@@ -268,6 +279,7 @@ class HttpEmbedder:
                     self._on_retry(exc, attempt)
                 await self._sleep(self._backoff(attempt, exc.retry_after))
                 continue
+            self._successes += 1
             self._limiter.record(estimate, reserved, prompt)
             return matrix, Usage(requests=attempt, retries=attempt - 1, prompt_tokens=prompt, total_tokens=total)
 

@@ -143,3 +143,22 @@ def test_parse_reset_formats() -> None:
     assert parse_reset("1m30s") == 90.0
     assert parse_reset("250ms") == 0.25
     assert parse_reset("soon") is None
+
+
+async def test_everything_rejected_is_fatal() -> None:
+    """When the API refuses every input and never accepted one, the run stops as a config problem."""
+    with pytest.raises(FatalApiError, match="rejects every input"):
+        await embed(ServerOptions(port=0, fake=True, poison=("text",)), Batch(seq=0, chunks=chunks(16)))
+
+
+async def test_429_slows_the_whole_client() -> None:
+    """A 429 lowers the client's pace and pauses it; successes bring the pace back."""
+    options = ServerOptions(port=0, fake=True, dimensions=8, fail_429=0.5, seed=5, fault_retry_after=0)
+    async with running_server(options) as server:
+        cfg = embedding_config(server.url, requests_per_minute=60_000, max_attempts=20)
+        async with HttpEmbedder(cfg, api_key=None, sleep=no_sleep, rng=random.Random(0)) as client:
+            with anyio.fail_after(20):
+                for seq in range(12):
+                    await client.embed(Batch(seq=seq, chunks=chunks(3)))
+            limiter = client._limiter
+    assert limiter.throttled > 0 and limiter.scale < 1.0

@@ -153,3 +153,38 @@ async def test_too_many_failures_exit_1(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, "http://placeholder", run={"max_failed_fraction": 0.05})
     result, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
     assert result.exit_code == 1 and "max_failed_fraction" in result.message
+
+
+async def test_fault_storm_loses_nothing(tmp_path: Path) -> None:
+    """Under 429s, 5xx, resets, hangs, malformed and short bodies and poisoned inputs,
+    every record ends exactly once in data/ or errors/, and only the poisoned ones fail."""
+    from pipeline.client import HttpEmbedder
+
+    (tmp_path / "in").mkdir()
+    lines = [json.dumps({"id": f"r{i}", "text": f"record {i} {'POISON' if i % 97 == 5 else 'fine'}"})
+             for i in range(600)]
+    (tmp_path / "in" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    poisoned = {f"r{i}" for i in range(600) if i % 97 == 5}
+
+    async def quick_sleep(seconds: float) -> None:
+        await anyio.sleep(seconds / 50)
+
+    options = ServerOptions(
+        port=0, fake=True, dimensions=8, seed=11, shuffle=True, fail_429=0.1, fail_500=0.05,
+        fail_503=0.05, drop=0.05, hang=0.03, hang_s=30, malformed=0.05, short=0.05,
+        poison=("POISON",), fault_retry_after=0.01,
+    )
+    async with running_server(options) as server:
+        cfg = make_config(tmp_path, server.url, embedding={
+            "batch_size": 16, "max_attempts": 25, "timeout_s": 0.5, "concurrency": 6})
+        embedder = HttpEmbedder(cfg.embedding, api_key=None, sleep=quick_sleep)
+        with anyio.fail_after(60):
+            result = await run_job(cfg, embedder=embedder, handle_signals=False)
+        stats = server.stats.snapshot()
+    data, errors = read_dataset(tmp_path), read_dataset(tmp_path, "errors")
+    assert sorted(data["id"].to_pylist() + errors["id"].to_pylist()) == sorted(f"r{i}" for i in range(600))
+    assert set(errors["id"].to_pylist()) == poisoned
+    assert set(errors["status"].to_pylist()) == {400}
+    assert result.totals["retries"] > 0
+    assert result.totals["requests"] == stats["requests"]  # every attempt is in the accounting
+    assert result.totals["prompt_tokens"] == stats["prompt_tokens"]
