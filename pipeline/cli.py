@@ -198,9 +198,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
-    """``pipeline retry-failed``."""
+    """``pipeline retry-failed``: embed again the rows in errors/."""
+    from .runner import retry_failed
+
     cfg = _load(args)
-    return _fail(f"retry-failed is not available yet for {cfg.sink.path}", EXIT_CONFIG)
+    logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
+    result = anyio.run(lambda: retry_failed(cfg))
+    if result.message:
+        print(f"pipeline: {'error: ' if result.exit_code else ''}{logs.redactor.text(result.message)}", file=sys.stderr)
+    return result.exit_code
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

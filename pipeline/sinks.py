@@ -362,6 +362,7 @@ class DatasetWriter:
         self._open: dict[str, _ShardFile] = {}
         self._opened_at: float | None = None
         self._pending = _Pending()
+        self._replacing: dict[str, Any] | None = None
         self._failed: BaseException | None = None
         self._closed = False
         self._run = manifest.start_run(run_started_at, rank=rank)
@@ -373,6 +374,19 @@ class DatasetWriter:
     def manifest(self) -> Manifest:
         """The manifest as of the last commit (plus the current run)."""
         return self._manifest
+
+    def replace(self, old: dict[str, Any]) -> None:
+        """Start rewriting the rows of shard ``old`` (``pipeline retry-failed``).
+
+        Until the next :meth:`commit`, batches are only appended: the commit
+        then publishes the new shards and drops ``old`` from the manifest in
+        the same save, and only after that deletes its file, so its rows are
+        never both in the dataset twice nor missing from it.
+        """
+        self._check_usable()
+        if self._open:
+            self.commit()
+        self._replacing = old
 
     def write(self, batch: EmbeddedBatch) -> list[dict[str, Any]]:
         """Append one batch (in read order); returns the shard entries it caused to be committed."""
@@ -387,7 +401,7 @@ class DatasetWriter:
         if errors is not None:
             self._shard("errors", ERRORS_SCHEMA).append(errors)
         self._pending.add(batch)
-        if any(s.rows >= self.cfg.shard_rows for s in self._open.values()):
+        if self._replacing is None and any(s.rows >= self.cfg.shard_rows for s in self._open.values()):
             committed += self.commit()
         return committed
 
@@ -401,8 +415,9 @@ class DatasetWriter:
     def commit(self) -> list[dict[str, Any]]:
         """Publish the open data and errors shards together, then update the manifest once."""
         self._check_usable()
-        if not self._open and not self._pending.marks:
+        if not self._open and not self._pending.marks and self._replacing is None:
             return []
+        old, self._replacing = self._replacing, None
         try:
             entries = self._publish()
             self._manifest.add_commit(
@@ -410,6 +425,8 @@ class DatasetWriter:
                 self._pending.marks,
                 schema=self._open["data"].schema if "data" in self._open else None,
             )
+            if old is not None:
+                self._manifest.shards.remove(old)
         except BaseException as exc:
             # rows of this commit are lost to this process; later marks would
             # then claim them, so the writer refuses any further batch
@@ -425,6 +442,8 @@ class DatasetWriter:
         else:  # only marks: any counts wait for the next shard
             self._pending.marks.clear()
         self._save()
+        if old is not None:  # listed nowhere now; a crash before this line leaves a file _clean_up removes
+            self.fs.rm_file(join(self.root, old["path"]))
         return entries
 
     def close(self, status: str) -> None:
@@ -525,14 +544,17 @@ class DatasetWriter:
         return [p for k in KINDS for p in self._glob(f"{k}/part-{self.rank:05d}-*")]
 
     def _clean_up(self) -> None:
-        """Delete this rank's temp files and the shards a crash left beyond the manifest."""
+        """Delete this rank's temp files and the shard files the manifest does not list.
+
+        Those are left by a crash between publishing a shard and saving the
+        manifest, or between retiring a shard and deleting its file.
+        """
+        listed = {join(self.root, s["path"]) for s in self._manifest.shards}
         for kind in KINDS:
             stray = self._glob(f"{kind}/.part-{self.rank:05d}-*.tmp")
-            last = self._manifest.last_seq(self.rank, kind)
             for path in self._glob(f"{kind}/part-{self.rank:05d}-*"):
-                rank_seq = shard_rank_seq(path)
-                if rank_seq is not None and rank_seq[1] > last:
-                    stray.append(path)  # published, but the manifest never listed it
+                if shard_rank_seq(path) is not None and path not in listed:
+                    stray.append(path)
             for path in stray:
                 self.fs.rm_file(path)
 
