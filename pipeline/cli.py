@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the job (resumes where an earlier run stopped)")
     _add_config_args(p)
+    p.add_argument("--fresh", action="store_true",
+                   help="delete the dataset at sink.path first and start over (e.g. after changing the model)")
     p = sub.add_parser("validate", help="check the config and estimate the job; calls no API")
     _add_config_args(p)
     p = sub.add_parser("inspect", help="print a dataset's shards, rows, failures and token usage")
@@ -79,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
     try:
-        result = anyio.run(lambda: run_job(cfg, logs=logs))
+        result = anyio.run(lambda: run_job(cfg, logs=logs, fresh=args.fresh))
     except (SourceError, SinkError) as exc:
         return _fail(str(exc), EXIT_CONFIG, [cfg.api_key])
     finally:

@@ -206,7 +206,7 @@ class Manifest:
                 f"dataset at {where} was made with model={self.model!r}, input_type={self.input_type!r}, "
                 f"embedding_type={self.embedding_type!r}; refusing to mix in model={model!r}, "
                 f"input_type={input_type!r}, embedding_type={embedding_type!r} "
-                "(use another sink.path)"
+                "(use another sink.path, or `pipeline run --fresh` to start it over)"
             )
 
     def set_dimensions(self, dimensions: int, *, where: str = "the dataset") -> None:

@@ -26,15 +26,17 @@ from itertools import islice
 from typing import Any, Callable, Iterator
 
 import anyio
+import fsspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .batching import Piece, batch_stage
 from .chunking import Chunker
 from .client import Embedder, estimate_tokens, make_embedder
 from .config import Config
-from .errors import ApiError, FatalApiError, SourceError
+from .errors import ApiError, FatalApiError, SinkError, SourceError
 from .logs import LogSetup, format_duration, get_logger
-from .manifest import utc_now
+from .manifest import load_rank, utc_now
+from .lease import Lease
 from .sinks import DatasetWriter
 from .sources import open_source, read_records
 from .types import END_OF_FILE, Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
@@ -137,6 +139,61 @@ def assign(files: list[InputFile], rank: int, world_size: int) -> list[InputFile
     ]
 
 
+def take_lease(cfg: Config, log: Any) -> Lease:
+    """The write lease of this rank, waiting for a draining predecessor to let go."""
+    try:
+        fs, root = fsspec.core.url_to_fs(cfg.sink.path, **cfg.sink.storage_options)
+    except (ImportError, ValueError, OSError) as exc:
+        raise SinkError(f"cannot open sink.path {cfg.sink.path}: {exc}") from exc
+    lease = Lease(fs, root.rstrip("/"), cfg.run.rank)
+    wait = cfg.run.shutdown_grace_s + 10  # an old dyno gets this long to drain after SIGTERM
+
+    def waiting(current: dict[str, Any]) -> None:
+        log.warning("lease_waiting", held_by_host=current.get("host"), held_by_pid=current.get("pid"), wait_s=wait)
+
+    lease.acquire(wait, on_wait=waiting)
+    return lease
+
+
+def open_writer(
+    cfg: Config, lease: Lease, started_at: str, metadata_fields: list[str], fresh: bool = False
+) -> DatasetWriter:
+    """The dataset writer of this rank, refusing a dataset made with other settings.
+
+    ``fresh`` deletes an existing dataset at ``sink.path`` first (its
+    shards, manifests and errors; only with ``world_size: 1``).
+    """
+    emb = cfg.embedding
+    root = lease.fs._strip_protocol(cfg.sink.path).rstrip("/")
+    if fresh:
+        if cfg.run.world_size != 1:
+            raise SinkError("--fresh deletes the whole dataset; use it with world_size 1 only")
+        for name in ("_manifest.json", "_manifests", "data", "errors"):
+            if lease.fs.exists(f"{root}/{name}"):
+                lease.fs.rm(f"{root}/{name}", recursive=True)
+    chunking = cfg.chunking.model_dump()
+    existing = load_rank(lease.fs, root, cfg.run.rank, cfg.run.world_size)
+    recorded = existing.extra.get("chunking", chunking) if existing is not None else chunking
+    if recorded != chunking:
+        raise SinkError(
+            f"dataset at {cfg.sink.path} was cut with chunking {recorded}; this config says {chunking}. "
+            "Refusing to mix them: use another sink.path, or `pipeline run --fresh` to start it over"
+        )
+    writer = DatasetWriter(
+        cfg.sink,
+        rank=cfg.run.rank,
+        model=emb.model,
+        input_type=emb.input_type,
+        embedding_type=emb.embedding_type,
+        metadata_fields=metadata_fields,
+        run_started_at=started_at,
+        world_size=cfg.run.world_size,
+        guard=lease.renew,
+    )
+    writer.manifest.extra["chunking"] = chunking
+    return writer
+
+
 def _first_leaf(exc: BaseException) -> BaseException:
     """The first real exception inside (possibly nested) exception groups."""
     while isinstance(exc, BaseExceptionGroup):
@@ -179,8 +236,10 @@ class Job:
         embedder: Embedder | None = None,
         logs: LogSetup | None = None,
         handle_signals: bool = True,
+        fresh: bool = False,
     ) -> None:
         self.cfg = cfg
+        self._fresh = fresh
         self.progress = Progress()
         self.log = get_logger()
         self._logs = logs
@@ -190,6 +249,7 @@ class Job:
         self._limiter = anyio.CapacityLimiter(2)  # threads for blocking I/O and parsing
         self._window = anyio.Semaphore(max(4, cfg.embedding.concurrency * 4))
         self.writer: DatasetWriter | None = None
+        self.lease: Lease | None = None
 
     # ------------------------------------------------------------------ stages
 
@@ -291,6 +351,13 @@ class Job:
             else:
                 self.log.info("progress", **fields)
 
+    async def heartbeat_stage(self) -> None:
+        """Keep the write lease alive between commits."""
+        assert self.lease is not None
+        while True:
+            await anyio.sleep(self.lease.ttl_s / 3)
+            await anyio.to_thread.run_sync(self.lease.renew, limiter=self._limiter)
+
     async def signal_stage(self, scope: anyio.CancelScope) -> None:
         """First SIGTERM/SIGINT: drain; second, or the grace running out: cancel."""
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -314,18 +381,19 @@ class Job:
         started_at = utc_now()
         fs, files = await anyio.to_thread.run_sync(open_source, cfg.source)
         files = assign(files, cfg.run.rank, cfg.run.world_size)
-        self.writer = await anyio.to_thread.run_sync(
-            lambda: DatasetWriter(
-                cfg.sink,
-                rank=cfg.run.rank,
-                model=cfg.embedding.model,
-                input_type=cfg.embedding.input_type,
-                embedding_type=cfg.embedding.embedding_type,
-                metadata_fields=list(cfg.source.metadata_fields),
-                run_started_at=started_at,
-                world_size=cfg.run.world_size,
+        self.lease = await anyio.to_thread.run_sync(take_lease, cfg, self.log)
+        try:
+            self.writer = await anyio.to_thread.run_sync(
+                lambda: open_writer(cfg, self.lease, started_at, list(cfg.source.metadata_fields), self._fresh)
             )
-        )
+            return await self._run(fs, files)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.lease.release)
+
+    async def _run(self, fs: Any, files: list[InputFile]) -> RunResult:
+        cfg = self.cfg
+        assert self.writer is not None
         done = self._done_files()
         self.progress.sizes = {f.url: f.size or 0 for f in files if f.url not in done}
         self.progress.bytes_total = sum(self.progress.sizes.values())
@@ -418,6 +486,7 @@ class Job:
                 if self._handle_signals:
                     outer.start_soon(self.signal_stage, drain_scope)
                 outer.start_soon(self.progress_stage)
+                outer.start_soon(self.heartbeat_stage)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self.read_stage, fs, files, records_send)
                     tg.start_soon(self.chunk_stage, records_receive, pieces_send)
@@ -528,23 +597,22 @@ async def retry_failed(cfg: Config, *, embedder: Embedder | None = None) -> RunR
     to a new data shard, the rest (and rows that cannot be retried) to a new
     errors shard, and the old shard leaves the manifest in the same save.
     """
+    log = get_logger()
+    emb = cfg.embedding
+    lease = await anyio.to_thread.run_sync(take_lease, cfg, log)
+    try:
+        writer = await anyio.to_thread.run_sync(lambda: open_writer(cfg, lease, utc_now(), []))
+        return await _retry(cfg, writer, embedder, log)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lease.release)
+
+
+async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, log: Any) -> RunResult:
     from .chunking import make_hasher
     from .types import Chunk, Usage
 
-    log = get_logger()
     emb = cfg.embedding
-    writer = await anyio.to_thread.run_sync(
-        lambda: DatasetWriter(
-            cfg.sink,
-            rank=cfg.run.rank,
-            model=emb.model,
-            input_type=emb.input_type,
-            embedding_type=emb.embedding_type,
-            metadata_fields=[],
-            run_started_at=utc_now(),
-            world_size=cfg.run.world_size,
-        )
-    )
     mine = f"part-{cfg.run.rank:05d}-"
     old_shards = [s for s in writer.manifest.shards if s["kind"] == "errors" and mine in s["path"]]
     hasher = make_hasher(emb.model, emb.input_type, emb.embedding_type)

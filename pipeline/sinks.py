@@ -308,8 +308,12 @@ class DatasetWriter:
         fs: fsspec.AbstractFileSystem | None = None,
         clock: Callable[[], float] = time.monotonic,
         world_size: int = 1,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         """Open (or create) the dataset at ``cfg.path`` for this rank.
+
+        ``guard`` is called before every manifest save and may raise to stop
+        the save (the runner checks there that it still holds the lease).
 
         Loads the manifest (checking it was made with the same model and
         types), deletes what a crash of this rank left behind (hidden temp
@@ -321,6 +325,7 @@ class DatasetWriter:
         self.embedding_type = embedding_type
         self.metadata_fields = list(metadata_fields)
         self._clock = clock
+        self._guard = guard
         clash = [f for f in self.metadata_fields if f in BASE_COLUMNS]
         if clash:
             raise SinkError(
@@ -533,6 +538,8 @@ class DatasetWriter:
         self._opened_at = None
 
     def _save(self) -> None:
+        if self._guard is not None:
+            self._guard()
         save_rank(self._manifest, self.fs, self.root, self.rank, self.world_size)
 
     # ------------------------------------------------------------ crash leftovers
