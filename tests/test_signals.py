@@ -1,0 +1,139 @@
+"""Real signals to a real `pipeline run`: SIGTERM drains and commits, SIGKILL loses nothing."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from conftest import pipeline_cmd, run_cli, serve_process, ROOT
+
+RECORDS = 3000
+
+
+def write_job(tmp_path: Path, url: str, **run: object) -> Path:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    for part in range(3):
+        lines = [json.dumps({"id": f"p{part}-{i}", "text": f"file {part} record {i} texte ünïcode"})
+                 for i in range(RECORDS // 3)]
+        (tmp_path / "in" / f"part-{part}.jsonl").write_text("\n".join(lines) + "\n")
+    run_yaml = "".join(f"  {k}: {v}\n" for k, v in run.items())
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source:\n  path: {tmp_path / 'in'}\n"
+        f"embedding:\n  url: {url}\n  model: m\n  batch_size: 20\n  concurrency: 4\n"
+        f"sink:\n  path: {tmp_path / 'out'}\n  shard_rows: 100\n"
+        f"run:\n{run_yaml or '  max_failed_fraction: 0.01'}\n"
+        "logging:\n  format: logfmt\n"
+    )
+    return job
+
+
+def start(job: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(pipeline_cmd("run", str(job)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+
+
+def wait_for_commits(proc: subprocess.Popen[str], count: int) -> list[str]:
+    """Read the run's log until it has committed ``count`` shards (or ended)."""
+    seen, lines = 0, []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append(line)
+        if "event=shard_committed" in line:
+            seen += 1
+            if seen >= count:
+                break
+    return lines
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def check_dataset(tmp_path: Path) -> None:
+    """Every record exactly once, and the manifest's totals match its files."""
+    out = tmp_path / "out"
+    manifest = json.loads((out / "_manifest.json").read_text())
+    files = [str(out / s["path"]) for s in manifest["shards"] if s["kind"] == "data"]
+    table = ds.dataset(files, format="parquet").to_table(columns=["id"])
+    ids = table["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == RECORDS
+    assert manifest["totals"]["rows_embedded"] == RECORDS == manifest["totals"]["records_read"]
+    on_disk = {f"{p.parent.name}/{p.name}" for p in out.glob("*/part-*")}
+    assert on_disk == {s["path"] for s in manifest["shards"]}
+    shown = run_cli("inspect", str(out))
+    assert shown.returncode == 0, shown.stdout
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigterm_drains_commits_and_resumes(tmp_path: Path, seed: int) -> None:
+    """SIGTERM at a random point exits 143 after committing what was read; a rerun completes exactly once."""
+    rng = random.Random(seed)
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "20") as url:
+        job = write_job(tmp_path, url)
+        proc = start(job)
+        wait_for_commits(proc, rng.randint(1, 8))
+        time.sleep(rng.uniform(0, 0.2))  # a random kill point, not a wait for a condition
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code, err = finish(proc)
+        took = time.monotonic() - sent
+        assert code == 143, err
+        assert "event=shutdown_requested" in err and "status=interrupted" in err
+        assert took < 25
+        manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+        assert manifest["runs"][-1]["status"] == "interrupted"
+        rerun = run_cli("run", str(job))
+        assert rerun.returncode == 0, rerun.stderr
+    check_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_sigkill_then_rerun_loses_nothing(tmp_path: Path, seed: int) -> None:
+    """SIGKILL at a random point, twice; the reruns finish with every record exactly once."""
+    rng = random.Random(seed)
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "20", "--shuffle") as url:
+        job = write_job(tmp_path, url)
+        for _ in range(2):
+            proc = start(job)
+            wait_for_commits(proc, rng.randint(0, 6))
+            time.sleep(rng.uniform(0, 0.3))
+            proc.kill()
+            finish(proc)
+        rerun = run_cli("run", str(job))
+        assert rerun.returncode == 0, rerun.stderr
+    check_dataset(tmp_path)
+
+
+def test_second_writer_waits_then_refuses(tmp_path: Path) -> None:
+    """A second run on the same dataset while the first still writes is refused with one clear line."""
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "300") as url:
+        job = write_job(tmp_path, url, shutdown_grace_s=0)
+        first = start(job)
+        wait_for_commits(first, 1)
+        second = run_cli("run", str(job), timeout=60)
+        first.send_signal(signal.SIGTERM)
+        finish(first)
+    assert second.returncode == 2
+    lines = [line for line in second.stderr.splitlines() if line.startswith("pipeline: error")]
+    assert len(lines) == 1 and "another pipeline" in lines[0] and "refusing" in lines[0]
+
+
+def test_changed_chunking_is_refused_unless_fresh(tmp_path: Path) -> None:
+    """Rerunning with other chunking against an existing dataset exits 2; --fresh starts over."""
+    with serve_process("--fake", "--dimensions", "8") as url:
+        job = write_job(tmp_path, url)
+        assert run_cli("run", str(job)).returncode == 0
+        changed = run_cli("run", str(job), "--set", "chunking.max_chars=500")
+        assert changed.returncode == 2 and "chunking" in changed.stderr
+        fresh = run_cli("run", str(job), "--set", "chunking.max_chars=500", "--fresh")
+        assert fresh.returncode == 0, fresh.stderr
+    check_dataset(tmp_path)
