@@ -174,12 +174,60 @@ def rate_tokens(work: Path, records: int) -> Row:
     )
 
 
+def _wait_commits(proc: subprocess.Popen[str], count: int) -> None:
+    assert proc.stderr is not None
+    seen = 0
+    for line in proc.stderr:
+        if "event=shard_committed" in line and "path=data/" in line:
+            seen += 1
+            if seen >= count:
+                return
+
+
+def resume(work: Path, records: int) -> Row:
+    """Killed twice (SIGKILL, then SIGTERM), rerun to the end: inputs paid twice, SIGTERM exit time."""
+    corpus = work / "resume.jsonl"
+    write_corpus(corpus, records)
+    config = work / "resume.yaml"
+    with serve("--fake", "--dimensions", "256", "--latency-ms", "50") as url:
+        write_config(config, corpus, work / "resume-out",
+                     {"url": url, "model": "bench", "concurrency": 8, "batch_size": 96}, shard_rows=1000)
+        config.write_text(config.read_text().replace("logging:\n  format: logfmt\n  level: warning",
+                                                     "logging:\n  format: logfmt\n  level: info"))
+        proc = subprocess.Popen(pipeline_cmd("run", str(config)), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        _wait_commits(proc, 3)
+        proc.kill()
+        proc.communicate()
+        proc = subprocess.Popen(pipeline_cmd("run", str(config)), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        _wait_commits(proc, 3)
+        sent = time.perf_counter()
+        proc.terminate()
+        proc.communicate()
+        sigterm_s = time.perf_counter() - sent
+        sigterm_code = proc.returncode
+        m = run_pipeline(config)
+        server = stats(url)
+    totals = m.manifest.get("totals", {})
+    return Row("resume", {
+        "records": records,
+        "rows_in_dataset": totals.get("rows_embedded"),
+        "inputs_embedded": server["inputs_embedded"],
+        "embedded_twice": server["duplicate_inputs_embedded"],
+        "sigterm_exit_s": round(sigterm_s, 2),
+        "sigterm_code": sigterm_code,
+        "exit": m.returncode,
+    })
+
+
 SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "overhead": overhead,
     "rate-requests": rate_requests,
     "rate-tokens": rate_tokens,
+    "resume": resume,
 }
-DEFAULT_RECORDS = {"overhead": 60_000, "rate-requests": 28_800, "rate-tokens": 40_000}
+DEFAULT_RECORDS = {"resume": 10_000, "overhead": 60_000, "rate-requests": 28_800, "rate-tokens": 40_000}
 
 
 def main() -> int:
