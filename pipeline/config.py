@@ -271,6 +271,25 @@ def _describe(error: dict) -> str:
     return msg
 
 
+_DYNO = re.compile(r"^[A-Za-z0-9_-]+\.(\d+)$")
+
+
+def _with_rank(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with ``RANK`` taken from Heroku's ``DYNO`` (``worker.3`` → 2) when unset.
+
+    Only for a scaled-out formation (``WORLD_SIZE`` set) and not for one-off
+    dynos (``run.1234``) or Scheduler's (``scheduler.5678``), whose numbers
+    are not ranks.
+    """
+    if env.get("RANK") or not env.get("WORLD_SIZE"):
+        return env
+    dyno = env.get("DYNO", "")
+    m = _DYNO.match(dyno)
+    if not m or int(m.group(1)) < 1 or dyno.startswith(("run.", "scheduler.")):
+        return env
+    return {**env, "RANK": str(int(m.group(1)) - 1)}
+
+
 def load_config(
     path: str | os.PathLike[str],
     overrides: list[str] | None = None,
@@ -304,7 +323,16 @@ def load_config(
     lines = _line_map(node) if node is not None else {}
 
     data = apply_overrides(data, list(overrides or ()))
+    env = _with_rank(env)
     data = _interpolate_tree(data, env)
+    run = data.get("run")
+    if run is None:
+        run = data["run"] = {}
+    if isinstance(run, dict):
+        # absent keys default to ${RANK:-0} and ${WORLD_SIZE:-1}, as the spec's YAML shows
+        for key, var in (("rank", "RANK"), ("world_size", "WORLD_SIZE")):
+            if key not in run and env.get(var):
+                run[key] = env[var]
     embedding = data.get("embedding")
     if embedding is None:
         embedding = data["embedding"] = {}

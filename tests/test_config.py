@@ -120,3 +120,15 @@ def test_interpolate_inline() -> None:
     """${VAR} inside a longer string is substituted; defaults apply when unset."""
     assert interpolate("s3://${BUCKET}/x", {"BUCKET": "b"}) == "s3://b/x"
     assert interpolate("${A:-z}-${B:-y}", {}) == "z-y"
+
+
+def test_dyno_gives_rank(tmp_path: Path) -> None:
+    """On Heroku, DYNO=worker.3 gives rank 2 when RANK is unset; RANK wins when set."""
+    text = "source: {path: a.jsonl}\nembedding: {url: 'http://h'}\nsink: {path: out}\n"
+    env = {"DYNO": "worker.3", "WORLD_SIZE": "4"}
+    cfg = load_config(write(tmp_path, text), env=env)
+    assert (cfg.run.rank, cfg.run.world_size) == (2, 4)
+    assert load_config(write(tmp_path, BASE), env={**env, "EMBEDDING_URL": "http://h"}).run.rank == 2
+    assert load_config(write(tmp_path, text), env={**env, "RANK": "0"}).run.rank == 0
+    assert load_config(write(tmp_path, text), env={"DYNO": "run.1234", "WORLD_SIZE": "2"}).run.rank == 0
+    assert load_config(write(tmp_path, text), env={"DYNO": "worker.2"}).run.rank == 0
