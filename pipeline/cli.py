@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="the dataset path (local path or fsspec URL)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to fsspec (repeatable)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="rewrite _manifest.json from the per-rank parts in _manifests/ first")
     p = sub.add_parser("retry-failed", help="embed again the rows in errors/ and move successes to data/")
     _add_config_args(p)
     p = sub.add_parser("serve", help="a local embeddings API server for development and tests")
@@ -178,13 +180,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from .manifest import summarize
+    from .manifest import rebuild, summarize
 
     options = {}
     for item in args.storage_option:
         key, _, value = item.partition("=")
         options[key] = value
     fs, root = fsspec.core.url_to_fs(args.dataset, **options)
+    root = root.rstrip("/")
+    if args.rebuild and rebuild(fs, root) is None:
+        raise SinkError(f"{args.dataset} has no per-rank manifests in _manifests/ to rebuild from")
     summary = summarize(fs, root)
     by_type: dict[str, int] = {}
     error_files = [f"{root}/{s['path']}" for s in summary["shards"] if s["kind"] == "errors" and s["exists"]]

@@ -15,6 +15,7 @@ With ``world_size > 1`` each rank keeps its own part in
 from __future__ import annotations
 
 import os
+import uuid
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -252,7 +253,8 @@ class Manifest:
         try:
             if is_local(fs):
                 fs.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = path + ".tmp"
+                # unique: with several ranks, two processes may rebuild _manifest.json at once
+                tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
                 with open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
@@ -274,8 +276,60 @@ def load_rank(
 def save_rank(
     manifest: Manifest, fs: fsspec.AbstractFileSystem, root: str, rank: int = 0, world_size: int = 1
 ) -> None:
-    """Save this rank's manifest: ``_manifest.json``, or its part in ``_manifests/``."""
+    """Save this rank's manifest: ``_manifest.json``, or its part in ``_manifests/``.
+
+    With several ranks, ``_manifest.json`` is then rebuilt from every part,
+    so it is the merged view whoever saves last.
+    """
     manifest.save(fs, root, manifest_name(rank, world_size))
+    if world_size > 1:
+        rebuild(fs, root)
+
+
+def _parts(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, bytes]:
+    try:
+        names = sorted(fs.glob(join(root, RANK_MANIFESTS, "*.json")))
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for name in names:
+        try:
+            out[name] = fs.cat_file(name)
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def _merge_parts(parts: dict[str, bytes], root: str) -> Manifest:
+    loaded = []
+    for name, raw in parts.items():
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise SinkError(f"{name}: not valid JSON ({exc})") from exc
+        loaded.append(Manifest.from_dict(data, where=name))
+    return merge(loaded)
+
+
+def rebuild(fs: fsspec.AbstractFileSystem, root: str) -> Manifest | None:
+    """Write ``_manifest.json`` as the merge of ``_manifests/*.json``; None when there are no parts.
+
+    Ranks finishing together may each rebuild; each re-reads the parts after
+    writing and rebuilds again if one changed meanwhile, so the last writer's
+    view includes every part it could see.
+    """
+    merged = None
+    parts = _parts(fs, root)
+    for _ in range(5):
+        if not parts:
+            return merged
+        merged = _merge_parts(parts, root)
+        merged.save(fs, root)
+        again = _parts(fs, root)
+        if again == parts:
+            break
+        parts = again
+    return merged
 
 
 def merge(manifests: Iterable[Manifest]) -> Manifest:
@@ -334,17 +388,13 @@ def read_shard_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, di
 
 
 def load_dataset_manifest(fs: fsspec.AbstractFileSystem, root: str) -> Manifest | None:
-    """``_manifest.json``, or the merge of ``_manifests/*.json`` when only the parts exist."""
-    manifest = Manifest.load(fs, root)
-    if manifest is not None:
-        return manifest
-    try:
-        names = sorted(fs.glob(join(root, RANK_MANIFESTS, "*.json")))
-    except OSError:
-        names = []
-    parts = [Manifest.load(fs, root, f"{RANK_MANIFESTS}/{n.rsplit('/', 1)[-1]}") for n in names]
-    parts = [p for p in parts if p is not None]
-    return merge(parts) if parts else None
+    """The dataset as its files say: the merge of ``_manifests/*.json`` when there
+    are per-rank parts (they are the truth; ``_manifest.json`` is their merged
+    copy), else ``_manifest.json``."""
+    parts = _parts(fs, root)
+    if parts:
+        return _merge_parts(parts, root)
+    return Manifest.load(fs, root)
 
 
 def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:

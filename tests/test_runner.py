@@ -216,3 +216,24 @@ async def test_retry_failed_moves_successes_to_data(tmp_path: Path) -> None:
     listed = {s["path"] for s in json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"]}
     on_disk = {f"{p.parent.name}/{p.name}" for p in (tmp_path / "out").glob("*/part-*")}
     assert listed == on_disk  # the replaced errors shards are gone from disk too
+
+
+async def test_world_size_3_covers_everything_once(tmp_path: Path) -> None:
+    """Three workers (rank 0..2 of 3) together embed every record exactly once; _manifest.json merges them."""
+    (tmp_path / "in").mkdir()
+    total = 0
+    for n in range(10):
+        total += write_corpus(tmp_path / "in" / f"f{n}.jsonl", 40, bad=False, prefix=f"f{n}")
+    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
+        async with anyio.create_task_group() as tg:
+            for rank in range(3):
+                cfg = make_config(tmp_path, server.url, run={"rank": rank, "world_size": 3})
+                tg.start_soon(lambda c=cfg: run_job(c, handle_signals=False))
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "out" / "_manifests").iterdir()) == [
+        "00000.json", "00001.json", "00002.json"]
+    ids = read_dataset(tmp_path)["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == total == manifest["totals"]["rows_embedded"]
+    assert {r["rank"] for r in manifest["runs"]} == {0, 1, 2}
+    ranks = {s["path"][len("data/part-"):][:5] for s in manifest["shards"]}
+    assert ranks == {"00000", "00001", "00002"}  # the files were spread over all three
