@@ -237,7 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        try:
+            return COMMANDS[args.command](args)
+        except BaseExceptionGroup as group:
+            # a stage's error surfaces wrapped by its task group: handle the first one
+            leaf: BaseException = group
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            if isinstance(leaf, (PipelineError, KeyboardInterrupt)):
+                raise leaf from group
+            raise
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     except FatalApiError as exc:

@@ -35,7 +35,7 @@ from . import vectors
 from .config import EmbeddingConfig
 from .errors import ApiError, FatalApiError, InputRejected, RetryableApiError
 from .local import shared_model
-from .ratelimit import RateLimiter
+from .ratelimit import Budget, RateLimiter
 from .types import Batch, Chunk, EmbeddedBatch, Failure, Usage
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -155,8 +155,11 @@ class HttpEmbedder:
         sleep: Sleep = anyio.sleep,
         rng: random.Random | None = None,
         on_retry: Callable[[ApiError, int], None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
+        """``budget`` (``run.max_tokens``) refuses requests that could overspend it."""
         assert cfg.url is not None
+        self._budget = budget
         self.cfg = cfg
         self._url = endpoint(cfg.url)
         self._limiter = limiter or RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
@@ -254,12 +257,24 @@ class HttpEmbedder:
         texts = [c.text for c in chunks]
         estimate = sum(estimate_tokens(t) for t in texts)
         body = orjson.dumps({**self._params, "input": texts})
+        held = self._budget.reserve(estimate) if self._budget is not None else 0
+        try:
+            matrix, usage = await self._attempts(body, len(texts), estimate)
+        except BaseException:
+            if self._budget is not None:
+                self._budget.settle(held, estimate, None)
+            raise
+        if self._budget is not None:
+            self._budget.settle(held, estimate, usage.total_tokens)
+        return matrix, usage
+
+    async def _attempts(self, body: bytes, n: int, estimate: int) -> tuple[np.ndarray, Usage]:
         attempt = 0
         while True:
             attempt += 1
             reserved = await self._limiter.acquire(estimate)
             try:
-                matrix, prompt, total = await self._request(body, len(texts))
+                matrix, prompt, total = await self._request(body, n)
             except ApiError as exc:
                 exc.attempts = attempt
                 if isinstance(exc, FatalApiError):
@@ -354,8 +369,10 @@ def _failure(chunk: Chunk, error_type: str, message: str, status: int | None, at
 class LocalEmbedder:
     """Embeds batches with the in-process wordllama model (no network)."""
 
-    def __init__(self, cfg: EmbeddingConfig) -> None:
+    def __init__(self, cfg: EmbeddingConfig, *, budget: Budget | None = None, **_: Any) -> None:
+        """Load the packaged model; ``budget`` counts its tokens like the API's."""
         self.cfg = cfg
+        self._budget = budget
         self._model = shared_model()
         self.dimensions = vectors.width(cfg.embedding_type, self._model.dimensions)
 
@@ -368,9 +385,12 @@ class LocalEmbedder:
     async def embed(self, batch: Batch) -> EmbeddedBatch:
         """Vectors for every chunk, computed in a worker thread."""
         if batch.chunks:
-            floats, tokens = await anyio.to_thread.run_sync(
-                self._model.embed, [c.text for c in batch.chunks]
-            )
+            texts = [c.text for c in batch.chunks]
+            estimate = sum(estimate_tokens(t) for t in texts)
+            held = self._budget.reserve(estimate) if self._budget is not None else 0
+            floats, tokens = await anyio.to_thread.run_sync(self._model.embed, texts)
+            if self._budget is not None:
+                self._budget.settle(held, estimate, tokens)
             matrix = vectors.quantize(floats, self.cfg.embedding_type)
             usage = Usage(requests=1, prompt_tokens=tokens, total_tokens=tokens)
         else:
@@ -390,5 +410,5 @@ class LocalEmbedder:
 def make_embedder(cfg: EmbeddingConfig, api_key: str | None, **kwargs: Any) -> HttpEmbedder | LocalEmbedder:
     """The embedder for ``cfg.provider``."""
     if cfg.provider == "local":
-        return LocalEmbedder(cfg)
+        return LocalEmbedder(cfg, **kwargs)
     return HttpEmbedder(cfg, api_key=api_key, **kwargs)

@@ -9,6 +9,7 @@ these once, at the boundary where they happen, with the original kept as
     ├── SourceError           an input that cannot be listed or opened
     ├── SinkError             the dataset cannot be written or does not match the config
     ├── RecordError           one record cannot be used (becomes an error row)
+    ├── BudgetExhausted       the next request would spend more than run.max_tokens
     └── ApiError              the embeddings API failed
         ├── RetryableApiError 408/409/429/5xx, timeouts, resets, malformed bodies
         ├── InputRejected     400/413/422: something in the batch is bad
@@ -41,6 +42,10 @@ class RecordError(PipelineError):
         super().__init__(message)
         self.error_type = error_type
         self.message = message
+
+
+class BudgetExhausted(PipelineError):
+    """The next request would take the run past ``run.max_tokens``."""
 
 
 class ApiError(PipelineError):

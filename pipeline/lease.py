@@ -29,7 +29,7 @@ import fsspec
 import orjson
 
 from .errors import SinkError
-from .manifest import join
+from .manifest import is_local, join
 
 LOCKS = "_locks"
 
@@ -80,7 +80,10 @@ class Lease:
             "pid": os.getpid(),
             "heartbeat": self._clock(),
         }
-        self.fs.makedirs(join(self.path.rsplit("/", 1)[0]), exist_ok=True)
+        if is_local(self.fs):
+            # only the local disk has directories to make: on s3fs, makedirs
+            # creates a missing *bucket*, turning a typo in sink.path into a new bucket
+            self.fs.makedirs(join(self.path.rsplit("/", 1)[0]), exist_ok=True)
         self.fs.pipe_file(self.path, orjson.dumps(body))
 
     def _free(self, current: dict[str, Any] | None) -> bool:

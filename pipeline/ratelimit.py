@@ -18,6 +18,8 @@ from typing import Awaitable, Callable
 
 import anyio
 
+from .errors import BudgetExhausted
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -144,3 +146,39 @@ class RateLimiter:
         self.scale = min(1.0, max(self.FLOOR, scale))
         for pacer in self._pacers:
             pacer.rate = self._base[id(pacer)] * self.scale
+
+
+class Budget:
+    """``run.max_tokens``: refuses a request that could take spending past the limit.
+
+    Each request reserves its estimated tokens (corrected by the ratio of
+    reported to estimated tokens seen so far, plus a margin) before it is
+    sent, and settles with what ``usage`` reported; a request whose
+    reservation does not fit what is left is refused.
+    """
+
+    MARGIN = 1.1  # reserve 10% more than the corrected estimate: stop before, not after
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+        self.reserved = 0
+        self.ratio = 1.0
+
+    def reserve(self, estimate: int) -> int:
+        """Reserve the tokens of a request; raises :class:`BudgetExhausted` when they do not fit."""
+        cost = math.ceil(estimate * self.ratio * self.MARGIN)
+        if self.spent + self.reserved + cost > self.limit:
+            raise BudgetExhausted(
+                f"{self.spent:,} tokens spent, {self.reserved:,} in flight, the next request needs about {cost:,}"
+            )
+        self.reserved += cost
+        return cost
+
+    def settle(self, reserved: int, estimate: int, reported: int | None) -> None:
+        """The request ended: ``reported`` tokens were spent (None: it failed)."""
+        self.reserved -= reserved
+        if reported:
+            self.spent += reported
+            if estimate > 0:
+                self.ratio += 0.3 * (reported / estimate - self.ratio)

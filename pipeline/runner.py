@@ -33,10 +33,11 @@ from .batching import Piece, batch_stage
 from .chunking import Chunker
 from .client import Embedder, estimate_tokens, make_embedder
 from .config import Config
-from .errors import ApiError, FatalApiError, SinkError, SourceError
+from .errors import ApiError, BudgetExhausted, FatalApiError, SinkError, SourceError
 from .logs import LogSetup, format_duration, get_logger
 from .manifest import load_rank, utc_now
 from .lease import Lease
+from .ratelimit import Budget
 from .sinks import DatasetWriter
 from .sources import open_source, read_records
 from .types import END_OF_FILE, Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
@@ -116,12 +117,27 @@ class RunResult:
     message: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An embed worker did not send batch ``seq`` (the token budget ran out)."""
+
+    seq: int
+
+
 class _Stop:
-    """Shutdown state shared by the stages."""
+    """Shutdown state shared by the stages and the signal handler."""
 
     def __init__(self) -> None:
         self.requested: int | None = None  # the signal that asked us to stop
-        self.reading = anyio.CancelScope()
+        self.event = anyio.Event()  # set on the first signal: wakes watch mode's sleep
+        self.reading: anyio.CancelScope | None = None  # the current round's reader
+        self.drain: anyio.CancelScope | None = None  # the current round, as a whole
+        self.budget_exhausted = False
+
+    def stop_reading(self) -> None:
+        """Read nothing more; what was read still flows through."""
+        if self.reading is not None:
+            self.reading.cancel()
 
 
 def assign(files: list[InputFile], rank: int, world_size: int) -> list[InputFile]:
@@ -151,7 +167,17 @@ def take_lease(cfg: Config, log: Any) -> Lease:
     def waiting(current: dict[str, Any]) -> None:
         log.warning("lease_waiting", held_by_host=current.get("host"), held_by_pid=current.get("pid"), wait_s=wait)
 
-    lease.acquire(wait, on_wait=waiting)
+    # The lease is the run's first touch of the sink. Its backend's errors are
+    # not all OSError (botocore's EndpointConnectionError, NoCredentialsError;
+    # a bad storage option is a TypeError when s3fs first connects), so
+    # anything but our own error is translated here, as open_source does.
+    try:
+        lease.acquire(wait, on_wait=waiting)
+    except SinkError:
+        raise
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SinkError(f"sink.path {cfg.sink.path}: cannot write the lease {lease.path}: {reason}") from exc
     return lease
 
 
@@ -246,8 +272,18 @@ class Job:
         self._embedder = embedder
         self._handle_signals = handle_signals
         self._stop = _Stop()
-        self._limiter = anyio.CapacityLimiter(2)  # threads for blocking I/O and parsing
-        self._window = anyio.Semaphore(max(4, cfg.embedding.concurrency * 4))
+        # Threads for blocking I/O and parsing. A sync call on s3fs (an async
+        # fsspec filesystem) is handed to fsspec's single IO loop, which runs in
+        # its own daemon thread ("fsspecIO"), and the calling thread waits: calls
+        # from several threads are safe, and never run on our event loop (made
+        # from the event loop they would merely block it). fsspec's instance
+        # cache keys async filesystems without the thread id, so the source, the
+        # lease and the writer share one S3FileSystem (one client, one pool)
+        # whenever their storage_options are equal.
+        self._limiter = anyio.CapacityLimiter(2)
+        self._window = anyio.Semaphore(1)  # replaced each round
+        self.budget = Budget(cfg.run.max_tokens) if cfg.run.max_tokens else None
+        self._deadline = math.inf  # when a signal says the current round must end
         self.writer: DatasetWriter | None = None
         self.lease: Lease | None = None
 
@@ -257,6 +293,7 @@ class Job:
         """Stream records from every file, in blocks, until done or told to stop."""
         progress = self.writer.manifest.progress if self.writer else {}
         progress = {url: progress.get(url, 0) for url in (f.url for f in files)}
+        assert self._stop.reading is not None
         async with send:
             with self._stop.reading:
                 for inp in files:
@@ -296,10 +333,26 @@ class Job:
     async def embed_stage(
         self, embedder: Embedder, receive: ObjectReceiveStream[Batch], send: ObjectSendStream[EmbeddedBatch]
     ) -> None:
-        """One of ``concurrency`` workers: embed batches as they come."""
+        """One of ``concurrency`` workers: embed batches as they come.
+
+        Once the token budget is spent, batches are not sent; the write stage
+        is told, so it stops at the first one missing.
+        """
         async with receive, send:
             async for batch in receive:
-                await send.send(await embedder.embed(batch))
+                if self._stop.budget_exhausted:
+                    await send.send(Skipped(batch.seq))  # type: ignore[arg-type]
+                    continue
+                try:
+                    result = await embedder.embed(batch)
+                except BudgetExhausted as exc:
+                    if not self._stop.budget_exhausted:
+                        self._stop.budget_exhausted = True
+                        self.log.warning("budget_exhausted", max_tokens=self.cfg.run.max_tokens, reason=str(exc))
+                        self._stop.stop_reading()
+                    await send.send(Skipped(batch.seq))  # type: ignore[arg-type]
+                    continue
+                await send.send(result)
 
     async def write_stage(self, receive: ObjectReceiveStream[EmbeddedBatch]) -> None:
         """Put answers back in read order and hand them to the sink."""
@@ -307,6 +360,7 @@ class Job:
         writer = self.writer
         waiting: dict[int, EmbeddedBatch] = {}
         expected = 0
+        cut: float = math.inf  # the first batch that was never sent: nothing from it on is written
         async with receive:
             while True:
                 batch = None
@@ -317,6 +371,13 @@ class Job:
                         break
                 if batch is None:
                     await self._commit(writer.commit_if_due)
+                    continue
+                if isinstance(batch, Skipped) or batch.seq >= cut:
+                    cut = min(cut, batch.seq)
+                    self._window.release()
+                    for seq in [s for s in waiting if s >= cut]:
+                        del waiting[seq]
+                        self._window.release()
                     continue
                 waiting[batch.seq] = batch
                 while expected in waiting:
@@ -358,20 +419,26 @@ class Job:
             await anyio.sleep(self.lease.ttl_s / 3)
             await anyio.to_thread.run_sync(self.lease.renew, limiter=self._limiter)
 
-    async def signal_stage(self, scope: anyio.CancelScope) -> None:
+    async def signal_stage(self) -> None:
         """First SIGTERM/SIGINT: drain; second, or the grace running out: cancel."""
+        stop = self._stop
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                if self._stop.requested is None:
-                    self._stop.requested = signum
+                if stop.requested is None:
+                    stop.requested = signum
+                    stop.event.set()
                     grace = self.cfg.run.shutdown_grace_s
                     self.log.warning("shutdown_requested", signal=signal.Signals(signum).name, grace_s=grace)
-                    self._stop.reading.cancel()
+                    stop.stop_reading()
                     # leave a few seconds for the final commit inside Heroku's 30 s
-                    scope.deadline = min(scope.deadline, anyio.current_time() + max(0.0, grace - 3.0))
+                    self._deadline = anyio.current_time() + max(0.0, grace - 3.0)
+                    if stop.drain is not None:
+                        stop.drain.deadline = min(stop.drain.deadline, self._deadline)
                 else:
                     self.log.warning("shutdown_forced", signal=signal.Signals(signum).name)
-                    scope.cancel()
+                    self._deadline = anyio.current_time()
+                    if stop.drain is not None:
+                        stop.drain.cancel()
 
     # ------------------------------------------------------------------ the run
 
@@ -394,9 +461,8 @@ class Job:
     async def _run(self, fs: Any, files: list[InputFile]) -> RunResult:
         cfg = self.cfg
         assert self.writer is not None
-        done = self._done_files()
-        self.progress.sizes = {f.url: f.size or 0 for f in files if f.url not in done}
-        self.progress.bytes_total = sum(self.progress.sizes.values())
+        if not cfg.run.watch:
+            self._prepare(files)
         self.log.info(
             "run_started",
             files=len(files),
@@ -408,17 +474,33 @@ class Job:
             world_size=cfg.run.world_size,
         )
         embedder = self._embedder or make_embedder(
-            cfg.embedding, cfg.api_key, on_retry=self._on_retry
+            cfg.embedding, cfg.api_key, on_retry=self._on_retry, budget=self.budget
         )
         status, code, message = "completed", EXIT_OK, None
         try:
             async with embedder:  # type: ignore[attr-defined]
-                await self._run_stages(fs, files, embedder)
+                async with anyio.create_task_group() as watchers:
+                    if self._handle_signals:
+                        watchers.start_soon(self.signal_stage)
+                    watchers.start_soon(self.progress_stage)
+                    watchers.start_soon(self.heartbeat_stage)
+                    if cfg.run.watch:
+                        await self._watch(embedder)
+                    else:
+                        await self._round(fs, files, embedder)
+                    watchers.cancel_scope.cancel()
         except* FatalApiError as group:
             status, code, message = "failed", EXIT_FATAL, str(_first_leaf(group))
         if self._stop.requested is not None and status == "completed":
             status = "interrupted"
             code = EXIT_SIGINT if self._stop.requested == signal.SIGINT else EXIT_SIGTERM
+        elif self._stop.budget_exhausted and status == "completed":
+            status = "budget_exhausted"
+            message = (
+                f"stopped before spending more than run.max_tokens={cfg.run.max_tokens:,} tokens "
+                f"({self.budget.spent:,} spent); what was embedded is committed, "
+                "run it again to continue" if self.budget else None
+            )
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._finish, status)
         totals = dict(self.writer.manifest.totals)
@@ -466,45 +548,103 @@ class Job:
                 tokens=entry.get("total_tokens"),
             )
 
-    def _done_files(self) -> set[str]:
-        progress = self.writer.manifest.progress if self.writer else {}
-        return {url for url, location in progress.items() if location >= END_OF_FILE}
-
     def _on_retry(self, exc: ApiError, attempt: int) -> None:
         self.log.info("request_retried", attempt=attempt, status=exc.status, reason=exc.message)
 
-    async def _run_stages(self, fs: Any, files: list[InputFile], embedder: Embedder) -> None:
+    async def _round(self, fs: Any, files: list[InputFile], embedder: Embedder) -> None:
+        """One pass of the stages over ``files``, drained or cut short by a signal."""
         cfg = self.cfg
+        stop = self._stop
+        if stop.requested is not None or stop.budget_exhausted:
+            return
         records_send, records_receive = anyio.create_memory_object_stream[list[Any]](4)
         pieces_send, pieces_receive = anyio.create_memory_object_stream[list[Piece]](4)
         batches_send, batches_receive = anyio.create_memory_object_stream[Batch](cfg.embedding.concurrency)
         results_send, results_receive = anyio.create_memory_object_stream[EmbeddedBatch](
             cfg.embedding.concurrency
         )
-        with anyio.CancelScope() as drain_scope:
-            async with anyio.create_task_group() as outer:
-                if self._handle_signals:
-                    outer.start_soon(self.signal_stage, drain_scope)
-                outer.start_soon(self.progress_stage)
-                outer.start_soon(self.heartbeat_stage)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self.read_stage, fs, files, records_send)
-                    tg.start_soon(self.chunk_stage, records_receive, pieces_send)
-                    tg.start_soon(
-                        lambda: batch_stage(
-                            pieces_receive,
-                            batches_send,
-                            batch_size=cfg.embedding.batch_size,
-                            before_send=self._window.acquire,
-                        )
+        # how far the batcher may run ahead of the writer: bounds the reorder buffer
+        self._window = anyio.Semaphore(max(4, cfg.embedding.concurrency * 4))
+        stop.reading = anyio.CancelScope()
+        with anyio.CancelScope(deadline=self._deadline) as stop.drain:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.read_stage, fs, files, records_send)
+                tg.start_soon(self.chunk_stage, records_receive, pieces_send)
+                tg.start_soon(
+                    lambda: batch_stage(
+                        pieces_receive,
+                        batches_send,
+                        batch_size=cfg.embedding.batch_size,
+                        before_send=self._window.acquire,
                     )
-                    async with batches_receive, results_send:
-                        for _ in range(cfg.embedding.concurrency):
-                            tg.start_soon(
-                                self.embed_stage, embedder, batches_receive.clone(), results_send.clone()
-                            )
-                    tg.start_soon(self.write_stage, results_receive)
-                outer.cancel_scope.cancel()  # the data stages are done: stop the watchers
+                )
+                async with batches_receive, results_send:
+                    for _ in range(cfg.embedding.concurrency):
+                        tg.start_soon(self.embed_stage, embedder, batches_receive.clone(), results_send.clone())
+                tg.start_soon(self.write_stage, results_receive)
+        stop.reading = stop.drain = None
+
+    async def _watch(self, embedder: Embedder) -> None:
+        """Watch mode: list the source every ``poll_interval_s``; embed files that are
+        new or changed once their size and time stopped changing between listings."""
+        cfg = self.cfg
+        assert self.writer is not None
+        previous: dict[str, tuple[int | None, str | None]] = {}
+        wait = min(5.0, cfg.run.poll_interval_s)  # the first settle check comes soon
+        while self._stop.requested is None and not self._stop.budget_exhausted:
+            try:
+                fs, listed = await anyio.to_thread.run_sync(open_source, cfg.source)
+            except SourceError as exc:  # nothing there yet, or the store blinked: try again later
+                self.log.info("watch_listing_empty", reason=str(exc))
+                fs, listed = None, []
+            listed = assign(listed, cfg.run.rank, cfg.run.world_size)
+            current = {f.url: (f.size, f.mtime) for f in listed}
+            ready = [f for f in listed if previous.get(f.url) == current[f.url] and self._needs(f)]
+            previous = current
+            if ready and fs is not None:
+                self.log.info("watch_found", files=len(ready))
+                self._prepare(ready, restart_changed=True)
+                await self._round(fs, ready, embedder)
+                # commit now: the next listing must see these files as done, and
+                # a watcher may then sleep for a long time
+                await self._commit(self.writer.commit)
+            with anyio.move_on_after(wait):
+                await self._stop.event.wait()
+            wait = cfg.run.poll_interval_s
+
+    def _needs(self, inp: InputFile) -> bool:
+        """Whether ``inp`` is new, unfinished, or changed since it was embedded."""
+        assert self.writer is not None
+        known = self.writer.manifest.extra.get("files", {}).get(inp.url)
+        done = self.writer.manifest.progress.get(inp.url, 0) >= END_OF_FILE
+        return not done or (known is not None and known != _signature(inp))
+
+    def _prepare(self, files: list[InputFile], *, restart_changed: bool = False) -> None:
+        """Record each file's signature (size and time or ETag) for watch mode.
+
+        With ``restart_changed`` (watch mode), a file whose signature changed
+        since it was embedded is read again from its first record.
+        """
+        assert self.writer is not None
+        manifest = self.writer.manifest
+        signatures = manifest.extra.setdefault("files", {})
+        todo = {}
+        for inp in files:
+            sig = _signature(inp)
+            known = signatures.get(inp.url)
+            if restart_changed and known not in (None, sig):
+                self.log.warning("file_changed", file=inp.url)
+                manifest.progress.pop(inp.url, None)
+            if restart_changed or known is None:
+                signatures[inp.url] = sig
+            if manifest.progress.get(inp.url, 0) < END_OF_FILE:
+                todo[inp.url] = inp.size or 0
+        self.progress.sizes = todo
+        self.progress.bytes_total += sum(todo.values())
+
+
+def _signature(inp: InputFile) -> str:
+    return f"{inp.size}:{inp.mtime}"
 
 
 async def run_job(cfg: Config, **kwargs: Any) -> RunResult:

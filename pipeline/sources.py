@@ -126,6 +126,10 @@ def open_source(cfg: SourceConfig) -> tuple[fsspec.AbstractFileSystem, list[Inpu
         fs, root = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
     except Exception as exc:
         raise SourceError(f"source.path {cfg.path}: cannot open the filesystem: {_one_line(exc)}") from exc
+    # s3fs keeps a listings cache on its instance, which fsspec shares
+    # process-wide: find and glob list afresh, but info and ls may answer from
+    # it, so a later listing in this process (to see new or changed objects)
+    # calls fs.invalidate_cache(root) first.
     local = _is_local(fs)
     if local:
         root = posixpath.normpath(root)

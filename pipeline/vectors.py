@@ -65,7 +65,8 @@ def decode_base64(items: list[str], embedding_type: str) -> np.ndarray:
     Raises ``ValueError`` when the items do not all have the same length.
     """
     dtype = DTYPES[embedding_type]
-    raw = [base64.b64decode(s, validate=False) for s in items]
+    import pybase64
+    raw = [pybase64.b64decode(s, validate=True) for s in items]
     if not raw:
         return np.empty((0, 0), dtype=dtype)
     n = len(raw[0])

@@ -237,3 +237,23 @@ async def test_world_size_3_covers_everything_once(tmp_path: Path) -> None:
     assert {r["rank"] for r in manifest["runs"]} == {0, 1, 2}
     ranks = {s["path"][len("data/part-"):][:5] for s in manifest["shards"]}
     assert ranks == {"00000", "00001", "00002"}  # the files were spread over all three
+
+
+async def test_max_tokens_stops_before_the_budget(tmp_path: Path) -> None:
+    """run.max_tokens stops the run, committed, before spending more; a rerun with more budget finishes once."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 2000, bad=False)
+    cfg = make_config(tmp_path, "http://placeholder", run={"max_tokens": 9000},
+                      embedding={"batch_size": 50, "concurrency": 4})
+    result, stats = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert result.status == "budget_exhausted" and result.exit_code == 0
+    assert "max_tokens" in result.message
+    assert 0 < stats["total_tokens"] <= 9000
+    assert result.totals["total_tokens"] <= 9000
+    partial = read_dataset(tmp_path).num_rows
+    assert 0 < partial < 2000
+    bigger = cfg.model_copy(update={"run": cfg.run.model_copy(update={"max_tokens": 10**9})})
+    again, _ = await run(bigger, ServerOptions(port=0, fake=True, dimensions=8))
+    assert again.status == "completed"
+    ids = read_dataset(tmp_path)["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 2000

@@ -137,3 +137,28 @@ def test_changed_chunking_is_refused_unless_fresh(tmp_path: Path) -> None:
         fresh = run_cli("run", str(job), "--set", "chunking.max_chars=500", "--fresh")
         assert fresh.returncode == 0, fresh.stderr
     check_dataset(tmp_path)
+
+
+def test_watch_picks_up_new_files_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """Watch mode embeds files that arrive after start, and SIGTERM ends it cleanly with 143."""
+    with serve_process("--fake", "--dimensions", "8") as url:
+        job = write_job(tmp_path, url, watch="true", poll_interval_s=0.3)
+        proc = start(job)
+        seen = wait_for_commits(proc, 1)  # the files present at start
+        late = tmp_path / "in" / "late.jsonl"
+        tmp = tmp_path / "in" / ".late.jsonl.partial"  # hidden while being written
+        tmp.write_text("\n".join(json.dumps({"id": f"late-{i}", "text": f"late {i}"}) for i in range(50)) + "\n")
+        tmp.rename(late)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait until the late file is committed
+            seen.append(line)
+            if "event=shard_committed" in line and "event=watch_found" in "".join(seen[-50:]):
+                manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+                if manifest["progress"].get(str(late), 0) >= 2**53:
+                    break
+        proc.send_signal(signal.SIGTERM)
+        code, err = finish(proc)
+    assert code == 143, err
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["totals"]["rows_embedded"] == RECORDS + 50
+    assert manifest["runs"][-1]["status"] == "interrupted"
