@@ -64,6 +64,7 @@ class Progress:
     prompt_tokens: int = 0
     total_tokens: int = 0
     shards: int = 0
+    throttled: int = 0  # requests answered 429
     sizes: dict[str, int] = field(default_factory=dict)  # bytes of each file still to finish
     bytes_total: int = 0
     bytes_done: int = 0
@@ -98,6 +99,7 @@ class Progress:
             "failed": self.rows_failed,
             "requests": self.requests,
             "retries": self.retries,
+            "throttled": self.throttled,
             "tokens": self.total_tokens,
             "rows_per_s": round(self.rows_embedded / elapsed, 1),
             "tokens_per_min": round(self.total_tokens / elapsed * 60),
@@ -407,7 +409,7 @@ class Job:
                     f"[{bar}] {fraction * 100:5.1f}%  eta {fields['eta']}  "
                     f"records {fields['records']:,}  rows {fields['rows']:,}  failed {fields['failed']:,}  "
                     f"tokens {fields['tokens']:,}  {fields['rows_per_s']:,.0f} rows/s  "
-                    f"retries {fields['retries']}  {fields['elapsed']}"
+                    f"retries {fields['retries']}  429s {fields['throttled']}  {fields['elapsed']}"
                 )
             else:
                 self.log.info("progress", **fields)
@@ -549,6 +551,8 @@ class Job:
             )
 
     def _on_retry(self, exc: ApiError, attempt: int) -> None:
+        if exc.status == 429:
+            self.progress.throttled += 1
         self.log.info("request_retried", attempt=attempt, status=exc.status, reason=exc.message)
 
     async def _round(self, fs: Any, files: list[InputFile], embedder: Embedder) -> None:

@@ -1,0 +1,74 @@
+"""Log lines: logfmt or JSON, one event a line, never the key."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import structlog
+
+from conftest import run_cli, serve_process
+from pipeline.logs import configure, get_logger
+
+KEY = "sk-live-9f8e7d6c5b4a"
+LOGFMT_PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_.-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """Parse one logfmt line; raises if anything is left over."""
+    pairs = LOGFMT_PAIR.findall(line)
+    rebuilt = " ".join(f"{k}={v}" for k, v in pairs)
+    assert rebuilt == line.strip(), f"not logfmt: {line!r}"
+    return {k: v.strip('"') for k, v in pairs}
+
+
+def write_job(tmp_path: Path, url: str, fmt: str) -> Path:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    lines = [json.dumps({"id": f"r{i}", "text": f"record {i} with \"quotes\" and = signs"}) for i in range(300)]
+    (tmp_path / "in" / "a.jsonl").write_text("\n".join(lines) + "\n{broken\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source:\n  path: {tmp_path / 'in'}\n"
+        f"embedding:\n  url: {url}\n  api_key: ${{TEST_KEY}}\n  batch_size: 10\n  max_attempts: 20\n"
+        f"sink:\n  path: {tmp_path / 'out'}\n  shard_rows: 50\n"
+        f"logging:\n  format: {fmt}\n  level: debug\n"
+    )
+    return job
+
+
+def test_logfmt_lines_parse_and_hide_the_key(tmp_path: Path) -> None:
+    """Off a terminal every line is logfmt, under 10 KB, with a run_finished summary, and no key."""
+    with serve_process("--fake", "--dimensions", "8", "--api-key", KEY, "--fail-429", "0.2",
+                       "--fault-retry-after", "0") as url:
+        result = run_cli("run", str(write_job(tmp_path, url, "logfmt")), env={"TEST_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    events = [parse_logfmt(line) for line in lines]
+    assert all(len(line.encode()) < 10_000 for line in lines)
+    assert {"run_started", "shard_committed", "request_retried", "run_finished"} <= {e["event"] for e in events}
+    finished = [e for e in events if e["event"] == "run_finished"][0]
+    assert finished["records"] == "301" and int(finished["throttled"]) > 0
+    assert KEY not in result.stderr and KEY not in result.stdout
+
+
+def test_json_format(tmp_path: Path) -> None:
+    """logging.format: json writes one JSON object per line."""
+    with serve_process("--fake", "--dimensions", "8") as url:
+        result = run_cli("run", str(write_job(tmp_path, url, "json")), env={"TEST_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert events[-1]["event"] == "run_finished" and events[-1]["rows"] == 300
+
+
+def test_redaction_masks_secrets_anywhere() -> None:
+    """A secret inside any field value, even nested in a message, is masked."""
+    out = io.StringIO()
+    configure("info", "logfmt", secrets=[KEY], stream=out)
+    try:
+        get_logger().info("request_failed", reason=f"Bearer {KEY} refused", detail={"k": KEY})
+    finally:
+        structlog.reset_defaults()
+    text = out.getvalue()
+    assert KEY not in text and "***" in text
