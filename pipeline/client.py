@@ -20,10 +20,8 @@ Failures are classified once, here, from status codes and exception classes:
 
 from __future__ import annotations
 
-import math
 import random
 import re
-import time
 from typing import Any, Awaitable, Callable, Protocol
 
 import anyio

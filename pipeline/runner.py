@@ -31,7 +31,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .batching import Piece, batch_stage
 from .chunking import Chunker
-from .client import Embedder, estimate_tokens, make_embedder
+from .client import Embedder, make_embedder
 from .config import Config
 from .errors import ApiError, BudgetExhausted, FatalApiError, SinkError, SourceError
 from .logs import LogSetup, format_duration, get_logger
@@ -222,7 +222,7 @@ def open_writer(
     return writer
 
 
-def _first_leaf(exc: BaseException) -> BaseException:
+def first_leaf(exc: BaseException) -> BaseException:
     """The first real exception inside (possibly nested) exception groups."""
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
@@ -233,7 +233,7 @@ def _take(iterator: Iterator[Any], n: int) -> list[Any]:
     return list(islice(iterator, n))
 
 
-def _file_pieces(cfg: Config, fs: Any, inp: InputFile, after: int) -> Iterator[Record | Failure | FileEnd]:
+def file_items(cfg: Config, fs: Any, inp: InputFile, after: int) -> Iterator[Record | Failure | FileEnd]:
     """A file's records, then its end; a file that breaks midway ends in one failure."""
     last = after
     try:
@@ -305,7 +305,7 @@ class Job:
                     self.progress.files += 1
                     if after:
                         self.log.info("file_resumed", file=inp.url, after=after)
-                    iterator = _file_pieces(self.cfg, fs, inp, after)
+                    iterator = file_items(self.cfg, fs, inp, after)
                     while block := await anyio.to_thread.run_sync(
                         _take, iterator, READ_BLOCK, limiter=self._limiter
                     ):
@@ -492,7 +492,7 @@ class Job:
                         await self._round(fs, files, embedder)
                     watchers.cancel_scope.cancel()
         except* FatalApiError as group:
-            status, code, message = "failed", EXIT_FATAL, str(_first_leaf(group))
+            status, code, message = "failed", EXIT_FATAL, str(first_leaf(group))
         if self._stop.requested is not None and status == "completed":
             status = "interrupted"
             code = EXIT_SIGINT if self._stop.requested == signal.SIGINT else EXIT_SIGTERM
@@ -654,160 +654,3 @@ def _signature(inp: InputFile) -> str:
 async def run_job(cfg: Config, **kwargs: Any) -> RunResult:
     """Run ``cfg`` to its end (see :class:`Job`)."""
     return await Job(cfg, **kwargs).run()
-
-
-# ---------------------------------------------------------------------- validate
-
-
-@dataclass
-class Estimate:
-    """What ``pipeline validate`` found, without calling the API."""
-
-    files: list[InputFile]
-    records: int = 0
-    bad_records: int = 0
-    chunks: int = 0
-    chars: int = 0
-    tokens: int = 0
-    requests: int = 0
-    minutes: float | None = None
-    cost_usd: float | None = None
-    by_error: dict[str, int] = field(default_factory=dict)
-
-
-def estimate(cfg: Config) -> Estimate:
-    """Read every input, count records and chunks, estimate tokens, requests, time, cost."""
-    fs, files = open_source(cfg.source)
-    files = assign(files, cfg.run.rank, cfg.run.world_size)
-    emb = cfg.embedding
-    chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type)
-    est = Estimate(files=files)
-    for inp in files:
-        for item in _file_pieces(cfg, fs, inp, 0):
-            if isinstance(item, FileEnd):
-                continue
-            if isinstance(item, Failure):
-                est.records += 1
-                est.bad_records += 1
-                est.by_error[item.error_type] = est.by_error.get(item.error_type, 0) + 1
-                continue
-            est.records += 1
-            result = chunker(item)
-            if isinstance(result, Failure):
-                est.bad_records += 1
-                est.by_error[result.error_type] = est.by_error.get(result.error_type, 0) + 1
-                continue
-            for chunk in result:
-                est.chunks += 1
-                est.chars += len(chunk.text)
-                est.tokens += estimate_tokens(chunk.text)
-    est.requests = math.ceil(est.chunks / emb.batch_size)
-    limits = []
-    if emb.requests_per_minute:
-        limits.append(est.requests / emb.requests_per_minute)
-    if emb.tokens_per_minute:
-        limits.append(est.tokens / emb.tokens_per_minute)
-    est.minutes = max(limits) if limits else None
-    if emb.usd_per_million_tokens is not None:
-        est.cost_usd = est.tokens * emb.usd_per_million_tokens / 1e6
-    return est
-
-
-# ---------------------------------------------------------------------- retry-failed
-
-#: error types worth sending again: the API's answers, not the input's faults
-RETRYABLE_ERRORS = frozenset({"api_error", "rejected"})
-
-
-def _read_failures(fs: Any, path: str, batch_rows: int) -> Iterator[list[Failure]]:
-    """The rows of an ``errors/`` shard, as failures, a batch at a time."""
-    import pyarrow.ipc
-    import pyarrow.parquet as pq
-
-    with fs.open(path, "rb") as f:
-        if path.endswith(".arrow"):
-            reader = pyarrow.ipc.open_file(f)
-            batches: Iterator[Any] = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        else:
-            batches = pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
-        for batch in batches:
-            yield [Failure(**row) for row in batch.to_pylist()]
-
-
-async def retry_failed(cfg: Config, *, embedder: Embedder | None = None) -> RunResult:
-    """Embed again the retryable rows of this rank's ``errors/`` shards.
-
-    Each errors shard is replaced in one commit: the rows that now succeed go
-    to a new data shard, the rest (and rows that cannot be retried) to a new
-    errors shard, and the old shard leaves the manifest in the same save.
-    """
-    log = get_logger()
-    emb = cfg.embedding
-    lease = await anyio.to_thread.run_sync(take_lease, cfg, log)
-    try:
-        writer = await anyio.to_thread.run_sync(lambda: open_writer(cfg, lease, utc_now(), []))
-        return await _retry(cfg, writer, embedder, log)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lease.release)
-
-
-async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, log: Any) -> RunResult:
-    from .chunking import make_hasher
-    from .types import Chunk, Usage
-
-    emb = cfg.embedding
-    mine = f"part-{cfg.run.rank:05d}-"
-    old_shards = [s for s in writer.manifest.shards if s["kind"] == "errors" and mine in s["path"]]
-    hasher = make_hasher(emb.model, emb.input_type, emb.embedding_type)
-    embedder = embedder or make_embedder(emb, cfg.api_key)
-    progress = Progress()
-    status, code, message = "completed", EXIT_OK, None
-    log.info("retry_started", shards=len(old_shards), sink=cfg.sink.path)
-    try:
-        async with embedder:  # type: ignore[attr-defined]
-            for old in old_shards:
-                writer.replace(old)
-                # what the old shard carried must survive it
-                carried = Usage(
-                    requests=old.get("requests", 0), retries=old.get("retries", 0),
-                    prompt_tokens=old.get("prompt_tokens", 0), total_tokens=old.get("total_tokens", 0),
-                )
-                records = old.get("records", 0)
-                seq = 0
-                path = f"{writer.root}/{old['path']}"
-                for rows in await anyio.to_thread.run_sync(
-                    lambda: list(_read_failures(writer.fs, path, emb.batch_size))
-                ):
-                    again = [f for f in rows if f.error_type in RETRYABLE_ERRORS and f.text]
-                    kept = tuple(f for f in rows if f not in again)
-                    chunks = tuple(
-                        Chunk(id=f.id, doc_id=f.doc_id, chunk_index=f.chunk_index, text=f.text or "",
-                              source=f.source, location=f.location, content_hash=hasher(f.text or ""))
-                        for f in again
-                    )
-                    result = await embedder.embed(Batch(seq=seq, chunks=chunks, failures=kept))
-                    seq += 1
-                    result = EmbeddedBatch(
-                        seq=result.seq, chunks=result.chunks, vectors=result.vectors,
-                        usage=result.usage + carried, failures=result.failures, records=records,
-                    )
-                    carried, records = Usage(), 0
-                    progress.add(result)
-                    await anyio.to_thread.run_sync(writer.write, result)
-                for entry in await anyio.to_thread.run_sync(writer.commit):
-                    log.info("shard_committed", path=entry["path"], rows=entry["rows"],
-                             tokens=entry.get("total_tokens"))
-                log.info("shard_retried", path=old["path"], rows=old["rows"])
-    except* FatalApiError as group:
-        status, code, message = "failed", EXIT_FATAL, str(_first_leaf(group))
-    with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(writer.close, status)
-    totals = dict(writer.manifest.totals)
-    log.info("retry_finished", status=status, moved_to_data=progress.rows_embedded,
-             still_failed=progress.rows_failed, tokens=progress.total_tokens)
-    done = totals.get("rows_embedded", 0) + totals.get("rows_failed", 0)
-    if code == EXIT_OK and done and totals.get("rows_failed", 0) / done > cfg.run.max_failed_fraction:
-        code = EXIT_TOO_MANY_FAILED
-        message = f"{totals['rows_failed']} of {done} rows still failed; see {cfg.sink.path}/errors/"
-    return RunResult(status=status, exit_code=code, totals=totals, message=message)

@@ -192,7 +192,7 @@ async def test_fault_storm_loses_nothing(tmp_path: Path) -> None:
 
 async def test_retry_failed_moves_successes_to_data(tmp_path: Path) -> None:
     """retry-failed re-embeds api errors: successes move to data/, the rest stay, totals still add up."""
-    from pipeline.runner import retry_failed
+    from pipeline.retry import retry_failed
 
     (tmp_path / "in").mkdir()
     lines = write_corpus(tmp_path / "in" / "a.jsonl", 300)  # two unusable lines among them

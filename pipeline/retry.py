@@ -1,0 +1,109 @@
+"""``pipeline retry-failed``: embed again the rows the API refused or never answered."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import anyio
+import pyarrow.ipc
+import pyarrow.parquet as pq
+
+from .chunking import make_hasher
+from .client import Embedder, make_embedder
+from .config import Config
+from .errors import FatalApiError
+from .logs import get_logger
+from .manifest import utc_now
+from .runner import EXIT_FATAL, EXIT_OK, EXIT_TOO_MANY_FAILED, Progress, RunResult, first_leaf, open_writer, take_lease
+from .sinks import DatasetWriter
+from .types import Batch, Chunk, EmbeddedBatch, Failure, Usage
+
+#: error types worth sending again: the API's answers, not the input's faults
+RETRYABLE_ERRORS = frozenset({"api_error", "rejected"})
+
+
+def _read_failures(fs: Any, path: str, batch_rows: int) -> Iterator[list[Failure]]:
+    """The rows of an ``errors/`` shard, as failures, a batch at a time."""
+    with fs.open(path, "rb") as f:
+        if path.endswith(".arrow"):
+            reader = pyarrow.ipc.open_file(f)
+            batches: Iterator[Any] = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        else:
+            batches = pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
+        for batch in batches:
+            yield [Failure(**row) for row in batch.to_pylist()]
+
+
+async def retry_failed(cfg: Config, *, embedder: Embedder | None = None) -> RunResult:
+    """Embed again the retryable rows of this rank's ``errors/`` shards.
+
+    Each errors shard is replaced in one commit: the rows that now succeed go
+    to a new data shard, the rest (and rows that cannot be retried) to a new
+    errors shard, and the old shard leaves the manifest in the same save.
+    """
+    log = get_logger()
+    lease = await anyio.to_thread.run_sync(take_lease, cfg, log)
+    try:
+        writer = await anyio.to_thread.run_sync(lambda: open_writer(cfg, lease, utc_now(), []))
+        return await _retry(cfg, writer, embedder, log)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lease.release)
+
+
+async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, log: Any) -> RunResult:
+    emb = cfg.embedding
+    mine = f"part-{cfg.run.rank:05d}-"
+    old_shards = [s for s in writer.manifest.shards if s["kind"] == "errors" and mine in s["path"]]
+    hasher = make_hasher(emb.model, emb.input_type, emb.embedding_type)
+    embedder = embedder or make_embedder(emb, cfg.api_key)
+    progress = Progress()
+    status, code, message = "completed", EXIT_OK, None
+    log.info("retry_started", shards=len(old_shards), sink=cfg.sink.path)
+    try:
+        async with embedder:  # type: ignore[attr-defined]
+            for old in old_shards:
+                writer.replace(old)
+                # what the old shard carried must survive it
+                carried = Usage(
+                    requests=old.get("requests", 0), retries=old.get("retries", 0),
+                    prompt_tokens=old.get("prompt_tokens", 0), total_tokens=old.get("total_tokens", 0),
+                )
+                records = old.get("records", 0)
+                seq = 0
+                path = f"{writer.root}/{old['path']}"
+                for rows in await anyio.to_thread.run_sync(
+                    lambda: list(_read_failures(writer.fs, path, emb.batch_size))
+                ):
+                    again = [f for f in rows if f.error_type in RETRYABLE_ERRORS and f.text]
+                    kept = tuple(f for f in rows if f not in again)
+                    chunks = tuple(
+                        Chunk(id=f.id, doc_id=f.doc_id, chunk_index=f.chunk_index, text=f.text or "",
+                              source=f.source, location=f.location, content_hash=hasher(f.text or ""))
+                        for f in again
+                    )
+                    result = await embedder.embed(Batch(seq=seq, chunks=chunks, failures=kept))
+                    seq += 1
+                    result = EmbeddedBatch(
+                        seq=result.seq, chunks=result.chunks, vectors=result.vectors,
+                        usage=result.usage + carried, failures=result.failures, records=records,
+                    )
+                    carried, records = Usage(), 0
+                    progress.add(result)
+                    await anyio.to_thread.run_sync(writer.write, result)
+                for entry in await anyio.to_thread.run_sync(writer.commit):
+                    log.info("shard_committed", path=entry["path"], rows=entry["rows"],
+                             tokens=entry.get("total_tokens"))
+                log.info("shard_retried", path=old["path"], rows=old["rows"])
+    except* FatalApiError as group:
+        status, code, message = "failed", EXIT_FATAL, str(first_leaf(group))
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(writer.close, status)
+    totals = dict(writer.manifest.totals)
+    log.info("retry_finished", status=status, moved_to_data=progress.rows_embedded,
+             still_failed=progress.rows_failed, tokens=progress.total_tokens)
+    done = totals.get("rows_embedded", 0) + totals.get("rows_failed", 0)
+    if code == EXIT_OK and done and totals.get("rows_failed", 0) / done > cfg.run.max_failed_fraction:
+        code = EXIT_TOO_MANY_FAILED
+        message = f"{totals['rows_failed']} of {done} rows still failed; see {cfg.sink.path}/errors/"
+    return RunResult(status=status, exit_code=code, totals=totals, message=message)
