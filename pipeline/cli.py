@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """``pipeline validate``: counts and estimates, no API call."""
     from .logs import format_duration
-    from .runner import estimate
+    from .estimate import estimate
 
     cfg = _load(args)
     est = estimate(cfg)
@@ -174,39 +174,70 @@ def render_summary(summary: dict, failures_by_type: dict[str, int]) -> str:
     return "\n".join(out)
 
 
+def _option_value(text: str) -> object:
+    """A ``--storage-option`` value: ``true``/``false``, ``null`` and numbers as such, the rest as text.
+
+    (``anon=false`` must reach s3fs as False: the string "false" is truthy.)
+    Only values that read back the same are converted, so a secret such as
+    ``0x1F`` or ``yes`` stays the text it is.
+    """
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if value is None:
+        return None if text.strip() in ("null", "~") else text
+    if isinstance(value, (bool, int, float)) and str(value).lower() == text.strip().lower():
+        return value
+    return text
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``pipeline inspect``: a dataset as a table, read from its files."""
     import fsspec
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from .manifest import rebuild, summarize
+    from .manifest import is_local, rebuild, summarize
 
     options = {}
     for item in args.storage_option:
         key, _, value = item.partition("=")
-        options[key] = value
-    fs, root = fsspec.core.url_to_fs(args.dataset, **options)
-    root = root.rstrip("/")
-    if args.rebuild and rebuild(fs, root) is None:
-        raise SinkError(f"{args.dataset} has no per-rank manifests in _manifests/ to rebuild from")
-    summary = summarize(fs, root)
-    by_type: dict[str, int] = {}
-    error_files = [f"{root}/{s['path']}" for s in summary["shards"] if s["kind"] == "errors" and s["exists"]]
-    if error_files:
-        fmt = "arrow" if error_files[0].endswith(".arrow") else "parquet"
-        table = ds.dataset(error_files, format="ipc" if fmt == "arrow" else fmt, filesystem=fs).to_table(
-            columns=["error_type"]
-        )
-        for row in pc.value_counts(table["error_type"]).to_pylist():
-            by_type[row["values"]] = row["counts"]
+        options[key] = _option_value(value)
+    # The boundary with fsspec backends, whose errors are not all OSError
+    # (botocore's EndpointConnectionError, NoCredentialsError; a bad
+    # --storage-option is a TypeError when s3fs first connects).
+    try:
+        fs, root = fsspec.core.url_to_fs(args.dataset, **options)
+        root = root.rstrip("/")
+        if args.rebuild and rebuild(fs, root) is None:
+            raise SinkError(f"{args.dataset} has no per-rank manifests in _manifests/ to rebuild from")
+        summary = summarize(fs, root)
+        by_type: dict[str, int] = {}
+        error_files = [f"{root}/{s['path']}" for s in summary["shards"] if s["kind"] == "errors" and s["exists"]]
+        if error_files:
+            fmt = "arrow" if error_files[0].endswith(".arrow") else "parquet"
+            table = ds.dataset(error_files, format="ipc" if fmt == "arrow" else fmt, filesystem=fs).to_table(
+                columns=["error_type"]
+            )
+            for row in pc.value_counts(table["error_type"]).to_pylist():
+                by_type[row["values"]] = row["counts"]
+    except SinkError:
+        raise
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SinkError(f"cannot read the dataset at {args.dataset}: {reason}") from exc
+    if not is_local(fs):
+        summary["path"] = fs.unstrip_protocol(root)  # s3://bucket/prefix, as the user wrote it
     print(render_summary(summary, by_type))
     return 0 if summary["ok"] else 1
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
     """``pipeline retry-failed``: embed again the rows in errors/."""
-    from .runner import retry_failed
+    from .retry import retry_failed
 
     cfg = _load(args)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
