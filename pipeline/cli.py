@@ -198,7 +198,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """``pipeline inspect``: a dataset as a table, read from its files."""
     import fsspec
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+    import pyarrow.ipc as pa_ipc
+    import pyarrow.parquet as pq
 
     from .manifest import is_local, rebuild, summarize
 
@@ -217,13 +218,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         summary = summarize(fs, root)
         by_type: dict[str, int] = {}
         error_files = [f"{root}/{s['path']}" for s in summary["shards"] if s["kind"] == "errors" and s["exists"]]
-        if error_files:
-            fmt = "arrow" if error_files[0].endswith(".arrow") else "parquet"
-            table = ds.dataset(error_files, format="ipc" if fmt == "arrow" else fmt, filesystem=fs).to_table(
-                columns=["error_type"]
-            )
-            for row in pc.value_counts(table["error_type"]).to_pylist():
-                by_type[row["values"]] = row["counts"]
+        # One file at a time, on this thread: pyarrow.dataset over an fsspec
+        # filesystem calls into Python from Arrow's I/O threads, and with s3fs
+        # that sometimes aborts the process at exit ("terminate called without
+        # an active exception", apache/arrow#39162), after the report was printed.
+        for path in error_files:
+            with fs.open(path, "rb") as f:
+                if path.endswith(".arrow"):
+                    column = pa_ipc.open_file(f).read_all()["error_type"]
+                else:
+                    column = pq.ParquetFile(f).read(columns=["error_type"], use_threads=False)["error_type"]
+            for row in pc.value_counts(column).to_pylist():
+                by_type[row["values"]] = by_type.get(row["values"], 0) + row["counts"]
     except SinkError:
         raise
     except Exception as exc:
