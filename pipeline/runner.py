@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -233,11 +234,16 @@ def _take(iterator: Iterator[Any], n: int) -> list[Any]:
     return list(islice(iterator, n))
 
 
-def file_items(cfg: Config, fs: Any, inp: InputFile, after: int) -> Iterator[Record | Failure | FileEnd]:
-    """A file's records, then its end; a file that breaks midway ends in one failure."""
+def file_items(
+    cfg: Config, fs: Any, inp: InputFile, after: int, **seeking: Any
+) -> Iterator[Record | Failure | FileEnd]:
+    """A file's records, then its end; a file that breaks midway ends in one failure.
+
+    ``seeking`` (``seek``, ``on_checkpoint``) goes to :func:`read_records`.
+    """
     last = after
     try:
-        for item in read_records(cfg.source, fs, inp, after=after):
+        for item in read_records(cfg.source, fs, inp, after=after, **seeking):
             last = item.location
             yield item
     except SourceError as exc:
@@ -252,6 +258,62 @@ def file_items(cfg: Config, fs: Any, inp: InputFile, after: int) -> Iterator[Rec
             message=str(exc),
         )
     yield FileEnd(inp.url)
+
+
+class Checkpoints:
+    """Where lines start in big uncompressed jsonl files: ``(lines before, byte offset)``.
+
+    The reader reports one every 64 MB; they are facts about a file, not
+    progress, so they can be saved with any commit (in the manifest's
+    ``offsets``). A resumed read seeks to the last one at or before its
+    mark instead of reading the file from the top.
+    """
+
+    MAX_PER_FILE = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_url: dict[str, list[list[int]]] = {}
+        self._dirty = False
+
+    def load(self, manifest: Any) -> None:
+        """Start from what the manifest saved."""
+        with self._lock:
+            self._by_url = {url: [list(c) for c in cs] for url, cs in manifest.extra.get("offsets", {}).items()}
+
+    def best(self, url: str, after: int) -> tuple[int, int] | None:
+        """The checkpoint to resume ``url`` after line ``after`` from, if any."""
+        with self._lock:
+            found = [c for c in self._by_url.get(url, []) if 0 < c[0] <= after]
+        return (found[-1][0], found[-1][1]) if found else None
+
+    def recorder(self, url: str) -> Callable[[int, int], None]:
+        """The ``on_checkpoint`` callback of one file's reader (called from its thread)."""
+
+        def record(lines: int, offset: int) -> None:
+            with self._lock:
+                known = self._by_url.setdefault(url, [])
+                if known and known[-1][0] >= lines:
+                    return
+                known.append([lines, offset])
+                if len(known) > self.MAX_PER_FILE:
+                    del known[::2]  # keep them spread over the file
+                self._dirty = True
+
+        return record
+
+    def store(self, manifest: Any) -> None:
+        """Copy new checkpoints into the manifest (before a commit saves it)."""
+        with self._lock:
+            if self._dirty:
+                manifest.extra["offsets"] = {url: [list(c) for c in cs] for url, cs in self._by_url.items()}
+                self._dirty = False
+
+    def forget(self, url: str, manifest: Any) -> None:
+        """``url`` changed: its old checkpoints say nothing about it now."""
+        with self._lock:
+            self._by_url.pop(url, None)
+            manifest.extra.get("offsets", {}).pop(url, None)
 
 
 class Job:
@@ -288,6 +350,7 @@ class Job:
         self._deadline = math.inf  # when a signal says the current round must end
         self.writer: DatasetWriter | None = None
         self.lease: Lease | None = None
+        self._checkpoints = Checkpoints()
 
     # ------------------------------------------------------------------ stages
 
@@ -303,9 +366,12 @@ class Job:
                     if after >= END_OF_FILE:
                         continue  # committed whole by an earlier run
                     self.progress.files += 1
+                    seek = self._checkpoints.best(inp.url, after)
                     if after:
-                        self.log.info("file_resumed", file=inp.url, after=after)
-                    iterator = file_items(self.cfg, fs, inp, after)
+                        self.log.info("file_resumed", file=inp.url, after=after, seek_offset=seek and seek[1])
+                    iterator = file_items(
+                        self.cfg, fs, inp, after, seek=seek, on_checkpoint=self._checkpoints.recorder(inp.url)
+                    )
                     while block := await anyio.to_thread.run_sync(
                         _take, iterator, READ_BLOCK, limiter=self._limiter
                     ):
@@ -393,7 +459,12 @@ class Job:
             self.log.warning("batches_dropped", count=len(waiting))
 
     async def _commit(self, fn: Callable[..., list[dict]], *args: Any) -> None:
-        self._log_commits(await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter))
+        def call() -> list[dict]:
+            assert self.writer is not None
+            self._checkpoints.store(self.writer.manifest)  # saved with whatever this call commits
+            return fn(*args)
+
+        self._log_commits(await anyio.to_thread.run_sync(call, limiter=self._limiter))
 
     async def progress_stage(self) -> None:
         """Report progress: a line every 10 s, or a live line on a terminal."""
@@ -455,6 +526,7 @@ class Job:
             self.writer = await anyio.to_thread.run_sync(
                 lambda: open_writer(cfg, self.lease, started_at, list(cfg.source.metadata_fields), self._fresh)
             )
+            self._checkpoints.load(self.writer.manifest)
             return await self._run(fs, files)
         finally:
             with anyio.CancelScope(shield=True):
@@ -639,6 +711,7 @@ class Job:
             if restart_changed and known not in (None, sig):
                 self.log.warning("file_changed", file=inp.url)
                 manifest.progress.pop(inp.url, None)
+                self._checkpoints.forget(inp.url, manifest)
             if restart_changed or known is None:
                 signatures[inp.url] = sig
             if manifest.progress.get(inp.url, 0) < END_OF_FILE:

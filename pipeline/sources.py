@@ -49,6 +49,10 @@ FORMATS: dict[str, str] = {
 COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
 
 _BLOCK = 1 << 20  # bytes read at a time from a jsonl stream
+CHECKPOINT_BYTES = 64 << 20  # how often a jsonl reader reports (lines read, byte offset)
+
+#: called with (lines before, byte offset) of a line start, to resume there by seeking
+OnCheckpoint = Callable[[int, int], None]
 _BATCH_ROWS = 4096  # rows per Arrow batch for csv, parquet and arrow
 _MAGIC = re.compile(r"[*?\[]")
 
@@ -217,6 +221,8 @@ def read_records(
     inp: InputFile,
     *,
     after: int = 0,
+    seek: tuple[int, int] | None = None,
+    on_checkpoint: OnCheckpoint | None = None,
 ) -> Iterator[Record | Failure]:
     """Stream the records of one file, in file order.
 
@@ -225,12 +231,20 @@ def read_records(
     ``after >= 1``). Unusable records come out as :class:`Failure` values in
     their place. Raises :class:`~pipeline.errors.SourceError` when the file
     cannot be opened or turns out to be corrupt while being read.
+
+    For uncompressed jsonl, ``seek=(lines, offset)`` (a checkpoint reported
+    earlier through ``on_checkpoint``, with ``lines <= after``) starts
+    reading at that byte offset instead of skipping lines from the top, so
+    resuming deep in a 20 GB file does not read it all again.
     """
     reader = _READERS.get(inp.format)
     if reader is None:
         raise SourceError(f"{inp.url}: unknown source format {inp.format!r}")
     try:
-        yield from reader(cfg, fs, inp, after)
+        if inp.format == "jsonl":
+            yield from _read_jsonl(cfg, fs, inp, after, seek, on_checkpoint)
+        else:
+            yield from reader(cfg, fs, inp, after)
     except SourceError:
         raise
     except _READ_ERRORS as exc:
@@ -300,14 +314,17 @@ def _json_type(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _blocks(f: Any) -> Iterator[list[bytes]]:
-    """Lines of a binary stream, a block at a time (the last line may lack its newline)."""
+def _blocks(f: Any, start: int = 0) -> Iterator[tuple[list[bytes], int]]:
+    """Lines of a binary stream, a block at a time (the last line may lack its newline),
+    each block with the byte offset just past its last line (``start`` = where ``f`` is)."""
     rest: list[bytes] = []
     read = f.read
+    consumed = start
     while True:
         data = read(_BLOCK)
         if not data:
             break
+        consumed += len(data)
         if b"\n" not in data:
             rest.append(data)
             continue
@@ -317,12 +334,19 @@ def _blocks(f: Any) -> Iterator[list[bytes]]:
         lines = data.split(b"\n")
         tail = lines.pop()
         rest = [tail] if tail else []
-        yield lines
+        yield lines, consumed - len(tail)
     if rest:
-        yield [b"".join(rest)]
+        yield [b"".join(rest)], consumed
 
 
-def _read_jsonl(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:
+def _read_jsonl(
+    cfg: SourceConfig,
+    fs: _FS,
+    inp: InputFile,
+    after: int,
+    seek: tuple[int, int] | None = None,
+    on_checkpoint: OnCheckpoint | None = None,
+) -> _Items:
     url = inp.url
     id_field = cfg.id_field
     text_field = cfg.text_field
@@ -330,8 +354,17 @@ def _read_jsonl(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Item
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     n = 0
+    seekable = inp.compression is None
     with _open(fs, inp) as f:
-        for lines in _blocks(f):
+        start = 0
+        if seek is not None and seekable and 0 < seek[0] <= after:
+            n, start = seek
+            f.seek(start)
+        next_checkpoint = start + CHECKPOINT_BYTES
+        for lines, end in _blocks(f, start):
+            if on_checkpoint is not None and seekable and end >= next_checkpoint:
+                on_checkpoint(n + len(lines), end)  # the line after this block starts at ``end``
+                next_checkpoint = end + CHECKPOINT_BYTES
             if n + len(lines) <= after:  # resuming: skip whole blocks unparsed
                 n += len(lines)
                 continue
