@@ -16,15 +16,21 @@ that holds it (data shards in manifest order, rows in file order):
   bits (one radix pass), then each partition is sorted on its own, stripped
   of duplicate prefixes and appended to one key file and one row file. Peak
   memory is one flush buffer or one partition, never the whole set.
-- *lookup*: the two files are memory-mapped; a sparse fence in RAM (every
-  ``BLOCK``-th key, 8 bytes per 512 rows) narrows each hash to one page of
-  keys, so a batch touches a page per hash, not the whole file.
+- *lookup*: a sparse fence in RAM (every ``BLOCK``-th key: 8 bytes per 512
+  distinct hashes) narrows each hash to one 4 KB block of the key file, read
+  with ``pread``; the kernel's page cache, not this process, holds the hot
+  blocks. A memory map would do as well at first, but random hashes touch
+  every page in time and the whole file would end up in the process's RSS.
 - *fetch*: a prefix hit is confirmed against the full ``content_hash`` stored
   in the row when its vector is read, so a prefix collision costs an API
   call, never a wrong vector. Hits are grouped by row group; only the
   ``embedding`` and ``content_hash`` columns of those row groups are read,
   and a small byte-bounded LRU keeps the last ones decoded, since a re-index
-  reads the same files in the same order as the run that wrote them.
+  reads the same files in the same order as the run that wrote them. A
+  corpus whose records come in another order pays a row-group read per
+  reused chunk: correct, but slow.
+
+Disk: 12 bytes per distinct hash (16 past 2**31 rows) in ``tmp_dir``.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ import tempfile
 import threading
 import weakref
 from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Self
 
 import anyio
 import fsspec
@@ -56,13 +63,19 @@ __all__ = ["ReuseIndex", "ReusingEmbedder", "count_reusable", "hash_prefixes"]
 
 #: keys per fence entry: one 4 KB page of uint64 keys is read per looked-up hash
 BLOCK = 512
-#: entries buffered before they are appended to the partition files (12-16 MB)
-FLUSH_ENTRIES = 1 << 20
-#: target entries per partition: sorting one needs about 40 bytes per entry
-PARTITION_ENTRIES = 1 << 20
+#: hashes probed at a time (a 4 KB block read each, at most)
+PROBE_ROWS = 4096
+#: entries buffered before they are appended to the partition files (3-4 MB)
+FLUSH_ENTRIES = 1 << 18
+#: target entries per partition: sorting one needs about 40 bytes per entry (20 MB)
+PARTITION_ENTRIES = 1 << 19
 #: content hashes converted per Arrow batch while building
 SCAN_ROWS = 1 << 16
-#: decoded row groups kept, at most this many and about this many bytes
+#: rows decoded at a time when a Parquet row group is fetched, and the read buffer
+READ_ROWS = 1024
+READ_BUFFER = 1 << 20
+#: decoded row groups kept: at most this many, and beyond the last two, at most this many bytes
+#: (two row groups of 8192 float vectors of 1024 dimensions take 65 MB)
 CACHE_ROW_GROUPS = 4
 CACHE_BYTES = 64 << 20
 #: shard files kept open for fetching (a remote open costs a footer read)
@@ -75,7 +88,7 @@ for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
     _HEX[_c] = 10 + _i
-_NIBBLES = np.arange(16)
+_NIBBLES = np.arange(16, dtype=np.int32)
 
 
 def hash_prefixes(hashes: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +119,7 @@ def hash_prefixes(hashes: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.empty(0, np.uint8)
     if len(data) == 0:
         return np.zeros(n, np.uint64), np.zeros(n, bool)
-    where = np.minimum(starts[:, None] + _NIBBLES, len(data) - 1)
+    where = np.minimum(starts[:, None] + _NIBBLES.astype(starts.dtype), len(data) - 1)
     nibbles = _HEX[data[where]]
     valid &= (nibbles != 255).all(axis=1)
     packed = (nibbles[:, 0::2] << 4) | (nibbles[:, 1::2] & 15)  # (n, 8) bytes, big-endian order
@@ -189,10 +202,14 @@ class _Partitioner:
         return total, (np.concatenate(fence) if fence else np.empty(0, np.uint64))
 
 
-def _map(path: str, dtype: np.dtype, n: int) -> np.ndarray:
-    if n == 0:
-        return np.empty(0, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+def _remove(directory: str, fds: list[int]) -> None:
+    """Close the index files and delete them (also run by the finalizer)."""
+    while fds:
+        try:
+            os.close(fds.pop())
+        except OSError:
+            pass
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- reading shards
@@ -224,27 +241,46 @@ class _Reader:
 
     def __init__(self, fs: fsspec.AbstractFileSystem, shard: _Shard) -> None:
         self._file: Any = _open(fs, shard.path)
+        self._pq: Any = None
+        self._ipc: Any = None
         try:
             if shard.arrow:
                 schema = pa.ipc.open_file(self._file).schema
                 fields = [schema.get_field_index(c) for c in ("embedding", "content_hash")]
                 options = pa.ipc.IpcReadOptions(included_fields=sorted(fields))
-                self._ipc: Any = pa.ipc.open_file(self._file, options=options)
-                self._pq: Any = None
+                self._ipc = pa.ipc.open_file(self._file, options=options)
             else:
-                self._pq = pq.ParquetFile(self._file)
-                self._ipc = None
+                # no pre-buffering: it would hold the whole compressed column chunk
+                # (30 MB for 8192 float vectors of 1024 dimensions) on top of the result
+                self._pq = pq.ParquetFile(self._file, pre_buffer=False, buffer_size=READ_BUFFER)
         except BaseException:
             self.close()
             raise
 
-    def read(self, group: int) -> pa.Table | pa.RecordBatch:
-        if self._pq is not None:
-            return self._pq.read_row_group(group, columns=["embedding", "content_hash"], use_threads=False)
-        return self._ipc.get_batch(group)
+    def read(self, group: int, width: int, embedding_type: str) -> _RowGroup:
+        """The vectors and hashes of one row group (Parquet) or record batch (Arrow IPC)."""
+        if self._ipc is not None:
+            return _decode(self._ipc.get_batch(group), width, embedding_type)
+        # decoded a slice at a time into one numpy array: Arrow's share stays a few MB
+        rows = self._pq.metadata.row_group(group).num_rows
+        matrix = np.empty((rows, width), vectors.DTYPES[embedding_type])
+        usable = np.zeros(rows, bool)
+        hashes: list[pa.Array] = []
+        done = 0
+        for batch in self._pq.iter_batches(
+            batch_size=READ_ROWS, row_groups=[group], columns=["embedding", "content_hash"], use_threads=False
+        ):
+            part = _decode(batch, width, embedding_type)
+            n = min(len(part.hashes), rows - done)
+            matrix[done : done + n] = part.vectors[:n]
+            usable[done : done + n] = part.usable[:n]
+            hashes.append(part.hashes.slice(0, n))
+            done += n
+        stored = pa.concat_arrays(hashes) if hashes else pa.array([], pa.string())
+        return _RowGroup(matrix[:done], stored, usable[:done])
 
     def close(self) -> None:
-        if getattr(self, "_pq", None) is not None:
+        if self._pq is not None:
             self._pq.close()
         close = getattr(self._file, "close", None)
         if close is not None:
@@ -327,16 +363,19 @@ class ReuseIndex:
         self._rows = rows
         self._entries = entries
         self._fence = fence
-        self._keys = _map(os.path.join(directory, "keys.u64"), np.dtype(np.uint64), entries)
-        self._row_of = _map(os.path.join(directory, "rows.bin"), row_dtype, entries)
+        self._row_dtype = row_dtype
+        self._fds: list[int] = []
+        # the temp files go even if close() is never called
+        self._cleanup = weakref.finalize(self, _remove, directory, self._fds)
+        self._fds.append(os.open(os.path.join(directory, "keys.u64"), os.O_RDONLY))
+        self._fds.append(os.open(os.path.join(directory, "rows.bin"), os.O_RDONLY))
+        self._keys_fd, self._rows_fd = self._fds
         self._lock = threading.Lock()
         self._groups: OrderedDict[tuple[int, int], _RowGroup] = OrderedDict()
         self._group_bytes = 0
         self._readers: OrderedDict[int, _Reader] = OrderedDict()
         self._unreadable: set[int] = set()
         self._closed = False
-        # the temp files go even if close() is never called
-        self._cleanup = weakref.finalize(self, shutil.rmtree, directory, True)
 
     # ------------------------------------------------------------ opening
 
@@ -388,9 +427,15 @@ class ReuseIndex:
                 f"{where}: that dataset holds {manifest.dimensions}-dimensional vectors, "
                 f"this run asks for {dimensions}: none of its vectors could be reused"
             )
-        directory = tempfile.mkdtemp(prefix="pipeline-reuse-", dir=tmp_dir)
+        try:
+            directory = tempfile.mkdtemp(prefix="pipeline-reuse-", dir=tmp_dir)
+        except OSError as exc:
+            raise SinkError(f"run.reuse_from: cannot create the index's temp directory: {exc}") from exc
         try:
             return cls._build(fs, root, manifest, embedding_type, directory)
+        except OSError as exc:  # the local temp files: disk full, most likely
+            shutil.rmtree(directory, ignore_errors=True)
+            raise SinkError(f"run.reuse_from: cannot write the index in {directory}: {exc}") from exc
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
@@ -424,9 +469,11 @@ class ReuseIndex:
                 )
             shards.append(shard)
             start += shard.rows
+            pa.default_memory_pool().release_unused()
         keys_path = os.path.join(directory, "keys.u64")
         rows_path = os.path.join(directory, "rows.bin")
         count, fence = parts.finish(keys_path, rows_path)
+        pa.default_memory_pool().release_unused()
         return cls(
             fs=fs,
             root=root,
@@ -460,7 +507,7 @@ class ReuseIndex:
 
     @property
     def resident_bytes(self) -> int:
-        """Bytes the index keeps in RAM, outside its memory maps and the row-group cache."""
+        """Bytes the index keeps in RAM besides the row-group cache (its key and row files stay on disk)."""
         return int(self._fence.nbytes + self._shard_starts.nbytes + sum(s.group_starts.nbytes for s in self._shards))
 
     def contains(self, hashes: list[str]) -> np.ndarray:
@@ -470,7 +517,7 @@ class ReuseIndex:
         confirms it.
         """
         self._check_open()
-        found, _ = self._probe(hashes)
+        found, _ = self._probe(hashes, with_rows=False)
         return found
 
     def lookup(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -501,10 +548,9 @@ class ReuseIndex:
                 _quiet_close(reader)
             self._readers.clear()
             self._groups.clear()
-            self._keys = self._row_of = np.empty(0)  # drop the maps before the files go
         self._cleanup()
 
-    def __enter__(self) -> ReuseIndex:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -516,13 +562,15 @@ class ReuseIndex:
         if self._closed:
             raise SinkError("run.reuse_from: the reuse index is closed")
 
-    def _probe(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _probe(self, hashes: list[str], with_rows: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(found by prefix, global row of each found hash or 0)."""
+        if len(hashes) > PROBE_ROWS:  # a block read per hash: bound what one call holds
+            parts = [self._probe(hashes[i : i + PROBE_ROWS], with_rows) for i in range(0, len(hashes), PROBE_ROWS)]
+            return np.concatenate([f for f, _ in parts]), np.concatenate([r for _, r in parts])
         n = len(hashes)
-        found = np.zeros(n, bool)
         rows = np.zeros(n, np.int64)
         if not n or not self._entries:
-            return found, rows
+            return np.zeros(n, bool), rows
         try:
             array = pa.array(hashes, pa.string())
         except (pa.ArrowException, TypeError):
@@ -530,20 +578,28 @@ class ReuseIndex:
         keys, valid = hash_prefixes(array)
         block = np.searchsorted(self._fence, keys, side="right") - 1
         valid &= block >= 0
-        if not valid.any():
-            return found, rows
         which = np.flatnonzero(valid)
-        keys, block = keys[which], block[which]
-        positions = block[:, None] * BLOCK + np.arange(BLOCK)
-        # past the end, repeat the largest key: it is never below a key searched for in range
-        candidates = np.take(self._keys, positions, mode="clip")
-        within = (candidates < keys[:, None]).sum(axis=1)
-        hit = within < BLOCK
-        within = np.minimum(within, BLOCK - 1)
-        hit &= candidates[np.arange(len(keys)), within] == keys
-        which, position = which[hit], (block * BLOCK + within)[hit]
+        found = np.zeros(n, bool)
+        if not which.size:
+            return found, rows
+        # one positional read per block needed: the kernel's page cache keeps the
+        # hot ones, and none of the key file counts in this process's RSS (with a
+        # memory map, random hashes would in time make all of it resident)
+        blocks = np.unique(block[which])
+        size = BLOCK * 8
+        fd = self._keys_fd
+        stored = np.frombuffer(b"".join([os.pread(fd, size, int(j) * size) for j in blocks]), dtype="<u8")
+        # blocks are slices of one sorted file, taken in order: together still sorted,
+        # and a key present in its block is found at its place there
+        at = np.searchsorted(stored, keys[which])
+        hit = (at < len(stored)) & (stored[np.minimum(at, len(stored) - 1)] == keys[which])
+        which, at = which[hit], at[hit]
         found[which] = True
-        rows[which] = self._row_of[position]
+        if with_rows:
+            positions = blocks[at // BLOCK] * BLOCK + at % BLOCK
+            item = self._row_dtype.itemsize
+            raw = b"".join([os.pread(self._rows_fd, item, int(p) * item) for p in positions])
+            rows[which] = np.frombuffer(raw, dtype=self._row_dtype)
         return found, rows
 
     def _fetch(self, hashes: list[str], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -580,8 +636,10 @@ class ReuseIndex:
             return None
         shard = self._shards[s]
         try:
-            reader = self._reader(s)
-            group = _decode(reader.read(g), self.width, self.embedding_type)
+            group = self._reader(s).read(g, self.width, self.embedding_type)
+            # Arrow's allocator keeps freed pages for reuse; the next read is tens of
+            # batches away, so hand them back rather than count them in the dyno's RSS
+            pa.default_memory_pool().release_unused()
         except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
             # the earlier dataset changed under us: its rows are embedded again instead
             self._unreadable.add(s)
@@ -589,7 +647,7 @@ class ReuseIndex:
             return None
         self._groups[key] = group
         self._group_bytes += group.nbytes
-        while len(self._groups) > 1 and (
+        while len(self._groups) > 2 and (
             len(self._groups) > CACHE_ROW_GROUPS or self._group_bytes > CACHE_BYTES
         ):
             _, old = self._groups.popitem(last=False)
@@ -701,7 +759,7 @@ class ReusingEmbedder:
         known = getattr(self.inner, "dimensions", None)
         return known if known is not None else (self.index.width or None)
 
-    async def __aenter__(self) -> ReusingEmbedder:
+    async def __aenter__(self) -> Self:
         enter = getattr(self.inner, "__aenter__", None)
         if enter is not None:
             await enter()
