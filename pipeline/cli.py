@@ -114,7 +114,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
           + (": " + ", ".join(f"{k} {v}" for k, v in sorted(est.by_error.items())) if est.by_error else "")
           + ")")
     print(f"chunks: {est.chunks:,} ({est.chars:,} characters)")
-    print(f"estimated tokens: {est.tokens:,}")
+    if cfg.run.reuse_from:
+        print(f"reusable from {cfg.run.reuse_from}: {est.reusable_chunks:,} chunks "
+              f"({est.reusable_tokens:,} estimated tokens not spent)")
+    print(f"estimated tokens: {est.tokens:,}" + (" (after reuse)" if cfg.run.reuse_from else ""))
+    if cfg.run.max_tokens is not None and est.tokens > cfg.run.max_tokens:
+        print(f"budget: run.max_tokens={cfg.run.max_tokens:,} stops the run before it is done")
     print(f"requests: {est.requests:,} (batch_size {emb.batch_size})")
     if est.minutes is not None:
         print(f"time at the configured limits: about {format_duration(est.minutes * 60)}")

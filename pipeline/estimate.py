@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .chunking import Chunker
 from .client import estimate_tokens
 from .config import Config
-from .runner import file_items, assign
+from .runner import assign, file_items, open_reuse_index
 from .sources import open_source
 from .types import Failure, FileEnd, InputFile
 
@@ -22,6 +23,8 @@ class Estimate:
     chunks: int = 0
     chars: int = 0
     tokens: int = 0
+    reusable_chunks: int = 0  # chunks whose vector run.reuse_from already holds
+    reusable_tokens: int = 0
     requests: int = 0
     minutes: float | None = None
     cost_usd: float | None = None
@@ -29,12 +32,47 @@ class Estimate:
 
 
 def estimate(cfg: Config) -> Estimate:
-    """Read every input, count records and chunks, estimate tokens, requests, time, cost."""
+    """Read every input, count records and chunks, estimate tokens, requests, time, cost.
+
+    With ``run.reuse_from``, chunks the earlier dataset already holds are
+    counted apart: they cost no token and no request.
+    """
     fs, files = open_source(cfg.source)
     files = assign(files, cfg.run.rank, cfg.run.world_size)
     emb = cfg.embedding
     chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type)
     est = Estimate(files=files)
+    index = open_reuse_index(cfg) if cfg.run.reuse_from else None
+    pending: list[tuple[str, int]] = []  # (content hash, tokens) waiting for a reuse lookup
+
+    def settle() -> None:
+        if index is not None and pending:
+            found = index.contains([h for h, _ in pending])
+            est.reusable_chunks += int(found.sum())
+            est.reusable_tokens += sum(t for (_, t), hit in zip(pending, found) if hit)
+        pending.clear()
+
+    try:
+        _count(cfg, fs, files, chunker, est, pending, settle)
+    finally:
+        if index is not None:
+            index.close()
+    est.tokens -= est.reusable_tokens
+    est.requests = math.ceil((est.chunks - est.reusable_chunks) / emb.batch_size)
+    limits = []
+    if emb.requests_per_minute:
+        limits.append(est.requests / emb.requests_per_minute)
+    if emb.tokens_per_minute:
+        limits.append(est.tokens / emb.tokens_per_minute)
+    est.minutes = max(limits) if limits else None
+    if emb.usd_per_million_tokens is not None:
+        est.cost_usd = est.tokens * emb.usd_per_million_tokens / 1e6
+    return est
+
+
+def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: Estimate,
+           pending: list[tuple[str, int]], settle: Callable[[], None]) -> None:
+    """Read every file, counting records, failures, chunks and estimated tokens."""
     for inp in files:
         for item in file_items(cfg, fs, inp, 0):
             if isinstance(item, FileEnd):
@@ -53,14 +91,9 @@ def estimate(cfg: Config) -> Estimate:
             for chunk in result:
                 est.chunks += 1
                 est.chars += len(chunk.text)
-                est.tokens += estimate_tokens(chunk.text)
-    est.requests = math.ceil(est.chunks / emb.batch_size)
-    limits = []
-    if emb.requests_per_minute:
-        limits.append(est.requests / emb.requests_per_minute)
-    if emb.tokens_per_minute:
-        limits.append(est.tokens / emb.tokens_per_minute)
-    est.minutes = max(limits) if limits else None
-    if emb.usd_per_million_tokens is not None:
-        est.cost_usd = est.tokens * emb.usd_per_million_tokens / 1e6
-    return est
+                tokens = estimate_tokens(chunk.text)
+                est.tokens += tokens
+                pending.append((chunk.content_hash, tokens))
+                if len(pending) >= 4096:
+                    settle()
+    settle()

@@ -39,6 +39,7 @@ from .logs import LogSetup, format_duration, get_logger
 from .manifest import load_rank, utc_now
 from .lease import Lease
 from .ratelimit import Budget
+from .reuse import ReuseIndex, ReusingEmbedder
 from .sinks import DatasetWriter
 from .sources import open_source, read_records
 from .types import END_OF_FILE, Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
@@ -221,6 +222,20 @@ def open_writer(
     )
     writer.manifest.extra["chunking"] = chunking
     return writer
+
+
+def open_reuse_index(cfg: Config) -> ReuseIndex:
+    """The index of ``run.reuse_from`` (an earlier dataset, on the sink's storage options)."""
+    assert cfg.run.reuse_from is not None
+    emb = cfg.embedding
+    return ReuseIndex.open(
+        cfg.run.reuse_from,
+        cfg.sink.storage_options,
+        model=emb.model,
+        input_type=emb.input_type,
+        embedding_type=emb.embedding_type,
+        dimensions=emb.dimensions,
+    )
 
 
 def first_leaf(exc: BaseException) -> BaseException:
@@ -550,6 +565,12 @@ class Job:
         embedder = self._embedder or make_embedder(
             cfg.embedding, cfg.api_key, on_retry=self._on_retry, budget=self.budget
         )
+        index = None
+        if cfg.run.reuse_from:
+            index = await anyio.to_thread.run_sync(open_reuse_index, cfg)
+            self.log.info("reuse_index_ready", reuse_from=cfg.run.reuse_from, rows=index.rows,
+                          distinct=index.distinct)
+            embedder = ReusingEmbedder(embedder, index, limiter=self._limiter)
         status, code, message = "completed", EXIT_OK, None
         try:
             async with embedder:  # type: ignore[attr-defined]
@@ -565,6 +586,9 @@ class Job:
                     watchers.cancel_scope.cancel()
         except* FatalApiError as group:
             status, code, message = "failed", EXIT_FATAL, str(first_leaf(group))
+        finally:
+            if index is not None:
+                index.close()
         if self._stop.requested is not None and status == "completed":
             status = "interrupted"
             code = EXIT_SIGINT if self._stop.requested == signal.SIGINT else EXIT_SIGTERM

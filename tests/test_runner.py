@@ -257,3 +257,32 @@ async def test_max_tokens_stops_before_the_budget(tmp_path: Path) -> None:
     assert again.status == "completed"
     ids = read_dataset(tmp_path)["id"].to_pylist()
     assert len(ids) == len(set(ids)) == 2000
+
+
+async def test_reindex_reuses_unchanged_chunks(tmp_path: Path) -> None:
+    """Re-indexing after editing 10% of the records sends only the edited chunks, bills about 10%
+    of the tokens, and gives the same dataset as embedding everything again."""
+    (tmp_path / "in").mkdir()
+    docs = {f"d{i}": f"document {i}: " + " ".join(f"w{i}-{k}" for k in range(20)) for i in range(1000)}
+    source = tmp_path / "in" / "a.jsonl"
+    source.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
+    first = make_config(tmp_path, "http://placeholder", sink={"path": str(tmp_path / "v1")})
+    _, full = await run(first, ServerOptions(port=0, fake=True, dimensions=16))
+    edited = {k: (v + " (edited)" if int(k[1:]) % 10 == 3 else v) for k, v in docs.items()}
+    source.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in edited.items()))
+    second = make_config(tmp_path, "http://placeholder", sink={"path": str(tmp_path / "v2")},
+                         run={"reuse_from": str(tmp_path / "v1")})
+    result, stats = await run(second, ServerOptions(port=0, fake=True, dimensions=16))
+    assert stats["inputs_embedded"] == 100  # only the edited records went to the API
+    assert result.totals["rows_reused"] == 900 and result.totals["rows_embedded"] == 1000
+    assert 0.08 < stats["total_tokens"] / full["total_tokens"] < 0.13
+    again = make_config(tmp_path, "http://placeholder", sink={"path": str(tmp_path / "v3")})
+    await run(again, ServerOptions(port=0, fake=True, dimensions=16))
+
+    def table(name: str) -> pa.Table:
+        files = sorted((tmp_path / name / "data").glob("*.parquet"))
+        return ds.dataset([str(f) for f in files], format="parquet").to_table().sort_by("id")
+
+    reindexed, reembedded = table("v2"), table("v3")
+    for column in ("id", "text", "content_hash", "embedding"):
+        assert reindexed[column].equals(reembedded[column]), column
