@@ -44,7 +44,7 @@ class Batcher:
             return
         if isinstance(piece, Failure):
             self._failures.append(piece)
-            self._complete(piece.source, piece.location)
+            self._complete(piece.source + piece.part, piece.location)
             if len(self._failures) >= self.max_failures:
                 yield self.flush()
             return
@@ -52,7 +52,7 @@ class Batcher:
         for i, chunk in enumerate(piece):
             self._chunks.append(chunk)
             if i == last:
-                self._complete(chunk.source, chunk.location)
+                self._complete(chunk.source + chunk.part, chunk.location)
             if len(self._chunks) >= self.batch_size:
                 yield self.flush()
 

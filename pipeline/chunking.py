@@ -307,6 +307,7 @@ class Chunker:
             location=record.location,
             content_hash=self.hash(text),
             metadata=record.metadata,
+            part=record.part,
         )
 
     @staticmethod
@@ -320,4 +321,5 @@ class Chunker:
             location=record.location,
             error_type=error_type,
             message=message,
+            part=record.part,
         )

@@ -45,6 +45,8 @@ class SourceConfig(_Section):
     text_field: str = "text"
     metadata_fields: list[str] = Field(default_factory=list)
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    # with world_size > 1, files larger than this are cut into pieces the workers share
+    split_bytes: int = Field(256 * 1024 * 1024, ge=1)
 
 
 class ChunkingConfig(_Section):

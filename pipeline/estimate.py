@@ -38,7 +38,7 @@ def estimate(cfg: Config) -> Estimate:
     counted apart: they cost no token and no request.
     """
     fs, files = open_source(cfg.source)
-    files = assign(files, cfg.run.rank, cfg.run.world_size)
+    files = assign(cfg, fs, files)
     emb = cfg.embedding
     chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type)
     est = Estimate(files=files)

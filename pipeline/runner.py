@@ -41,7 +41,7 @@ from .lease import Lease
 from .ratelimit import Budget
 from .reuse import ReuseIndex, ReusingEmbedder
 from .sinks import DatasetWriter
-from .sources import open_source, read_records
+from .sources import open_source, read_records, split_for_workers
 from .types import END_OF_FILE, Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
 
 READ_BLOCK = 512  # records per hop between the reader thread and the event loop
@@ -144,18 +144,21 @@ class _Stop:
             self.reading.cancel()
 
 
-def assign(files: list[InputFile], rank: int, world_size: int) -> list[InputFile]:
-    """The files this worker owns: a stable hash of each URL, modulo the world.
+def assign(cfg: Config, fs: Any, files: list[InputFile]) -> list[InputFile]:
+    """The files (or pieces of large files) this worker owns.
 
-    Stable across reruns and listing order, so a file always goes to the same
-    worker.
+    With several workers, files over ``source.split_bytes`` are first cut
+    into pieces; each file or piece goes to the worker its key hashes to, a
+    choice that is stable across reruns and listing order.
     """
+    rank, world_size = cfg.run.rank, cfg.run.world_size
     if world_size == 1:
         return files
+    files = split_for_workers(fs, files, cfg.source.split_bytes)
     return [
         f
         for f in files
-        if int.from_bytes(hashlib.sha256(f.url.encode()).digest()[:8], "big") % world_size == rank
+        if int.from_bytes(hashlib.sha256(f.key.encode()).digest()[:8], "big") % world_size == rank
     ]
 
 
@@ -263,16 +266,17 @@ def file_items(
             yield item
     except SourceError as exc:
         yield Failure(
-            id=f"{inp.url}:{last + 1}",
-            doc_id=f"{inp.url}:{last + 1}",
+            id=f"{inp.key}:{last + 1}",
+            doc_id=f"{inp.key}:{last + 1}",
             chunk_index=0,
             text=None,
             source=inp.url,
             location=last + 1,
             error_type="unreadable_file",
             message=str(exc),
+            part=inp.part,
         )
-    yield FileEnd(inp.url)
+    yield FileEnd(inp.key)
 
 
 class Checkpoints:
@@ -372,21 +376,23 @@ class Job:
     async def read_stage(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Any]]) -> None:
         """Stream records from every file, in blocks, until done or told to stop."""
         progress = self.writer.manifest.progress if self.writer else {}
-        progress = {url: progress.get(url, 0) for url in (f.url for f in files)}
+        progress = {key: progress.get(key, 0) for key in (f.key for f in files)}
         assert self._stop.reading is not None
         async with send:
             with self._stop.reading:
                 for inp in files:
-                    after = int(progress[inp.url])
+                    after = int(progress[inp.key])
                     if after >= END_OF_FILE:
                         continue  # committed whole by an earlier run
                     self.progress.files += 1
-                    seek = self._checkpoints.best(inp.url, after)
+                    seeking: dict[str, Any] = {}
+                    if not inp.part:  # whole files: resume by seeking to a checkpoint
+                        seeking = {"seek": self._checkpoints.best(inp.url, after),
+                                   "on_checkpoint": self._checkpoints.recorder(inp.url)}
                     if after:
-                        self.log.info("file_resumed", file=inp.url, after=after, seek_offset=seek and seek[1])
-                    iterator = file_items(
-                        self.cfg, fs, inp, after, seek=seek, on_checkpoint=self._checkpoints.recorder(inp.url)
-                    )
+                        self.log.info("file_resumed", file=inp.key, after=after,
+                                      seek_offset=(seeking.get("seek") or (None, None))[1])
+                    iterator = file_items(self.cfg, fs, inp, after, **seeking)
                     while block := await anyio.to_thread.run_sync(
                         _take, iterator, READ_BLOCK, limiter=self._limiter
                     ):
@@ -535,7 +541,7 @@ class Job:
         cfg = self.cfg
         started_at = utc_now()
         fs, files = await anyio.to_thread.run_sync(open_source, cfg.source)
-        files = assign(files, cfg.run.rank, cfg.run.world_size)
+        files = await anyio.to_thread.run_sync(assign, cfg, fs, files)
         self.lease = await anyio.to_thread.run_sync(take_lease, cfg, self.log)
         try:
             self.writer = await anyio.to_thread.run_sync(
@@ -697,9 +703,10 @@ class Job:
             except SourceError as exc:  # nothing there yet, or the store blinked: try again later
                 self.log.info("watch_listing_empty", reason=str(exc))
                 fs, listed = None, []
-            listed = assign(listed, cfg.run.rank, cfg.run.world_size)
-            current = {f.url: (f.size, f.mtime) for f in listed}
-            ready = [f for f in listed if previous.get(f.url) == current[f.url] and self._needs(f)]
+            if fs is not None:
+                listed = await anyio.to_thread.run_sync(assign, cfg, fs, listed)
+            current = {f.key: (f.size, f.mtime) for f in listed}
+            ready = [f for f in listed if previous.get(f.key) == current[f.key] and self._needs(f)]
             previous = current
             if ready and fs is not None:
                 self.log.info("watch_found", files=len(ready))
@@ -716,7 +723,7 @@ class Job:
         """Whether ``inp`` is new, unfinished, or changed since it was embedded."""
         assert self.writer is not None
         known = self.writer.manifest.extra.get("files", {}).get(inp.url)
-        done = self.writer.manifest.progress.get(inp.url, 0) >= END_OF_FILE
+        done = self.writer.manifest.progress.get(inp.key, 0) >= END_OF_FILE
         return not done or (known is not None and known != _signature(inp))
 
     def _prepare(self, files: list[InputFile], *, restart_changed: bool = False) -> None:
@@ -733,13 +740,13 @@ class Job:
             sig = _signature(inp)
             known = signatures.get(inp.url)
             if restart_changed and known not in (None, sig):
-                self.log.warning("file_changed", file=inp.url)
-                manifest.progress.pop(inp.url, None)
+                self.log.warning("file_changed", file=inp.key)
+                manifest.progress.pop(inp.key, None)
                 self._checkpoints.forget(inp.url, manifest)
             if restart_changed or known is None:
                 signatures[inp.url] = sig
-            if manifest.progress.get(inp.url, 0) < END_OF_FILE:
-                todo[inp.url] = inp.size or 0
+            if manifest.progress.get(inp.key, 0) < END_OF_FILE:
+                todo[inp.key] = (inp.end or 0) - inp.start if inp.part.startswith("#bytes") else inp.size or 0
         self.progress.sizes = todo
         self.progress.bytes_total += sum(todo.values())
 

@@ -410,10 +410,29 @@ class DatasetWriter:
             committed += self.commit()
         return committed
 
+    def write_many(self, batches: Sequence[EmbeddedBatch]) -> list[dict[str, Any]]:
+        """:meth:`write` each batch (in read order), then :meth:`commit_if_due`.
+
+        One call for all the batches that are ready at once, so that the
+        caller hops to a worker thread once for them instead of once each.
+        """
+        committed: list[dict[str, Any]] = []
+        for batch in batches:
+            committed += self.write(batch)
+        return committed + self.commit_if_due()
+
+    def commit_due(self) -> bool:
+        """Whether the open shards have been open for ``shard_seconds`` or more.
+
+        No I/O, only the clock: the runner asks from the event loop and hops
+        to a worker thread for :meth:`commit_if_due` only when it says yes.
+        """
+        return self._opened_at is not None and self._clock() - self._opened_at >= self.cfg.shard_seconds
+
     def commit_if_due(self) -> list[dict[str, Any]]:
         """Commit when the open shard has been open for ``shard_seconds`` or more."""
         self._check_usable()
-        if self._opened_at is not None and self._clock() - self._opened_at >= self.cfg.shard_seconds:
+        if self.commit_due():
             return self.commit()
         return []
 

@@ -10,6 +10,9 @@ threads.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import lzma
 import posixpath
 import re
@@ -241,7 +244,9 @@ def read_records(
     if reader is None:
         raise SourceError(f"{inp.url}: unknown source format {inp.format!r}")
     try:
-        if inp.format == "jsonl":
+        if inp.format == "jsonl" and inp.part:
+            yield from _read_jsonl_range(cfg, fs, inp, after)
+        elif inp.format == "jsonl":
             yield from _read_jsonl(cfg, fs, inp, after, seek, on_checkpoint)
         else:
             yield from reader(cfg, fs, inp, after)
@@ -265,7 +270,7 @@ def _open(fs: fsspec.AbstractFileSystem, inp: InputFile) -> Any:
 def _failure(
     inp: InputFile, location: int, doc_id: str | None, error_type: str, message: str, text: Any = None
 ) -> Failure:
-    ident = doc_id if doc_id is not None else f"{inp.url}:{location}"
+    ident = doc_id if doc_id is not None else _default_id(inp, location)
     return Failure(
         id=ident,
         doc_id=ident,
@@ -275,7 +280,20 @@ def _failure(
         location=location,
         error_type=error_type,
         message=message,
+        part=inp.part,
     )
+
+
+def _default_id(inp: InputFile, location: int) -> str:
+    """The id of a record that has none: ``{url}:{line}``, or ``{url}@{byte offset}`` in a
+    byte range of a shared file (whose line numbers no worker knows)."""
+    if inp.part.startswith("#bytes"):
+        return f"{inp.url}@{location - 1}"
+    return f"{inp.url}:{location}"
+
+
+def _where(inp: InputFile, location: int) -> str:
+    return f"byte {location - 1}" if inp.part.startswith("#bytes") else f"line {location}"
 
 
 def _doc_id(value: Any) -> str | None:
@@ -347,12 +365,7 @@ def _read_jsonl(
     seek: tuple[int, int] | None = None,
     on_checkpoint: OnCheckpoint | None = None,
 ) -> _Items:
-    url = inp.url
-    id_field = cfg.id_field
-    text_field = cfg.text_field
-    meta_fields = tuple(cfg.metadata_fields)
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
+    parse_line = _line_parser(cfg, inp)
     n = 0
     seekable = inp.compression is None
     with _open(fs, inp) as f:
@@ -374,40 +387,84 @@ def _read_jsonl(
                     continue
                 if n == 1 and line.startswith(b"\xef\xbb\xbf"):
                     line = line[3:]  # UTF-8 byte order mark
-                try:
-                    obj = loads(line)
-                except decode_error as exc:
-                    if not line.strip():
-                        continue  # blank line
-                    yield _bad_json_line(inp, n, line, exc)
-                    continue
-                if type(obj) is not dict:
-                    yield _failure(inp, n, None, "invalid_json", f"line {n}: not a JSON object but {_json_type(obj)}")
-                    continue
-                doc_id = obj.get(id_field)
-                if type(doc_id) is not str or not doc_id:
-                    doc_id = _doc_id(doc_id)
-                text = obj.get(text_field)
-                if type(text) is not str or not text or text.isspace():
-                    problem = _check_text(text, text_field, f"line {n}")
-                    if problem is not None:
-                        yield _failure(inp, n, doc_id, problem[0], problem[1], text)
-                        continue
-                if doc_id is None:
-                    doc_id = f"{url}:{n}"
-                metadata = {name: obj.get(name) for name in meta_fields} if meta_fields else {}
-                yield Record(doc_id, text, url, n, metadata)
+                item = parse_line(line, n)
+                if item is not None:
+                    yield item
+
+
+def _line_parser(cfg: SourceConfig, inp: InputFile) -> Callable[[bytes, int], Record | Failure | None]:
+    """The function that turns one jsonl line at ``location`` into a record, a failure,
+    or None (a blank line)."""
+    url = inp.url
+    part = inp.part
+    id_field = cfg.id_field
+    text_field = cfg.text_field
+    meta_fields = tuple(cfg.metadata_fields)
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+
+    def parse(line: bytes, n: int) -> Record | Failure | None:
+        try:
+            obj = loads(line)
+        except decode_error as exc:
+            if not line.strip():
+                return None  # blank line
+            return _bad_json_line(inp, n, line, exc)
+        if type(obj) is not dict:
+            return _failure(inp, n, None, "invalid_json", f"{_where(inp, n)}: not a JSON object but {_json_type(obj)}")
+        doc_id = obj.get(id_field)
+        if type(doc_id) is not str or not doc_id:
+            doc_id = _doc_id(doc_id)
+        text = obj.get(text_field)
+        if type(text) is not str or not text or text.isspace():
+            problem = _check_text(text, text_field, _where(inp, n))
+            if problem is not None:
+                return _failure(inp, n, doc_id, problem[0], problem[1], text)
+        if doc_id is None:
+            doc_id = _default_id(inp, n)
+        metadata = {name: obj.get(name) for name in meta_fields} if meta_fields else {}
+        return Record(doc_id, text, url, n, metadata, part)
+
+    return parse
+
+
+def _read_jsonl_range(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:
+    """The lines that start in bytes [start, end) of an uncompressed jsonl file.
+
+    A record's location is its line's byte offset + 1; ``after`` (such a
+    location, committed) resumes just past that line.
+    """
+    parse = _line_parser(cfg, inp)
+    end = inp.end if inp.end is not None else math.inf
+    with _open(fs, inp) as f:
+        if after:  # skip the committed line, which starts at after - 1
+            f.seek(after - 1)
+            pos = after - 1 + len(f.readline())
+        elif inp.start > 0:  # the line running into ``start`` belongs to the piece before
+            f.seek(inp.start - 1)
+            pos = inp.start - 1 + len(f.readline())
+        else:
+            pos = 0
+        while pos < end:
+            line = f.readline()
+            if not line:
+                break
+            location = pos + 1
+            pos += len(line)
+            item = parse(line.rstrip(b"\n"), location)
+            if item is not None:
+                yield item
 
 
 def _bad_json_line(inp: InputFile, n: int, line: bytes, exc: Exception) -> Failure:
     try:
         line.decode("utf-8")
     except UnicodeDecodeError as uexc:
-        return _failure(inp, n, None, "invalid_utf8", f"line {n}: not valid UTF-8 at byte {uexc.start + 1}")
+        return _failure(inp, n, None, "invalid_utf8", f"{_where(inp, n)}: not valid UTF-8 at byte {uexc.start + 1}")
     msg = getattr(exc, "msg", None) or str(exc)
     col = getattr(exc, "colno", None)
     where = f" at column {col}" if col else ""
-    return _failure(inp, n, None, "invalid_json", f"line {n}: not valid JSON: {msg}{where}")
+    return _failure(inp, n, None, "invalid_json", f"{_where(inp, n)}: not valid JSON: {msg}{where}")
 
 
 def _read_text(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:
@@ -447,10 +504,11 @@ def _rows(
     inp: InputFile,
     batches: Iterable[pa.RecordBatch],
     after: int,
+    first_row: int = 0,
 ) -> Iterator[Record | Failure]:
     url = inp.url
     meta_fields = tuple(cfg.metadata_fields)
-    row = 0
+    row = first_row  # rows before this piece of the file
     for batch in batches:
         size = batch.num_rows
         if row + size <= after:
@@ -482,7 +540,7 @@ def _rows(
                 yield _failure(inp, row, doc_id, problem[0], problem[1], text)
                 continue
             metadata = {name: values[i] for name, values in zip(meta_fields, metas)}
-            yield Record(doc_id if doc_id is not None else f"{url}:{row}", text, url, row, metadata)
+            yield Record(doc_id if doc_id is not None else f"{url}:{row}", text, url, row, metadata, inp.part)
 
 
 def _read_csv(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:
@@ -524,7 +582,52 @@ def _read_parquet(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _It
         names = pf.schema_arrow.names
         _require_text_column(inp, cfg, names)
         columns = [name for name in _columns(cfg) if name in names]
-        yield from _rows(cfg, inp, pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns), after)
+        groups = range(pf.num_row_groups)
+        if inp.part:  # a piece of a shared file: row groups [start, end)
+            groups = range(inp.start, inp.end if inp.end is not None else pf.num_row_groups)
+        first_row = sum(pf.metadata.row_group(i).num_rows for i in range(groups.start))
+        batches = pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns, row_groups=list(groups))
+        yield from _rows(cfg, inp, batches, after, first_row)
+
+
+def split_for_workers(
+    fs: fsspec.AbstractFileSystem, files: list[InputFile], split_bytes: int
+) -> list[InputFile]:
+    """Cut files larger than ``split_bytes`` into pieces several workers can share.
+
+    Uncompressed jsonl is cut into byte ranges (a line belongs to the range
+    its first byte is in); parquet into runs of row groups of about
+    ``split_bytes``. Other files, and compressed ones, stay whole.
+    """
+    out: list[InputFile] = []
+    for inp in files:
+        size = inp.size or 0
+        if size <= split_bytes or inp.compression is not None:
+            out.append(inp)
+        elif inp.format == "jsonl":
+            for start in range(0, size, split_bytes):
+                end = min(start + split_bytes, size)
+                out.append(replace(inp, start=start, end=end, part=f"#bytes={start}-{end}"))
+        elif inp.format == "parquet":
+            out.extend(_row_group_pieces(fs, inp, split_bytes))
+        else:
+            out.append(inp)
+    return out
+
+
+def _row_group_pieces(fs: fsspec.AbstractFileSystem, inp: InputFile, split_bytes: int) -> list[InputFile]:
+    try:
+        with _open(fs, inp) as f:
+            meta = pq.ParquetFile(f).metadata
+    except _READ_ERRORS as exc:
+        raise SourceError(f"cannot read {inp.url}: {_one_line(exc)}") from exc
+    pieces, start, acc = [], 0, 0
+    for i in range(meta.num_row_groups):
+        acc += meta.row_group(i).total_byte_size
+        if acc >= split_bytes or i == meta.num_row_groups - 1:
+            pieces.append(replace(inp, start=start, end=i + 1, part=f"#row_groups={start}-{i + 1}"))
+            start, acc = i + 1, 0
+    return pieces if len(pieces) > 1 else [inp]
 
 
 def _read_arrow(cfg: SourceConfig, fs: _FS, inp: InputFile, after: int) -> _Items:

@@ -25,6 +25,16 @@ class InputFile:
     compression: str | None  # gzip | zstd | bz2 | xz | None
     rel_path: str  # path relative to the source root (the id of a text record)
     mtime: str | None = None  # modification time or ETag, for change detection
+    # A piece of a large file shared by several workers: bytes [start, end) of
+    # a jsonl file, or row groups [start, end) of a parquet file; part names it.
+    start: int = 0
+    end: int | None = None
+    part: str = ""  # e.g. "#bytes=0-268435456"; "" for the whole file
+
+    @property
+    def key(self) -> str:
+        """What resume marks are kept under: the url, plus the piece if any."""
+        return self.url + self.part
 
 
 #: the location a file's mark takes once the whole file is done
@@ -47,6 +57,7 @@ class Record:
     source: str
     location: int  # 1-based line number (jsonl, csv) or row number (parquet, arrow); 0 for text files
     metadata: dict[str, Any] = field(default_factory=dict)
+    part: str = ""  # the piece of ``source`` it was read from (InputFile.part)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,7 @@ class Chunk:
     location: int
     content_hash: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    part: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,7 @@ class Failure:
     message: str
     status: int | None = None
     attempts: int = 0
+    part: str = ""
 
 
 #: (file url, last location of that file whose every row is in this batch or before)

@@ -286,3 +286,29 @@ async def test_reindex_reuses_unchanged_chunks(tmp_path: Path) -> None:
     reindexed, reembedded = table("v2"), table("v3")
     for column in ("id", "text", "content_hash", "embedding"):
         assert reindexed[column].equals(reembedded[column]), column
+
+
+async def test_four_workers_share_one_big_file(tmp_path: Path) -> None:
+    """With world_size 4, one large jsonl file (byte ranges) and one parquet file (row groups)
+    are split, and the workers together embed every record exactly once; a rerun adds nothing."""
+    (tmp_path / "in").mkdir()
+    lines = [json.dumps({"id": f"j{i}", "text": f"jsonl record {i} " + "é" * (i % 13)}) for i in range(3000)]
+    (tmp_path / "in" / "big.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    table = pa.table({"id": [f"p{i}" for i in range(2000)], "text": [f"parquet row {i}" for i in range(2000)]})
+    pq.write_table(table, tmp_path / "in" / "big.parquet", row_group_size=100)
+    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
+        for _ in range(2):  # the second pass must find everything done
+            async with anyio.create_task_group() as tg:
+                for rank in range(4):
+                    cfg = make_config(tmp_path, server.url, source={"split_bytes": 8192, "metadata_fields": []},
+                                      run={"rank": rank, "world_size": 4})
+                    tg.start_soon(lambda c=cfg: run_job(c, handle_signals=False))
+        stats = server.stats.snapshot()
+    ids = read_dataset(tmp_path)["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 5000
+    assert stats["duplicate_inputs_embedded"] == 0
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    pieces = [k for k in manifest["progress"] if "#" in k]
+    assert len(pieces) > 8  # both files were cut into pieces
+    ranks = {s["path"][len("data/part-"):][:5] for s in manifest["shards"]}
+    assert ranks == {"00000", "00001", "00002", "00003"}

@@ -286,6 +286,32 @@ def test_commit_if_due_uses_the_injected_clock(tmp_path):
     assert w.commit_if_due() == []  # nothing open
 
 
+def test_commit_due_says_when_commit_if_due_would_commit(tmp_path):
+    """commit_due is true exactly when the open shard is shard_seconds old."""
+    clock = FakeClock()
+    w = make_writer(tmp_path, clock=clock, shard_seconds=60)
+    assert not w.commit_due()  # nothing open
+    w.write(make_batch(0, 3))
+    clock.now += 59.9
+    assert not w.commit_due()
+    clock.now += 0.1
+    assert w.commit_due()
+    w.commit_if_due()
+    assert not w.commit_due()
+
+
+def test_write_many_equals_write_each_then_commit_if_due(tmp_path):
+    """write_many writes the batches in order, rolls shards as write does, then commits if due."""
+    clock = FakeClock()
+    w = make_writer(tmp_path, clock=clock, shard_rows=50, shard_seconds=60)
+    out = w.write_many([make_batch(0, 30), make_batch(1, 30, start=30)])
+    assert [e["rows"] for e in out] == [30]  # the second batch did not fit: the first shard rolled
+    clock.now += 60
+    out = w.write_many([make_batch(2, 10, start=60)])
+    assert [e["rows"] for e in out] == [40]  # then the open shard was due
+    assert w.manifest.totals["rows_embedded"] == 70
+
+
 def test_errors_shard_committed_with_data_shard(tmp_path):
     """Failures go to errors/ and are committed in the same commit as the data, with marks and progress."""
     w = make_writer(tmp_path)

@@ -461,3 +461,27 @@ def test_resume_seeks_to_a_checkpoint_instead_of_rereading(tmp_path: Path, monke
     resumed = list(read_records(cfg, fs, inp, after=after, seek=seek))
     assert [r.doc_id for r in resumed] == [r.doc_id for r in everything if r.location > after]
     assert [r.location for r in resumed] == list(range(after + 1, 3001))
+
+
+@pytest.mark.parametrize("split", [1, 7, 64, 100, 4096])
+def test_byte_ranges_cover_every_line_once(tmp_path: Path, split: int) -> None:
+    """Byte-range pieces of a jsonl file yield each line exactly once, whatever the cut points,
+    and resuming a piece after a committed line continues right after it."""
+    from pipeline.sources import split_for_workers
+
+    path = tmp_path / "f.jsonl"
+    rows = [{"id": f"r{i}", "text": "ü" * (i % 9 + 1)} for i in range(200)]
+    path.write_bytes(jsonl(*rows) + b"\n{bad json\n" + jsonl({"text": "no id"}))
+    cfg = SourceConfig(path=str(path))
+    fs, files = open_source(cfg)
+    pieces = split_for_workers(fs, files, split)
+    assert len(pieces) > 1 and all(p.part.startswith("#bytes=") for p in pieces)
+    items = [item for p in pieces for item in read_records(cfg, fs, p)]
+    ids = [i.doc_id for i in items]
+    assert ids[:200] == [f"r{i}" for i in range(200)] and len(items) == 202
+    assert isinstance(items[200], Failure) and items[200].message.startswith("byte ")
+    assert items[201].doc_id == f"{items[201].source}@{items[201].location - 1}"
+    piece = split_for_workers(fs, files, 2000)[1]  # a piece that starts mid-file, with many lines
+    first = list(read_records(cfg, fs, piece))
+    resumed = list(read_records(cfg, fs, piece, after=first[1].location))
+    assert resumed == first[2:]
