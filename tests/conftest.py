@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
+import fsspec
 import pytest
+
+
+@pytest.fixture
+def memfs() -> Iterator[fsspec.AbstractFileSystem]:
+    """fsspec's in-memory filesystem, empty before and after the test."""
+    fs = fsspec.filesystem("memory")
+    fs.store.clear()
+    fs.pseudo_dirs[:] = [""]
+    yield fs
+    fs.store.clear()
+    fs.pseudo_dirs[:] = [""]
 
 
 @pytest.fixture
@@ -16,7 +30,6 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,16 +24,6 @@ from pipeline.types import Chunk, EmbeddedBatch, Failure, Usage
 
 
 @pytest.fixture
-def memfs():
-    fs = fsspec.filesystem("memory")
-    fs.store.clear()
-    fs.pseudo_dirs[:] = [""]
-    yield fs
-    fs.store.clear()
-    fs.pseudo_dirs[:] = [""]
-
-
-@pytest.fixture
 def local():
     return fsspec.filesystem("file")
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import anyio
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -40,16 +39,6 @@ def small_sizes(monkeypatch):
     monkeypatch.setattr(reuse, "PROBE_ROWS", 50)
     monkeypatch.setattr(reuse, "CACHE_ROW_GROUPS", 2)
     monkeypatch.setattr(sinks, "ROW_GROUP_ROWS", 8)
-
-
-@pytest.fixture
-def memfs():
-    fs = fsspec.filesystem("memory")
-    fs.store.clear()
-    fs.pseudo_dirs[:] = [""]
-    yield fs
-    fs.store.clear()
-    fs.pseudo_dirs[:] = [""]
 
 
 def fake_vectors(texts: list[str], etype: str) -> np.ndarray:

@@ -34,16 +34,6 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture
-def memfs():
-    fs = fsspec.filesystem("memory")
-    fs.store.clear()
-    fs.pseudo_dirs[:] = [""]
-    yield fs
-    fs.store.clear()
-    fs.pseudo_dirs[:] = [""]
-
-
 def vectors(n: int, etype: str = "float", dims: int = 16, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     width = dims // 8 if is_packed(etype) else dims
