@@ -1,7 +1,13 @@
-"""Shared fixtures: the anyio backend, and a real `pipeline serve` on loopback."""
+"""Shared fixtures and helpers: the anyio backend, an in-memory filesystem, a real
+`pipeline serve` on loopback, and the CLI as a subprocess."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import fsspec
@@ -24,12 +30,6 @@ def anyio_backend() -> str:
     """Run async tests on asyncio (the backend production uses)."""
     return "asyncio"
 
-
-import os
-import subprocess
-import sys
-from contextlib import contextmanager
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
