@@ -42,10 +42,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from . import server
-
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="Turn a pile of documents into a vector dataset through an embeddings API.",
@@ -68,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retry-failed", help="embed again the rows in errors/ and move successes to data/")
     _add_config_args(p)
     p = sub.add_parser("serve", help="a local embeddings API server for development and tests")
-    server.add_arguments(p)
+    if "serve" in (argv or ()):  # its flags cost an import the other commands do not need
+        from . import server
+
+        server.add_arguments(p)
     return parser
 
 
@@ -276,7 +277,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipeline`` console script."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         try:

@@ -452,30 +452,37 @@ class Job:
         cut: float = math.inf  # the first batch that was never sent: nothing from it on is written
         async with receive:
             while True:
-                batch = None
+                arrived: list[EmbeddedBatch] = []
                 with anyio.move_on_after(COMMIT_CHECK_S):
                     try:
-                        batch = await receive.receive()
+                        arrived.append(await receive.receive())
                     except anyio.EndOfStream:
                         break
-                if batch is None:
-                    await self._commit(writer.commit_if_due)
-                    continue
-                if isinstance(batch, Skipped) or batch.seq >= cut:
-                    cut = min(cut, batch.seq)
-                    self._window.release()
-                    for seq in [s for s in waiting if s >= cut]:
-                        del waiting[seq]
+                while True:  # and whatever else is already there: one thread hop for all of it
+                    try:
+                        arrived.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                ready: list[EmbeddedBatch] = []
+                for batch in arrived:
+                    if isinstance(batch, Skipped) or batch.seq >= cut:
+                        cut = min(cut, batch.seq)
                         self._window.release()
-                    continue
-                waiting[batch.seq] = batch
-                while expected in waiting:
-                    ready = waiting.pop(expected)
-                    expected += 1
-                    await self._commit(writer.write, ready)
-                    self.progress.add(ready)
-                    self._window.release()
-                await self._commit(writer.commit_if_due)
+                        for seq in [s for s in waiting if s >= cut]:
+                            del waiting[seq]
+                            self._window.release()
+                        continue
+                    waiting[batch.seq] = batch
+                    while expected in waiting:
+                        ready.append(waiting.pop(expected))
+                        expected += 1
+                if ready:
+                    await self._commit(writer.write_many, ready)
+                    for done in ready:
+                        self.progress.add(done)
+                        self._window.release()
+                elif writer.commit_due():
+                    await self._commit(writer.commit_if_due)
         if waiting:  # only after a cancellation: these are not committed, and will be read again
             self.log.warning("batches_dropped", count=len(waiting))
 
@@ -666,8 +673,9 @@ class Job:
         records_send, records_receive = anyio.create_memory_object_stream[list[Any]](4)
         pieces_send, pieces_receive = anyio.create_memory_object_stream[list[Piece]](4)
         batches_send, batches_receive = anyio.create_memory_object_stream[Batch](cfg.embedding.concurrency)
+        # as deep as the window: an embed worker never waits for the writer to take its answer
         results_send, results_receive = anyio.create_memory_object_stream[EmbeddedBatch](
-            cfg.embedding.concurrency
+            max(4, cfg.embedding.concurrency * 4)
         )
         # how far the batcher may run ahead of the writer: bounds the reorder buffer
         self._window = anyio.Semaphore(max(4, cfg.embedding.concurrency * 4))
