@@ -379,8 +379,28 @@ def resume(work: Path, records: int) -> Row:
     })
 
 
+def local(work: Path, records: int) -> Row:
+    """provider: local (wordllama, in-process, 256 dimensions): the whole path with no network."""
+    corpus = work / "local.jsonl"
+    write_corpus(corpus, records)
+    config = work / "local.yaml"
+    write_config(config, corpus, work / "local-out", {"provider": "local", "model": "wordllama", "concurrency": 2})
+    m = run_pipeline(config)
+    rows = m.manifest.get("totals", {}).get("rows_embedded", 0)
+    return Row("local", {
+        "records": records,
+        "rows": rows,
+        "wall_s": round(m.wall_s, 2),
+        "rows_per_s": round(rows / m.wall_s),
+        "cpu_s_per_1k": round(m.cpu_s / max(rows, 1) * 1000, 3),
+        "peak_rss_mb": round(m.max_rss_mb),
+        "exit": m.returncode,
+    })
+
+
 SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "overhead": overhead,
+    "local": local,
     "rate-requests": rate_requests,
     "rate-tokens": rate_tokens,
     "latency-bound": latency_bound,
@@ -389,6 +409,7 @@ SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
 }
 DEFAULT_RECORDS = {
     "overhead": 60_000,
+    "local": 60_000,
     "rate-requests": 28_800,
     "rate-tokens": 40_000,
     "latency-bound": 40_000,
