@@ -8,6 +8,7 @@ anything else is a bug and is allowed to crash loudly.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Sequence
 
@@ -77,12 +78,18 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``pipeline run``."""
     from .runner import run_job
 
     cfg = _load(args)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
+    # until the run's own handler is listening, SIGTERM still means "stop": exit 143, not -15
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         result = anyio.run(lambda: run_job(cfg, logs=logs, fresh=args.fresh))
     except (SourceError, SinkError) as exc:

@@ -547,8 +547,13 @@ class Job:
         """Run the job to its end; commit what was done whatever happens."""
         cfg = self.cfg
         started_at = utc_now()
-        fs, files = await anyio.to_thread.run_sync(open_source, cfg.source)
-        files = await anyio.to_thread.run_sync(assign, cfg, fs, files)
+        try:
+            fs, files = await anyio.to_thread.run_sync(open_source, cfg.source)
+            files = await anyio.to_thread.run_sync(assign, cfg, fs, files)
+        except SourceError:
+            if not cfg.run.watch:
+                raise
+            fs, files = None, []  # a watcher may start before the first file lands
         self.lease = await anyio.to_thread.run_sync(take_lease, cfg, self.log)
         try:
             self.writer = await anyio.to_thread.run_sync(

@@ -162,3 +162,18 @@ def test_watch_picks_up_new_files_and_stops_on_sigterm(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["totals"]["rows_embedded"] == RECORDS + 50
     assert manifest["runs"][-1]["status"] == "interrupted"
+
+
+def test_watch_starts_on_an_empty_source(tmp_path: Path) -> None:
+    """A watcher whose source does not exist yet keeps waiting instead of failing, and stops on SIGTERM."""
+    with serve_process("--fake", "--dimensions", "8") as url:
+        job = write_job(tmp_path, url, watch="true", poll_interval_s=0.2)
+        job.write_text(job.read_text().replace(f"path: {tmp_path / 'in'}", f"path: {tmp_path / 'later'}/*.jsonl"))
+        proc = start(job)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # it is running: the lease is taken and the watch loop lists
+            if "event=run_started" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        code, err = finish(proc)
+    assert code == 143, err
