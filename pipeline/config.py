@@ -194,16 +194,22 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
+def _interpolate_tree(
+    node: Any, env: Mapping[str, str], unset: dict[tuple, str] | None = None, path: tuple = ()
+) -> Any:
+    """Interpolate every string; keys whose whole value is an unset ``${VAR}`` are
+    dropped, and recorded in ``unset`` (path → the value as written)."""
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
-            v = _interpolate_tree(v, env)
-            if v is not _UNSET:
-                out[k] = v
+            value = _interpolate_tree(v, env, unset, path + (k,))
+            if value is not _UNSET:
+                out[k] = value
+            elif unset is not None:
+                unset[path + (k,)] = v
         return out
     if isinstance(node, list):
-        return [x for x in (_interpolate_tree(v, env) for v in node) if x is not _UNSET]
+        return [x for x in (_interpolate_tree(v, env, unset, path) for v in node) if x is not _UNSET]
     if isinstance(node, str):
         return interpolate(node, env)
     return node
@@ -326,7 +332,8 @@ def load_config(
 
     data = apply_overrides(data, list(overrides or ()))
     env = _with_rank(env)
-    data = _interpolate_tree(data, env)
+    unset: dict[tuple, str] = {}
+    data = _interpolate_tree(data, env, unset)
     run = data.get("run")
     if run is None:
         run = data["run"] = {}
@@ -354,5 +361,6 @@ def load_config(
             if line is not None:
                 break
         where = f"{path}:{line}" if line else str(path)
+        why = f" ({unset[loc]} is not set in the environment)" if loc in unset else ""
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{where}: {key}: {_describe(err)}{more}") from None
+        raise ConfigError(f"{where}: {key}: {_describe(err)}{why}{more}") from None

@@ -132,3 +132,10 @@ def test_dyno_gives_rank(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, text), env={**env, "RANK": "0"}).run.rank == 0
     assert load_config(write(tmp_path, text), env={"DYNO": "run.1234", "WORLD_SIZE": "2"}).run.rank == 0
     assert load_config(write(tmp_path, text), env={"DYNO": "worker.2"}).run.rank == 0
+
+
+def test_unset_variable_is_named(tmp_path: Path) -> None:
+    """A required key given as an unset ${VAR} names the variable in the error."""
+    text = "source: {path: '${SOURCE_PATH}'}\nembedding: {url: 'http://h'}\nsink: {path: out}\n"
+    with pytest.raises(ConfigError, match=r"source\.path: required key is missing \(\$\{SOURCE_PATH\} is not set"):
+        load_config(write(tmp_path, text), env={})
