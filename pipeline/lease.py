@@ -73,18 +73,34 @@ class Lease:
         except orjson.JSONDecodeError:
             return None  # a torn write of a dead writer: treat as free
 
-    def _write(self) -> None:
-        body = {
+    def _body(self) -> bytes:
+        return orjson.dumps({
             "owner": self.owner,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "heartbeat": self._clock(),
-        }
+        })
+
+    def _write(self) -> None:
+        """Heartbeat into the lease we hold (overwrite)."""
+        self.fs.pipe_file(self.path, self._body())
+
+    def _create(self) -> None:
+        """Write the lease only if no file is there; ``FileExistsError`` if one is.
+
+        Atomic on local disk (``O_EXCL``) and on AWS S3 (a conditional PUT,
+        ``If-None-Match: *``); elsewhere fsspec checks then writes, and the
+        fencing in :meth:`renew` still stops a writer that lost a race.
+        """
         if is_local(self.fs):
             # only the local disk has directories to make: on s3fs, makedirs
             # creates a missing *bucket*, turning a typo in sink.path into a new bucket
-            self.fs.makedirs(join(self.path.rsplit("/", 1)[0]), exist_ok=True)
-        self.fs.pipe_file(self.path, orjson.dumps(body))
+            self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._body())
+        else:
+            self.fs.pipe_file(self.path, self._body(), mode="create")
 
     def _free(self, current: dict[str, Any] | None) -> bool:
         if current is None or current.get("owner") == self.owner:
@@ -104,7 +120,15 @@ class Lease:
         while True:
             current = self._read()
             if self._free(current):
-                self._write()
+                if current is not None:  # stale, or ours from before: make room for a clean create
+                    try:
+                        self.fs.rm_file(self.path)
+                    except FileNotFoundError:
+                        pass
+                try:
+                    self._create()
+                except FileExistsError:
+                    continue  # another writer created it first: look again
                 self.held = True
                 return
             assert current is not None
