@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import anyio
 
 from . import __version__
 from .config import Config, load_config
 from .errors import ConfigError, FatalApiError, PipelineError, SinkError, SourceError
-from .logs import configure
+from .logs import LogSetup, configure
+
+if TYPE_CHECKING:
+    from .runner import RunResult
 
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
@@ -78,6 +81,14 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
+def _report(result: RunResult, logs: LogSetup) -> int:
+    """Print how a run ended (one line, secrets masked), and return its exit code."""
+    if result.message:
+        prefix = "error: " if result.exit_code else ""
+        print(f"pipeline: {prefix}{logs.redactor.text(result.message)}", file=sys.stderr)
+    return result.exit_code
+
+
 def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -97,9 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if logs.console is not None:
             logs.console.clear()
-    if result.message:
-        print(f"pipeline: {'error: ' if result.exit_code else ''}{logs.redactor.text(result.message)}", file=sys.stderr)
-    return result.exit_code
+    return _report(result, logs)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -261,9 +270,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     cfg = _load(args)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
     result = anyio.run(lambda: retry_failed(cfg))
-    if result.message:
-        print(f"pipeline: {'error: ' if result.exit_code else ''}{logs.redactor.text(result.message)}", file=sys.stderr)
-    return result.exit_code
+    return _report(result, logs)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

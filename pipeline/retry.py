@@ -14,7 +14,18 @@ from .config import Config
 from .errors import FatalApiError
 from .logs import get_logger
 from .manifest import utc_now
-from .runner import EXIT_FATAL, EXIT_OK, EXIT_TOO_MANY_FAILED, Progress, RunResult, first_leaf, open_writer, take_lease
+from .runner import (
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_TOO_MANY_FAILED,
+    Progress,
+    RunResult,
+    first_leaf,
+    log_commits,
+    open_writer,
+    take_lease,
+    too_many_failed,
+)
 from .sinks import DatasetWriter
 from .types import Batch, Chunk, EmbeddedBatch, Failure, Usage
 
@@ -91,9 +102,7 @@ async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, 
                     carried, records = Usage(), 0
                     progress.add(result)
                     await anyio.to_thread.run_sync(writer.write, result)
-                for entry in await anyio.to_thread.run_sync(writer.commit):
-                    log.info("shard_committed", path=entry["path"], rows=entry["rows"],
-                             tokens=entry.get("total_tokens"))
+                log_commits(log, await anyio.to_thread.run_sync(writer.commit))
                 log.info("shard_retried", path=old["path"], rows=old["rows"])
     except* FatalApiError as group:
         status, code, message = "failed", EXIT_FATAL, str(first_leaf(group))
@@ -102,8 +111,6 @@ async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, 
     totals = dict(writer.manifest.totals)
     log.info("retry_finished", status=status, moved_to_data=progress.rows_embedded,
              still_failed=progress.rows_failed, tokens=progress.total_tokens)
-    done = totals.get("rows_embedded", 0) + totals.get("rows_failed", 0)
-    if code == EXIT_OK and done and totals.get("rows_failed", 0) / done > cfg.run.max_failed_fraction:
-        code = EXIT_TOO_MANY_FAILED
-        message = f"{totals['rows_failed']} of {done} rows still failed; see {cfg.sink.path}/errors/"
+    if code == EXIT_OK and (too_many := too_many_failed(cfg, totals)):
+        code, message = EXIT_TOO_MANY_FAILED, too_many
     return RunResult(status=status, exit_code=code, totals=totals, message=message)

@@ -241,6 +241,30 @@ def open_reuse_index(cfg: Config) -> ReuseIndex:
     )
 
 
+def too_many_failed(cfg: Config, totals: dict[str, int]) -> str | None:
+    """Why the dataset fails ``run.max_failed_fraction`` (exit 1), or None when it does not."""
+    failed = totals.get("rows_failed", 0)
+    done = totals.get("rows_embedded", 0) + failed
+    if not done or failed / done <= cfg.run.max_failed_fraction:
+        return None
+    return (
+        f"{failed} of {done} rows failed, more than "
+        f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}; see {cfg.sink.path}/errors/"
+    )
+
+
+def log_commits(log: Any, entries: list[dict]) -> None:
+    """One ``shard_committed`` line per committed shard."""
+    for entry in entries:
+        log.info(
+            "shard_committed",
+            path=entry.get("path"),
+            rows=entry.get("rows"),
+            requests=entry.get("requests"),
+            tokens=entry.get("total_tokens"),
+        )
+
+
 def first_leaf(exc: BaseException) -> BaseException:
     """The first real exception inside (possibly nested) exception groups."""
     while isinstance(exc, BaseExceptionGroup):
@@ -612,22 +636,16 @@ class Job:
             code = EXIT_SIGINT if self._stop.requested == signal.SIGINT else EXIT_SIGTERM
         elif self._stop.budget_exhausted and status == "completed":
             status = "budget_exhausted"
+            assert self.budget is not None
             message = (
                 f"stopped before spending more than run.max_tokens={cfg.run.max_tokens:,} tokens "
-                f"({self.budget.spent:,} spent); what was embedded is committed, "
-                "run it again to continue" if self.budget else None
+                f"({self.budget.spent:,} spent); what was embedded is committed, run it again to continue"
             )
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._finish, status)
         totals = dict(self.writer.manifest.totals)
-        if code == EXIT_OK:
-            done = totals.get("rows_embedded", 0) + totals.get("rows_failed", 0)
-            if done and totals.get("rows_failed", 0) / done > cfg.run.max_failed_fraction:
-                code = EXIT_TOO_MANY_FAILED
-                message = (
-                    f"{totals['rows_failed']} of {done} rows failed, more than "
-                    f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}; see {cfg.sink.path}/errors/"
-                )
+        if code == EXIT_OK and (too_many := too_many_failed(cfg, totals)):
+            code, message = EXIT_TOO_MANY_FAILED, too_many
         summary = self.progress.fields()
         cost = None
         if cfg.embedding.usd_per_million_tokens is not None:
@@ -654,15 +672,8 @@ class Job:
             self.writer.close(status)  # records the run, even after a failed commit
 
     def _log_commits(self, entries: list[dict]) -> None:
-        for entry in entries:
-            self.progress.shards += 1
-            self.log.info(
-                "shard_committed",
-                path=entry.get("path"),
-                rows=entry.get("rows"),
-                requests=entry.get("requests"),
-                tokens=entry.get("total_tokens"),
-            )
+        self.progress.shards += len(entries)
+        log_commits(self.log, entries)
 
     def _on_retry(self, exc: ApiError, attempt: int) -> None:
         if exc.status == 429:
