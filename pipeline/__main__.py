@@ -1,5 +1,5 @@
 """``python -m pipeline``."""
 
-from .cli import run
+from pipeline.cli import run
 
 run()

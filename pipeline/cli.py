@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import anyio
 
-from . import __version__
-from .config import Config, load_config
-from .errors import ConfigError, FatalApiError, PipelineError, SinkError, SourceError
-from .logs import LogSetup, configure
+from pipeline import __version__
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError, FatalApiError, PipelineError, SinkError, SourceError
+from pipeline.logs import LogSetup, configure
 
 if TYPE_CHECKING:
-    from .runner import RunResult
+    from pipeline.jobs.run import RunResult
 
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
@@ -71,7 +71,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_config_args(p)
     p = sub.add_parser("serve", help="a local embeddings API server for development and tests")
     if "serve" in (argv or ()):  # its flags cost an import the other commands do not need
-        from . import server
+        from pipeline.serve import app as server
 
         server.add_arguments(p)
     return parser
@@ -95,7 +95,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``pipeline run``."""
-    from .runner import run_job
+    from pipeline.jobs.run import run_job
 
     cfg = _load(args)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
@@ -113,8 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """``pipeline validate``: counts and estimates, no API call."""
-    from .logs import format_duration
-    from .estimate import estimate
+    from pipeline.logs import format_duration
+    from pipeline.jobs.validate import estimate
 
     cfg = _load(args)
     est = estimate(cfg)
@@ -223,7 +223,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import pyarrow.ipc as pa_ipc
     import pyarrow.parquet as pq
 
-    from .manifest import is_local, rebuild, summarize
+    from pipeline.dataset.manifest import is_local, rebuild, summarize
 
     options = {}
     for item in args.storage_option:
@@ -265,7 +265,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
     """``pipeline retry-failed``: embed again the rows in errors/."""
-    from .retry import retry_failed
+    from pipeline.jobs.retry_failed import retry_failed
 
     cfg = _load(args)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
@@ -275,7 +275,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``pipeline serve``."""
-    from . import server
+    from pipeline.serve import app as server
 
     return server.main(args)
 

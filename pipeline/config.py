@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from pipeline.errors import ConfigError
 
 DEFAULT_MODEL = "cohere-embed-multilingual"
 MAX_CHARS = 2048

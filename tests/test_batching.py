@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from pipeline.batching import Batcher, batch_stage
+from pipeline.stages.batch import Batcher, batch_stage
 from pipeline.types import END_OF_FILE, Batch, Chunk, Failure, FileEnd
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.chunking import Chunker, content_hash, make_hasher, split_spans, split_text, truncate_text
+from pipeline.stages.chunk import Chunker, content_hash, make_hasher, split_spans, split_text, truncate_text
 from pipeline.config import ChunkingConfig
 from pipeline.types import Chunk, Failure, Record
 

@@ -8,12 +8,12 @@ import anyio
 import numpy as np
 import pytest
 
-from pipeline.client import HttpEmbedder, LocalEmbedder, parse_reset
+from pipeline.embed.http import HttpEmbedder, LocalEmbedder, parse_reset
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import FatalApiError
-from pipeline.server import ServerOptions, running_server
+from pipeline.serve.app import ServerOptions, running_server
 from pipeline.types import Batch, Chunk
-from pipeline.vectors import DTYPES
+from pipeline.embed.vectors import DTYPES
 
 pytestmark = pytest.mark.anyio
 

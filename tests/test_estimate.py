@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import ROOT, run_cli
 from pipeline.config import load_config
-from pipeline.estimate import estimate
+from pipeline.jobs.validate import estimate
 
 SAMPLE = str(ROOT / "configs" / "local.yaml")
 

@@ -8,7 +8,7 @@ import fsspec
 import pytest
 
 from pipeline.errors import SinkError
-from pipeline.lease import Lease
+from pipeline.dataset.lease import Lease
 
 
 class Clock:

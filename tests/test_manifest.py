@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import SinkConfig
 from pipeline.errors import SinkError
-from pipeline.manifest import (
+from pipeline.dataset.manifest import (
     Manifest,
     load_dataset_manifest,
     load_rank,
@@ -19,7 +19,7 @@ from pipeline.manifest import (
     save_rank,
     summarize,
 )
-from pipeline.sinks import DatasetWriter
+from pipeline.dataset.writer import DatasetWriter
 from pipeline.types import Chunk, EmbeddedBatch, Failure, Usage
 
 

@@ -13,14 +13,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import reuse, sinks
-from pipeline.chunking import make_hasher
+from pipeline.dataset import reuse_index as reuse
+
+from pipeline.dataset import writer as sinks
+from pipeline.stages.chunk import make_hasher
 from pipeline.config import SinkConfig
 from pipeline.errors import SinkError
-from pipeline.reuse import ReuseIndex, ReusingEmbedder, count_reusable, hash_prefixes
-from pipeline.sinks import DatasetWriter
+from pipeline.dataset.reuse_index import ReuseIndex, ReusingEmbedder, count_reusable, hash_prefixes
+from pipeline.dataset.writer import DatasetWriter
 from pipeline.types import Batch, Chunk, EmbeddedBatch, Failure, Usage
-from pipeline.vectors import DTYPES, EMBEDDING_TYPES, quantize
+from pipeline.embed.vectors import DTYPES, EMBEDDING_TYPES, quantize
 
 MODEL = "m"
 INPUT_TYPE = "search_document"

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import Config
-from pipeline.runner import run_job
-from pipeline.server import ServerOptions, running_server
+from pipeline.jobs.run import run_job
+from pipeline.serve.app import ServerOptions, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -93,7 +93,7 @@ async def test_vectors_belong_to_their_text(tmp_path: Path) -> None:
     write_corpus(tmp_path / "in" / "a.jsonl", 200, bad=False)
     cfg = make_config(tmp_path, "http://placeholder")
     await run(cfg, ServerOptions(port=0, fake=True, dimensions=16, shuffle=True, seed=7))
-    from pipeline.server import FakeEmbedder
+    from pipeline.serve.app import FakeEmbedder
 
     data = read_dataset(tmp_path)
     texts = data["text"].to_pylist()
@@ -158,7 +158,7 @@ async def test_too_many_failures_exit_1(tmp_path: Path) -> None:
 async def test_fault_storm_loses_nothing(tmp_path: Path) -> None:
     """Under 429s, 5xx, resets, hangs, malformed and short bodies and poisoned inputs,
     every record ends exactly once in data/ or errors/, and only the poisoned ones fail."""
-    from pipeline.client import HttpEmbedder
+    from pipeline.embed.http import HttpEmbedder
 
     (tmp_path / "in").mkdir()
     lines = [json.dumps({"id": f"r{i}", "text": f"record {i} {'POISON' if i % 97 == 5 else 'fine'}"})
@@ -192,7 +192,7 @@ async def test_fault_storm_loses_nothing(tmp_path: Path) -> None:
 
 async def test_retry_failed_moves_successes_to_data(tmp_path: Path) -> None:
     """retry-failed re-embeds api errors: successes move to data/, the rest stay, totals still add up."""
-    from pipeline.retry import retry_failed
+    from pipeline.jobs.retry_failed import retry_failed
 
     (tmp_path / "in").mkdir()
     lines = write_corpus(tmp_path / "in" / "a.jsonl", 300)  # two unusable lines among them

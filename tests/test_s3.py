@@ -25,9 +25,9 @@ from moto.server import ThreadedMotoServer
 from conftest import ROOT, pipeline_cmd, run_cli, serve_process
 from pipeline.config import SinkConfig, SourceConfig
 from pipeline.errors import SinkError
-from pipeline.manifest import utc_now
-from pipeline.sinks import DatasetWriter
-from pipeline.sources import open_source, read_records
+from pipeline.dataset.manifest import utc_now
+from pipeline.dataset.writer import DatasetWriter
+from pipeline.sources.readers import open_source, read_records
 from pipeline.types import Chunk, EmbeddedBatch, Record, Usage
 
 # The fake credentials and endpoint live in the environment the fixture sets,

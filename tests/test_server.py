@@ -20,7 +20,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from pipeline.errors import ConfigError
-from pipeline.server import (
+from pipeline.serve.app import (
     RateWindow,
     Server,
     ServerOptions,
@@ -29,7 +29,7 @@ from pipeline.server import (
     options_from_args,
     running_server,
 )
-from pipeline.vectors import DTYPES, EMBEDDING_TYPES, decode_base64, decode_raw, quantize, width
+from pipeline.embed.vectors import DTYPES, EMBEDDING_TYPES, decode_base64, decode_raw, quantize, width
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -491,8 +491,8 @@ def test_flags_become_options() -> None:
 
 
 async def test_module_runs_as_a_process_and_stops_on_sigterm() -> None:
-    """``python -m pipeline.server`` prints its URL, answers, and exits 0 on SIGTERM."""
-    command = [sys.executable, "-m", "pipeline.server", "--port", "0", "--fake"]
+    """``python -m pipeline.serve`` prints its URL, answers, and exits 0 on SIGTERM."""
+    command = [sys.executable, "-m", "pipeline.serve", "--port", "0", "--fake"]
     async with await anyio.open_process(command, cwd=ROOT) as process:
         with anyio.fail_after(30):
             line = (await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 200)).decode()

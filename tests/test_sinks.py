@@ -18,10 +18,10 @@ import pytest
 
 from pipeline.config import SinkConfig
 from pipeline.errors import SinkError
-from pipeline.manifest import Manifest
-from pipeline.sinks import ERRORS_SCHEMA, DatasetWriter
+from pipeline.dataset.manifest import Manifest
+from pipeline.dataset.writer import ERRORS_SCHEMA, DatasetWriter
 from pipeline.types import Chunk, EmbeddedBatch, Failure, Usage
-from pipeline.vectors import DTYPES, is_packed
+from pipeline.embed.vectors import DTYPES, is_packed
 
 SRC = "file:///in/docs.jsonl"
 

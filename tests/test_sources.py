@@ -21,7 +21,7 @@ import zstandard
 
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
-from pipeline.sources import detect_format, open_source, read_records
+from pipeline.sources.readers import detect_format, open_source, read_records
 from pipeline.types import Failure, InputFile, Record
 
 
@@ -441,7 +441,7 @@ def test_unknown_protocol_is_a_source_error() -> None:
 
 def test_resume_seeks_to_a_checkpoint_instead_of_rereading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A resumed jsonl read seeks to a reported checkpoint: it never reads the file's start again."""
-    import pipeline.sources as sources
+    import pipeline.sources.readers as sources
 
     monkeypatch.setattr(sources, "_BLOCK", 4096)
     monkeypatch.setattr(sources, "CHECKPOINT_BYTES", 16_384)
@@ -467,7 +467,7 @@ def test_resume_seeks_to_a_checkpoint_instead_of_rereading(tmp_path: Path, monke
 def test_byte_ranges_cover_every_line_once(tmp_path: Path, split: int) -> None:
     """Byte-range pieces of a jsonl file yield each line exactly once, whatever the cut points,
     and resuming a piece after a committed line continues right after it."""
-    from pipeline.sources import split_for_workers
+    from pipeline.sources.readers import split_for_workers
 
     path = tmp_path / "f.jsonl"
     rows = [{"id": f"r{i}", "text": "ü" * (i % 9 + 1)} for i in range(200)]

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, Iterable
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from .types import END_OF_FILE, Batch, Chunk, Failure, FileEnd
+from pipeline.types import END_OF_FILE, Batch, Chunk, Failure, FileEnd
 
 #: one record's outcome after chunking (its chunks, or why it failed), or a file's end
 Piece = tuple[Chunk, ...] | Failure | FileEnd

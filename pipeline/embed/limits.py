@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 import anyio
 
-from .errors import BudgetExhausted
+from pipeline.errors import BudgetExhausted
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

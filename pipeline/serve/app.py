@@ -33,10 +33,10 @@ import h11
 import numpy as np
 import orjson
 
-from .config import MAX_BATCH, MAX_CHARS
-from .errors import ConfigError
-from .local import shared_model
-from .vectors import EMBEDDING_TYPES, encode_base64, quantize
+from pipeline.config import MAX_BATCH, MAX_CHARS
+from pipeline.errors import ConfigError
+from pipeline.embed.local import shared_model
+from pipeline.embed.vectors import EMBEDDING_TYPES, encode_base64, quantize
 
 INPUT_TYPES: tuple[str, ...] = ("search_document", "search_query", "classification", "clustering")
 ENCODING_FORMATS: tuple[str, ...] = ("raw", "base64")
@@ -788,12 +788,3 @@ async def _serve_until_signal(options: ServerOptions) -> None:
                 break
             tg.cancel_scope.cancel()
 
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m pipeline.server", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    _ns = _parser.parse_args()
-    try:
-        sys.exit(main(_ns))
-    except ConfigError as _exc:
-        _parser.error(str(_exc))

@@ -52,12 +52,12 @@ import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from . import vectors
-from .client import Embedder
-from .errors import SinkError
-from .logs import get_logger
-from .manifest import MANIFEST, Manifest, is_local, join, load_dataset_manifest
-from .types import Batch, EmbeddedBatch, Usage
+from pipeline.embed import vectors
+from pipeline.embed.http import Embedder
+from pipeline.errors import SinkError
+from pipeline.logs import get_logger
+from pipeline.dataset.manifest import MANIFEST, Manifest, is_local, join, load_dataset_manifest
+from pipeline.types import Batch, EmbeddedBatch, Usage
 
 __all__ = ["ReuseIndex", "ReusingEmbedder", "count_reusable", "hash_prefixes"]
 

@@ -29,12 +29,12 @@ import httpx
 import numpy as np
 import orjson
 
-from . import vectors
-from .config import EmbeddingConfig
-from .errors import ApiError, FatalApiError, InputRejected, RetryableApiError
-from .local import shared_model
-from .ratelimit import Budget, RateLimiter
-from .types import Batch, Chunk, EmbeddedBatch, Failure, Usage
+from pipeline.embed import vectors
+from pipeline.config import EmbeddingConfig
+from pipeline.errors import ApiError, FatalApiError, InputRejected, RetryableApiError
+from pipeline.embed.local import shared_model
+from pipeline.embed.limits import Budget, RateLimiter
+from pipeline.types import Batch, Chunk, EmbeddedBatch, Failure, Usage
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .chunking import Chunker
-from .client import estimate_tokens
-from .config import Config
-from .runner import assign, file_items, open_reuse_index
-from .sources import open_source
-from .types import Failure, FileEnd, InputFile
+from pipeline.stages.chunk import Chunker
+from pipeline.embed.http import estimate_tokens
+from pipeline.config import Config
+from pipeline.jobs.run import assign, file_items, open_reuse_index
+from pipeline.sources.readers import open_source
+from pipeline.types import Failure, FileEnd, InputFile
 
 @dataclass
 class Estimate:

@@ -28,8 +28,8 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import SinkError
-from .types import Mark
+from pipeline.errors import SinkError
+from pipeline.types import Mark
 
 FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"

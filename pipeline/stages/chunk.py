@@ -14,8 +14,8 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable
 
-from .config import ChunkingConfig
-from .types import Chunk, Failure, Record
+from pipeline.config import ChunkingConfig
+from pipeline.types import Chunk, Failure, Record
 
 __all__ = ["Chunker", "content_hash", "make_hasher", "split_spans", "split_text"]
 

@@ -28,8 +28,8 @@ from typing import Any, Callable
 import fsspec
 import orjson
 
-from .errors import SinkError
-from .manifest import is_local, join
+from pipeline.errors import SinkError
+from pipeline.dataset.manifest import is_local, join
 
 LOCKS = "_locks"
 

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from .config import SinkConfig
-from .errors import SinkError
-from .manifest import (
+from pipeline.config import SinkConfig
+from pipeline.errors import SinkError
+from pipeline.dataset.manifest import (
     META_KEY,
     Manifest,
     is_local,
@@ -39,8 +39,8 @@ from .manifest import (
     shard_rank_seq,
     utc_now,
 )
-from .types import EmbeddedBatch, Failure
-from .vectors import is_packed, to_arrow
+from pipeline.types import EmbeddedBatch, Failure
+from pipeline.embed.vectors import is_packed, to_arrow
 
 #: rows buffered before they are written out as one Parquet row group / IPC batch
 ROW_GROUP_ROWS = 8192

@@ -28,9 +28,9 @@ import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 import zstandard
 
-from .config import SourceConfig
-from .errors import SourceError
-from .types import Failure, InputFile, Record
+from pipeline.config import SourceConfig
+from pipeline.errors import SourceError
+from pipeline.types import Failure, InputFile, Record
 
 __all__ = ["FORMATS", "COMPRESSIONS", "detect_format", "open_source", "read_records"]
 

@@ -30,19 +30,19 @@ import anyio
 import fsspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from .batching import Piece, batch_stage
-from .chunking import Chunker
-from .client import Embedder, make_embedder
-from .config import Config
-from .errors import ApiError, BudgetExhausted, FatalApiError, SinkError, SourceError
-from .logs import LogSetup, format_duration, get_logger
-from .manifest import load_rank, utc_now
-from .lease import Lease
-from .ratelimit import Budget
-from .reuse import ReuseIndex, ReusingEmbedder
-from .sinks import DatasetWriter
-from .sources import open_source, read_records, split_for_workers
-from .types import END_OF_FILE, Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
+from pipeline.stages.batch import Piece, batch_stage
+from pipeline.stages.chunk import Chunker
+from pipeline.embed.http import Embedder, make_embedder
+from pipeline.config import Config
+from pipeline.errors import ApiError, BudgetExhausted, FatalApiError, SinkError, SourceError
+from pipeline.logs import LogSetup, format_duration, get_logger
+from pipeline.dataset.manifest import load_rank, utc_now
+from pipeline.dataset.lease import Lease
+from pipeline.embed.limits import Budget
+from pipeline.dataset.reuse_index import ReuseIndex, ReusingEmbedder
+from pipeline.dataset.writer import DatasetWriter
+from pipeline.sources.readers import open_source, read_records, split_for_workers
+from pipeline.types import END_OF_FILE, Batch, EmbeddedBatch, Failure, FileEnd, InputFile, Record
 
 READ_BLOCK = 512  # records per hop between the reader thread and the event loop
 PROGRESS_EVERY_S = 10.0

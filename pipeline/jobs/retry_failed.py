@@ -8,13 +8,13 @@ import anyio
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from .chunking import make_hasher
-from .client import Embedder, make_embedder
-from .config import Config
-from .errors import FatalApiError
-from .logs import get_logger
-from .manifest import utc_now
-from .runner import (
+from pipeline.stages.chunk import make_hasher
+from pipeline.embed.http import Embedder, make_embedder
+from pipeline.config import Config
+from pipeline.errors import FatalApiError
+from pipeline.logs import get_logger
+from pipeline.dataset.manifest import utc_now
+from pipeline.jobs.run import (
     EXIT_FATAL,
     EXIT_OK,
     EXIT_TOO_MANY_FAILED,
@@ -26,8 +26,8 @@ from .runner import (
     take_lease,
     too_many_failed,
 )
-from .sinks import DatasetWriter
-from .types import Batch, Chunk, EmbeddedBatch, Failure, Usage
+from pipeline.dataset.writer import DatasetWriter
+from pipeline.types import Batch, Chunk, EmbeddedBatch, Failure, Usage
 
 #: error types worth sending again: the API's answers, not the input's faults
 RETRYABLE_ERRORS = frozenset({"api_error", "rejected"})
