@@ -91,6 +91,27 @@ class Failure:
     attempts: int = 0
     part: str = ""
 
+    @classmethod
+    def of(
+        cls,
+        item: Record | Chunk,
+        error_type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        attempts: int = 0,
+    ) -> Failure:
+        """The failure of a whole record (id = its doc_id) or of one chunk."""
+        if isinstance(item, Chunk):
+            return cls(item.id, item.doc_id, item.chunk_index, item.text, item.source, item.location,
+                       error_type, message, status, attempts, item.part)
+        return cls(item.doc_id, item.doc_id, 0, item.text, item.source, item.location,
+                   error_type, message, status, attempts, item.part)
+
+
+#: one record's outcome after chunking (its chunks, or why it failed), or a file's end
+Piece = tuple[Chunk, ...] | Failure | FileEnd
+
 
 #: (file url, last location of that file whose every row is in this batch or before)
 Mark = tuple[str, int]
@@ -112,6 +133,13 @@ class Batch:
     failures: tuple[Failure, ...] = ()
     records: int = 0
     marks: tuple[Mark, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Batch ``seq`` was never sent (the token budget ran out): nothing from it on is written."""
+
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +179,65 @@ class EmbeddedBatch:
     records: int = 0
     marks: tuple[Mark, ...] = ()
     reused: int = 0  # how many of ``chunks`` took their vector from run.reuse_from
+
+    @classmethod
+    def answering(
+        cls,
+        batch: Batch,
+        chunks: tuple[Chunk, ...],
+        vectors: np.ndarray,
+        usage: Usage,
+        failures: tuple[Failure, ...] | None = None,
+        reused: int = 0,
+    ) -> EmbeddedBatch:
+        """The answer to ``batch``: its ``seq``, ``records`` and ``marks``; its failures unless given."""
+        return cls(
+            seq=batch.seq,
+            chunks=chunks,
+            vectors=vectors,
+            usage=usage,
+            failures=batch.failures if failures is None else failures,
+            records=batch.records,
+            marks=batch.marks,
+            reused=reused,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """What a stretch of work amounts to: records, rows and what the API cost.
+
+    The one set of counters behind progress lines, each shard's accounting
+    and the dataset's totals (``_manifest.json`` ``totals`` use these names).
+    """
+
+    records_read: int = 0
+    rows_embedded: int = 0
+    rows_reused: int = 0
+    rows_failed: int = 0
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def of(cls, batch: EmbeddedBatch) -> Counts:
+        """The counts of one answered batch."""
+        u = batch.usage
+        return cls(batch.records, len(batch.chunks), batch.reused, len(batch.failures),
+                   u.requests, u.retries, u.prompt_tokens, u.total_tokens)
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return (self.records_read, self.rows_embedded, self.rows_reused, self.rows_failed,
+                self.requests, self.retries, self.prompt_tokens, self.total_tokens)
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts by name, as the manifest's ``totals`` holds them."""
+        return dict(zip(COUNT_KEYS, self.as_tuple()))
+
+
+COUNT_KEYS = ("records_read", "rows_embedded", "rows_reused", "rows_failed",
+              "requests", "retries", "prompt_tokens", "total_tokens")
