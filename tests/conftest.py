@@ -25,6 +25,31 @@ def memfs() -> Iterator[fsspec.AbstractFileSystem]:
     fs.pseudo_dirs[:] = [""]
 
 
+class FakeClock:
+    """Time that moves only when slept on or advanced: a clock, a sync sleep and an async sleep."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A :class:`FakeClock` at t=1000 s, for code that takes a clock and a sleep."""
+    return FakeClock()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Run async tests on asyncio (the backend production uses)."""
