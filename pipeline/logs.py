@@ -10,8 +10,8 @@ processor replaces every secret it was given, wherever it appears.
 from __future__ import annotations
 
 import logging
+import re
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -186,6 +186,14 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-def monotonic() -> float:
-    """The clock progress uses (kept here so tests can see one name)."""
-    return time.monotonic()
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo of every URL in it masked (``https://***@host``).
+
+    Keys passed to proxies as ``https://user:KEY@host`` must not be printed
+    by ``validate``, config errors or the unreachable-endpoint message.
+    """
+    return _USERINFO.sub(r"\g<scheme>***@", text)
