@@ -223,7 +223,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import pyarrow.ipc as pa_ipc
     import pyarrow.parquet as pq
 
-    from pipeline.dataset.manifest import is_local, rebuild, summarize
+    from pipeline.dataset.inspect import summarize
+    from pipeline.dataset.manifest import is_local, rebuild
 
     options = {}
     for item in args.storage_option:

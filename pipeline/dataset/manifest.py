@@ -24,12 +24,10 @@ from typing import Any, Iterable
 import fsspec
 import orjson
 import pyarrow as pa
-import pyarrow.ipc
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import SinkError
-from pipeline.types import Mark
+from pipeline.types import Counts, Mark
 
 FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"
@@ -38,17 +36,6 @@ META_KEY = "pipeline"  # schema metadata key of each shard file
 
 #: ``data/part-00000-000012.parquet`` → rank 0, seq 12
 SHARD_NAME = re.compile(r"part-(\d{5})-(\d{6})\.(parquet|arrow)$")
-
-TOTAL_KEYS = (
-    "records_read",
-    "rows_embedded",
-    "rows_reused",
-    "rows_failed",
-    "requests",
-    "retries",
-    "prompt_tokens",
-    "total_tokens",
-)
 
 
 def utc_now() -> str:
@@ -77,6 +64,22 @@ def manifest_name(rank: int = 0, world_size: int = 1) -> str:
     return MANIFEST if world_size <= 1 else f"{RANK_MANIFESTS}/{rank:05d}.json"
 
 
+def entry_counts(entry: dict[str, Any]) -> Counts:
+    """The counts one shard entry stands for (its rows count as embedded or failed by kind)."""
+    rows = int(entry.get("rows", 0))
+    data = entry["kind"] == "data"
+    return Counts(
+        records_read=int(entry.get("records", 0)),
+        rows_embedded=rows if data else 0,
+        rows_reused=int(entry.get("rows_reused", 0)),
+        rows_failed=0 if data else rows,
+        requests=int(entry.get("requests", 0)),
+        retries=int(entry.get("retries", 0)),
+        prompt_tokens=int(entry.get("prompt_tokens", 0)),
+        total_tokens=int(entry.get("total_tokens", 0)),
+    )
+
+
 @dataclass
 class Manifest:
     """The contents of ``_manifest.json``; ``totals`` are derived from ``shards``."""
@@ -91,6 +94,12 @@ class Manifest:
     #: columns of ``data/`` as ``{"name", "type"}``; every shard's schema casts to it
     schema: list[dict[str, str]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    #: the ``chunking`` section the dataset was cut with (a rerun with another is refused)
+    chunking: dict[str, Any] | None = None
+    #: input file url → its signature (size and mtime or ETag) when it was last read
+    files: dict[str, str] = field(default_factory=dict)
+    #: input file url → ``[lines before, byte offset]`` checkpoints, to resume big files by seeking
+    offsets: dict[str, list[list[int]]] = field(default_factory=dict)
     #: keys this version does not know, kept so that saving does not drop them
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -121,6 +130,9 @@ class Manifest:
                 "runs": [dict(r) for r in data.get("runs") or []],
                 "progress": {str(k): int(v) for k, v in (data.get("progress") or {}).items()},
                 "schema": [dict(c) for c in data.get("schema") or []],
+                "chunking": dict(data["chunking"]) if data.get("chunking") is not None else None,
+                "files": {str(k): str(v) for k, v in (data.get("files") or {}).items()},
+                "offsets": {str(k): [[int(n), int(o)] for n, o in v] for k, v in (data.get("offsets") or {}).items()},
             }
         except (KeyError, TypeError, ValueError) as exc:
             raise SinkError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
@@ -150,20 +162,26 @@ class Manifest:
     # ------------------------------------------------------------ derived values
 
     @property
-    def totals(self) -> dict[str, int]:
-        """Sums over the shard entries (``records_read`` is the sum of ``records``)."""
-        t = dict.fromkeys(TOTAL_KEYS, 0)
+    def counts(self) -> Counts:
+        """Sums over the shard entries (``records_read`` is the sum of their ``records``)."""
+        total = Counts()
         for s in self.shards:
-            rows = int(s.get("rows", 0))
-            if s["kind"] == "data":
-                t["rows_embedded"] += rows
-            else:
-                t["rows_failed"] += rows
-            t["records_read"] += int(s.get("records", 0))
-            t["rows_reused"] += int(s.get("rows_reused", 0))
-            for key in ("requests", "retries", "prompt_tokens", "total_tokens"):
-                t[key] += int(s.get(key, 0))
-        return t
+            total += entry_counts(s)
+        return total
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """:attr:`counts` by name, as ``_manifest.json`` shows them."""
+        return self.counts.as_dict()
+
+    def done_upto(self, key: str) -> int:
+        """How far input ``key`` (a file url, plus its piece) is committed: a location, 0 if not started."""
+        return self.progress.get(key, 0)
+
+    def restart(self, key: str, url: str) -> None:
+        """Input ``key`` changed: read it again from the top, forgetting its checkpoints."""
+        self.progress.pop(key, None)
+        self.offsets.pop(url, None)
 
     def last_seq(self, rank: int, kind: str) -> int:
         """The highest shard seq of ``kind`` committed by ``rank``, or -1."""
@@ -176,8 +194,10 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (with ``totals``)."""
+        optional = {"chunking": self.chunking, "files": self.files, "offsets": self.offsets}
         return {
             **self.extra,
+            **{k: v for k, v in optional.items() if v},
             "format_version": self.format_version,
             "model": self.model,
             "input_type": self.input_type,
@@ -346,6 +366,9 @@ def merge(manifests: Iterable[Manifest]) -> Manifest:
         out.add_commit(part.shards, part.progress)
         out.schema = merge_schema(out.schema, part.schema)
         out.runs.extend(part.runs)
+        out.chunking = out.chunking or part.chunking
+        out.files.update(part.files)
+        out.offsets.update(part.offsets)
         for key, value in part.extra.items():
             out.extra.setdefault(key, value)
     out.shards.sort(key=lambda s: s["path"])
@@ -369,24 +392,6 @@ def merge_schema(old: list[dict[str, str]], new: list[dict[str, str]]) -> list[d
     return out
 
 
-# --------------------------------------------------------------------------- inspect
-
-
-def read_shard_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, dict[str, Any] | None]:
-    """Row count and ``pipeline`` schema metadata of one shard file, from its footer."""
-    with fs.open(path, "rb") as f:
-        if path.endswith(".arrow"):
-            reader = pa.ipc.open_file(f)
-            rows = reader.count_rows()
-            meta = reader.schema.metadata or {}
-        else:
-            md = pq.read_metadata(f)
-            rows = md.num_rows
-            meta = md.metadata or {}
-    raw = meta.get(META_KEY.encode())
-    return rows, (orjson.loads(raw) if raw else None)
-
-
 def load_dataset_manifest(fs: fsspec.AbstractFileSystem, root: str) -> Manifest | None:
     """The dataset as its files say: the merge of ``_manifests/*.json`` when there
     are per-rank parts (they are the truth; ``_manifest.json`` is their merged
@@ -395,53 +400,3 @@ def load_dataset_manifest(fs: fsspec.AbstractFileSystem, root: str) -> Manifest 
     if parts:
         return _merge_parts(parts, root)
     return Manifest.load(fs, root)
-
-
-def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
-    """A dataset as ``pipeline inspect`` shows it: the manifest, checked against the files.
-
-    Each listed shard is opened at its footer only; ``problems`` lists shards
-    that are missing, hold another row count than listed, or whose own
-    metadata disagrees with the manifest. Raises ``SinkError`` when ``root``
-    holds no manifest.
-    """
-    manifest = load_dataset_manifest(fs, root)
-    if manifest is None:
-        raise SinkError(f"no dataset at {root}: {MANIFEST} not found")
-    problems: list[str] = []
-    shards = []
-    for entry in manifest.shards:
-        path = join(root, entry["path"])
-        check: dict[str, Any] = {"exists": True, "file_rows": None, "metadata_matches": False}
-        try:
-            rows, meta = read_shard_footer(fs, path)
-        except FileNotFoundError:
-            check["exists"] = False
-            problems.append(f"{entry['path']}: listed in the manifest but missing")
-        except (OSError, pa.ArrowException, orjson.JSONDecodeError) as exc:
-            problems.append(f"{entry['path']}: unreadable ({exc})")
-        else:
-            check["file_rows"] = rows
-            check["metadata_matches"] = meta == entry
-            if rows != entry.get("rows"):
-                problems.append(f"{entry['path']}: {rows} rows in the file, {entry.get('rows')} listed")
-            elif meta != entry:
-                problems.append(f"{entry['path']}: its metadata differs from the manifest entry")
-        shards.append({**entry, **check})
-    return {
-        "path": root,
-        "format_version": manifest.format_version,
-        "model": manifest.model,
-        "input_type": manifest.input_type,
-        "embedding_type": manifest.embedding_type,
-        "dimensions": manifest.dimensions,
-        "schema": manifest.schema,
-        "totals": manifest.totals,
-        "runs": manifest.runs,
-        "shards": shards,
-        "data_shards": sum(1 for s in manifest.shards if s["kind"] == "data"),
-        "error_shards": sum(1 for s in manifest.shards if s["kind"] == "errors"),
-        "files_in_progress": len(manifest.progress),
-        "problems": problems,
-        "ok": not problems,
-    }

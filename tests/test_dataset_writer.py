@@ -1,4 +1,4 @@
-"""Tests for pipeline.sinks: shard files, commits, crash leftovers."""
+"""The file dataset sink: shard files, commits, crash leftovers (pipeline.dataset.writer)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import SinkConfig
-from pipeline.errors import SinkError
+from pipeline.errors import CommitFailed, SinkError
 from pipeline.dataset.manifest import Manifest
-from pipeline.dataset.writer import ERRORS_SCHEMA, DatasetWriter
+from pipeline.dataset.tables import ERRORS_SCHEMA
+from pipeline.dataset.writer import DatasetWriter
 from pipeline.types import Chunk, EmbeddedBatch, Failure, Usage
 from pipeline.embed.vectors import DTYPES, is_packed
 
+from conftest import FakeClock
+
 SRC = "file:///in/docs.jsonl"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def vectors(n: int, etype: str = "float", dims: int = 16, seed: int = 0) -> np.ndarray:
@@ -482,7 +477,7 @@ def test_close_records_the_run(tmp_path):
     assert run["started_at"] == "2024-01-01T00:00:00.000Z"
     assert run["status"] == "interrupted" and run["finished_at"]
     assert w.manifest.totals["rows_embedded"] == 2
-    with pytest.raises(SinkError, match="closed"):
+    with pytest.raises(CommitFailed, match="closed"):
         w.write(make_batch(1, 1))
 
 
@@ -495,10 +490,10 @@ def test_failed_publish_stops_the_writer(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken)
-    with pytest.raises(SinkError, match="disk full"):
+    with pytest.raises(CommitFailed, match="disk full"):
         w.commit()
     monkeypatch.undo()
-    with pytest.raises(SinkError, match="earlier commit"):
+    with pytest.raises(CommitFailed, match="earlier commit"):
         w.write(make_batch(1, 1, start=2))
     w.close("completed")
     assert w.manifest.shards == [] and w.manifest.runs[-1]["status"] == "failed"
