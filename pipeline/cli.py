@@ -16,14 +16,11 @@ import anyio
 
 from pipeline import __version__
 from pipeline.config import Config, load_config
-from pipeline.errors import ConfigError, FatalApiError, PipelineError, SinkError, SourceError
+from pipeline.errors import EXIT_SIGINT, PipelineError, SinkError
 from pipeline.logs import LogSetup, configure
 
 if TYPE_CHECKING:
-    from pipeline.jobs.run import RunResult
-
-EXIT_CONFIG = 2
-EXIT_FATAL = 3
+    from pipeline.jobs.outcome import RunResult
 
 
 def _fail(message: str, code: int, secrets: Sequence[str | None] = ()) -> int:
@@ -103,8 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         result = anyio.run(lambda: run_job(cfg, logs=logs, fresh=args.fresh))
-    except (SourceError, SinkError) as exc:
-        return _fail(str(exc), EXIT_CONFIG, [cfg.api_key])
+    except PipelineError as exc:
+        return _fail(str(exc), exc.exit_code, [cfg.api_key])
     finally:
         if logs.console is not None:
             logs.console.clear()
@@ -306,16 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(leaf, (PipelineError, KeyboardInterrupt)):
                 raise leaf from group
             raise
-    except ConfigError as exc:
-        return _fail(str(exc), EXIT_CONFIG)
-    except FatalApiError as exc:
-        return _fail(str(exc), EXIT_FATAL)
-    except (SourceError, SinkError) as exc:
-        return _fail(str(exc), EXIT_CONFIG)
     except PipelineError as exc:
-        return _fail(str(exc), 1)
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_SIGINT
 
 
 def run() -> None:

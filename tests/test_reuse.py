@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.dataset import reuse_index as reuse
 
-from pipeline.dataset import writer as sinks
+from pipeline.dataset import shard_file as sinks
 from pipeline.stages.chunk import make_hasher
 from pipeline.config import SinkConfig
 from pipeline.errors import SinkError

@@ -8,26 +8,16 @@ import anyio
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from pipeline.stages.chunk import make_hasher
-from pipeline.embed.http import Embedder, make_embedder
 from pipeline.config import Config
-from pipeline.errors import FatalApiError
-from pipeline.logs import get_logger
 from pipeline.dataset.manifest import utc_now
-from pipeline.jobs.run import (
-    EXIT_FATAL,
-    EXIT_OK,
-    EXIT_TOO_MANY_FAILED,
-    Progress,
-    RunResult,
-    first_leaf,
-    log_commits,
-    open_writer,
-    take_lease,
-    too_many_failed,
-)
+from pipeline.dataset.sink import open_sink
 from pipeline.dataset.writer import DatasetWriter
-from pipeline.types import Batch, Chunk, EmbeddedBatch, Failure, Usage
+from pipeline.embed.http import Embedder, make_embedder
+from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, CommitFailed, FatalApiError
+from pipeline.jobs.outcome import RunResult, first_leaf, log_commits, too_many_failed
+from pipeline.logs import get_logger
+from pipeline.stages.chunk import make_hasher
+from pipeline.types import Batch, Chunk, Counts, EmbeddedBatch, Failure, Usage
 
 #: error types worth sending again: the API's answers, not the input's faults
 RETRYABLE_ERRORS = frozenset({"api_error", "rejected"})
@@ -53,13 +43,19 @@ async def retry_failed(cfg: Config, *, embedder: Embedder | None = None) -> RunR
     errors shard, and the old shard leaves the manifest in the same save.
     """
     log = get_logger()
-    lease = await anyio.to_thread.run_sync(take_lease, cfg, log)
+    writer = await anyio.to_thread.run_sync(lambda: open_sink(cfg, started_at=utc_now(), metadata_fields=[]))
     try:
-        writer = await anyio.to_thread.run_sync(lambda: open_writer(cfg, lease, utc_now(), []))
         return await _retry(cfg, writer, embedder, log)
-    finally:
+    finally:  # after a bug: let go of the lease at least (a no-op after a clean close)
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lease.release)
+            await anyio.to_thread.run_sync(_close_quietly, writer)
+
+
+def _close_quietly(writer: DatasetWriter) -> None:
+    try:
+        writer.close("failed")
+    except CommitFailed:
+        pass
 
 
 async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, log: Any) -> RunResult:
@@ -68,7 +64,7 @@ async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, 
     old_shards = [s for s in writer.manifest.shards if s["kind"] == "errors" and mine in s["path"]]
     hasher = make_hasher(emb.model, emb.input_type, emb.embedding_type)
     embedder = embedder or make_embedder(emb, cfg.api_key)
-    progress = Progress()
+    done = Counts()
     status, code, message = "completed", EXIT_OK, None
     log.info("retry_started", shards=len(old_shards), sink=cfg.sink.path)
     try:
@@ -100,17 +96,22 @@ async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, 
                         usage=result.usage + carried, failures=result.failures, records=records,
                     )
                     carried, records = Usage(), 0
-                    progress.add(result)
+                    done += Counts.of(result)
                     await anyio.to_thread.run_sync(writer.write, result)
                 log_commits(log, await anyio.to_thread.run_sync(writer.commit))
                 log.info("shard_retried", path=old["path"], rows=old["rows"])
-    except* FatalApiError as group:
-        status, code, message = "failed", EXIT_FATAL, str(first_leaf(group))
+    except* (FatalApiError, CommitFailed) as group:
+        leaf = first_leaf(group)
+        status, code, message = "failed", leaf.exit_code, str(leaf)  # type: ignore[attr-defined]
     with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(writer.close, status)
-    totals = dict(writer.manifest.totals)
-    log.info("retry_finished", status=status, moved_to_data=progress.rows_embedded,
-             still_failed=progress.rows_failed, tokens=progress.total_tokens)
+        try:
+            await anyio.to_thread.run_sync(writer.close, status)
+        except CommitFailed as exc:
+            if code == EXIT_OK:
+                status, code, message = "failed", exc.exit_code, str(exc)
+    totals = writer.counts.as_dict()
+    log.info("retry_finished", status=status, moved_to_data=done.rows_embedded,
+             still_failed=done.rows_failed, tokens=done.total_tokens)
     if code == EXIT_OK and (too_many := too_many_failed(cfg, totals)):
         code, message = EXIT_TOO_MANY_FAILED, too_many
     return RunResult(status=status, exit_code=code, totals=totals, message=message)

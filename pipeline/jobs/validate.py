@@ -6,12 +6,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.stages.chunk import Chunker
-from pipeline.embed.http import estimate_tokens
 from pipeline.config import Config
-from pipeline.jobs.run import assign, file_items, open_reuse_index
-from pipeline.sources.readers import open_source
+from pipeline.embed.http import estimate_tokens
+from pipeline.jobs.inputs import list_inputs, open_reuse_index
+from pipeline.stages.chunk import Chunker
+from pipeline.stages.read import file_items
 from pipeline.types import Failure, FileEnd, InputFile
+
 
 @dataclass
 class Estimate:
@@ -37,8 +38,7 @@ def estimate(cfg: Config) -> Estimate:
     With ``run.reuse_from``, chunks the earlier dataset already holds are
     counted apart: they cost no token and no request.
     """
-    fs, files = open_source(cfg.source)
-    files = assign(cfg, fs, files)
+    fs, files = list_inputs(cfg)
     emb = cfg.embedding
     chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type)
     est = Estimate(files=files)
@@ -74,7 +74,7 @@ def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: 
            pending: list[tuple[str, int]], settle: Callable[[], None]) -> None:
     """Read every file, counting records, failures, chunks and estimated tokens."""
     for inp in files:
-        for item in file_items(cfg, fs, inp, 0):
+        for item in file_items(cfg.source, fs, inp, 0):
             if isinstance(item, FileEnd):
                 continue
             if isinstance(item, Failure):

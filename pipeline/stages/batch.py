@@ -9,15 +9,34 @@ each batch says how many records it completes and how far each file is done.
 from __future__ import annotations
 
 import math
-from typing import Awaitable, Callable, Iterable
+from typing import Iterable
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from pipeline.types import END_OF_FILE, Batch, Chunk, Failure, FileEnd
+from pipeline.types import END_OF_FILE, Batch, Chunk, Failure, FileEnd, Piece
 
-#: one record's outcome after chunking (its chunks, or why it failed), or a file's end
-Piece = tuple[Chunk, ...] | Failure | FileEnd
+
+class Window:
+    """How many batches may be out between the batcher and the writer's committed prefix.
+
+    The batcher enters before it sends a batch; the writer leaves once per
+    batch it has written or dropped. Answers come back in any order and the
+    writer holds early ones until the gap before them fills: the window
+    bounds that reorder buffer (and what a drain has to finish).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._slots = anyio.Semaphore(size)
+
+    async def enter(self) -> None:
+        """Wait for a free slot."""
+        await self._slots.acquire()
+
+    def leave(self, count: int = 1) -> None:
+        """Free ``count`` slots."""
+        for _ in range(count):
+            self._slots.release()
 
 
 class Batcher:
@@ -83,20 +102,19 @@ async def batch_stage(
     send: ObjectSendStream[Batch],
     *,
     batch_size: int,
+    window: Window | None = None,
     linger_s: float = 0.5,
-    before_send: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Read lists of pieces, send full batches; flush a partial one after
     ``linger_s`` without input, and at the end of the stream.
 
-    ``before_send`` is awaited before each batch goes out (the runner uses it
-    to bound how far ahead of the writer batches may run).
+    Each batch enters ``window`` before it goes out.
     """
     batcher = Batcher(batch_size)
 
     async def emit(batch: Batch) -> None:
-        if before_send is not None:
-            await before_send()
+        if window is not None:
+            await window.enter()
         await send.send(batch)
 
     async with receive, send:

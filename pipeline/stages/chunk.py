@@ -14,10 +14,13 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable
 
-from pipeline.config import ChunkingConfig
-from pipeline.types import Chunk, Failure, Record
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-__all__ = ["Chunker", "content_hash", "make_hasher", "split_spans", "split_text"]
+from pipeline.config import ChunkingConfig
+from pipeline.types import Chunk, Failure, FileEnd, Piece, Record
+
+__all__ = ["Chunker", "chunk_stage", "content_hash", "make_hasher", "split_spans", "split_text"]
 
 _SEP = b"\x1f"
 
@@ -312,14 +315,28 @@ class Chunker:
 
     @staticmethod
     def _failure(record: Record, error_type: str, message: str) -> Failure:
-        return Failure(
-            id=record.doc_id,
-            doc_id=record.doc_id,
-            chunk_index=0,
-            text=record.text,
-            source=record.source,
-            location=record.location,
-            error_type=error_type,
-            message=message,
-            part=record.part,
-        )
+        return Failure.of(record, error_type, message)
+
+    def cut(self, block: list[Record | Failure | FileEnd]) -> list[Piece]:
+        """Each record of a block as its chunks (or its failure); failures and ends pass through."""
+        out: list[Piece] = []
+        for item in block:
+            if isinstance(item, Record):
+                result = self(item)
+                out.append(result if isinstance(result, Failure) else tuple(result))
+            else:
+                out.append(item)
+        return out
+
+
+async def chunk_stage(
+    receive: ObjectReceiveStream[list[Record | Failure | FileEnd]],
+    send: ObjectSendStream[list[Piece]],
+    *,
+    chunker: Chunker,
+    cpu: anyio.CapacityLimiter,
+) -> None:
+    """Cut each block of records into chunks, in a worker thread."""
+    async with receive, send:
+        async for block in receive:
+            await send.send(await anyio.to_thread.run_sync(chunker.cut, block, limiter=cpu))

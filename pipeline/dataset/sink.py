@@ -1,0 +1,157 @@
+"""The Sink seam: where answers go, committed atomically with resume state and accounting.
+
+The job hands a sink batches in read order and asks it how far each input is
+committed; it never edits the sink's state itself. The file dataset
+(:class:`~pipeline.dataset.writer.DatasetWriter`) is the first sink.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence
+
+import fsspec
+
+from pipeline.config import Config
+from pipeline.dataset.lease import Lease
+from pipeline.dataset.manifest import load_rank
+from pipeline.dataset.writer import DatasetWriter
+from pipeline.errors import SinkError
+from pipeline.types import Counts, EmbeddedBatch
+
+
+class Sink(Protocol):
+    """What the job needs of a place that stores vectors.
+
+    Calls are synchronous (the job makes them in a worker thread) and never
+    overlap. Every ``commit*`` returns the shard entries it published.
+    """
+
+    @property
+    def counts(self) -> Counts:
+        """The dataset's totals as of the last commit."""
+        ...
+
+    def done_upto(self, key: str) -> int:
+        """How far input ``key`` is committed: a location, ``END_OF_FILE`` when whole, 0 if not started."""
+        ...
+
+    def signature(self, url: str) -> str | None:
+        """The signature (size and time or ETag) input ``url`` had when last read."""
+        ...
+
+    def set_signature(self, url: str, signature: str) -> None:
+        """Record ``url``'s signature with the next commit."""
+        ...
+
+    def restart(self, key: str, url: str) -> None:
+        """Input ``key`` changed: read it again from its top."""
+        ...
+
+    def offsets(self) -> dict[str, list[list[int]]]:
+        """Seek checkpoints of big input files."""
+        ...
+
+    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
+        """Seek checkpoints to save with the next commit."""
+        ...
+
+    def write_many(self, batches: Sequence[EmbeddedBatch]) -> list[dict[str, Any]]:
+        """Take answered batches (in read order); commit when a shard fills or is due."""
+        ...
+
+    def commit_due(self) -> bool:
+        """Whether open work has waited ``sink.shard_seconds`` (no I/O)."""
+        ...
+
+    def commit_if_due(self) -> list[dict[str, Any]]:
+        """Commit if :meth:`commit_due`."""
+        ...
+
+    def commit(self) -> list[dict[str, Any]]:
+        """Publish what was taken, with its accounting and resume marks, atomically."""
+        ...
+
+    def renew(self) -> None:
+        """Keep this writer's exclusive right alive between commits."""
+        ...
+
+    def close(self, status: str) -> None:
+        """Commit, record how the run ended, and let go of the right to write."""
+        ...
+
+
+def take_lease(cfg: Config, on_wait: Callable[[dict[str, Any]], None] | None = None) -> Lease:
+    """The write lease of this rank, waiting for a draining predecessor to let go."""
+    try:
+        fs, root = fsspec.core.url_to_fs(cfg.sink.path, **cfg.sink.storage_options)
+    except (ImportError, ValueError, OSError) as exc:
+        raise SinkError(f"cannot open sink.path {cfg.sink.path}: {exc}") from exc
+    lease = Lease(fs, root.rstrip("/"), cfg.run.rank)
+    # The lease is the run's first touch of the sink. Its backend's errors are
+    # not all OSError (botocore's EndpointConnectionError, NoCredentialsError;
+    # a bad storage option is a TypeError when s3fs first connects), so
+    # anything but our own error is translated here, as the source's listing does.
+    try:
+        lease.acquire(cfg.run.shutdown_grace_s + 10, on_wait=on_wait)  # an old dyno drains this long
+    except SinkError:
+        raise
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SinkError(f"sink.path {cfg.sink.path}: cannot write the lease {lease.path}: {reason}") from exc
+    return lease
+
+
+def open_sink(
+    cfg: Config,
+    *,
+    started_at: str,
+    metadata_fields: list[str],
+    fresh: bool = False,
+    on_wait: Callable[[dict[str, Any]], None] | None = None,
+) -> DatasetWriter:
+    """This rank's sink, holding its lease, refusing a dataset made with other settings.
+
+    ``fresh`` deletes an existing dataset at ``sink.path`` first (its
+    shards, manifests and errors; only with ``world_size: 1``).
+    """
+    lease = take_lease(cfg, on_wait)
+    try:
+        return _open_writer(cfg, lease, started_at, metadata_fields, fresh)
+    except BaseException:
+        lease.release()
+        raise
+
+
+def _open_writer(
+    cfg: Config, lease: Lease, started_at: str, metadata_fields: list[str], fresh: bool
+) -> DatasetWriter:
+    emb, fs = cfg.embedding, lease.fs
+    root = fs._strip_protocol(cfg.sink.path).rstrip("/")
+    if fresh:
+        if cfg.run.world_size != 1:
+            raise SinkError("--fresh deletes the whole dataset; use it with world_size 1 only")
+        for name in ("_manifest.json", "_manifests", "data", "errors"):
+            if fs.exists(f"{root}/{name}"):
+                fs.rm(f"{root}/{name}", recursive=True)
+    chunking = cfg.chunking.model_dump()
+    existing = load_rank(fs, root, cfg.run.rank, cfg.run.world_size)
+    recorded = existing.chunking if existing is not None and existing.chunking is not None else chunking
+    if recorded != chunking:
+        raise SinkError(
+            f"dataset at {cfg.sink.path} was cut with chunking {recorded}; this config says {chunking}. "
+            "Refusing to mix them: use another sink.path, or `pipeline run --fresh` to start it over"
+        )
+    writer = DatasetWriter(
+        cfg.sink,
+        rank=cfg.run.rank,
+        model=emb.model,
+        input_type=emb.input_type,
+        embedding_type=emb.embedding_type,
+        metadata_fields=metadata_fields,
+        run_started_at=started_at,
+        world_size=cfg.run.world_size,
+        fs=fs,
+        lease=lease,
+    )
+    writer.manifest.chunking = chunking
+    return writer

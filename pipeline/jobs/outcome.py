@@ -1,0 +1,49 @@
+"""How a command ended: its status, exit code, totals and the one line that says why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import Config
+
+
+@dataclass
+class RunResult:
+    """How the run ended."""
+
+    status: str  # completed | interrupted | failed | budget_exhausted
+    exit_code: int
+    totals: dict[str, int]
+    message: str | None = None
+
+
+def too_many_failed(cfg: Config, totals: dict[str, int]) -> str | None:
+    """Why the dataset fails ``run.max_failed_fraction`` (exit 1), or None when it does not."""
+    failed = totals.get("rows_failed", 0)
+    done = totals.get("rows_embedded", 0) + failed
+    if not done or failed / done <= cfg.run.max_failed_fraction:
+        return None
+    return (
+        f"{failed} of {done} rows failed, more than "
+        f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}; see {cfg.sink.path}/errors/"
+    )
+
+
+def log_commits(log: Any, entries: list[dict[str, Any]]) -> None:
+    """One ``shard_committed`` line per committed shard."""
+    for entry in entries:
+        log.info(
+            "shard_committed",
+            path=entry.get("path"),
+            rows=entry.get("rows"),
+            requests=entry.get("requests"),
+            tokens=entry.get("total_tokens"),
+        )
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

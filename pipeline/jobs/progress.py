@@ -1,0 +1,88 @@
+"""Progress of a run: counters, a logfmt line every 10 s, or a live line on a terminal."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from pipeline.logs import LogSetup, format_duration, get_logger
+from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch, InputFile
+
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass
+class Progress:
+    """Counters of this run, for progress lines and the summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    counts: Counts = field(default_factory=Counts)
+    files: int = 0
+    shards: int = 0
+    throttled: int = 0  # requests answered 429
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes of each input still to finish
+    bytes_total: int = 0
+    bytes_done: int = 0
+
+    def expect(self, inp: InputFile) -> None:
+        """Count ``inp`` (a file or a piece of one) among the bytes this run has to read."""
+        size = (inp.end or 0) - inp.start if inp.part.startswith("#bytes") else inp.size or 0
+        self.bytes_total += size - self.sizes.get(inp.key, 0)
+        self.sizes[inp.key] = size
+
+    def add(self, batch: EmbeddedBatch) -> None:
+        """Count a batch handed to the sink."""
+        for key, location in batch.marks:
+            if location >= END_OF_FILE and key in self.sizes:
+                self.bytes_done += self.sizes.pop(key)
+        self.counts += Counts.of(batch)
+
+    @property
+    def fraction(self) -> float | None:
+        """How much of this run's input is done, by bytes of finished files."""
+        return self.bytes_done / self.bytes_total if self.bytes_total else None
+
+    def fields(self) -> dict[str, Any]:
+        """The counters and rates, as log fields."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        fraction = self.fraction
+        eta = elapsed * (1 - fraction) / fraction if fraction else None
+        c = self.counts
+        return {
+            "records": c.records_read,
+            "rows": c.rows_embedded,
+            "failed": c.rows_failed,
+            "requests": c.requests,
+            "retries": c.retries,
+            "throttled": self.throttled,
+            "tokens": c.total_tokens,
+            "rows_per_s": round(c.rows_embedded / elapsed, 1),
+            "tokens_per_min": round(c.total_tokens / elapsed * 60),
+            "elapsed": format_duration(elapsed),
+            "done_pct": round(fraction * 100, 1) if fraction is not None else None,
+            "eta": format_duration(eta),
+        }
+
+
+async def report_progress(progress: Progress, logs: LogSetup | None) -> None:
+    """Report ``progress`` until cancelled: a live line on a terminal, else a line every 10 s."""
+    live = logs.console if logs and logs.live else None
+    log = get_logger()
+    every = 0.5 if live else PROGRESS_EVERY_S
+    while True:
+        await anyio.sleep(every)
+        fields = progress.fields()
+        if live is not None:
+            fraction = progress.fraction or 0.0
+            bar = "█" * int(fraction * 20) + "·" * (20 - int(fraction * 20))
+            live.show(
+                f"[{bar}] {fraction * 100:5.1f}%  eta {fields['eta']}  "
+                f"records {fields['records']:,}  rows {fields['rows']:,}  failed {fields['failed']:,}  "
+                f"tokens {fields['tokens']:,}  {fields['rows_per_s']:,.0f} rows/s  "
+                f"retries {fields['retries']}  429s {fields['throttled']}  {fields['elapsed']}"
+            )
+        else:
+            log.info("progress", **fields)

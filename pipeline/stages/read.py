@@ -1,0 +1,130 @@
+"""Read: stream the records of the input files, in blocks, from where each was committed.
+
+Blocking reads and parsing run in worker threads; a block of records makes
+one hop to the event loop. A file that breaks midway ends in one failure,
+and every file ends with a :class:`FileEnd`, so the writer knows when a file
+is whole.
+"""
+
+from __future__ import annotations
+
+import threading
+from itertools import islice
+from typing import Any, Callable, Iterator
+
+import anyio
+from anyio.abc import ObjectSendStream
+
+from pipeline.config import SourceConfig
+from pipeline.errors import SourceError
+from pipeline.logs import get_logger
+from pipeline.sources.readers import read_records
+from pipeline.types import END_OF_FILE, Failure, FileEnd, InputFile, Record
+
+READ_BLOCK = 512  # records per hop between the reader thread and the event loop
+
+#: what the read stage sends: a block of a file's records, failures and ends
+Item = Record | Failure | FileEnd
+
+
+def file_items(
+    cfg: SourceConfig, fs: Any, inp: InputFile, after: int, **seeking: Any
+) -> Iterator[Item]:
+    """A file's records after location ``after``, then its end; a file that breaks midway ends in one failure.
+
+    ``seeking`` (``seek``, ``on_checkpoint``) goes to :func:`read_records`.
+    """
+    last = after
+    try:
+        for item in read_records(cfg, fs, inp, after=after, **seeking):
+            last = item.location
+            yield item
+    except SourceError as exc:
+        where = f"{inp.key}:{last + 1}"
+        yield Failure(where, where, 0, None, inp.url, last + 1, "unreadable_file", str(exc), part=inp.part)
+    yield FileEnd(inp.key)
+
+
+class Checkpoints:
+    """Where lines start in big uncompressed jsonl files: ``(lines before, byte offset)``.
+
+    The reader reports one every 64 MB; they are facts about a file, not
+    progress, so they can be saved with any commit. A resumed read seeks to
+    the last one at or before its mark instead of reading the file from the top.
+    """
+
+    MAX_PER_FILE = 4096
+
+    def __init__(self, saved: dict[str, list[list[int]]] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._by_url: dict[str, list[list[int]]] = {url: [list(c) for c in cs] for url, cs in (saved or {}).items()}
+        self._dirty = False
+
+    def best(self, url: str, after: int) -> tuple[int, int] | None:
+        """The checkpoint to resume ``url`` after line ``after`` from, if any."""
+        with self._lock:
+            found = [c for c in self._by_url.get(url, []) if 0 < c[0] <= after]
+        return (found[-1][0], found[-1][1]) if found else None
+
+    def recorder(self, url: str) -> Callable[[int, int], None]:
+        """The ``on_checkpoint`` callback of one file's reader (called from its thread)."""
+
+        def record(lines: int, offset: int) -> None:
+            with self._lock:
+                known = self._by_url.setdefault(url, [])
+                if known and known[-1][0] >= lines:
+                    return
+                known.append([lines, offset])
+                if len(known) > self.MAX_PER_FILE:
+                    del known[::2]  # keep them spread over the file
+                self._dirty = True
+
+        return record
+
+    def changed(self) -> dict[str, list[list[int]]] | None:
+        """A copy of every checkpoint if some were added since the last call, else None."""
+        with self._lock:
+            if not self._dirty:
+                return None
+            self._dirty = False
+            return {url: [list(c) for c in cs] for url, cs in self._by_url.items()}
+
+    def forget(self, url: str) -> None:
+        """``url`` changed: its old checkpoints say nothing about it now."""
+        with self._lock:
+            if self._by_url.pop(url, None) is not None:
+                self._dirty = True
+
+
+def _take(iterator: Iterator[Item], n: int) -> list[Item]:
+    return list(islice(iterator, n))
+
+
+async def read_stage(
+    files: list[InputFile],
+    send: ObjectSendStream[list[Item]],
+    *,
+    cfg: SourceConfig,
+    fs: Any,
+    done_upto: Callable[[str], int],
+    checkpoints: Checkpoints,
+    cpu: anyio.CapacityLimiter,
+    on_file: Callable[[InputFile], None] = lambda _: None,
+) -> None:
+    """Send every record of ``files`` after what ``done_upto`` says is committed, a block at a time."""
+    log = get_logger()
+    async with send:
+        for inp in files:
+            after = done_upto(inp.key)
+            if after >= END_OF_FILE:
+                continue  # committed whole by an earlier run
+            on_file(inp)
+            seeking: dict[str, Any] = {}
+            if not inp.part:  # whole files: resume by seeking to a checkpoint
+                seeking = {"seek": checkpoints.best(inp.url, after), "on_checkpoint": checkpoints.recorder(inp.url)}
+            if after:
+                log.info("file_resumed", file=inp.key, after=after,
+                         seek_offset=(seeking.get("seek") or (None, None))[1])
+            iterator = file_items(cfg, fs, inp, after, **seeking)
+            while block := await anyio.to_thread.run_sync(_take, iterator, READ_BLOCK, limiter=cpu):
+                await send.send(block)
