@@ -92,14 +92,14 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``pipeline run``."""
-    from pipeline.jobs.run import run_job
+    from pipeline.jobs.executor import make_executor
 
     cfg = _load(args)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
     # until the run's own handler is listening, SIGTERM still means "stop": exit 143, not -15
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        result = anyio.run(lambda: run_job(cfg, logs=logs, fresh=args.fresh))
+        result = anyio.run(lambda: make_executor(cfg).run(cfg, logs=logs, fresh=args.fresh))
     except PipelineError as exc:
         return _fail(str(exc), exc.exit_code, [cfg.api_key])
     finally:

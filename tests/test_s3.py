@@ -24,7 +24,7 @@ from moto.server import ThreadedMotoServer
 
 from conftest import ROOT, pipeline_cmd, run_cli, serve_process
 from pipeline.config import SinkConfig, SourceConfig
-from pipeline.errors import SinkError
+from pipeline.errors import CommitFailed, SinkError
 from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.sources.readers import open_source, read_records
@@ -347,7 +347,7 @@ def test_failed_multipart_upload_leaves_no_object(s3: s3fs.S3FileSystem, monkeyp
     monkeypatch.setattr(fs, "_call_s3", flaky)
     writer = open_writer(fs, f"s3://{bucket}/ds")
     writer.write(big_batch())
-    with pytest.raises(SinkError):
+    with pytest.raises(CommitFailed):
         writer.commit()
     assert "create_multipart_upload" in calls and "abort_multipart_upload" in calls
     assert "complete_multipart_upload" not in calls

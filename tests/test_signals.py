@@ -115,7 +115,8 @@ def test_sigkill_then_rerun_loses_nothing(tmp_path: Path, seed: int) -> None:
 
 def test_second_writer_waits_then_refuses(tmp_path: Path) -> None:
     """A second run on the same dataset while the first still writes is refused with one clear line."""
-    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "300") as url:
+    # slow enough that the first run cannot finish (and let go) within the second's 10 s wait
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "2000") as url:
         job = write_job(tmp_path, url, shutdown_grace_s=0)
         first = start(job)
         wait_for_commits(first, 1)

@@ -190,34 +190,6 @@ async def test_fault_storm_loses_nothing(tmp_path: Path) -> None:
     assert result.totals["prompt_tokens"] == stats["prompt_tokens"]
 
 
-async def test_retry_failed_moves_successes_to_data(tmp_path: Path) -> None:
-    """retry-failed re-embeds api errors: successes move to data/, the rest stay, totals still add up."""
-    from pipeline.jobs.retry_failed import retry_failed
-
-    (tmp_path / "in").mkdir()
-    lines = write_corpus(tmp_path / "in" / "a.jsonl", 300)  # two unusable lines among them
-    cfg = make_config(tmp_path, "http://placeholder", embedding={"max_attempts": 1, "batch_size": 10})
-    # every request fails with 503 and attempts run out: all usable rows land in errors/
-    first, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8, fail_503=1.0))
-    assert first.exit_code == 1 and first.totals["rows_failed"] == 302
-    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
-        retry_cfg = cfg.model_copy(update={"embedding": cfg.embedding.model_copy(update={"url": server.url})})
-        with anyio.fail_after(30):
-            result = await retry_failed(retry_cfg)
-        stats = server.stats.snapshot()
-    assert result.exit_code == 0  # the two unusable lines still fail, within the 1% allowed
-    data, errors = read_dataset(tmp_path), read_dataset(tmp_path, "errors")
-    assert data.num_rows == 300 and errors.num_rows == 2
-    assert sorted(errors["error_type"].to_pylist()) == ["empty_text", "invalid_json"]
-    assert result.totals["records_read"] == lines
-    assert result.totals["rows_embedded"] == 300 and result.totals["rows_failed"] == 2
-    assert result.totals["prompt_tokens"] == stats["prompt_tokens"]
-    assert result.totals["requests"] == first.totals["requests"] + stats["requests"]
-    listed = {s["path"] for s in json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"]}
-    on_disk = {f"{p.parent.name}/{p.name}" for p in (tmp_path / "out").glob("*/part-*")}
-    assert listed == on_disk  # the replaced errors shards are gone from disk too
-
-
 async def test_world_size_3_covers_everything_once(tmp_path: Path) -> None:
     """Three workers (rank 0..2 of 3) together embed every record exactly once; _manifest.json merges them."""
     (tmp_path / "in").mkdir()
@@ -312,3 +284,29 @@ async def test_four_workers_share_one_big_file(tmp_path: Path) -> None:
     assert len(pieces) > 8  # both files were cut into pieces
     ranks = {s["path"][len("data/part-"):][:5] for s in manifest["shards"]}
     assert ranks == {"00000", "00001", "00002", "00003"}
+
+
+async def test_disk_full_mid_run_is_exit_4_with_earlier_commits_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit failing mid-run (disk full) stops with exit 4, not 2 (reserved for 'nothing started'); earlier shards stay."""
+    from pipeline.dataset import shard_file
+
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 1000, bad=False)
+    publish = shard_file.ShardFile.publish
+    calls = 0
+
+    def fill_up(self: Any, entry: dict) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 2:
+            raise OSError(28, "No space left on device")
+        publish(self, entry)
+
+    monkeypatch.setattr(shard_file.ShardFile, "publish", fill_up)
+    cfg = make_config(tmp_path, "http://placeholder", sink={"shard_rows": 100})
+    result, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert result.exit_code == 4 and result.status == "failed"
+    assert "No space left on device" in (result.message or "")
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert len(manifest["shards"]) == 2 and manifest["runs"][-1]["status"] == "failed"
+    assert read_dataset(tmp_path).num_rows == sum(s["rows"] for s in manifest["shards"]) == result.totals["rows_embedded"]

@@ -1,4 +1,4 @@
-"""Tests for pipeline.chunking: splitting, the three strategies, content hashes."""
+"""Cutting records (pipeline.stages.chunk): splitting, the three strategies, content hashes."""
 
 from __future__ import annotations
 
