@@ -1,0 +1,10 @@
+"""Where vectors are kept, and the on-disk format of a file dataset.
+
+- :mod:`.sink`: the Sink protocol the job writes through, and :func:`~.sink.open_sink`
+- :mod:`.writer`: the file dataset as a sink (shards, then the manifest, per commit)
+- :mod:`.shard_file`, :mod:`.tables`: one shard file being written; rows as Arrow tables
+- :mod:`.manifest`: ``_manifest.json``, the ledger (shards, totals, runs, resume state)
+- :mod:`.lease`: one writer per rank
+- :mod:`.reuse_index`: the content-hash index of an earlier dataset (``run.reuse_from``)
+- :mod:`.inspect`: ``pipeline inspect``'s view, checked against the files
+"""
