@@ -96,8 +96,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
-    # until the run's own handler is listening, SIGTERM still means "stop": exit 143, not -15
+    # until the run's own handler is listening, SIGTERM and SIGHUP still mean "stop": exit 143/129, not -15
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
     try:
         result = anyio.run(lambda: make_executor(cfg).run(cfg, logs=logs, fresh=args.fresh))
     except PipelineError as exc:

@@ -310,3 +310,37 @@ async def test_disk_full_mid_run_is_exit_4_with_earlier_commits_intact(tmp_path:
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert len(manifest["shards"]) == 2 and manifest["runs"][-1]["status"] == "failed"
     assert read_dataset(tmp_path).num_rows == sum(s["rows"] for s in manifest["shards"]) == result.totals["rows_embedded"]
+
+
+async def test_a_drain_sends_no_new_batch(tmp_path: Path) -> None:
+    """After a stop is requested only requests already in flight finish: read-ahead is not embedded."""
+    import signal
+
+    from pipeline.jobs.run import Job
+
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 3000, bad=False)
+    cfg = make_config(tmp_path, "http://placeholder", embedding={"batch_size": 10, "concurrency": 2},
+                      sink={"shard_rows": 20})
+    async with running_server(ServerOptions(port=0, fake=True, dimensions=8, latency_ms=200)) as server:
+        cfg = cfg.model_copy(update={"embedding": cfg.embedding.model_copy(update={"url": server.url})})
+        job = Job(cfg, handle_signals=False)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                outcome: list[Any] = []
+
+                async def run_it() -> None:
+                    outcome.append(await job.run())
+
+                tg.start_soon(run_it)
+                while job.progress.shards < 1:  # wait for a condition: the first commit
+                    await anyio.sleep(0.05)
+                sent_before = server.stats.snapshot()["requests"]
+                job.shutdown.request(signal.SIGTERM)
+        sent_after = server.stats.snapshot()["requests"]
+    result = outcome[0]
+    assert result.exit_code == 143 and result.status == "interrupted"
+    # the window holds up to 4 × concurrency batches read ahead; only the 2 in flight may still be sent
+    assert sent_after - sent_before <= 2
+    rows = read_dataset(tmp_path).num_rows
+    assert rows == result.totals["rows_embedded"] and rows < 3000

@@ -96,6 +96,23 @@ def test_sigterm_drains_commits_and_resumes(tmp_path: Path, seed: int) -> None:
     check_dataset(tmp_path)
 
 
+def test_sighup_commits_like_sigterm(tmp_path: Path) -> None:
+    """SIGHUP (a closed terminal or SSH session) drains and commits like SIGTERM, and exits 129."""
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "20") as url:
+        job = write_job(tmp_path, url)
+        proc = start(job)
+        wait_for_commits(proc, 2)
+        proc.send_signal(signal.SIGHUP)
+        code, err = finish(proc)
+        assert code == 129, err
+        assert "signal=SIGHUP" in err and "status=interrupted" in err
+        assert "a second signal stops at once" in err
+        manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+        assert manifest["runs"][-1]["status"] == "interrupted"
+        assert run_cli("run", str(job)).returncode == 0
+    check_dataset(tmp_path)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_sigkill_then_rerun_loses_nothing(tmp_path: Path, seed: int) -> None:
     """SIGKILL at a random point, twice; the reruns finish with every record exactly once."""

@@ -62,8 +62,8 @@ class Progress:
             "rows_per_s": round(c.rows_embedded / elapsed, 1),
             "tokens_per_min": round(c.total_tokens / elapsed * 60),
             "elapsed": format_duration(elapsed),
-            "done_pct": round(fraction * 100, 1) if fraction is not None else None,
-            "eta": format_duration(eta),
+            # a run with nothing to read shows neither (not "done_pct= eta=?")
+            **({"done_pct": round(fraction * 100, 1), "eta": format_duration(eta)} if fraction is not None else {}),
         }
 
 
@@ -72,14 +72,19 @@ async def report_progress(progress: Progress, logs: LogSetup | None) -> None:
     live = logs.console if logs and logs.live else None
     log = get_logger()
     every = 0.5 if live else PROGRESS_EVERY_S
+    throttled = 0
     while True:
         await anyio.sleep(every)
         fields = progress.fields()
+        if progress.throttled > throttled and live is None:  # one summary line, not one per 429
+            log.info("rate_limited", answered_429=progress.throttled - throttled, in_last_s=every,
+                     hint="the endpoint's rate limit is binding; requests wait and are retried")
+            throttled = progress.throttled
         if live is not None:
             fraction = progress.fraction or 0.0
             bar = "█" * int(fraction * 20) + "·" * (20 - int(fraction * 20))
             live.show(
-                f"[{bar}] {fraction * 100:5.1f}%  eta {fields['eta']}  "
+                f"[{bar}] {fraction * 100:5.1f}%  eta {fields.get('eta', '?')}  "
                 f"records {fields['records']:,}  rows {fields['rows']:,}  failed {fields['failed']:,}  "
                 f"tokens {fields['tokens']:,}  {fields['rows_per_s']:,.0f} rows/s  "
                 f"retries {fields['retries']}  429s {fields['throttled']}  {fields['elapsed']}"

@@ -30,7 +30,7 @@ from pipeline.jobs.watch import note_inputs, watch_source
 from pipeline.logs import LogSetup, get_logger
 from pipeline.stages.batch import Window, batch_stage
 from pipeline.stages.chunk import Chunker, chunk_stage
-from pipeline.stages.embed import BudgetGate, embed_stage
+from pipeline.stages.embed import SendGate, embed_stage
 from pipeline.stages.read import Checkpoints, Item, read_stage
 from pipeline.stages.write import Committer, write_stage
 from pipeline.types import Batch, EmbeddedBatch, InputFile, Piece, Skipped
@@ -53,9 +53,9 @@ class Job:
         self.cfg = cfg
         self.log = get_logger()
         self.progress = Progress()
-        self.shutdown = Shutdown(cfg.run.shutdown_grace_s)
         self.budget = Budget(cfg.run.max_tokens) if cfg.run.max_tokens else None
-        self.gate = BudgetGate(self._budget_spent)
+        self.gate = SendGate(self._budget_spent)
+        self.shutdown = Shutdown(cfg.run.shutdown_grace_s, on_request=self.gate.close)
         emb = cfg.embedding
         self.chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type,
                                embedding_type=emb.embedding_type)
@@ -131,7 +131,7 @@ class Job:
                 index.close()
         if status == "completed" and self.shutdown.exit_code is not None:
             status, code = "interrupted", self.shutdown.exit_code
-        elif status == "completed" and self.gate.closed:
+        elif status == "completed" and self.gate.budget_spent:
             assert self.budget is not None
             status, message = "budget_exhausted", (
                 f"stopped before spending more than run.max_tokens={cfg.run.max_tokens:,} tokens "
@@ -225,9 +225,9 @@ class Job:
         log_commits(self.log, entries)
 
     def _on_retry(self, exc: ApiError, attempt: int) -> None:
-        if exc.status == 429:
+        if exc.status == 429:  # counted in the progress line: one line per 429 would bury the rest
             self.progress.throttled += 1
-        self.log.info("request_retried", attempt=attempt, status=exc.status, reason=exc.message)
+        self.log.debug("request_retried", attempt=attempt, status=exc.status, reason=exc.message)
 
     def _budget_spent(self, reason: str) -> None:
         self.log.warning("budget_exhausted", max_tokens=self.cfg.run.max_tokens, reason=reason)
