@@ -344,3 +344,16 @@ async def test_a_drain_sends_no_new_batch(tmp_path: Path) -> None:
     assert sent_after - sent_before <= 2
     rows = read_dataset(tmp_path).num_rows
     assert rows == result.totals["rows_embedded"] and rows < 3000
+
+
+async def test_a_sink_inside_the_source_is_not_read_back(tmp_path: Path) -> None:
+    """With sink.path under source.path, reruns never embed the dataset's own shards."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 50, bad=False)
+    cfg = make_config(tmp_path, "http://placeholder", source={"path": str(tmp_path / "in"), "format": "auto"},
+                      sink={"path": str(tmp_path / "in" / "embedded")})
+    for _ in range(2):
+        result, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+        assert result.exit_code == 0
+    manifest = json.loads((tmp_path / "in" / "embedded" / "_manifest.json").read_text())
+    assert manifest["totals"]["rows_embedded"] == 50 == manifest["totals"]["records_read"]
