@@ -267,23 +267,31 @@ class Manifest:
     # ------------------------------------------------------------ saving
 
     def save(self, fs: fsspec.AbstractFileSystem, root: str, name: str = MANIFEST) -> None:
-        """Write atomically: local → temp file, fsync, rename; object store → one PUT."""
+        """Write atomically: local → temp file, fsync, rename; object store → one PUT.
+
+        The store's errors are raised as they come: the writer retries the
+        transient ones and translates what is left.
+        """
         path = join(root, name)
         data = self.to_json()
+        if not is_local(fs):
+            fs.pipe_file(path, data)
+            return
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        # unique: with several ranks, two processes may rebuild _manifest.json at once
+        tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            if is_local(fs):
-                fs.makedirs(os.path.dirname(path), exist_ok=True)
-                # unique: with several ranks, two processes may rebuild _manifest.json at once
-                tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            else:
-                fs.pipe_file(path, data)
-        except OSError as exc:
-            raise SinkError(f"cannot write {path}: {exc}") from exc
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                try:
+                    os.remove(tmp)
+                except OSError:
+                    pass
 
 
 def load_rank(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import orjson
@@ -94,8 +94,12 @@ class ShardFile:
         else:
             self._writer.write_table(table.combine_chunks())
 
-    def publish(self, entry: dict[str, Any]) -> None:
-        """Finish the file with ``entry`` in its schema metadata and put it in place."""
+    def publish(self, entry: dict[str, Any], retry: Callable[[Callable[[], None], str], None]) -> None:
+        """Finish the file with ``entry`` in its schema metadata and put it in place.
+
+        ``retry(operation, what)`` runs the step that may meet a blinking
+        store (the upload), retrying it as it sees fit.
+        """
         meta = {META_KEY: _json(entry).decode()}
         self._flush()
         if self.fmt == "parquet":
@@ -117,10 +121,8 @@ class ShardFile:
                 os.fsync(f.fileno())
             os.replace(ready, self.final)
         else:
-            try:
-                self.fs.put_file(ready, self.final)
-            finally:
-                os.remove(ready)
+            retry(lambda: self.fs.put_file(ready, self.final), f"uploading {self.rel}")
+            os.remove(ready)
 
     def _restream(self, target: str, meta: dict[str, str]) -> None:
         codec = self.compression if self.compression in IPC_CODECS else None
@@ -144,5 +146,5 @@ class ShardFile:
         for path in (self.tmp, self.tmp[: -len(".tmp")] + ".meta.tmp"):
             try:
                 os.remove(path)
-            except FileNotFoundError:
+            except OSError:  # gone already, or a read-only directory: the next start cleans up
                 pass

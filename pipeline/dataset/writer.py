@@ -23,10 +23,11 @@ import pyarrow as pa
 
 from pipeline.config import SinkConfig
 from pipeline.dataset.lease import Lease
+from pipeline.dataset.retrying import StoreRetry
 from pipeline.dataset.manifest import Manifest, join, load_rank, save_rank, shard_rank_seq, utc_now
 from pipeline.dataset.shard_file import ShardFile
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
-from pipeline.errors import CommitFailed, SinkError
+from pipeline.errors import CommitFailed, PipelineError, SinkError
 from pipeline.types import Counts, EmbeddedBatch
 
 KINDS = ("data", "errors")
@@ -76,12 +77,14 @@ class DatasetWriter:
         clock: Callable[[], float] = time.monotonic,
         world_size: int = 1,
         lease: Lease | None = None,
+        retry: StoreRetry | None = None,
     ) -> None:
         """Open (or create) the dataset at ``cfg.path`` for this rank.
 
         ``lease`` (held by the caller) is renewed before every manifest save,
         which stops if another writer took it (fencing); :meth:`close`
-        releases it.
+        releases it. Uploads, saves and renewals that meet a blinking store
+        are retried by ``retry`` (a minute, by default).
 
         Loads the manifest (checking it was made with the same model and
         types), deletes what a crash of this rank left behind (hidden temp
@@ -92,6 +95,7 @@ class DatasetWriter:
         self.world_size = world_size
         self._clock = clock
         self._lease = lease
+        self._retry = retry or StoreRetry()
         if fs is None:
             try:
                 fs, root = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
@@ -245,8 +249,12 @@ class DatasetWriter:
             # then claim them, so the writer refuses any further batch
             self._failed = exc
             self._discard()
-            if isinstance(exc, (OSError, pa.ArrowException)):
-                raise CommitFailed(f"cannot commit shards to {self.cfg.path}: {exc}") from exc
+            if isinstance(exc, Exception) and not isinstance(exc, PipelineError):  # the store's, after retries
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                raise CommitFailed(
+                    f"cannot commit shards to {self.cfg.path}: {reason}; "
+                    "what was committed before is intact, run again to resume"
+                ) from exc
             raise
         if old is not None:  # listed nowhere now; a crash before this line leaves a file _clean_up removes
             self.fs.rm_file(join(self.root, old["path"]))
@@ -340,7 +348,7 @@ class DatasetWriter:
                 "finished_at": finished_at,
                 **counts,
             }
-            shard.publish(entry)
+            shard.publish(entry, self._retry)
             entries.append(entry)
         return entries
 
@@ -352,21 +360,32 @@ class DatasetWriter:
 
     def _renew_lease(self) -> None:
         assert self._lease is not None
+        lease = self._lease
         try:
-            self._lease.renew()
+            self._retry(lease.renew, f"renewing the lease {lease.path}")
         except SinkError as exc:
             raise CommitFailed(str(exc)) from exc
-        except Exception as exc:  # the store's own errors (botocore, OSError)
+        except Exception as exc:  # the store's own errors (botocore, OSError), after retries
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise CommitFailed(f"cannot renew the write lease {self._lease.path}: {reason}") from exc
+            raise CommitFailed(
+                f"cannot renew the write lease {lease.path}: {reason}; what was committed is intact, "
+                "run again to resume"
+            ) from exc
 
     def _save(self) -> None:
         if self._lease is not None:
             self._renew_lease()
         try:
-            save_rank(self._manifest, self.fs, self.root, self.rank, self.world_size)
+            self._retry(lambda: save_rank(self._manifest, self.fs, self.root, self.rank, self.world_size),
+                        "saving the manifest")
         except SinkError as exc:
             raise CommitFailed(str(exc)) from exc
+        except Exception as exc:  # the store's own errors, after retries
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise CommitFailed(
+                f"cannot save the manifest of {self.cfg.path}: {reason}; what was committed before is intact, "
+                "run again to resume"
+            ) from exc
 
 
 # --------------------------------------------------------------------------- opening
