@@ -357,3 +357,25 @@ async def test_a_sink_inside_the_source_is_not_read_back(tmp_path: Path) -> None
         assert result.exit_code == 0
     manifest = json.loads((tmp_path / "in" / "embedded" / "_manifest.json").read_text())
     assert manifest["totals"]["rows_embedded"] == 50 == manifest["totals"]["records_read"]
+
+
+async def test_a_deleted_shard_is_rebuilt_by_the_next_run(tmp_path: Path) -> None:
+    """A shard removed from under the dataset (a lifecycle rule, rm) is noticed and its rows embedded again, once."""
+    (tmp_path / "in").mkdir()
+    lines = write_corpus(tmp_path / "in" / "a.jsonl", 1000)
+    write_corpus(tmp_path / "in" / "b.jsonl", 500, prefix="other")
+    cfg = make_config(tmp_path, "http://placeholder", embedding={"batch_size": 50}, sink={"shard_rows": 100})
+    first, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert first.exit_code == 0
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    victim = [s["path"] for s in manifest["shards"] if s["kind"] == "data"][4]
+    (tmp_path / "out" / victim).unlink()
+    second, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert second.exit_code == 0
+    data = read_dataset(tmp_path)
+    ids = data["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 1500
+    assert second.totals["rows_embedded"] == 1500 and second.totals["records_read"] == lines + 502
+    listed = {s["path"] for s in json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"]}
+    on_disk = {f"{p.parent.name}/{p.name}" for p in (tmp_path / "out").glob("*/part-*")}
+    assert listed == on_disk

@@ -28,6 +28,7 @@ from pipeline.dataset.manifest import Manifest, join, load_rank, save_rank, shar
 from pipeline.dataset.shard_file import ShardFile
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
 from pipeline.errors import CommitFailed, PipelineError, SinkError
+from pipeline.logs import get_logger
 from pipeline.types import Counts, EmbeddedBatch
 
 KINDS = ("data", "errors")
@@ -109,6 +110,7 @@ class DatasetWriter:
         self._compression = None if cfg.compression in (None, "none") else cfg.compression
         try:
             manifest = _load_or_create(fs, self.root, cfg.path, rank, world_size, model, input_type, embedding_type)
+            _forget_missing(fs, self.root, cfg.path, rank, manifest)
             _clean_up(fs, self.root, rank, manifest)
         except OSError as exc:
             raise SinkError(f"cannot open the dataset at {cfg.path}: {exc}") from exc
@@ -411,6 +413,41 @@ def _load_or_create(
             "but no manifest; refusing to write into it (use another sink.path)"
         )
     return Manifest.new(model, input_type, embedding_type)
+
+
+def _forget_missing(fs: fsspec.AbstractFileSystem, root: str, where: str, rank: int, manifest: Manifest) -> None:
+    """Shards of this rank deleted from under the dataset (a lifecycle rule, a hand ``rm``): rebuild them.
+
+    Commits are a prefix of each rank's input in read order, so the first
+    missing shard and every later one of this rank leave the manifest (their
+    files are then strays), and how far each input is done is recomputed
+    from the shards that remain: the next read embeds their rows again.
+    Shards written by ``retry-failed`` carry no read position; with one of
+    them among the later shards the dataset is refused instead.
+    """
+    mine = [s for s in manifest.shards if (rs := shard_rank_seq(s["path"])) is not None and rs[0] == rank]
+    present = {p for k in KINDS for p in _glob(fs, root, f"{k}/part-{rank:05d}-*")}
+    missing = [s for s in mine if join(root, s["path"]) not in present]
+    if not missing:
+        return
+    first = mine.index(missing[0])
+    dropped = mine[first:]
+    names = ", ".join(s["path"] for s in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    if any(s["rows"] and not s.get("marks") and s["kind"] == "data" for s in dropped):
+        raise SinkError(
+            f"{where}: {len(missing)} listed shard(s) are missing ({names}) and pipeline retry-failed "
+            "moved rows after them; restore the files, or `pipeline run --fresh` to start the dataset over"
+        )
+    kept = [s for s in manifest.shards if s not in dropped]
+    manifest.shards[:] = kept
+    manifest.progress.clear()
+    for entry in kept:
+        for key, location in (entry.get("marks") or {}).items():
+            manifest.progress[key] = max(int(location), manifest.progress.get(key, -1))
+    get_logger().warning(
+        "shards_missing", missing=names, count=len(missing), rebuilding_rows=sum(s["rows"] for s in dropped),
+        hint="these shards and the later ones of this rank leave the manifest; their rows are embedded again",
+    )
 
 
 def _clean_up(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Manifest) -> None:
