@@ -1,0 +1,154 @@
+"""The embeddings API as the server sees it: request rules, error bodies, answer bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pipeline.config import MAX_BATCH, MAX_CHARS
+from pipeline.embed.vectors import EMBEDDING_TYPES, encode_base64
+
+INPUT_TYPES: tuple[str, ...] = ("search_document", "search_query", "classification", "clustering")
+ENCODING_FORMATS: tuple[str, ...] = ("raw", "base64")
+
+_KNOWN_FIELDS = frozenset(
+    {"model", "input", "input_type", "encoding_format", "embedding_type", "allow_ignored_params"}
+)
+# OpenAI SDKs send these on every request; rejecting them would break those clients.
+_TOLERATED_FIELDS = frozenset({"dimensions", "user"})
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingsRequest:
+    """A validated ``POST /v1/embeddings`` body."""
+
+    model: str
+    texts: list[str]
+    input_type: str | None
+    encoding_format: str
+    embedding_type: str
+
+
+class BadRequest(Exception):
+    """The request body breaks a rule of the API (answered 400)."""
+
+    def __init__(self, message: str, param: str | None, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def parse_request(payload: Any) -> EmbeddingsRequest:
+    """Validate a decoded JSON body against the API's rules; raises :class:`BadRequest`."""
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object", None, "invalid_type")
+    allow_ignored = payload.get("allow_ignored_params")
+    if allow_ignored is not None and not isinstance(allow_ignored, bool):
+        raise BadRequest("'allow_ignored_params' must be a boolean", "allow_ignored_params", "invalid_type")
+    if not allow_ignored:
+        for name in payload:
+            if name not in _KNOWN_FIELDS and name not in _TOLERATED_FIELDS:
+                raise BadRequest(
+                    f"unknown parameter '{name}' (set allow_ignored_params to ignore it)",
+                    name,
+                    "unknown_parameter",
+                )
+    model = payload.get("model")
+    if model is None:
+        raise BadRequest("'model' is required", "model", "missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' must be a non-empty string", "model", "invalid_type")
+    return EmbeddingsRequest(
+        model=model,
+        texts=_parse_input(payload.get("input")),
+        input_type=_one_of(payload, "input_type", INPUT_TYPES, None),
+        encoding_format=_one_of(payload, "encoding_format", ENCODING_FORMATS, "raw"),
+        embedding_type=_one_of(payload, "embedding_type", EMBEDDING_TYPES, "float"),
+    )
+
+
+def _parse_input(value: Any) -> list[str]:
+    if value is None:
+        raise BadRequest("'input' is required", "input", "missing_required_parameter")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts:
+        raise BadRequest("'input' must be a string or a non-empty array of strings", "input", "invalid_type")
+    if len(texts) > MAX_BATCH:
+        raise BadRequest(
+            f"'input' has {len(texts)} items; at most {MAX_BATCH} are allowed", "input", "too_many_inputs"
+        )
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise BadRequest(f"input {i} is not a string", "input", "invalid_type")
+        if not text:
+            raise BadRequest(f"input {i} is empty", "input", "invalid_value")
+        if len(text) > MAX_CHARS:
+            raise BadRequest(
+                f"input {i} has {len(text)} characters; at most {MAX_CHARS} are allowed",
+                "input",
+                "input_too_long",
+            )
+    return texts
+
+
+def _one_of(payload: dict, name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+    value = payload.get(name)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise BadRequest(
+            f"'{name}' must be one of {', '.join(allowed)}; got {orjson.dumps(value).decode()}",
+            name,
+            "invalid_value",
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer: status, JSON body, extra headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def error_reply(
+    status: int,
+    message: str,
+    code: str,
+    *,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> Reply:
+    """An OpenAI-style error answer."""
+    error = {"message": message, "type": type_, "param": param, "code": code}
+    return Reply(status, orjson.dumps({"error": error}), headers)
+
+
+def method_not_allowed(allowed: bytes) -> Reply:
+    """A 405 naming the one method the path takes."""
+    return error_reply(405, "method not allowed", "method_not_allowed", headers=((b"allow", allowed),))
+
+
+def embeddings_body(
+    vectors: np.ndarray, request: EmbeddingsRequest, order: list[int], tokens: int
+) -> bytes:
+    """The JSON answer carrying ``vectors`` (already quantised) at the indices in ``order``."""
+    if request.encoding_format == "base64":
+        items: list[Any] = encode_base64(vectors, request.embedding_type)
+    else:
+        items = list(vectors)  # numpy rows; orjson writes them as JSON numbers
+    data = [{"object": "embedding", "index": i, "embedding": items[i]} for i in order]
+    body = {
+        "object": "list",
+        "data": data,
+        "model": request.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,199 @@
+"""`pipeline serve` over HTTP: routes, connections, injected faults, and the process."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+
+import anyio
+import h11
+import httpx
+import numpy as np
+import orjson
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from conftest import ROOT
+from serve_helpers import assert_openai_error, post, serving, vectors
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_bare_embeddings_path_and_health() -> None:
+    """``/embeddings`` works like ``/v1/embeddings``, and ``/health`` answers 200."""
+    async with serving() as (_, client):
+        assert (await client.post("/embeddings", json={"model": "m", "input": "hi"})).status_code == 200
+        assert (await client.get("/health")).status_code == 200
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection() -> None:
+    """One TCP connection carries request after request."""
+    async with serving() as (server, _):
+        with anyio.fail_after(10):
+            async with await anyio.connect_tcp(server.host, server.port) as stream:
+                conn = h11.Connection(h11.CLIENT)
+                for text in ("first", "second", "third"):
+                    body = orjson.dumps({"model": "m", "input": text})
+                    headers = [("host", "x"), ("content-type", "application/json"), ("content-length", str(len(body)))]
+                    await stream.send(
+                        conn.send(h11.Request(method="POST", target="/v1/embeddings", headers=headers))
+                        + conn.send(h11.Data(data=body))
+                        + conn.send(h11.EndOfMessage())
+                    )
+                    events = []
+                    while not events or not isinstance(events[-1], h11.EndOfMessage):
+                        event = conn.next_event()
+                        if event is h11.NEED_DATA:
+                            conn.receive_data(await stream.receive())
+                        else:
+                            events.append(event)
+                    assert events[0].status_code == 200
+                    conn.start_next_cycle()
+        assert server.stats.snapshot()["responses"] == {"200": 3}
+
+
+async def test_api_key() -> None:
+    """With --api-key, a missing or wrong bearer token gets 401 whose body never shows the key."""
+    async with serving(api_key="s3cret-key") as (_, client):
+        missing = await post(client, input="hi")
+        wrong = await client.post(
+            "/v1/embeddings", json={"model": "m", "input": "hi"}, headers={"Authorization": "Bearer nope"}
+        )
+        right = await client.post(
+            "/v1/embeddings", json={"model": "m", "input": "hi"}, headers={"Authorization": "Bearer s3cret-key"}
+        )
+    for response in (missing, wrong):
+        assert_openai_error(response, 401)
+        assert b"s3cret" not in response.content
+    assert right.status_code == 200
+
+
+async def test_unknown_model_path_and_method() -> None:
+    """Unknown models (with --models), unknown paths and wrong methods get 404, 404 and 405."""
+    async with serving(models=("m", "other")) as (_, client):
+        assert (await post(client, input="hi")).status_code == 200
+        unknown = await client.post("/v1/embeddings", json={"model": "nope", "input": "hi"})
+        assert assert_openai_error(unknown, 404)["param"] == "model"
+        assert_openai_error(await client.get("/v1/nothing"), 404)
+        assert_openai_error(await client.get("/v1/embeddings"), 405)
+
+
+async def test_body_over_limit_gets_413_and_connection_survives() -> None:
+    """A body over the size limit gets 413, and the next request is still answered."""
+    async with serving(max_body_bytes=1000) as (_, client):
+        assert_openai_error(await post(client, input="x" * 2000), 413)
+        assert (await post(client, input="small")).status_code == 200
+
+
+async def test_poison_rejects_the_whole_batch_naming_the_input() -> None:
+    """A batch with an input containing a poison text gets 400 naming the input; others pass."""
+    async with serving(poison=("BAD",)) as (_, client):
+        rejected = await post(client, input=["a", "b", "c", "a BAD one", "e"])
+        assert (await post(client, input=["a", "b"])).status_code == 200
+    assert assert_openai_error(rejected, 400)["message"] == "input 3 contains a forbidden token"
+
+
+async def test_shuffle_keeps_index_mapping() -> None:
+    """With --shuffle, data comes out of order but each index still names its input's vector."""
+    texts = [f"text {i}" for i in range(40)]
+    async with serving() as (_, client):
+        plain = vectors(await post(client, input=texts))
+    async with serving(shuffle=True, seed=5) as (_, client):
+        response = await post(client, input=texts)
+    assert [item["index"] for item in response.json()["data"]] != list(range(40))
+    np.testing.assert_array_equal(vectors(response), plain)
+
+
+@pytest.mark.parametrize("fault,status", [("fail_429", 429), ("fail_500", 500), ("fail_503", 503)])
+async def test_status_faults(fault: str, status: int) -> None:
+    """--fail-429/500/503 at 1.0 answer every request with that status; 429 carries Retry-After."""
+    async with serving(**{fault: 1.0, "fault_retry_after": 0.5}) as (server, client):
+        response = await post(client, input="hi")
+    assert_openai_error(response, status)
+    assert response.headers.get("retry-after") == ("0.5" if status == 429 else None)
+    assert server.stats.snapshot()["responses"] == {str(status): 1}
+
+
+async def test_drop_closes_without_answer() -> None:
+    """--drop closes the connection without sending any response."""
+    async with serving(drop=1.0) as (server, client):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(client, input="hi")
+    assert server.stats.snapshot()["responses"] == {"dropped": 1}
+
+
+async def test_hang_outlasts_the_client_timeout() -> None:
+    """--hang keeps the request unanswered past the client's timeout."""
+    async with serving(hang=1.0, hang_s=60) as (server, client):
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/embeddings", json={"model": "m", "input": "hi"}, timeout=0.3)
+    assert server.stats.snapshot()["responses"] == {"hung": 1}
+
+
+async def test_hang_is_answered_after_hang_s() -> None:
+    """A hung request is answered normally once --hang-s has passed."""
+    async with serving(hang=1.0, hang_s=0.2) as (server, client):
+        started = anyio.current_time()
+        response = await post(client, input="hi")
+        assert anyio.current_time() - started >= 0.2
+    assert response.status_code == 200
+    assert server.stats.snapshot()["responses"] == {"hung": 1, "200": 1}
+
+
+async def test_malformed_body() -> None:
+    """--malformed answers 200 with a body that is not JSON."""
+    async with serving(malformed=1.0) as (server, client):
+        response = await post(client, input=["a", "b"])
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        orjson.loads(response.content)
+    assert server.stats.snapshot()["inputs_embedded"] == 0
+
+
+async def test_short_body() -> None:
+    """--short answers 200 with one vector fewer than inputs."""
+    async with serving(short=1.0) as (_, client):
+        response = await post(client, input=["a", "b", "c"])
+    assert response.status_code == 200
+    assert len(response.json()["data"]) == 2
+
+
+async def test_faults_follow_their_fractions() -> None:
+    """Fractions below 1 fault about that share of requests, the same ones for the same seed."""
+
+    async def statuses(seed: int) -> list[int]:
+        async with serving(fail_500=0.25, fail_503=0.25, seed=seed) as (_, client):
+            return [(await post(client, input="hi")).status_code for _ in range(200)]
+
+    first = await statuses(1)
+    assert first == await statuses(1)
+    assert 30 < first.count(500) < 70 and 30 < first.count(503) < 70
+
+
+async def test_verbose_logs_one_line_per_request(capsys: pytest.CaptureFixture[str]) -> None:
+    """--verbose writes one line per request to stderr and nothing to stdout; quiet by default."""
+    async with serving() as (_, client):
+        await post(client, input="hi")
+    assert capsys.readouterr() == ("", "")
+    async with serving(verbose=True) as (_, client):
+        await post(client, input="hi")
+        await client.get("/health")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[0].startswith("POST /v1/embeddings 200 ")
+    assert len(err.splitlines()) == 2
+
+
+async def test_module_runs_as_a_process_and_stops_on_sigterm() -> None:
+    """``python -m pipeline.serve`` prints its URL, answers, and exits 0 on SIGTERM."""
+    command = [sys.executable, "-m", "pipeline.serve", "--port", "0", "--fake"]
+    async with await anyio.open_process(command, cwd=ROOT) as process:
+        with anyio.fail_after(30):
+            line = (await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 200)).decode()
+            match = re.fullmatch(r"pipeline serve listening on (http://127\.0\.0\.1:\d+)", line)
+            assert match, line
+            async with httpx.AsyncClient(base_url=match[1]) as client:
+                assert (await post(client, input="hi")).status_code == 200
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0

@@ -1,0 +1,70 @@
+"""The rate limits of `pipeline serve`: windows, 429s, and the ``x-ratelimit-*`` headers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pipeline.serve.limits import RateWindow, format_reset
+from serve_helpers import assert_openai_error, post, serving
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_rate_limit_429_with_headers() -> None:
+    """Past --rpm the server answers 429 with x-ratelimit headers; successes carry them too."""
+    reset = re.compile(r"^\d+(\.\d{1,3})?s$")
+    async with serving(rpm=2, tpm=1000) as (_, client):
+        first, second, third = [await post(client, input="hello") for _ in range(3)]
+    assert first.status_code == second.status_code == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    assert second.headers["x-ratelimit-remaining-tokens"] == str(1000 - 4)
+    assert_openai_error(third, 429)
+    assert third.headers["x-ratelimit-remaining-requests"] == "0"
+    assert third.headers["x-ratelimit-limit-tokens"] == "1000"
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        assert reset.match(third.headers[name])
+    assert float(third.headers["x-ratelimit-reset-requests"][:-1]) > 50
+    assert "retry-after" not in third.headers
+
+
+async def test_rate_limit_retry_after_on_request() -> None:
+    """With --retry-after, rate-limit 429s carry Retry-After in whole seconds."""
+    async with serving(tpm=5, limit_window_s=30, retry_after=True) as (_, client):
+        assert (await post(client, input="x" * 16)).status_code == 200
+        refused = await post(client, input="x" * 8)
+    assert refused.status_code == 429
+    assert 28 <= int(refused.headers["retry-after"]) <= 30
+
+
+def test_rate_window_refusals_do_not_consume_budget() -> None:
+    """A refused request does not count; budgets come back as accepted requests leave the window."""
+    window = RateWindow(rpm=2, tpm=None, window_s=1.0)
+    assert window.admit(1, now=0.0).allowed
+    assert window.admit(1, now=0.4).allowed
+    refused = window.admit(1, now=0.5)
+    assert not refused.allowed and refused.wait_s == pytest.approx(0.5)
+    assert dict(refused.headers)[b"x-ratelimit-reset-requests"] == b"0.5s"
+    assert window.admit(1, now=1.0).allowed  # the first left; the refused one never counted
+    assert not window.admit(1, now=1.1).allowed
+
+
+def test_rate_window_tokens() -> None:
+    """The token budget admits a request only if its tokens fit, and says when they will."""
+    window = RateWindow(rpm=None, tpm=100, window_s=60.0)
+    assert window.admit(60, now=0.0).allowed
+    assert window.admit(30, now=10.0).allowed
+    refused = window.admit(50, now=20.0)
+    assert not refused.allowed and refused.wait_s == pytest.approx(40.0)
+    assert dict(refused.headers)[b"x-ratelimit-remaining-tokens"] == b"10"
+    assert window.admit(10, now=20.0).allowed
+    assert window.admit(50, now=60.0).allowed
+
+
+@pytest.mark.parametrize("seconds,text", [(51, "51s"), (0.5, "0.5s"), (0, "0s"), (0.0001, "0.001s"), (1.25, "1.25s")])
+def test_format_reset(seconds: float, text: str) -> None:
+    """Reset durations read like ``51s`` or ``0.5s``, rounded up to the millisecond."""
+    assert format_reset(seconds) == text

@@ -1,0 +1,46 @@
+"""What `pipeline serve` can be told: ServerOptions and the flags that build it."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.serve.options import ServerOptions, add_arguments, options_from_args
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dimensions": 12},
+        {"fail_500": 1.5},
+        {"fail_500": 0.6, "drop": 0.6},
+        {"rpm": 0},
+        {"limit_window_s": 0},
+        {"port": 70000},
+        {"poison": ("",)},
+    ],
+)
+def test_bad_options_are_config_errors(options: dict) -> None:
+    """Options that cannot work raise ConfigError."""
+    with pytest.raises(ConfigError):
+        ServerOptions(**options)
+
+
+def test_flags_become_options() -> None:
+    """The serve flags map onto ServerOptions, with --models split on commas and --poison repeatable."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ns = parser.parse_args(
+        "--port 0 --fake --dimensions 32 --models a,b --models c --poison X --poison Y "
+        "--rpm 10 --limit-window-s 1 --fail-500 0.1 --shuffle --api-key sekrit-9".split()
+    )
+    options = options_from_args(ns)
+    assert options.models == ("a", "b", "c") and options.poison == ("X", "Y")
+    assert (options.port, options.dimensions, options.rpm, options.limit_window_s) == (0, 32, 10, 1.0)
+    assert options.fake and options.shuffle and options.fail_500 == 0.1 and options.api_key == "sekrit-9"
+    assert "sekrit" not in repr(options)
+    assert options_from_args(parser.parse_args([])) == ServerOptions()
+    with pytest.raises(ConfigError):
+        options_from_args(parser.parse_args(["--dimensions", "32"]))

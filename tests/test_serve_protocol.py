@@ -1,0 +1,93 @@
+"""The rules of the embeddings API as `pipeline serve` enforces them, and its answer bodies."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.embed.vectors import DTYPES, EMBEDDING_TYPES, width
+from serve_helpers import assert_openai_error, post, serving, vectors
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("encoding_format", ["raw", "base64"])
+@pytest.mark.parametrize("embedding_type", EMBEDDING_TYPES)
+async def test_every_type_and_encoding_decodes(embedding_type: str, encoding_format: str) -> None:
+    """Each embedding type in each encoding decodes to its dtype and width; equal texts, equal vectors."""
+    async with serving() as (_, client):
+        response = await post(
+            client, input=["alpha", "beta", "alpha"], embedding_type=embedding_type, encoding_format=encoding_format
+        )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list" and body["model"] == "m"
+    assert [item["object"] for item in body["data"]] == ["embedding"] * 3
+    matrix = vectors(response, embedding_type)
+    assert matrix.dtype == DTYPES[embedding_type]
+    assert matrix.shape == (3, width(embedding_type, 64))
+    np.testing.assert_array_equal(matrix[0], matrix[2])
+    assert not np.array_equal(matrix[0], matrix[1])
+
+
+async def test_base64_is_little_endian_float32() -> None:
+    """base64 float vectors are the little-endian float32 bytes of the raw vectors."""
+    async with serving() as (_, client):
+        raw = await post(client, input="some text")
+        b64 = await post(client, input="some text", encoding_format="base64")
+    packed = base64.b64decode(b64.json()["data"][0]["embedding"])
+    np.testing.assert_array_equal(np.frombuffer(packed, "<f4"), np.asarray(raw.json()["data"][0]["embedding"], "<f4"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"model": "m", "input": ["t"] * 97}, id="97 inputs"),
+        pytest.param({"model": "m", "input": ["x" * 2049]}, id="2049 characters"),
+        pytest.param({"model": "m", "input": ""}, id="empty string"),
+        pytest.param({"model": "m", "input": ["ok", ""]}, id="empty item"),
+        pytest.param({"model": "m", "input": []}, id="empty array"),
+        pytest.param({"model": "m", "input": ["ok", 3]}, id="non-string item"),
+        pytest.param({"model": "m"}, id="no input"),
+        pytest.param({"input": "hi"}, id="no model"),
+        pytest.param({"model": 5, "input": "hi"}, id="model not a string"),
+        pytest.param({"model": "m", "input": "hi", "embedding_type": "float16"}, id="bad embedding_type"),
+        pytest.param({"model": "m", "input": "hi", "encoding_format": "float"}, id="bad encoding_format"),
+        pytest.param({"model": "m", "input": "hi", "input_type": "query"}, id="bad input_type"),
+        pytest.param({"model": "m", "input": "hi", "allow_ignored_params": "yes"}, id="non-bool allow_ignored_params"),
+        pytest.param({"model": "m", "input": "hi", "truncate": "END"}, id="unknown field"),
+        pytest.param(["m", "hi"], id="not an object"),
+    ],
+)
+async def test_invalid_bodies_get_400(body: Any) -> None:
+    """Every rule of the API's request table is enforced with a 400 and an OpenAI error body."""
+    async with serving() as (_, client):
+        response = await client.post("/v1/embeddings", json=body)
+    assert assert_openai_error(response, 400)["type"] == "invalid_request_error"
+
+
+async def test_body_that_is_not_json_gets_400() -> None:
+    """A body that is not JSON gets 400."""
+    async with serving() as (_, client):
+        response = await client.post("/v1/embeddings", content=b"{not json")
+    assert_openai_error(response, 400)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"input": ["x" * 2048] * 96}, id="96 inputs of 2048 characters"),
+        pytest.param({"truncate": "END", "allow_ignored_params": True}, id="allow_ignored_params"),
+        pytest.param({"dimensions": 64, "user": "u1"}, id="OpenAI SDK fields"),
+        pytest.param({"input_type": None, "encoding_format": None, "embedding_type": None}, id="nulls"),
+        pytest.param({"input_type": "search_query"}, id="input_type"),
+    ],
+)
+async def test_valid_edge_bodies_get_200(extra: dict) -> None:
+    """Limits are inclusive, allow_ignored_params admits unknown fields, OpenAI's extras pass."""
+    async with serving() as (_, client):
+        response = await client.post("/v1/embeddings", json={"model": "m", "input": "hi", **extra})
+    assert response.status_code == 200
