@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 
 from pipeline.embed.vectors import DTYPES, EMBEDDING_TYPES, width
@@ -42,6 +43,27 @@ async def test_base64_is_little_endian_float32() -> None:
     np.testing.assert_array_equal(np.frombuffer(packed, "<f4"), np.asarray(raw.json()["data"][0]["embedding"], "<f4"))
 
 
+async def test_encoding_format_float_is_raw() -> None:
+    """``encoding_format: "float"`` (OpenAI's name, the SDK's explicit choice) answers JSON numbers like raw."""
+    async with serving() as (_, client):
+        raw = await post(client, input=["a", "b"], encoding_format="raw")
+        floats = await post(client, input=["a", "b"], encoding_format="float")
+    assert floats.status_code == 200
+    assert floats.json()["data"] == raw.json()["data"]
+
+
+async def test_openai_sdk_float_and_base64() -> None:
+    """The official OpenAI SDK gets the same vectors with encoding_format float and with its base64 default."""
+    async with serving() as (server, _):
+        sdk = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        async with sdk:
+            as_floats = await sdk.embeddings.create(model="m", input=["a", "b"], encoding_format="float")
+            default = await sdk.embeddings.create(model="m", input=["a", "b"])
+    floats = np.asarray([item.embedding for item in as_floats.data], np.float32)
+    np.testing.assert_array_equal(floats, np.asarray([item.embedding for item in default.data], np.float32))
+    assert floats.shape == (2, 64)
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -55,7 +77,7 @@ async def test_base64_is_little_endian_float32() -> None:
         pytest.param({"input": "hi"}, id="no model"),
         pytest.param({"model": 5, "input": "hi"}, id="model not a string"),
         pytest.param({"model": "m", "input": "hi", "embedding_type": "float16"}, id="bad embedding_type"),
-        pytest.param({"model": "m", "input": "hi", "encoding_format": "float"}, id="bad encoding_format"),
+        pytest.param({"model": "m", "input": "hi", "encoding_format": "hex"}, id="bad encoding_format"),
         pytest.param({"model": "m", "input": "hi", "input_type": "query"}, id="bad input_type"),
         pytest.param({"model": "m", "input": "hi", "allow_ignored_params": "yes"}, id="non-bool allow_ignored_params"),
         pytest.param({"model": "m", "input": "hi", "truncate": "END"}, id="unknown field"),

@@ -12,7 +12,8 @@ from pipeline.config import MAX_BATCH, MAX_CHARS
 from pipeline.embed.vectors import EMBEDDING_TYPES, encode_base64
 
 INPUT_TYPES: tuple[str, ...] = ("search_document", "search_query", "classification", "clustering")
-ENCODING_FORMATS: tuple[str, ...] = ("raw", "base64")
+# "float" is OpenAI's name for "raw", sent explicitly by its SDK and LangChain
+ENCODING_FORMATS: tuple[str, ...] = ("raw", "float", "base64")
 
 _KNOWN_FIELDS = frozenset(
     {"model", "input", "input_type", "encoding_format", "embedding_type", "allow_ignored_params"}
