@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.embed.vectors import EMBEDDING_TYPES, quantize
 from pipeline.serve.app import ServerOptions, running_server
-from serve_helpers import post, serving, vectors
+from serve_helpers import assert_openai_error, post, serving, vectors
 
 pytestmark = pytest.mark.anyio
 
@@ -67,3 +67,13 @@ async def test_local_model_answers_256_dimensions() -> None:
     assert response.status_code == 200
     assert len(body["data"][0]["embedding"]) == 256
     assert body["usage"]["prompt_tokens"] >= 2
+
+
+async def test_local_model_dimensions_bounded_by_its_width() -> None:
+    """The local model shortens to ``dimensions`` up to its 256 and refuses more with a 400."""
+    async with running_server(ServerOptions(port=0)) as server, httpx.AsyncClient(base_url=server.url) as client:
+        with anyio.fail_after(30):
+            short = await post(client, input=["the cat sat"], dimensions=128)
+            too_wide = await post(client, input=["the cat sat"], dimensions=257)
+    assert vectors(short).shape == (1, 128)
+    assert_openai_error(too_wide, 400)

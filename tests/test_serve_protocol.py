@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 
-from pipeline.embed.vectors import DTYPES, EMBEDDING_TYPES, width
+from pipeline.embed.vectors import DTYPES, EMBEDDING_TYPES, quantize, width
 from serve_helpers import assert_openai_error, post, serving, vectors
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +62,44 @@ async def test_openai_sdk_float_and_base64() -> None:
     floats = np.asarray([item.embedding for item in as_floats.data], np.float32)
     np.testing.assert_array_equal(floats, np.asarray([item.embedding for item in default.data], np.float32))
     assert floats.shape == (2, 64)
+
+
+async def test_dimensions_truncate_and_renormalise_before_quantising() -> None:
+    """``dimensions`` keeps the first values of each vector at unit length; integer types quantise that."""
+    async with serving() as (server, client):
+        full = vectors(await post(client, input=["a", "b"]))
+        short = vectors(await post(client, input=["a", "b"], dimensions=16))
+        packed = await post(client, input=["a", "b"], dimensions=16, embedding_type="binary", encoding_format="base64")
+        sdk = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        async with sdk:
+            from_sdk = await sdk.embeddings.create(model="m", input=["a"], dimensions=32)
+    head = full[:, :16]
+    np.testing.assert_allclose(short, head / np.linalg.norm(head, axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(short, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(vectors(packed, "binary"), quantize(short, "binary"))
+    assert vectors(packed, "binary").shape == (2, 2)
+    assert len(from_sdk.data[0].embedding) == 32
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"dimensions": 65}, id="above the model's width"),
+        pytest.param({"dimensions": 0}, id="zero"),
+        pytest.param({"dimensions": -8}, id="negative"),
+        pytest.param({"dimensions": "16"}, id="a string"),
+        pytest.param({"dimensions": 16.5}, id="not whole"),
+        pytest.param({"dimensions": True}, id="a boolean"),
+        pytest.param({"dimensions": 12, "embedding_type": "binary"}, id="binary, not a multiple of 8"),
+        pytest.param({"dimensions": 20, "embedding_type": "ubinary"}, id="ubinary, not a multiple of 8"),
+    ],
+)
+async def test_bad_dimensions_get_400(extra: dict) -> None:
+    """A ``dimensions`` the model cannot give gets 400 with an OpenAI error body naming the parameter."""
+    async with serving() as (_, client):
+        response = await post(client, input="hi", **extra)
+    error = assert_openai_error(response, 400)
+    assert error["param"] == "dimensions" and error["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ import orjson
 from pipeline.embed.vectors import quantize
 from pipeline.errors import ConfigError
 from pipeline.serve.limits import RateWindow
-from pipeline.serve.models import FakeModel, VectorModel, WordLlamaModel
+from pipeline.serve.models import FakeModel, VectorModel, WordLlamaModel, shortened
 from pipeline.serve.options import FAULTS, ServerOptions, add_arguments, options_from_args
 from pipeline.serve.protocol import (
     BadRequest,
@@ -163,7 +163,7 @@ class Server:
         if body is None:
             return error_reply(413, f"the body is over {options.max_body_bytes} bytes", "request_too_large")
         try:
-            request = parse_request(orjson.loads(body))
+            request = parse_request(orjson.loads(body), self._model.dimensions)
         except orjson.JSONDecodeError as exc:
             return error_reply(400, f"the body is not valid JSON: {exc}", "invalid_json")
         except BadRequest as exc:
@@ -209,6 +209,8 @@ class Server:
                 )
 
         floats = await self._model.embed(request.texts)
+        if request.dimensions is not None:
+            floats = shortened(floats, request.dimensions)
         vectors = quantize(floats, request.embedding_type)
         order = list(range(len(request.texts)))
         if options.shuffle:

@@ -8,11 +8,13 @@ from typing import Protocol
 import anyio
 import numpy as np
 
-from pipeline.embed.local import shared_model
+from pipeline.embed.local import DIMENSIONS, shared_model
 
 
 class VectorModel(Protocol):
     """Where vectors and token counts come from."""
+
+    dimensions: int  # the width of every vector
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text, as reported in ``usage``."""
@@ -62,6 +64,8 @@ class FakeModel:
 class WordLlamaModel:
     """The wordllama model of ``provider: local`` (256 dimensions), served."""
 
+    dimensions = DIMENSIONS
+
     def __init__(self) -> None:
         self._model = shared_model()
 
@@ -72,3 +76,13 @@ class WordLlamaModel:
     async def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-normalised model vectors, computed in a worker thread."""
         return await anyio.to_thread.run_sync(self._model.vectors, texts)
+
+
+def shortened(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """The first ``dimensions`` values of each unit row, re-normalised (as OpenAI's v3 models do)."""
+    if dimensions == vectors.shape[1]:
+        return vectors
+    head = vectors[:, :dimensions]
+    norms = np.linalg.norm(head, axis=1, keepdims=True)
+    norms[norms == 0] = 1  # an all-zero head stays zero rather than turning into NaN
+    return head / norms

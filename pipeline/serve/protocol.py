@@ -9,17 +9,17 @@ import numpy as np
 import orjson
 
 from pipeline.config import MAX_BATCH, MAX_CHARS
-from pipeline.embed.vectors import EMBEDDING_TYPES, encode_base64
+from pipeline.embed.vectors import EMBEDDING_TYPES, encode_base64, is_packed
 
 INPUT_TYPES: tuple[str, ...] = ("search_document", "search_query", "classification", "clustering")
 # "float" is OpenAI's name for "raw", sent explicitly by its SDK and LangChain
 ENCODING_FORMATS: tuple[str, ...] = ("raw", "float", "base64")
 
 _KNOWN_FIELDS = frozenset(
-    {"model", "input", "input_type", "encoding_format", "embedding_type", "allow_ignored_params"}
+    {"model", "input", "input_type", "encoding_format", "embedding_type", "dimensions", "allow_ignored_params"}
 )
-# OpenAI SDKs send these on every request; rejecting them would break those clients.
-_TOLERATED_FIELDS = frozenset({"dimensions", "user"})
+# OpenAI SDKs may send this one; rejecting it would break those clients.
+_TOLERATED_FIELDS = frozenset({"user"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,7 @@ class EmbeddingsRequest:
     input_type: str | None
     encoding_format: str
     embedding_type: str
+    dimensions: int | None  # None: the model's own width
 
 
 class BadRequest(Exception):
@@ -43,8 +44,12 @@ class BadRequest(Exception):
         self.code = code
 
 
-def parse_request(payload: Any) -> EmbeddingsRequest:
-    """Validate a decoded JSON body against the API's rules; raises :class:`BadRequest`."""
+def parse_request(payload: Any, model_dimensions: int) -> EmbeddingsRequest:
+    """Validate a decoded JSON body against the API's rules; raises :class:`BadRequest`.
+
+    ``model_dimensions`` is the width of the served vectors, the most
+    ``dimensions`` may ask for.
+    """
     if not isinstance(payload, dict):
         raise BadRequest("the body must be a JSON object", None, "invalid_type")
     allow_ignored = payload.get("allow_ignored_params")
@@ -63,13 +68,32 @@ def parse_request(payload: Any) -> EmbeddingsRequest:
         raise BadRequest("'model' is required", "model", "missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' must be a non-empty string", "model", "invalid_type")
+    texts = _parse_input(payload.get("input"))
+    input_type = _one_of(payload, "input_type", INPUT_TYPES, None)
+    encoding_format = _one_of(payload, "encoding_format", ENCODING_FORMATS, "raw")
+    embedding_type = _one_of(payload, "embedding_type", EMBEDDING_TYPES, "float")
     return EmbeddingsRequest(
         model=model,
-        texts=_parse_input(payload.get("input")),
-        input_type=_one_of(payload, "input_type", INPUT_TYPES, None),
-        encoding_format=_one_of(payload, "encoding_format", ENCODING_FORMATS, "raw"),
-        embedding_type=_one_of(payload, "embedding_type", EMBEDDING_TYPES, "float"),
+        texts=texts,
+        input_type=input_type,
+        encoding_format=encoding_format,
+        embedding_type=embedding_type,
+        dimensions=_parse_dimensions(payload.get("dimensions"), embedding_type, model_dimensions),
     )
+
+
+def _parse_dimensions(value: Any, embedding_type: str, model_dimensions: int) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest("'dimensions' must be an integer", "dimensions", "invalid_type")
+    if not 1 <= value <= model_dimensions:
+        message = f"'dimensions' must be between 1 and {model_dimensions} for this model; got {value}"
+        raise BadRequest(message, "dimensions", "invalid_value")
+    if is_packed(embedding_type) and value % 8:
+        message = f"'dimensions' must be a multiple of 8 for embedding_type {embedding_type}; got {value}"
+        raise BadRequest(message, "dimensions", "invalid_value")
+    return value
 
 
 def _parse_input(value: Any) -> list[str]:
