@@ -10,6 +10,7 @@ import anyio
 import h11
 import httpx
 import numpy as np
+import openai
 import orjson
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -197,3 +198,55 @@ async def test_module_runs_as_a_process_and_stops_on_sigterm() -> None:
                 assert (await post(client, input="hi")).status_code == 200
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
+
+
+async def test_models_list_in_openai_shape() -> None:
+    """``GET /v1/models`` lists the --models names in OpenAI's shape; the SDK's models.list() reads it."""
+    async with serving(models=("m", "other")) as (server, client):
+        listed = await client.get("/v1/models")
+        sdk = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        async with sdk:
+            ids = [model.id async for model in sdk.models.list()]
+    assert listed.status_code == 200
+    assert listed.json() == {
+        "object": "list",
+        "data": [
+            {"id": "m", "object": "model", "created": 0, "owned_by": "pipeline"},
+            {"id": "other", "object": "model", "created": 0, "owned_by": "pipeline"},
+        ],
+    }
+    assert ids == ["m", "other"]
+
+
+async def test_models_list_without_models_names_the_served_model() -> None:
+    """Without --models, ``GET /v1/models`` lists the one model served (``fake-{dimensions}`` here)."""
+    async with serving() as (_, client):
+        listed = await client.get("/models")
+    assert [model["id"] for model in listed.json()["data"]] == ["fake-64"]
+
+
+async def test_model_by_id() -> None:
+    """``GET /v1/models/{id}``: a listed id answers its object, another 404s; without --models any id answers."""
+    async with serving(models=("m", "org/embedder")) as (server, client):
+        known = await client.get("/v1/models/m")
+        slashed = await client.get("/v1/models/org/embedder")
+        unknown = await client.get("/v1/models/nope")
+        sdk = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        async with sdk:
+            retrieved = await sdk.models.retrieve("m")
+            with pytest.raises(openai.NotFoundError):
+                await sdk.models.retrieve("nope")
+    assert known.json() == {"id": "m", "object": "model", "created": 0, "owned_by": "pipeline"}
+    assert slashed.json()["id"] == "org/embedder"
+    assert assert_openai_error(unknown, 404)["code"] == "model_not_found"
+    assert retrieved.id == "m"
+    async with serving() as (_, client):
+        assert (await client.get("/v1/models/anything")).json()["id"] == "anything"
+
+
+async def test_models_need_the_key_and_get() -> None:
+    """With --api-key the model routes need the bearer token; they take GET only."""
+    async with serving(api_key="s3cret-key") as (_, client):
+        assert_openai_error(await client.get("/v1/models"), 401)
+        assert (await client.get("/v1/models", headers={"Authorization": "Bearer s3cret-key"})).status_code == 200
+        assert_openai_error(await client.post("/v1/models", headers={"Authorization": "Bearer s3cret-key"}), 405)

@@ -18,6 +18,7 @@ import traceback
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any, AsyncIterator
+from urllib.parse import unquote
 
 import anyio
 import anyio.abc
@@ -35,13 +36,18 @@ from pipeline.serve.protocol import (
     embeddings_body,
     error_reply,
     method_not_allowed,
+    model_body,
+    models_list_body,
     parse_request,
+    unauthorized,
 )
 from pipeline.serve.stats import Stats
 
 __all__ = ["Server", "ServerOptions", "add_arguments", "main", "running_server", "serve"]
 
 EMBEDDINGS_PATHS: tuple[bytes, ...] = (b"/v1/embeddings", b"/embeddings")
+MODELS_PATHS: tuple[bytes, ...] = (b"/v1/models", b"/models")
+MODEL_PREFIXES: tuple[bytes, ...] = (b"/v1/models/", b"/models/")
 
 _JSON = (b"content-type", b"application/json")
 
@@ -132,6 +138,10 @@ class Server:
             if reply is not None and reply.status != 200:
                 self.stats.responses[str(reply.status)] += 1
             return reply
+        if path in MODELS_PATHS or path.startswith(MODEL_PREFIXES):
+            if method != b"GET":
+                return method_not_allowed(b"GET")
+            return self._models(path) if self._authorized(request) else unauthorized()
         if path == b"/health":
             return Reply(200, b'{"status":"ok"}') if method == b"GET" else method_not_allowed(b"GET")
         if path == b"/stats":
@@ -145,6 +155,17 @@ class Server:
             return Reply(200, orjson.dumps(self.stats.snapshot()))
         return error_reply(404, f"no route for {path.decode('ascii', 'replace')}", "not_found")
 
+    def _models(self, path: bytes) -> Reply:
+        """``GET /v1/models`` and ``GET /v1/models/{id}``, in OpenAI's shapes."""
+        names = self.options.models or (self._model.name,)
+        if path in MODELS_PATHS:
+            return Reply(200, models_list_body(names))
+        name = unquote(path.split(b"/models/", 1)[1].decode("ascii", "replace"))
+        # without --models every name is served, so every name exists
+        if not name or (self.options.models and name not in self.options.models):
+            return error_reply(404, f"model '{name}' does not exist", "model_not_found", param="model")
+        return Reply(200, model_body(name))
+
     async def _embeddings(
         self, http: h11.Request, body: bytes | None, conn: h11.Connection, stream: anyio.abc.ByteStream
     ) -> Reply | None:
@@ -157,9 +178,8 @@ class Server:
         delay_ms = options.latency_ms + self._rng.uniform(0, options.jitter_ms)
         if delay_ms > 0:
             await anyio.sleep(delay_ms / 1000)
-        if options.api_key is not None and not self._authorized(http):
-            challenge = ((b"www-authenticate", b"Bearer"),)
-            return error_reply(401, "invalid or missing API key", "invalid_api_key", headers=challenge)
+        if not self._authorized(http):
+            return unauthorized()
         if body is None:
             return error_reply(413, f"the body is over {options.max_body_bytes} bytes", "request_too_large")
         try:
@@ -228,6 +248,9 @@ class Server:
         return Reply(200, answer, headers)
 
     def _authorized(self, request: h11.Request) -> bool:
+        """Whether the request may pass: no --api-key, or its bearer token is the key."""
+        if self.options.api_key is None:
+            return True
         for name, value in request.headers:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")

@@ -8,12 +8,13 @@ from typing import Protocol
 import anyio
 import numpy as np
 
-from pipeline.embed.local import DIMENSIONS, shared_model
+from pipeline.embed.local import DIMENSIONS, MODEL_NAME, shared_model
 
 
 class VectorModel(Protocol):
     """Where vectors and token counts come from."""
 
+    name: str  # what ``GET /v1/models`` lists when no --models are given
     dimensions: int  # the width of every vector
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -37,6 +38,7 @@ class FakeModel:
     """Deterministic unit vectors: the same text always gets the same vector."""
 
     def __init__(self, dimensions: int) -> None:
+        self.name = f"fake-{dimensions}"
         self.dimensions = dimensions
         self._offsets = np.arange(1, dimensions + 1, dtype=np.uint64) * _GOLDEN
 
@@ -64,6 +66,7 @@ class FakeModel:
 class WordLlamaModel:
     """The wordllama model of ``provider: local`` (256 dimensions), served."""
 
+    name = MODEL_NAME
     dimensions = DIMENSIONS
 
     def __init__(self) -> None:

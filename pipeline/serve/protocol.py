@@ -156,6 +156,12 @@ def error_reply(
     return Reply(status, orjson.dumps({"error": error}), headers)
 
 
+def unauthorized() -> Reply:
+    """A 401 for a missing or wrong key; the body never shows the key."""
+    challenge = ((b"www-authenticate", b"Bearer"),)
+    return error_reply(401, "invalid or missing API key", "invalid_api_key", headers=challenge)
+
+
 def method_not_allowed(allowed: bytes) -> Reply:
     """A 405 naming the one method the path takes."""
     return error_reply(405, "method not allowed", "method_not_allowed", headers=((b"allow", allowed),))
@@ -177,3 +183,17 @@ def embeddings_body(
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def model_body(name: str) -> bytes:
+    """One model object as ``GET /v1/models/{id}`` returns it."""
+    return orjson.dumps(_model_object(name))
+
+
+def models_list_body(names: tuple[str, ...]) -> bytes:
+    """The list ``GET /v1/models`` returns."""
+    return orjson.dumps({"object": "list", "data": [_model_object(name) for name in names]})
+
+
+def _model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "pipeline"}
