@@ -13,9 +13,9 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_rate_limit_429_with_headers() -> None:
-    """Past --rpm the server answers 429 with x-ratelimit headers; successes carry them too."""
+    """Past --rpm the server answers 429 with x-ratelimit headers; successes carry them too; --no-retry-after."""
     reset = re.compile(r"^\d+(\.\d{1,3})?s$")
-    async with serving(rpm=2, tpm=1000) as (_, client):
+    async with serving(rpm=2, tpm=1000, retry_after=False) as (_, client):
         first, second, third = [await post(client, input="hello") for _ in range(3)]
     assert first.status_code == second.status_code == 200
     assert first.headers["x-ratelimit-limit-requests"] == "2"
@@ -38,6 +38,24 @@ async def test_rate_limit_retry_after_on_request() -> None:
         refused = await post(client, input="x" * 8)
     assert refused.status_code == 429
     assert 28 <= int(refused.headers["retry-after"]) <= 30
+
+
+async def test_rate_limit_429_carries_retry_after_by_default() -> None:
+    """Without any flag, a rate-limit 429 carries Retry-After: whole seconds until the request fits."""
+    async with serving(rpm=1, limit_window_s=30) as (_, client):
+        assert (await post(client, input="hello")).status_code == 200
+        refused = await post(client, input="hello")
+    assert_openai_error(refused, 429)
+    assert 28 <= int(refused.headers["retry-after"]) <= 30
+
+
+@pytest.mark.parametrize("retry_after", [True, False])
+async def test_injected_429_retry_after_follows_the_switch(retry_after: bool) -> None:
+    """--fail-429 answers carry Retry-After (--fault-retry-after) unless --no-retry-after."""
+    async with serving(fail_429=1.0, fault_retry_after=2, retry_after=retry_after) as (_, client):
+        refused = await post(client, input="hello")
+    assert_openai_error(refused, 429)
+    assert refused.headers.get("retry-after") == ("2" if retry_after else None)
 
 
 def test_rate_window_refusals_do_not_consume_budget() -> None:

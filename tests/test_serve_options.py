@@ -44,3 +44,12 @@ def test_flags_become_options() -> None:
     assert options_from_args(parser.parse_args([])) == ServerOptions()
     with pytest.raises(ConfigError):
         options_from_args(parser.parse_args(["--dimensions", "32"]))
+
+
+def test_retry_after_is_on_unless_turned_off() -> None:
+    """Retry-After is sent by default; --no-retry-after turns it off and --retry-after still parses."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert options_from_args(parser.parse_args([])).retry_after
+    assert options_from_args(parser.parse_args(["--retry-after"])).retry_after
+    assert not options_from_args(parser.parse_args(["--no-retry-after"])).retry_after

@@ -201,7 +201,7 @@ class Server:
             retry_after = f"{options.fault_retry_after:g}".encode()
             return error_reply(
                 429, "injected rate limit", "rate_limit_exceeded", type_="rate_limit_error",
-                headers=((b"retry-after", retry_after),),
+                headers=((b"retry-after", retry_after),) if options.retry_after else (),
             )
         if fault == "fail_500":
             return error_reply(500, "injected server error", "internal_error", type_="server_error")

@@ -29,7 +29,7 @@ class ServerOptions:
     rpm: int | None = None
     tpm: int | None = None
     limit_window_s: float = 60.0
-    retry_after: bool = False  # send Retry-After with rate-limit 429s
+    retry_after: bool = True  # send Retry-After with every 429 (the OpenAI SDK gives up early without it)
     seed: int = 0
     fail_429: float = 0.0
     fault_retry_after: float = 1.0  # Retry-After of injected 429s, seconds
@@ -86,10 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--rpm", type=int, help="requests allowed per window (429 past it)")
     p("--tpm", type=int, help="tokens allowed per window (429 past it)")
     p("--limit-window-s", type=float, default=d.limit_window_s, help="length of the sliding rate-limit window")
-    p("--retry-after", action="store_true", help="send Retry-After with rate-limit 429s")
+    p("--retry-after", action=argparse.BooleanOptionalAction, default=d.retry_after,
+      help="send Retry-After with every 429; --no-retry-after omits it (default: send)")
     p("--seed", type=int, default=d.seed, help="seed of the fault, jitter and shuffle draws")
     fraction = "fraction of embeddings requests that"
-    p("--fail-429", type=float, default=0.0, help=f"{fraction} get 429 with Retry-After")
+    p("--fail-429", type=float, default=0.0, help=f"{fraction} get 429")
     p("--fault-retry-after", type=float, default=d.fault_retry_after, help="Retry-After of --fail-429, seconds")
     p("--fail-500", type=float, default=0.0, help=f"{fraction} get 500")
     p("--fail-503", type=float, default=0.0, help=f"{fraction} get 503")
