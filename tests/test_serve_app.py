@@ -250,3 +250,36 @@ async def test_models_need_the_key_and_get() -> None:
         assert_openai_error(await client.get("/v1/models"), 401)
         assert (await client.get("/v1/models", headers={"Authorization": "Bearer s3cret-key"})).status_code == 200
         assert_openai_error(await client.post("/v1/models", headers={"Authorization": "Bearer s3cret-key"}), 405)
+
+
+async def test_idle_connection_is_closed_after_the_idle_timeout() -> None:
+    """A connection that sends nothing is closed by the server once --idle-timeout-s has passed."""
+    async with serving(idle_timeout_s=0.2) as (server, _):
+        async with await anyio.connect_tcp(server.host, server.port) as stream:
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await stream.receive()
+
+
+async def test_keep_alive_connection_is_closed_when_idle_after_a_request() -> None:
+    """After answering, a keep-alive connection left idle is closed; a busy one is not cut short."""
+    async with serving(idle_timeout_s=0.3, latency_ms=500) as (server, _):
+        async with await anyio.connect_tcp(server.host, server.port) as stream:
+            conn = h11.Connection(h11.CLIENT)
+            body = orjson.dumps({"model": "m", "input": "hi"})
+            headers = [("host", "x"), ("content-type", "application/json"), ("content-length", str(len(body)))]
+            await stream.send(
+                conn.send(h11.Request(method="POST", target="/v1/embeddings", headers=headers))
+                + conn.send(h11.Data(data=body))
+                + conn.send(h11.EndOfMessage())
+            )
+            events: list = []
+            while not events or not isinstance(events[-1], h11.EndOfMessage):
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive())
+                else:
+                    events.append(event)
+            assert events[0].status_code == 200  # answered after 500 ms, longer than the idle timeout
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                while True:
+                    await stream.receive()

@@ -53,3 +53,13 @@ def test_retry_after_is_on_unless_turned_off() -> None:
     assert options_from_args(parser.parse_args([])).retry_after
     assert options_from_args(parser.parse_args(["--retry-after"])).retry_after
     assert not options_from_args(parser.parse_args(["--no-retry-after"])).retry_after
+
+
+def test_idle_timeout_flag() -> None:
+    """--idle-timeout-s sets how long an idle keep-alive connection stays open; 75 s by default, positive."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert options_from_args(parser.parse_args([])).idle_timeout_s == 75
+    assert options_from_args(parser.parse_args(["--idle-timeout-s", "0.5"])).idle_timeout_s == 0.5
+    with pytest.raises(ConfigError):
+        ServerOptions(idle_timeout_s=0)

@@ -86,9 +86,13 @@ class Server:
 
     async def _handle_request(self, conn: h11.Connection, stream: anyio.abc.ByteStream) -> bool:
         """Read and answer one request; whether the connection can carry another."""
+        request: Any = None
         try:
-            request = await _next_event(conn, stream)
-            if isinstance(request, h11.ConnectionClosed):
+            # an idle keep-alive connection is closed after a while, as servers do, so that
+            # clients that never hang up cannot hold thousands of sockets open
+            with anyio.move_on_after(self.options.idle_timeout_s):
+                request = await _next_event(conn, stream)
+            if not isinstance(request, h11.Request):  # closed by the client, or idle too long
                 return False
             body = await self._read_body(conn, stream)
         except h11.RemoteProtocolError as exc:

@@ -42,6 +42,7 @@ class ServerOptions:
     short: float = 0.0
     poison: tuple[str, ...] = ()  # a batch with an input containing one of these gets 400
     max_body_bytes: int = 4 * 1024 * 1024
+    idle_timeout_s: float = 75.0  # close a keep-alive connection idle this long
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -60,8 +61,9 @@ class ServerOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
-        if self.limit_window_s <= 0:
-            raise ConfigError(f"--limit-window-s must be positive, got {self.limit_window_s}")
+        for name in ("limit_window_s", "idle_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
         if any(not text for text in self.poison):
             raise ConfigError("--poison needs a non-empty text")
 
@@ -101,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--short", type=float, default=0.0, help=f"{fraction} get 200 with one vector missing")
     p("--poison", action="append", default=[], metavar="TEXT", help="400 for batches with an input containing TEXT")
     p("--max-body-bytes", type=int, default=d.max_body_bytes, help="larger bodies get 413")
+    p("--idle-timeout-s", type=float, default=d.idle_timeout_s,
+      help=f"close a keep-alive connection idle this long, seconds (default {d.idle_timeout_s:g})")
     p("--verbose", action="store_true", help="log one line per request to stderr")
 
 
