@@ -63,3 +63,11 @@ def test_idle_timeout_flag() -> None:
     assert options_from_args(parser.parse_args(["--idle-timeout-s", "0.5"])).idle_timeout_s == 0.5
     with pytest.raises(ConfigError):
         ServerOptions(idle_timeout_s=0)
+
+
+def test_ratelimit_headers_are_on_unless_turned_off() -> None:
+    """x-ratelimit-* headers are sent by default; --no-ratelimit-headers turns them off."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert options_from_args(parser.parse_args([])).ratelimit_headers
+    assert not options_from_args(parser.parse_args(["--no-ratelimit-headers"])).ratelimit_headers

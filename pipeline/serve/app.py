@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any, AsyncIterator
 from urllib.parse import unquote
@@ -27,7 +28,7 @@ import orjson
 
 from pipeline.embed.vectors import quantize
 from pipeline.errors import ConfigError
-from pipeline.serve.limits import RateWindow
+from pipeline.serve.limits import rate_window
 from pipeline.serve.models import FakeModel, VectorModel, WordLlamaModel, shortened
 from pipeline.serve.options import FAULTS, ServerOptions, add_arguments, options_from_args
 from pipeline.serve.protocol import (
@@ -65,11 +66,7 @@ class Server:
         self.stats = Stats()
         self._model = model
         self._key = (options.api_key or "").encode("utf-8")
-        self._window = (
-            RateWindow(options.rpm, options.tpm, options.limit_window_s)
-            if options.rpm is not None or options.tpm is not None
-            else None
-        )
+        self._window = rate_window(options.rpm, options.tpm, options.limit_window_s)
         # separate streams so that latency jitter and shuffling do not move the faults
         self._fault_rng = random.Random(options.seed)
         self._rng = random.Random(options.seed + 1)
@@ -113,7 +110,7 @@ class Server:
             print(f"{request.method.decode()} {target} {status} {elapsed_ms:.1f}ms", file=sys.stderr)
         if reply is None:
             return False
-        await _send(conn, stream, reply, request.method)
+        await _send(conn, stream, self._with_rate_headers(reply), request.method)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     async def _read_body(self, conn: h11.Connection, stream: anyio.abc.ByteStream) -> bytes | None:
@@ -223,7 +220,7 @@ class Server:
         headers: tuple[tuple[bytes, bytes], ...] = ()
         if self._window is not None:
             verdict = self._window.admit(tokens, anyio.current_time())
-            headers = verdict.headers
+            headers = verdict.headers if options.ratelimit_headers else ()
             if not verdict.allowed:
                 if options.retry_after:
                     headers += ((b"retry-after", b"%d" % max(1, math.ceil(verdict.wait_s))),)
@@ -250,6 +247,14 @@ class Server:
         self.stats.responses["200"] += 1
         self.stats.record_embedded(request.texts, tokens)
         return Reply(200, answer, headers)
+
+    def _with_rate_headers(self, reply: Reply) -> Reply:
+        """``reply`` with the ``x-ratelimit-*`` headers every answer carries when limits are set."""
+        if self._window is None or not self.options.ratelimit_headers:
+            return reply
+        if any(name.startswith(b"x-ratelimit-") for name, _ in reply.headers):
+            return reply  # an admitted or refused request: its own verdict's headers
+        return replace(reply, headers=reply.headers + self._window.peek(anyio.current_time()))
 
     def _authorized(self, request: h11.Request) -> bool:
         """Whether the request may pass: no --api-key, or its bearer token is the key."""

@@ -29,6 +29,7 @@ class ServerOptions:
     rpm: int | None = None
     tpm: int | None = None
     limit_window_s: float = 60.0
+    ratelimit_headers: bool = True  # x-ratelimit-* on every answer when rpm or tpm is set
     retry_after: bool = True  # send Retry-After with every 429 (the OpenAI SDK gives up early without it)
     seed: int = 0
     fail_429: float = 0.0
@@ -88,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--rpm", type=int, help="requests allowed per window (429 past it)")
     p("--tpm", type=int, help="tokens allowed per window (429 past it)")
     p("--limit-window-s", type=float, default=d.limit_window_s, help="length of the sliding rate-limit window")
+    p("--ratelimit-headers", action=argparse.BooleanOptionalAction, default=d.ratelimit_headers,
+      help="send x-ratelimit-* headers on every answer when --rpm or --tpm is set; "
+      "--no-ratelimit-headers omits them (default: send)")
     p("--retry-after", action=argparse.BooleanOptionalAction, default=d.retry_after,
       help="send Retry-After with every 429; --no-retry-after omits it (default: send)")
     p("--seed", type=int, default=d.seed, help="seed of the fault, jitter and shuffle draws")
