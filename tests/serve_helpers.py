@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 import httpx
@@ -14,10 +14,12 @@ from pipeline.serve.app import Server, ServerOptions, running_server
 
 
 @asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
-    """A fake-vector server with ``options`` and a client pointed at it."""
+async def serving(
+    clock: Callable[[], float] = anyio.current_time, **options: Any
+) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
+    """A fake-vector server with ``options`` (its rate limits on ``clock``) and a client pointed at it."""
     settings = {"port": 0, "fake": True, "dimensions": 64, **options}
-    async with running_server(ServerOptions(**settings)) as server:
+    async with running_server(ServerOptions(**settings), clock=clock) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             with anyio.fail_after(20):
                 yield server, client

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from pipeline.embed.http import parse_reset
-from pipeline.serve.limits import SlidingWindow, format_reset
+from pipeline.serve.limits import FixedWindow, SlidingWindow, format_reset
+from conftest import FakeClock
 from serve_helpers import assert_openai_error, post, serving
 
 pytestmark = pytest.mark.anyio
@@ -82,6 +83,45 @@ def test_rate_window_tokens() -> None:
     assert dict(refused.headers)[b"x-ratelimit-remaining-tokens"] == b"10"
     assert window.admit(10, now=20.0).allowed
     assert window.admit(50, now=60.0).allowed
+
+
+def test_fixed_window_counts_afresh_at_each_boundary() -> None:
+    """A fixed window forgets every request at its boundary, where a sliding one would still count them."""
+    window = FixedWindow(rpm=2, tpm=None, window_s=10.0)
+    assert window.admit(1, now=100.0).allowed
+    assert window.admit(1, now=109.0).allowed
+    refused = window.admit(1, now=109.5)
+    assert not refused.allowed and refused.wait_s == pytest.approx(0.5)
+    assert dict(refused.headers)[b"x-ratelimit-reset-requests"] == b"500ms"
+    assert window.admit(1, now=110.0).allowed
+    assert window.admit(1, now=110.0).allowed
+    assert not window.admit(1, now=119.9).allowed
+
+
+def test_fixed_window_tokens() -> None:
+    """The fixed window's token budget refuses what does not fit until the next boundary, then admits it."""
+    window = FixedWindow(rpm=None, tpm=100, window_s=60.0)
+    assert window.admit(60, now=0.0).allowed
+    assert window.admit(30, now=10.0).allowed
+    refused = window.admit(50, now=20.0)
+    assert not refused.allowed and refused.wait_s == pytest.approx(40.0)
+    assert dict(refused.headers)[b"x-ratelimit-remaining-tokens"] == b"10"
+    assert window.admit(10, now=20.0).allowed
+    assert dict(window.peek(now=30.0))[b"x-ratelimit-remaining-tokens"] == b"0"
+    assert window.admit(100, now=60.0).allowed
+
+
+@pytest.mark.parametrize("mode,after_boundary", [("sliding", [200, 429]), ("fixed", [200, 200])])
+async def test_limit_modes_on_a_real_server(clock: FakeClock, mode: str, after_boundary: list[int]) -> None:
+    """--limit-mode sliding counts the last window's requests; fixed starts afresh at each boundary."""
+    async with serving(clock=clock, rpm=2, limit_window_s=10, limit_mode=mode) as (_, client):
+        before = [(await post(client, input="a")).status_code]  # t = 1000, a boundary
+        clock.advance(9)
+        before += [(await post(client, input="b")).status_code for _ in range(2)]
+        clock.advance(1)  # the first request leaves a sliding window; a fixed one starts again
+        after = [(await post(client, input="c")).status_code for _ in range(2)]
+    assert before == [200, 200, 429]
+    assert after == after_boundary
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from pipeline.serve.options import ServerOptions, add_arguments, options_from_ar
         {"limit_window_s": 0},
         {"port": 70000},
         {"poison": ("",)},
+        {"limit_mode": "leaky"},
     ],
 )
 def test_bad_options_are_config_errors(options: dict) -> None:
@@ -71,3 +72,11 @@ def test_ratelimit_headers_are_on_unless_turned_off() -> None:
     add_arguments(parser)
     assert options_from_args(parser.parse_args([])).ratelimit_headers
     assert not options_from_args(parser.parse_args(["--no-ratelimit-headers"])).ratelimit_headers
+
+
+def test_limit_mode_flag() -> None:
+    """--limit-mode picks sliding (the default) or fixed windows."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert options_from_args(parser.parse_args([])).limit_mode == "sliding"
+    assert options_from_args(parser.parse_args(["--limit-mode", "fixed"])).limit_mode == "fixed"

@@ -17,8 +17,9 @@ import time
 import traceback
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from http import HTTPStatus
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import unquote
 
 import anyio
@@ -52,21 +53,26 @@ MODEL_PREFIXES: tuple[bytes, ...] = (b"/v1/models/", b"/models/")
 
 _JSON = (b"content-type", b"application/json")
 
+Clock = Callable[[], float]
+
 _CLIENT_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 class Server:
     """A bound server: where it listens (``url``) and what it has answered (``stats``)."""
 
-    def __init__(self, options: ServerOptions, model: VectorModel, host: str, port: int) -> None:
+    def __init__(
+        self, options: ServerOptions, model: VectorModel, host: str, port: int, clock: Clock = anyio.current_time
+    ) -> None:
         self.options = options
+        self._clock = clock  # the rate windows' time, injected so tests can step it
         self.host = host
         self.port = port
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.stats = Stats()
         self._model = model
         self._key = (options.api_key or "").encode("utf-8")
-        self._window = rate_window(options.rpm, options.tpm, options.limit_window_s)
+        self._window = rate_window(options.limit_mode, options.rpm, options.tpm, options.limit_window_s)
         # separate streams so that latency jitter and shuffling do not move the faults
         self._fault_rng = random.Random(options.seed)
         self._rng = random.Random(options.seed + 1)
@@ -219,7 +225,7 @@ class Server:
         tokens = sum(self._model.count_tokens(request.texts))
         headers: tuple[tuple[bytes, bytes], ...] = ()
         if self._window is not None:
-            verdict = self._window.admit(tokens, anyio.current_time())
+            verdict = self._window.admit(tokens, self._clock())
             headers = verdict.headers if options.ratelimit_headers else ()
             if not verdict.allowed:
                 if options.retry_after:
@@ -254,7 +260,7 @@ class Server:
             return reply
         if any(name.startswith(b"x-ratelimit-") for name, _ in reply.headers):
             return reply  # an admitted or refused request: its own verdict's headers
-        return replace(reply, headers=reply.headers + self._window.peek(anyio.current_time()))
+        return replace(reply, headers=reply.headers + self._window.peek(self._clock()))
 
     def _authorized(self, request: h11.Request) -> bool:
         """Whether the request may pass: no --api-key, or its bearer token is the key."""
@@ -315,16 +321,21 @@ async def _send(conn: h11.Connection, stream: anyio.abc.ByteStream, reply: Reply
 
 
 async def serve(
-    options: ServerOptions, *, task_status: anyio.abc.TaskStatus[Server] = anyio.TASK_STATUS_IGNORED
+    options: ServerOptions,
+    *,
+    clock: Clock = anyio.current_time,
+    task_status: anyio.abc.TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind, report the :class:`Server` through ``task_status``, and serve until cancelled."""
-    listener, server = await _bind(options)
+    listener, server = await _bind(options, clock)
     async with listener:
         task_status.started(server)
         await listener.serve(server.handle_connection)
 
 
-async def _bind(options: ServerOptions) -> tuple[anyio.abc.Listener[anyio.abc.SocketStream], Server]:
+async def _bind(
+    options: ServerOptions, clock: Clock = anyio.current_time
+) -> tuple[anyio.abc.Listener[anyio.abc.SocketStream], Server]:
     """Load the vectors' source and open the listening socket; ConfigError when the port is taken."""
     model: VectorModel = (
         FakeModel(options.dimensions) if options.fake else await anyio.to_thread.run_sync(WordLlamaModel)
@@ -334,14 +345,17 @@ async def _bind(options: ServerOptions) -> tuple[anyio.abc.Listener[anyio.abc.So
     except OSError as exc:
         raise ConfigError(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}") from exc
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    return listener, Server(options, model, options.host, port)
+    return listener, Server(options, model, options.host, port, clock)
 
 
 @asynccontextmanager
-async def running_server(options: ServerOptions) -> AsyncIterator[Server]:
-    """A server running in the background of the current event loop, stopped on exit."""
+async def running_server(options: ServerOptions, *, clock: Clock = anyio.current_time) -> AsyncIterator[Server]:
+    """A server running in the background of the current event loop, stopped on exit.
+
+    ``clock`` is the time its rate limits count by (the event loop's by default).
+    """
     async with anyio.create_task_group() as tg:
-        server = await tg.start(serve, options)
+        server = await tg.start(partial(serve, options, clock=clock))
         try:
             yield server
         finally:

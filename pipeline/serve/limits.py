@@ -1,7 +1,8 @@
 """The server's rate limits: request and token budgets per window, and their ``x-ratelimit-*`` headers.
 
-:class:`SlidingWindow` holds the budget over any ``window_s`` seconds, as
-Heroku counts it. ``x-ratelimit-limit-*`` is the budget per window;
+Two ways of counting: :class:`SlidingWindow` holds the budget over any
+``window_s`` seconds, as Heroku counts it; :class:`FixedWindow` starts the
+counts afresh at every multiple of ``window_s``. ``x-ratelimit-limit-*`` is the budget per window;
 ``x-ratelimit-reset-*`` is the time until a request like the current one (one
 request, the same tokens) would fit that budget: after admitting it for an
 accepted request, before for a refused one, ``0s`` when it fits now.
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 Headers = tuple[tuple[bytes, bytes], ...]
+
+LIMIT_MODES: tuple[str, ...] = ("sliding", "fixed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +132,43 @@ class SlidingWindow(_Window):
         return request_wait, token_wait
 
 
-def rate_window(rpm: int | None, tpm: int | None, window_s: float) -> RateWindow | None:
-    """The window that counts the budgets, or None when there is no budget to count."""
+class FixedWindow(_Window):
+    """Budgets that start afresh at every multiple of ``window_s`` seconds."""
+
+    def __init__(self, rpm: int | None, tpm: int | None, window_s: float) -> None:
+        super().__init__(rpm, tpm, window_s)
+        self._started = -math.inf  # the start of the window being counted
+        self._requests = self._tokens = 0
+
+    def _expire(self, now: float) -> None:
+        started = math.floor(now / self.window_s) * self.window_s
+        if started != self._started:
+            self._started = started
+            self._requests = self._tokens = 0
+
+    def _count(self, tokens: int, now: float) -> None:
+        self._requests += 1
+        self._tokens += tokens
+
+    def _used(self) -> tuple[int, int]:
+        return self._requests, self._tokens
+
+    def _waits(self, tokens: int, now: float) -> tuple[float, float]:
+        next_window = self._started + self.window_s - now
+        request_wait = token_wait = 0.0
+        if self.rpm is not None and self._requests >= self.rpm:
+            request_wait = next_window
+        if self.tpm is not None and self._tokens + tokens > self.tpm:
+            # a request above the whole budget never fits; say a window, as the sliding one does
+            token_wait = next_window if tokens <= self.tpm else self.window_s
+        return request_wait, token_wait
+
+
+def rate_window(mode: str, rpm: int | None, tpm: int | None, window_s: float) -> RateWindow | None:
+    """The window that counts ``mode``'s way (one of :data:`LIMIT_MODES`), or None without a budget."""
     if rpm is None and tpm is None:
         return None
-    return SlidingWindow(rpm, tpm, window_s)
+    return SlidingWindow(rpm, tpm, window_s) if mode == "sliding" else FixedWindow(rpm, tpm, window_s)
 
 
 def format_reset(seconds: float) -> str:

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field, fields
 
 from pipeline.errors import ConfigError
+from pipeline.serve.limits import LIMIT_MODES
 
 #: fault switches in the order their fractions are stacked on one random draw
 FAULTS: tuple[str, ...] = ("fail_429", "fail_500", "fail_503", "drop", "hang", "malformed", "short")
@@ -29,6 +30,7 @@ class ServerOptions:
     rpm: int | None = None
     tpm: int | None = None
     limit_window_s: float = 60.0
+    limit_mode: str = "sliding"  # how the window counts: sliding or fixed (see LIMIT_MODES)
     ratelimit_headers: bool = True  # x-ratelimit-* on every answer when rpm or tpm is set
     retry_after: bool = True  # send Retry-After with every 429 (the OpenAI SDK gives up early without it)
     seed: int = 0
@@ -65,6 +67,8 @@ class ServerOptions:
         for name in ("limit_window_s", "idle_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.limit_mode not in LIMIT_MODES:
+            raise ConfigError(f"--limit-mode must be one of {', '.join(LIMIT_MODES)}, got {self.limit_mode!r}")
         if any(not text for text in self.poison):
             raise ConfigError("--poison needs a non-empty text")
 
@@ -88,7 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--jitter-ms", type=float, default=d.jitter_ms, help="uniform random extra delay, 0..N ms")
     p("--rpm", type=int, help="requests allowed per window (429 past it)")
     p("--tpm", type=int, help="tokens allowed per window (429 past it)")
-    p("--limit-window-s", type=float, default=d.limit_window_s, help="length of the sliding rate-limit window")
+    p("--limit-window-s", type=float, default=d.limit_window_s,
+      help=f"length of the rate-limit window, seconds (default {d.limit_window_s:g})")
+    p("--limit-mode", choices=LIMIT_MODES, default=d.limit_mode,
+      help="sliding: the budget holds over any window; fixed: counts start afresh at each window boundary "
+      f"(default {d.limit_mode})")
     p("--ratelimit-headers", action=argparse.BooleanOptionalAction, default=d.ratelimit_headers,
       help="send x-ratelimit-* headers on every answer when --rpm or --tpm is set; "
       "--no-ratelimit-headers omits them (default: send)")
