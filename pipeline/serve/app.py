@@ -228,12 +228,15 @@ class Server:
             verdict = self._window.admit(tokens, self._clock())
             headers = verdict.headers if options.ratelimit_headers else ()
             if not verdict.allowed:
+                self.stats.rate_limited += 1
                 if options.retry_after:
                     headers += ((b"retry-after", b"%d" % max(1, math.ceil(verdict.wait_s))),)
                 return error_reply(
                     429, "rate limit reached; retry later", "rate_limit_exceeded",
                     type_="rate_limit_error", headers=headers,
                 )
+        self.stats.admitted += 1
+        self.stats.admitted_tokens += tokens
 
         floats = await self._model.embed(request.texts)
         if request.dimensions is not None:

@@ -16,12 +16,19 @@ class Stats:
 
     ``responses`` counts answers by status code, with ``dropped``, ``hung``,
     ``malformed`` and ``short`` for those faults (a hung request that is
-    answered after all is counted again under its answer). The ``inputs``
-    and token counters cover complete 200 answers only.
+    answered after all is counted again under its answer). ``admitted``
+    counts the requests the rate limits let through (every valid request
+    that drew no fault, when no limit is set) and ``admitted_tokens`` their
+    tokens; ``rate_limited`` the 429s of the limits (``responses["429"]``
+    adds the injected ones). The ``inputs`` and token counters cover
+    complete 200 answers only.
     """
 
     requests: int = 0
     responses: Counter[str] = field(default_factory=Counter)
+    admitted: int = 0
+    admitted_tokens: int = 0
+    rate_limited: int = 0
     inputs_embedded: int = 0
     prompt_tokens: int = 0
     total_tokens: int = 0
@@ -45,6 +52,9 @@ class Stats:
         return {
             "requests": self.requests,
             "responses": dict(self.responses),
+            "admitted": self.admitted,
+            "admitted_tokens": self.admitted_tokens,
+            "rate_limited": self.rate_limited,
             "inputs_embedded": self.inputs_embedded,
             "unique_inputs_embedded": len(self._seen),
             "duplicate_inputs_embedded": self.inputs_embedded - len(self._seen),
@@ -60,5 +70,6 @@ class Stats:
         """Zero every counter."""
         self.first_embedded_at = self.last_embedded_at = None
         self.requests = self.inputs_embedded = self.prompt_tokens = self.total_tokens = 0
+        self.admitted = self.admitted_tokens = self.rate_limited = 0
         self.responses.clear()
         self._seen.clear()
