@@ -52,15 +52,6 @@ async def test_rate_limit_429_carries_retry_after_by_default() -> None:
     assert 28 <= int(refused.headers["retry-after"]) <= 30
 
 
-@pytest.mark.parametrize("retry_after", [True, False])
-async def test_injected_429_retry_after_follows_the_switch(retry_after: bool) -> None:
-    """--fail-429 answers carry Retry-After (--fault-retry-after) unless --no-retry-after."""
-    async with serving(fail_429=1.0, fault_retry_after=2, retry_after=retry_after) as (_, client):
-        refused = await post(client, input="hello")
-    assert_openai_error(refused, 429)
-    assert refused.headers.get("retry-after") == ("2" if retry_after else None)
-
-
 def test_rate_window_refusals_do_not_consume_budget() -> None:
     """A refused request does not count; budgets come back as accepted requests leave the window."""
     window = SlidingWindow(rpm=2, tpm=None, window_s=1.0)

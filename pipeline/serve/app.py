@@ -29,11 +29,13 @@ import orjson
 
 from pipeline.embed.vectors import quantize
 from pipeline.errors import ConfigError
-from pipeline.serve.limits import rate_window
+from pipeline.serve.faults import FaultDraw, status_fault_reply
+from pipeline.serve.limits import Headers, rate_window
 from pipeline.serve.models import FakeModel, VectorModel, WordLlamaModel, shortened
-from pipeline.serve.options import FAULTS, ServerOptions, add_arguments, options_from_args
+from pipeline.serve.options import ServerOptions, add_arguments, options_from_args
 from pipeline.serve.protocol import (
     BadRequest,
+    EmbeddingsRequest,
     Reply,
     embeddings_body,
     error_reply,
@@ -74,7 +76,7 @@ class Server:
         self._key = (options.api_key or "").encode("utf-8")
         self._window = rate_window(options.limit_mode, options.rpm, options.tpm, options.limit_window_s)
         # separate streams so that latency jitter and shuffling do not move the faults
-        self._fault_rng = random.Random(options.seed)
+        self._draw_fault = FaultDraw(options)
         self._rng = random.Random(options.seed + 1)
 
     async def handle_connection(self, stream: anyio.abc.ByteStream) -> None:
@@ -181,10 +183,31 @@ class Server:
         Records 200 answers and the connection-level faults in ``stats``; the
         caller records the other statuses.
         """
-        options = self.options
-        delay_ms = options.latency_ms + self._rng.uniform(0, options.jitter_ms)
+        delay_ms = self.options.latency_ms + self._rng.uniform(0, self.options.jitter_ms)
         if delay_ms > 0:
             await anyio.sleep(delay_ms / 1000)
+        request = self._accept(http, body)
+        if isinstance(request, Reply):
+            return request
+        fault = self._draw_fault()
+        if (injected := status_fault_reply(fault, self.options)) is not None:
+            return injected
+        if fault == "drop":
+            self.stats.responses["dropped"] += 1
+            return None
+        if fault == "hang":
+            self.stats.responses["hung"] += 1
+            if not await _wait_unless_closed(conn, stream, self.options.hang_s):
+                return None
+        tokens = sum(self._model.count_tokens(request.texts))
+        admitted = self._admit(tokens)
+        if isinstance(admitted, Reply):
+            return admitted
+        return await self._answer(request, tokens, fault, admitted)
+
+    def _accept(self, http: h11.Request, body: bytes | None) -> EmbeddingsRequest | Reply:
+        """The request, if it passes the key, size, API, model and poison checks; else their error."""
+        options = self.options
         if not self._authorized(http):
             return unauthorized()
         if body is None:
@@ -202,34 +225,17 @@ class Server:
             if any(poison in text for poison in options.poison):
                 message = f"input {i} contains a forbidden token"
                 return error_reply(400, message, "forbidden_input", param="input")
+        return request
 
-        fault = self._draw_fault()
-        if fault == "fail_429":
-            retry_after = f"{options.fault_retry_after:g}".encode()
-            return error_reply(
-                429, "injected rate limit", "rate_limit_exceeded", type_="rate_limit_error",
-                headers=((b"retry-after", retry_after),) if options.retry_after else (),
-            )
-        if fault == "fail_500":
-            return error_reply(500, "injected server error", "internal_error", type_="server_error")
-        if fault == "fail_503":
-            return error_reply(503, "injected overload", "service_unavailable", type_="server_error")
-        if fault == "drop":
-            self.stats.responses["dropped"] += 1
-            return None
-        if fault == "hang":
-            self.stats.responses["hung"] += 1
-            if not await _wait_unless_closed(conn, stream, options.hang_s):
-                return None
-
-        tokens = sum(self._model.count_tokens(request.texts))
-        headers: tuple[tuple[bytes, bytes], ...] = ()
+    def _admit(self, tokens: int) -> Headers | Reply:
+        """The rate-limit headers of an admitted request, or the 429 of a refused one."""
+        headers: Headers = ()
         if self._window is not None:
             verdict = self._window.admit(tokens, self._clock())
-            headers = verdict.headers if options.ratelimit_headers else ()
+            headers = verdict.headers if self.options.ratelimit_headers else ()
             if not verdict.allowed:
                 self.stats.rate_limited += 1
-                if options.retry_after:
+                if self.options.retry_after:
                     headers += ((b"retry-after", b"%d" % max(1, math.ceil(verdict.wait_s))),)
                 return error_reply(
                     429, "rate limit reached; retry later", "rate_limit_exceeded",
@@ -237,13 +243,16 @@ class Server:
                 )
         self.stats.admitted += 1
         self.stats.admitted_tokens += tokens
+        return headers
 
+    async def _answer(self, request: EmbeddingsRequest, tokens: int, fault: str | None, headers: Headers) -> Reply:
+        """The 200 answer with the request's vectors, or its ``short`` or ``malformed`` fault."""
         floats = await self._model.embed(request.texts)
         if request.dimensions is not None:
             floats = shortened(floats, request.dimensions)
         vectors = quantize(floats, request.embedding_type)
         order = list(range(len(request.texts)))
-        if options.shuffle:
+        if self.options.shuffle:
             self._rng.shuffle(order)
         if fault == "short":
             self.stats.responses["short"] += 1
@@ -274,16 +283,6 @@ class Server:
                 scheme, _, token = value.partition(b" ")
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
         return False
-
-    def _draw_fault(self) -> str | None:
-        """One seeded draw per request; each fault owns a slice of [0, 1) as wide as its fraction."""
-        draw = self._fault_rng.random()
-        edge = 0.0
-        for name in FAULTS:
-            edge += getattr(self.options, name)
-            if draw < edge:
-                return name
-        return None
 
 
 async def _next_event(conn: h11.Connection, stream: anyio.abc.ByteStream) -> Any:
