@@ -93,11 +93,11 @@ async def test_vectors_belong_to_their_text(tmp_path: Path) -> None:
     write_corpus(tmp_path / "in" / "a.jsonl", 200, bad=False)
     cfg = make_config(tmp_path, "http://placeholder")
     await run(cfg, ServerOptions(port=0, fake=True, dimensions=16, shuffle=True, seed=7))
-    from pipeline.serve.app import FakeEmbedder
+    from pipeline.serve.models import FakeModel
 
     data = read_dataset(tmp_path)
     texts = data["text"].to_pylist()
-    expected = await FakeEmbedder(16).embed(texts)
+    expected = await FakeModel(16).embed(texts)
     got = data["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, 16)
     assert (got == expected).all()
 
@@ -295,12 +295,12 @@ async def test_disk_full_mid_run_is_exit_4_with_earlier_commits_intact(tmp_path:
     publish = shard_file.ShardFile.publish
     calls = 0
 
-    def fill_up(self: Any, entry: dict) -> None:
+    def fill_up(self: Any, entry: dict, retry: Any) -> None:
         nonlocal calls
         calls += 1
         if calls > 2:
             raise OSError(28, "No space left on device")
-        publish(self, entry)
+        publish(self, entry, retry)
 
     monkeypatch.setattr(shard_file.ShardFile, "publish", fill_up)
     cfg = make_config(tmp_path, "http://placeholder", sink={"shard_rows": 100})

@@ -23,11 +23,11 @@ import pyarrow as pa
 
 from pipeline.config import SinkConfig
 from pipeline.dataset.lease import Lease
-from pipeline.dataset.retrying import StoreRetry
+from pipeline.dataset.retrying import StoreRetry, transient
 from pipeline.dataset.manifest import Manifest, join, load_rank, save_rank, shard_rank_seq, utc_now
 from pipeline.dataset.shard_file import ShardFile
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
-from pipeline.errors import CommitFailed, PipelineError, SinkError
+from pipeline.errors import CommitFailed, SinkError
 from pipeline.logs import get_logger
 from pipeline.types import Counts, EmbeddedBatch
 
@@ -251,7 +251,7 @@ class DatasetWriter:
             # then claim them, so the writer refuses any further batch
             self._failed = exc
             self._discard()
-            if isinstance(exc, Exception) and not isinstance(exc, PipelineError):  # the store's, after retries
+            if isinstance(exc, (OSError, pa.ArrowException)) or transient(exc):  # the store's, after retries
                 reason = " ".join(str(exc).split()) or type(exc).__name__
                 raise CommitFailed(
                     f"cannot commit shards to {self.cfg.path}: {reason}; "
