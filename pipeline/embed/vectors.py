@@ -1,8 +1,8 @@
 """Vector representations: numpy dtypes, base64 wire format, Arrow types.
 
-Shared by the client (decoding answers), the local models (quantising their
-float output) and the sink (building ``fixed_size_list`` columns without
-Python lists).
+Shared by the HTTP embedder (decoding answers), the local model and
+``pipeline serve`` (quantising float output) and the dataset writer
+(building ``fixed_size_list`` columns without Python lists).
 """
 
 from __future__ import annotations
@@ -44,11 +44,6 @@ def is_packed(embedding_type: str) -> bool:
 def width(embedding_type: str, dimensions: int) -> int:
     """Number of stored elements for a vector of ``dimensions`` dimensions."""
     return dimensions // 8 if is_packed(embedding_type) else dimensions
-
-
-def arrow_type(embedding_type: str, width_: int) -> pa.DataType:
-    """The Arrow type of the ``embedding`` column (``width_`` stored elements)."""
-    return pa.list_(ARROW_VALUE_TYPES[embedding_type], width_)
 
 
 def to_arrow(vectors: np.ndarray, embedding_type: str) -> pa.FixedSizeListArray:

@@ -1,4 +1,4 @@
-"""The HTTP client against a real `pipeline serve` on a loopback port."""
+"""pipeline.embed.http: the HTTP embedder against a real `pipeline serve` on a loopback port."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import anyio
 import numpy as np
 import pytest
 
-from pipeline.embed.http import HttpEmbedder, LocalEmbedder, parse_reset
 from pipeline.config import EmbeddingConfig
-from pipeline.errors import FatalApiError
+from pipeline.embed.http import HttpEmbedder
+from pipeline.embed.limits import RateLimiter
+from pipeline.errors import ApiError, EndpointUnreachable, FatalApiError
 from pipeline.serve.app import ServerOptions, running_server
 from pipeline.types import Batch, Chunk
 from pipeline.embed.vectors import DTYPES
@@ -123,26 +124,8 @@ async def test_unreachable_endpoint_is_fatal() -> None:
         await listener.aclose()  # nothing listens there now
         cfg = embedding_config(f"http://127.0.0.1:{port}", max_attempts=2)
         async with HttpEmbedder(cfg, api_key=None, sleep=no_sleep) as client:
-            with pytest.raises(FatalApiError, match="unreachable"):
+            with pytest.raises(EndpointUnreachable, match="unreachable"):
                 await client.embed(Batch(seq=0, chunks=chunks(1)))
-
-
-async def test_local_embedder_quantizes() -> None:
-    """The local provider gives 256-dim float vectors, or 32 packed bytes for binary."""
-    for etype, width in (("float", 256), ("binary", 32)):
-        cfg = EmbeddingConfig(provider="local", embedding_type=etype)
-        async with LocalEmbedder(cfg) as client:
-            result = await client.embed(Batch(seq=0, chunks=chunks(3)))
-        assert result.vectors.shape == (3, width) and result.usage.prompt_tokens > 0
-
-
-def test_parse_reset_formats() -> None:
-    """Retry-After and x-ratelimit-reset values parse in seconds and durations."""
-    assert parse_reset("2") == 2.0
-    assert parse_reset("51s") == 51.0
-    assert parse_reset("1m30s") == 90.0
-    assert parse_reset("250ms") == 0.25
-    assert parse_reset("soon") is None
 
 
 async def test_everything_rejected_is_fatal() -> None:
@@ -154,11 +137,18 @@ async def test_everything_rejected_is_fatal() -> None:
 async def test_429_slows_the_whole_client() -> None:
     """A 429 lowers the client's pace and pauses it; successes bring the pace back."""
     options = ServerOptions(port=0, fake=True, dimensions=8, fail_429=0.5, seed=5, fault_retry_after=0)
+    throttled: list[int] = []
+
+    def on_retry(exc: ApiError, attempt: int) -> None:
+        if exc.status == 429:
+            throttled.append(attempt)
+
     async with running_server(options) as server:
         cfg = embedding_config(server.url, requests_per_minute=60_000, max_attempts=20)
-        async with HttpEmbedder(cfg, api_key=None, sleep=no_sleep, rng=random.Random(0)) as client:
+        limiter = RateLimiter(cfg.requests_per_minute, None)
+        async with HttpEmbedder(cfg, api_key=None, limiter=limiter, sleep=no_sleep, rng=random.Random(0),
+                                on_retry=on_retry) as client:
             with anyio.fail_after(20):
                 for seq in range(12):
                     await client.embed(Batch(seq=seq, chunks=chunks(3)))
-            limiter = client._limiter
-    assert limiter.throttled > 0 and limiter.scale < 1.0
+    assert throttled and limiter.scale < 1.0
