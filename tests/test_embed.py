@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import anyio
 import pytest
+from conftest import ROOT
 
 from pipeline.config import EmbeddingConfig
 from pipeline.embed import Embedder, make_embedder
@@ -15,8 +15,6 @@ from pipeline.embed.http import HttpEmbedder
 from pipeline.embed.limits import RateLimiter
 from pipeline.embed.local import LocalEmbedder
 from pipeline.embed.reuse import ReusingEmbedder
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_factory_builds_each_provider() -> None:

@@ -152,3 +152,17 @@ async def test_429_slows_the_whole_client() -> None:
                 for seq in range(12):
                     await client.embed(Batch(seq=seq, chunks=chunks(3)))
     assert throttled and limiter.scale < 1.0
+
+
+async def test_unreachable_error_hides_the_url_userinfo() -> None:
+    """A key passed in the URL (https://user:KEY@host) never appears in the unreachable error."""
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        await listener.aclose()
+        cfg = embedding_config(f"http://proxyuser:SECRET-KEY-42@127.0.0.1:{port}", max_attempts=2)
+        async with HttpEmbedder(cfg, api_key=None, sleep=no_sleep) as client:
+            with pytest.raises(EndpointUnreachable) as info:
+                await client.embed(Batch(seq=0, chunks=chunks(1)))
+    message = str(info.value)
+    assert f"http://***@127.0.0.1:{port}/v1/embeddings" in message and "SECRET-KEY-42" not in message

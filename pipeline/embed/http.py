@@ -25,6 +25,7 @@ from pipeline.embed.limits import Budget, Limiter, RateLimiter
 from pipeline.embed.retry import Bisector, ConnectFailed, OnRetry, Retrying, Sleep, classify
 from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import RetryableApiError
+from pipeline.logs import redact_url
 from pipeline.types import Batch, Chunk, EmbeddedBatch
 
 
@@ -82,7 +83,7 @@ class HttpEmbedder:
         self.retrying = Retrying(
             cfg.max_attempts,
             limiter=limiter or RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute),
-            where=self._url,
+            where=redact_url(self._url),  # a key passed as https://user:KEY@host stays out of errors
             sleep=sleep or anyio.sleep,
             rng=rng,
             on_retry=on_retry,
@@ -151,9 +152,9 @@ class HttpEmbedder:
         except httpx.TimeoutException as exc:
             raise RetryableApiError(f"timed out after {self.cfg.timeout_s:g}s ({type(exc).__name__})") from exc
         except httpx.ConnectError as exc:
-            raise ConnectFailed(f"connection failed: {type(exc).__name__}: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise RetryableApiError(f"connection failed: {type(exc).__name__}: {exc}") from exc
+            raise ConnectFailed(redact_url(f"connection failed: {type(exc).__name__}: {exc}")) from exc
+        except httpx.TransportError as exc:  # its text may quote the URL: it ends in logs and errors/
+            raise RetryableApiError(redact_url(f"connection failed: {type(exc).__name__}: {exc}")) from exc
         if response.status_code != 200:
             raise classify(response, self.cfg.model)
         try:
