@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import anyio
+import anyio.abc
 import numpy as np
 import pytest
 
@@ -166,3 +169,40 @@ async def test_unreachable_error_hides_the_url_userinfo() -> None:
                 await client.embed(Batch(seq=0, chunks=chunks(1)))
     message = str(info.value)
     assert f"http://***@127.0.0.1:{port}/v1/embeddings" in message and "SECRET-KEY-42" not in message
+
+
+@asynccontextmanager
+async def trickling_server(pause_s: float) -> AsyncIterator[str]:
+    """A loopback HTTP server that answers 200 with a body sent one byte every ``pause_s`` seconds."""
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            try:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += await stream.receive()
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                await stream.send(head)
+                for _ in range(100000):  # each byte arrives well within a per-read timeout
+                    await stream.send(b" ")
+                    await anyio.sleep(pause_s)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # the client gave up on us
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        yield f"http://127.0.0.1:{port}"
+        tg.cancel_scope.cancel()
+
+
+async def test_timeout_bounds_the_whole_request() -> None:
+    """A server trickling its body a byte at a time times out after timeout_s, as a retryable failure."""
+    async with trickling_server(pause_s=0.1) as url:
+        cfg = embedding_config(url, timeout_s=1, max_attempts=2)
+        async with HttpEmbedder(cfg, api_key=None, sleep=no_sleep) as client:
+            with anyio.fail_after(20):
+                result = await client.embed(Batch(seq=0, chunks=chunks(2)))
+    assert not len(result.chunks) and [f.error_type for f in result.failures] == ["api_error", "api_error"]
+    assert all(f.attempts == 2 and "timed out" in f.message for f in result.failures)

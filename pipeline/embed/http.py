@@ -147,10 +147,15 @@ class HttpEmbedder:
 
     async def _request(self, body: bytes, n: int) -> Answer:
         """One attempt; transport failures and non-2xx answers become :class:`ApiError`."""
+        timeout = self.cfg.timeout_s
         try:
-            response = await self._client.post(self._url, content=body)
+            # httpx's timeouts bound each read; a body trickling in byte by byte would never end
+            with anyio.fail_after(timeout):
+                response = await self._client.post(self._url, content=body)
+        except TimeoutError as exc:
+            raise RetryableApiError(f"timed out after {timeout:g}s (the whole request)") from exc
         except httpx.TimeoutException as exc:
-            raise RetryableApiError(f"timed out after {self.cfg.timeout_s:g}s ({type(exc).__name__})") from exc
+            raise RetryableApiError(f"timed out after {timeout:g}s ({type(exc).__name__})") from exc
         except httpx.ConnectError as exc:
             raise ConnectFailed(redact_url(f"connection failed: {type(exc).__name__}: {exc}")) from exc
         except httpx.TransportError as exc:  # its text may quote the URL: it ends in logs and errors/
