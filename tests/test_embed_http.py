@@ -206,3 +206,23 @@ async def test_timeout_bounds_the_whole_request() -> None:
                 result = await client.embed(Batch(seq=0, chunks=chunks(2)))
     assert not len(result.chunks) and [f.error_type for f in result.failures] == ["api_error", "api_error"]
     assert all(f.attempts == 2 and "timed out" in f.message for f in result.failures)
+
+
+async def test_systematic_rejection_stops_after_a_handful() -> None:
+    """A server refusing every input with 400 (a proxy's answer to a wrong key or model) stops the run
+    within a handful of requests, naming the key and the model as likely causes."""
+    options = ServerOptions(port=0, fake=True, dimensions=8, poison=("text",))
+    async with running_server(options) as server:
+        async with HttpEmbedder(embedding_config(server.url), api_key=None, sleep=no_sleep) as client:
+            with anyio.fail_after(20), pytest.raises(FatalApiError, match="rejects every input") as info:
+                await client.embed(Batch(seq=0, chunks=chunks(96)))
+        requests = server.stats.snapshot()["requests"]
+    assert "key" in str(info.value) and "embedding.model" in str(info.value)
+    assert requests <= 6  # the batch, then one input alone and the rest, three times
+
+
+async def test_one_bad_input_first_is_not_systematic() -> None:
+    """A bad input at the very start of the run is isolated alone; the run goes on."""
+    batch = Batch(seq=0, chunks=chunks(1, prefix="POISON") + chunks(95))
+    result, _ = await embed(ServerOptions(port=0, fake=True, dimensions=16, poison=("POISON",)), batch)
+    assert len(result.chunks) == 95 and [f.text for f in result.failures] == [batch.chunks[0].text]

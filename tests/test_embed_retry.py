@@ -208,3 +208,14 @@ async def test_everything_rejected_stops_the_run() -> None:
     """When the API refuses every input and never accepted one, the run stops as a config problem."""
     with pytest.raises(FatalApiError, match="rejects every input"):
         await Bisector().run(chunks(16), Api(poison="text").send)
+
+
+@pytest.mark.anyio
+async def test_leading_bad_inputs_under_the_threshold_are_not_systematic() -> None:
+    """Two bad inputs at the very start of a run are isolated; the rest is embedded in few requests."""
+    api = Api()
+    batch = chunks(2, "POISON") + chunks(30)
+    answered, _, failures = await Bisector().run(batch, api.send)
+    assert [f.text for f in failures] == ["POISON 0", "POISON 1"]
+    assert [c for part, _ in answered for c in part] == list(batch[2:])
+    assert api.calls == [32, 1, 31, 1, 30]  # one input alone, then the rest, until one is accepted

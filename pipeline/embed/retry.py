@@ -6,7 +6,9 @@ Failures are classified once, here, from status codes and exception classes:
   bodies → :class:`RetryableApiError`, retried with capped exponential
   backoff and jitter, honouring ``Retry-After`` and ``x-ratelimit-reset-*``;
 - 400, 413, 422 → :class:`InputRejected`: :class:`Bisector` splits the batch
-  until the bad input is alone, and only that one becomes a failure;
+  until the bad input is alone, and only that one becomes a failure; when
+  the API never accepted anything and refuses a few inputs alone, the key or
+  the model is wrong and the run stops;
 - 401, 403, 404 → :class:`FatalApiError`, and a connection that fails on
   every attempt → :class:`EndpointUnreachable`: the run stops.
 """
@@ -33,7 +35,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 REJECTED_STATUS = frozenset({400, 413, 422})
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
-SYSTEMATIC_REJECTIONS = 8  # lone inputs refused, with no success ever, that make a config error
+SYSTEMATIC_REJECTIONS = 3  # lone inputs refused, with no success ever, that make a config error
 
 
 class ConnectFailed(RetryableApiError):
@@ -227,9 +229,8 @@ class Bisector(Generic[S]):
                 answer = await send(part)
             except InputRejected as exc:
                 usage = usage + Usage(requests=exc.attempts, retries=exc.attempts - 1)
-                if len(part) > 1:  # bisect: the bad input ends up alone
-                    mid = len(part) // 2
-                    pending[:0] = [part[:mid], part[mid:]]
+                if len(part) > 1:
+                    pending[:0] = self._split(part)
                     continue
                 self._rejected_alone(exc)
                 failures.append(Failure.of(part[0], "rejected", exc.message, status=exc.status, attempts=exc.attempts))
@@ -245,12 +246,22 @@ class Bisector(Generic[S]):
             answered.append((part, answer))
         return answered, usage, failures
 
+    def _split(self, part: tuple[Chunk, ...]) -> list[tuple[Chunk, ...]]:
+        """The two parts to send instead of ``part``, first one first."""
+        if self.accepted == 0:
+            # Nothing was ever accepted: maybe every request is refused (a wrong key or model
+            # behind a proxy that answers 400). One input alone, then the rest, tells within a
+            # handful of requests, where bisecting would go log2(n) deep before the first verdict.
+            return [part[:1], part[1:]]
+        mid = len(part) // 2  # bisect: the bad input ends up alone
+        return [part[:mid], part[mid:]]
+
     def _rejected_alone(self, exc: InputRejected) -> None:
         self.lone_rejections += 1
         if self.accepted == 0 and self.lone_rejections >= SYSTEMATIC_REJECTIONS:
             # nothing was ever accepted: the request, not the inputs, is wrong
             raise FatalApiError(
-                f"embedding API rejects every input ({exc.status}): {exc.message}; "
-                "check embedding.model, input_type, embedding_type and encoding_format",
+                f"embedding API rejects every input ({exc.status}) and never accepted one: {exc.message}; "
+                "the key or embedding.model may be wrong (or input_type, embedding_type, encoding_format)",
                 status=exc.status,
             ) from exc
