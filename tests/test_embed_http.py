@@ -8,7 +8,10 @@ from typing import AsyncIterator
 
 import anyio
 import anyio.abc
+import httpx
 import numpy as np
+import orjson
+import pybase64
 import pytest
 
 from pipeline.config import EmbeddingConfig
@@ -226,3 +229,38 @@ async def test_one_bad_input_first_is_not_systematic() -> None:
     batch = Batch(seq=0, chunks=chunks(1, prefix="POISON") + chunks(95))
     result, _ = await embed(ServerOptions(port=0, fake=True, dimensions=16, poison=("POISON",)), batch)
     assert len(result.chunks) == 95 and [f.text for f in result.failures] == [batch.chunks[0].text]
+
+
+def answer_body(request: httpx.Request, rows: np.ndarray, dtype: str = "<f4", model: str | None = None) -> bytes:
+    """An answer to ``request`` carrying ``rows`` as base64 of ``dtype`` values, echoing its model."""
+    sent = orjson.loads(request.content)
+    data = [{"object": "embedding", "index": i, "embedding": pybase64.b64encode(row.astype(dtype).tobytes()).decode()}
+            for i, row in enumerate(rows[: len(sent["input"])])]
+    return orjson.dumps({"object": "list", "data": data, "model": model or sent["model"],
+                         "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+
+
+def floats(n: int, d: int) -> np.ndarray:
+    rows = np.random.default_rng(n * d).standard_normal((n, d)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+async def test_non_finite_vectors_are_retried_then_failed() -> None:
+    """NaN in an answer is retried like a malformed body; when it persists the rows fail, never stored."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        rows = floats(4, 16)
+        if len(calls) in (1, 3, 4):  # the first batch succeeds at its second attempt; the second never
+            rows[0, 0] = np.nan
+        return httpx.Response(200, content=answer_body(request, rows))
+
+    cfg = embedding_config("http://api.test", max_attempts=2)
+    async with HttpEmbedder(cfg, api_key=None, sleep=no_sleep, transport=httpx.MockTransport(handler)) as client:
+        retried = await client.embed(Batch(seq=0, chunks=chunks(4)))
+        failed = await client.embed(Batch(seq=1, chunks=chunks(4)))
+    assert retried.vectors.shape == (4, 16) and np.isfinite(retried.vectors).all()
+    assert retried.usage.retries == 1 and not retried.failures
+    assert not len(failed.chunks) and {f.error_type for f in failed.failures} == {"api_error"}
+    assert all("not finite" in f.message and f.attempts == 2 for f in failed.failures)

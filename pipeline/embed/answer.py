@@ -62,6 +62,8 @@ class AnswerReader:
             matrix = vectors.decode_raw(items, etype)
         else:
             raise ValueError("embeddings are neither base64 strings nor number lists")
+        if matrix.dtype.kind == "f" and not np.isfinite(matrix).all():
+            raise ValueError("vector values are not finite (NaN or Inf)")
         if self.width is None:
             self.width = matrix.shape[1]
         elif matrix.shape[1] != self.width:

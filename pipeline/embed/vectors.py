@@ -27,6 +27,8 @@ DTYPES: dict[str, np.dtype] = {
     "ubinary": np.dtype("u1"),
 }
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 ARROW_VALUE_TYPES: dict[str, pa.DataType] = {
     "float": pa.float32(),
     "int8": pa.int8(),
@@ -81,12 +83,15 @@ def _b64decode(item: str) -> bytes:
 def decode_raw(items: list, embedding_type: str) -> np.ndarray:
     """JSON number lists as a 2-D array of the type's dtype.
 
-    Raises ``ValueError`` on ragged or non-numeric input.
+    Raises ``ValueError`` on ragged or non-numeric input, and on numbers
+    float32 cannot hold (they would be stored as Inf).
     """
     dtype = DTYPES[embedding_type]
     matrix = np.asarray(items, dtype=np.float64 if embedding_type == "float" else np.int64)
     if matrix.ndim != 2:
         raise ValueError("vectors of different lengths")
+    if embedding_type == "float" and matrix.size and not (np.abs(matrix) <= FLOAT32_MAX).all():
+        raise ValueError("vector values are not finite in float32")
     if embedding_type != "float":
         info = np.iinfo(dtype)
         if matrix.size and (matrix.min() < info.min or matrix.max() > info.max):
