@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
+import threading
+from contextlib import asynccontextmanager, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import AsyncIterator, Iterator
 
 import anyio
 import anyio.abc
@@ -13,6 +17,7 @@ import numpy as np
 import orjson
 import pybase64
 import pytest
+from conftest import run_cli
 
 from pipeline.config import EmbeddingConfig
 from pipeline.embed.http import HttpEmbedder
@@ -264,3 +269,79 @@ async def test_non_finite_vectors_are_retried_then_failed() -> None:
     assert retried.usage.retries == 1 and not retried.failures
     assert not len(failed.chunks) and {f.error_type for f in failed.failures} == {"api_error"}
     assert all("not finite" in f.message and f.attempts == 2 for f in failed.failures)
+
+
+def ignoring_server(request: httpx.Request) -> httpx.Response:
+    """Like infinity-emb: float32 vectors of 64 dimensions whatever embedding_type or dimensions asked."""
+    return httpx.Response(200, content=answer_body(request, floats(96, 64)))
+
+
+@pytest.mark.parametrize("etype,encoding", [("int8", "base64"), ("binary", "base64"), ("int8", "raw"),
+                                            ("ubinary", "raw")])
+async def test_server_ignoring_embedding_type_stops_the_run(etype: str, encoding: str) -> None:
+    """float32 answered where int8 or packed bits were asked is a FatalApiError, not vectors."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if encoding == "base64":
+            return ignoring_server(request)
+        sent = orjson.loads(request.content)
+        data = [{"index": i, "embedding": row} for i, row in enumerate(floats(len(sent["input"]), 64).tolist())]
+        return httpx.Response(200, json={"data": data, "model": sent["model"], "usage": {"prompt_tokens": 1}})
+
+    cfg = embedding_config("http://api.test", embedding_type=etype, encoding_format=encoding)
+    async with HttpEmbedder(cfg, api_key=None, sleep=no_sleep, transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(FatalApiError, match=f"where {etype} .* due; the server seems to ignore embedding_type"):
+            await client.embed(Batch(seq=0, chunks=chunks(8)))
+
+
+async def test_server_ignoring_dimensions_stops_the_run() -> None:
+    """embedding.dimensions: 32 answered with 64-wide vectors is a FatalApiError naming both widths."""
+    cfg = embedding_config("http://api.test", dimensions=32)
+    transport = httpx.MockTransport(ignoring_server)
+    async with HttpEmbedder(cfg, api_key=None, sleep=no_sleep, transport=transport) as client:
+        assert client.dimensions == 32
+        with pytest.raises(FatalApiError, match="256 bytes where 128 are due .*embedding.dimensions: 32"):
+            await client.embed(Batch(seq=0, chunks=chunks(4)))
+
+
+@contextmanager
+def float32_server() -> Iterator[str]:
+    """A loopback HTTP server answering float32 base64 vectors whatever was asked; yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            content = self.rfile.read(int(self.headers["Content-Length"]))
+            reply = answer_body(httpx.Request("POST", "http://x", content=content), floats(96, 64))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_run_against_a_server_ignoring_embedding_type_exits_3_and_writes_nothing(tmp_path: Path) -> None:
+    """`pipeline run` with embedding_type: int8 against a float32-only server exits 3, writing no row."""
+    (tmp_path / "in").mkdir()
+    lines = [json.dumps({"id": f"r{i}", "text": f"record number {i}"}) for i in range(50)]
+    (tmp_path / "in" / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    with float32_server() as url:
+        job = tmp_path / "job.yaml"
+        job.write_text(f"source:\n  path: {tmp_path / 'in'}\nembedding:\n  url: {url}\n  embedding_type: int8\n"
+                       f"sink:\n  path: {tmp_path / 'out'}\nlogging:\n  format: logfmt\n")
+        result = run_cli("run", str(job))
+    assert result.returncode == 3, result.stderr
+    assert "where int8 values are due" in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "out").glob("data/*"))

@@ -266,3 +266,16 @@ async def test_concurrent_batches(tmp_path):
     assert [c.text for a in got for c in a.chunks] == new
     np.testing.assert_array_equal(np.concatenate([a.vectors for a in got]), fake_vectors(new, "float"))
     assert sum(a.reused for a in got) == sum(1 for i in range(400) if i % 7) and len(inner.inputs) == 58
+
+
+@pytest.mark.anyio
+async def test_other_width_is_refused_even_when_nothing_is_reused(tmp_path):
+    """A batch with no reusable chunk still gets its width checked against the earlier dataset's."""
+    write_dataset(tmp_path / "old", corpus(10))
+    inner = FakeEmbedder(etype="ubinary")  # 2 columns where the dataset stores 16
+    with (
+        open_index(tmp_path / "old") as index,
+        pytest.raises(FatalApiError, match="vectors 16 wide, the API now returns 2"),
+        anyio.fail_after(10),
+    ):
+        await ReusingEmbedder(inner, index).embed(Batch(seq=0, chunks=make_chunks(["new", "newer"])))

@@ -89,7 +89,7 @@ class HttpEmbedder:
             on_retry=on_retry,
         )
         self._bisector: Bisector[Answer] = Bisector()
-        self._reader = AnswerReader(cfg.embedding_type)
+        self._reader = AnswerReader(cfg.embedding_type, cfg.dimensions)
         self._params = request_params(cfg)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
@@ -106,7 +106,7 @@ class HttpEmbedder:
 
     @property
     def dimensions(self) -> int | None:
-        """Stored elements per vector, fixed by the first answer (``None`` before it)."""
+        """Stored elements per vector: from ``embedding.dimensions``, else fixed by the first answer."""
         return self._reader.width
 
     async def __aenter__(self) -> HttpEmbedder:

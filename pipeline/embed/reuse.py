@@ -69,6 +69,13 @@ class ReusingEmbedder:
         answer = await self.inner.embed(
             Batch(seq=batch.seq, chunks=missing, failures=batch.failures, records=batch.records, marks=batch.marks)
         )
+        fresh = answer.vectors
+        # every answer, reused or not: one batch of the other width would mix widths in the dataset
+        if self.index.width and len(answer.chunks) and fresh.shape[1] != self.index.width:
+            raise FatalApiError(
+                f"run.reuse_from: the earlier dataset holds vectors {self.index.width} wide, "
+                f"the API now returns {fresh.shape[1]}; refusing to mix them"
+            )
         if not reused:
             return answer
         return self._merge(batch, found, stored, answer, reused)
@@ -78,11 +85,6 @@ class ReusingEmbedder:
     ) -> EmbeddedBatch:
         """Stored and fresh vectors back in batch order, minus the chunks ``inner`` failed."""
         fresh = answer.vectors
-        if len(answer.chunks) and fresh.shape[1] != stored.shape[1]:
-            raise FatalApiError(
-                f"run.reuse_from: the earlier dataset holds vectors {stored.shape[1]} wide, "
-                f"the API now returns {fresh.shape[1]}; refusing to mix them"
-            )
         # where each embedded chunk's vector is in `fresh` (ids, in case the inner embedder reorders)
         embedded: dict[str, deque[int]] = defaultdict(deque)
         for i, c in enumerate(answer.chunks):

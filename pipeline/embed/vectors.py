@@ -63,7 +63,7 @@ def decode_base64(items: list[str], embedding_type: str) -> np.ndarray:
     Raises ``ValueError`` when the items do not all have the same length.
     """
     dtype = DTYPES[embedding_type]
-    raw = [_b64decode(s) for s in items]
+    raw = [b64decode(s) for s in items]
     if not raw:
         return np.empty((0, 0), dtype=dtype)
     n = len(raw[0])
@@ -72,7 +72,7 @@ def decode_base64(items: list[str], embedding_type: str) -> np.ndarray:
     return np.frombuffer(b"".join(raw), dtype=dtype).reshape(len(raw), n // dtype.itemsize)
 
 
-def _b64decode(item: str) -> bytes:
+def b64decode(item: str) -> bytes:
     """``base64.b64decode(item)``, with SIMD: this is the largest cost of a base64 answer."""
     try:
         return pybase64.b64decode(item, validate=True)
