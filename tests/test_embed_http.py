@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 import pybase64
 import pytest
+import structlog.testing
 from conftest import run_cli
 
 from pipeline.config import EmbeddingConfig
@@ -345,3 +346,31 @@ def test_run_against_a_server_ignoring_embedding_type_exits_3_and_writes_nothing
     assert result.returncode == 3, result.stderr
     assert "where int8 values are due" in result.stderr and "Traceback" not in result.stderr
     assert not list((tmp_path / "out").glob("data/*"))
+
+
+async def test_reported_model_is_kept_and_a_difference_warned_once() -> None:
+    """The model the server says answered is exposed; one warning when it differs from embedding.model."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=answer_body(request, floats(96, 16), model="other-model-v2"))
+
+    cfg = embedding_config("http://api.test", model="my-model")
+    with structlog.testing.capture_logs() as logs:
+        async with HttpEmbedder(cfg, api_key=None, transport=httpx.MockTransport(handler)) as client:
+            assert client.reported_model is None
+            for seq in range(3):
+                await client.embed(Batch(seq=seq, chunks=chunks(2)))
+    assert client.reported_model == "other-model-v2"
+    warned = [e for e in logs if e["event"] == "model_differs"]
+    assert len(warned) == 1 and warned[0]["log_level"] == "warning"
+    assert (warned[0]["configured"], warned[0]["reported"]) == ("my-model", "other-model-v2")
+
+
+async def test_reported_model_from_pipeline_serve() -> None:
+    """Against pipeline serve, which echoes the model, the reported model is the configured one."""
+    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
+        cfg = embedding_config(server.url, model="m-echo")
+        with structlog.testing.capture_logs() as logs:
+            async with HttpEmbedder(cfg, api_key=None) as client:
+                await client.embed(Batch(seq=0, chunks=chunks(2)))
+    assert client.reported_model == "m-echo" and not [e for e in logs if e["event"] == "model_differs"]

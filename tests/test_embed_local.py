@@ -26,6 +26,7 @@ async def test_local_embedder_quantizes() -> None:
         async with LocalEmbedder(cfg) as client:
             result = await client.embed(Batch(seq=0, chunks=chunks(3)))
         assert result.vectors.shape == (3, width) and result.usage.prompt_tokens > 0
+        assert client.reported_model == "wordllama-l2-supercat-256"
 
 
 async def test_empty_batch_keeps_its_failures() -> None:

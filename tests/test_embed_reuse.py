@@ -124,6 +124,7 @@ class FakeEmbedder:
         self.inputs: list[str] = []
         self.entered = self.exited = 0
         self.dimensions: int | None = None
+        self.reported_model: str | None = "m-served"
 
     async def __aenter__(self) -> Self:
         self.entered += 1
@@ -279,3 +280,10 @@ async def test_other_width_is_refused_even_when_nothing_is_reused(tmp_path):
         anyio.fail_after(10),
     ):
         await ReusingEmbedder(inner, index).embed(Batch(seq=0, chunks=make_chunks(["new", "newer"])))
+
+
+def test_reported_model_is_the_inner_one(tmp_path):
+    """The reusing embedder reports the model its inner embedder's server named."""
+    write_dataset(tmp_path / "old", corpus(3))
+    with open_index(tmp_path / "old") as index:
+        assert ReusingEmbedder(FakeEmbedder(), index).reported_model == "m-served"

@@ -25,7 +25,7 @@ from pipeline.embed.limits import Budget, Limiter, RateLimiter
 from pipeline.embed.retry import Bisector, ConnectFailed, OnRetry, Retrying, Sleep, classify
 from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import RetryableApiError
-from pipeline.logs import redact_url
+from pipeline.logs import get_logger, redact_url
 from pipeline.types import Batch, Chunk, EmbeddedBatch
 
 
@@ -91,6 +91,8 @@ class HttpEmbedder:
         self._bisector: Bisector[Answer] = Bisector()
         self._reader = AnswerReader(cfg.embedding_type, cfg.dimensions)
         self._params = request_params(cfg)
+        #: the model the server says answered (its ``model`` field), once an answer came
+        self.reported_model: str | None = None
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -143,6 +145,10 @@ class HttpEmbedder:
             raise
         if self._budget is not None:
             self._budget.settle(held, estimate, answer.total_tokens)
+        if answer.model is not None and self.reported_model is None:
+            self.reported_model = answer.model
+            if answer.model != self.cfg.model:  # an alias, or a proxy routing elsewhere: worth knowing
+                get_logger().warning("model_differs", configured=self.cfg.model, reported=answer.model)
         return dataclasses.replace(answer, attempts=attempts)
 
     async def _request(self, body: bytes, n: int) -> Answer:

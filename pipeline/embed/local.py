@@ -72,6 +72,7 @@ class LocalEmbedder:
         self._budget = budget
         self._model = shared_model()
         self.dimensions = vectors.width(cfg.embedding_type, self._model.dimensions)
+        self.reported_model: str | None = MODEL_NAME  # the model that answers, whatever embedding.model says
 
     async def __aenter__(self) -> LocalEmbedder:
         return self

@@ -46,6 +46,11 @@ class ReusingEmbedder:
         known = self.inner.dimensions
         return known if known is not None else (self.index.width or None)
 
+    @property
+    def reported_model(self) -> str | None:
+        """The model the inner embedder's server says answered."""
+        return self.inner.reported_model
+
     async def __aenter__(self) -> Self:
         await self.inner.__aenter__()
         return self
