@@ -138,7 +138,7 @@ def test_width_is_learned_from_the_first_answer() -> None:
 
 
 def test_ragged_answers_stay_malformed() -> None:
-    """Vectors of different lengths within one answer are malformed (retried), not a wrong type."""
+    """Vectors of different lengths, empty or not numbers within one answer are malformed (retried), not a wrong type."""
     floats = unit_floats(2, 64)
     items = b64(floats, "<f4")
     items[1] = items[1][:-8]
@@ -146,3 +146,6 @@ def test_ragged_answers_stay_malformed() -> None:
         AnswerReader("float", 64).read(body(items), 2)
     with pytest.raises(ValueError):
         AnswerReader("int8").read(body([[1, 2, 3], [1, 2]]), 2)
+    for empty in ([[], []], ["", ""], [[True], [False]]):
+        with pytest.raises(ValueError):
+            AnswerReader("float").read(body(empty), 2)

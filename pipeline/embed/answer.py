@@ -145,8 +145,8 @@ class AnswerReader:
 
     def _from_raw(self, items: list[list[Any]]) -> np.ndarray:
         matrix = np.asarray(items)  # ragged lists raise ValueError: malformed
-        if matrix.ndim != 2 or matrix.dtype.kind not in "iuf":
-            raise ValueError("embeddings are not lists of numbers of one length")
+        if matrix.ndim != 2 or not matrix.shape[1] or matrix.dtype.kind not in "iuf":
+            raise ValueError("embeddings are not non-empty lists of numbers of one length")
         etype = self.embedding_type
         if etype == "float":
             if matrix.dtype.kind != "f" and matrix.any():
