@@ -53,7 +53,6 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from pipeline.embed import vectors
-from pipeline.embed.http import Embedder
 from pipeline.errors import SinkError
 from pipeline.logs import get_logger
 from pipeline.dataset.manifest import MANIFEST, Manifest, is_local, join, load_dataset_manifest
@@ -734,100 +733,5 @@ def count_reusable(index: ReuseIndex, hashes: Iterable[str], *, batch_rows: int 
 
 # --------------------------------------------------------------------------- the embedder
 
-
-class ReusingEmbedder:
-    """An :class:`~pipeline.client.Embedder` that sends only the chunks ``index`` lacks.
-
-    Chunks whose ``content_hash`` is in the index take the stored vector and
-    are counted in ``reused``; the others go to ``inner`` as one batch with the
-    same ``seq``, ``failures``, ``records`` and ``marks``. The answer keeps the
-    chunks in their original order (minus those the inner embedder failed),
-    with the inner embedder's usage and failures. A batch wholly reused costs
-    no request. Entering it enters ``inner``.
-    """
-
-    def __init__(
-        self, inner: Embedder, index: ReuseIndex, *, limiter: anyio.CapacityLimiter | None = None
-    ) -> None:
-        self.inner = inner
-        self.index = index
-        self._limiter = limiter
-
-    @property
-    def dimensions(self) -> int | None:
-        """The stored vector width: the inner embedder's once known, else the earlier dataset's."""
-        known = getattr(self.inner, "dimensions", None)
-        return known if known is not None else (self.index.width or None)
-
-    async def __aenter__(self) -> Self:
-        enter = getattr(self.inner, "__aenter__", None)
-        if enter is not None:
-            await enter()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        leave = getattr(self.inner, "__aexit__", None)
-        if leave is not None:
-            await leave(*exc)
-
-    async def embed(self, batch: Batch) -> EmbeddedBatch:
-        """Vectors for ``batch.chunks``: from the index where it has them, else from ``inner``."""
-        chunks = batch.chunks
-        dtype = self.index.dtype
-        if chunks:
-            found, stored = await anyio.to_thread.run_sync(
-                self.index.lookup, [c.content_hash for c in chunks], limiter=self._limiter
-            )
-        else:
-            found, stored = np.zeros(0, bool), np.empty((0, self.index.width), dtype)
-        reused = int(found.sum())
-        if reused == len(chunks):
-            return EmbeddedBatch(
-                seq=batch.seq,
-                chunks=chunks,
-                vectors=stored,
-                usage=Usage(),
-                failures=batch.failures,
-                records=batch.records,
-                marks=batch.marks,
-                reused=reused,
-            )
-        missing = tuple(c for c, hit in zip(chunks, found) if not hit)
-        answer = await self.inner.embed(
-            Batch(seq=batch.seq, chunks=missing, failures=batch.failures, records=batch.records, marks=batch.marks)
-        )
-        if not reused:
-            return answer
-        fresh = answer.vectors
-        if len(answer.chunks) and fresh.shape[1] != stored.shape[1]:
-            raise SinkError(
-                f"run.reuse_from: the earlier dataset holds vectors {stored.shape[1]} wide, "
-                f"the API now returns {fresh.shape[1]}; refusing to mix them"
-            )
-        # where each embedded chunk's vector is in `fresh` (ids, in case the inner embedder reorders)
-        embedded: dict[str, deque[int]] = defaultdict(deque)
-        for i, c in enumerate(answer.chunks):
-            embedded[c.id].append(len(stored) + i)
-        pick: list[int] = []
-        kept = []
-        next_stored = 0
-        for c, hit in zip(chunks, found):
-            if hit:
-                pick.append(next_stored)
-                next_stored += 1
-            elif embedded.get(c.id):
-                pick.append(embedded[c.id].popleft())
-            else:
-                continue  # the inner embedder failed it: it is among answer.failures
-            kept.append(c)
-        pool = np.concatenate([stored, fresh.astype(dtype, copy=False).reshape(-1, stored.shape[1])])
-        return EmbeddedBatch(
-            seq=batch.seq,
-            chunks=tuple(kept),
-            vectors=pool[np.asarray(pick, dtype=np.int64)],
-            usage=answer.usage,
-            failures=answer.failures,
-            records=batch.records,
-            marks=batch.marks,
-            reused=reused,
-        )
+# ReusingEmbedder moved to pipeline.embed.reuse; re-exported until every caller imports it there.
+from pipeline.embed.reuse import ReusingEmbedder  # noqa: E402

@@ -1,20 +1,32 @@
-"""Client-side pacing of requests and tokens per minute.
+"""Client-side pacing of requests and tokens per minute, and the token budget of a run.
 
-A request reserves its share of both budgets before it is sent. Reservations
-are paced evenly (a generic cell-rate scheduler) instead of bursting a whole
-minute's budget at start, so a server that enforces its limit per second
-still rarely says 429. Tokens are not known before a call: the caller passes
-an estimate and later reports what ``usage`` said, and the limiter learns the
-ratio between the two so that the budget is used fully whatever the language.
-When the server says 429 anyway, :meth:`RateLimiter.backoff` pauses every
-request, not just the one that was refused.
+:class:`Limiter` is the seam: a request reserves its share before it is
+sent, settles with what ``usage`` said once it ended, and a 429 makes the
+limiter back off. :class:`RateLimiter` (one process) is the first
+implementation; a store shared by several workers implements the same three
+calls. The methods are async because a shared store answers over the network.
+
+:class:`RateLimiter` paces reservations evenly (a generic cell-rate
+scheduler) instead of bursting a whole minute's budget at start, so a server
+that enforces its limit per second still rarely says 429. Tokens are not
+known before a call: the caller passes an estimate and later reports what
+``usage`` said, and the limiter learns the ratio between the two so that the
+budget is used fully whatever the language. When the server says 429 anyway,
+:meth:`RateLimiter.backoff` pauses every request, not just the one that was
+refused. (``aiolimiter`` is not used here: its leaky bucket bursts a whole
+period's budget at start and has no way to correct a reservation, adapt the
+pace or pause everyone after a 429.)
+
+:class:`Budget` is ``run.max_tokens``: it refuses a request that could take
+spending past the limit.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Protocol
 
 import anyio
 
@@ -22,6 +34,30 @@ from pipeline.errors import BudgetExhausted
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one request reserved: its raw token estimate and the tokens held for it."""
+
+    estimate: int
+    tokens: int
+
+
+class Limiter(Protocol):
+    """Paces requests against a rate budget (requests and tokens per minute)."""
+
+    async def reserve(self, estimate: int) -> Reservation:
+        """Wait until a request of about ``estimate`` tokens may be sent, and hold its share."""
+        ...
+
+    async def settle(self, reservation: Reservation, reported: int | None) -> None:
+        """The request ended: ``reported`` tokens per ``usage`` (None: it failed)."""
+        ...
+
+    async def backoff(self, delay: float) -> None:
+        """The server said 429: slow down, and hold every request for ``delay`` seconds."""
+        ...
 
 
 class _Pacer:
@@ -84,26 +120,17 @@ class RateLimiter:
         self._last_decrease = -math.inf
         self.scale = 1.0  # share of the configured budget we pace at
         self.ratio = 1.0  # reported tokens ÷ estimated tokens, learned
-        self.throttled = 0  # how many 429s we were told about
 
     @property
     def _pacers(self) -> list[_Pacer]:
         return [p for p in (self._requests, self._tokens) if p is not None]
 
-    @property
-    def enabled(self) -> bool:
-        """Whether any client-side limit is configured."""
-        return bool(self._pacers)
-
     def tokens_for(self, estimate: int) -> int:
         """Estimated tokens corrected by the learned ratio."""
         return max(1, math.ceil(estimate * self.ratio))
 
-    async def acquire(self, estimate: int) -> int:
-        """Wait until a request of ``estimate`` (raw) tokens may be sent.
-
-        Returns the tokens reserved, to hand back to :meth:`record`.
-        """
+    async def reserve(self, estimate: int) -> Reservation:
+        """Wait until a request of ``estimate`` (raw) tokens may be sent; hand the result to :meth:`settle`."""
         now = self._clock()
         wait = max(0.0, self._pause_until - now)
         reserved = self.tokens_for(estimate)
@@ -113,26 +140,29 @@ class RateLimiter:
             wait = max(wait, self._tokens.reserve(reserved, now))
         if wait > 0:
             await self._sleep(wait)
-        return reserved
+        return Reservation(estimate, reserved)
 
-    def record(self, estimate: int, reserved: int, reported: int | None) -> None:
-        """Learn from a successful answer: ``reported`` tokens for ``estimate``.
+    async def settle(self, reservation: Reservation, reported: int | None) -> None:
+        """Learn from an answer: ``reported`` tokens for the estimate (None: the request failed).
 
         The token budget is corrected by what the reservation got wrong, so
-        the pace follows real usage, not the estimate.
+        the pace follows real usage, not the estimate. A failed request keeps
+        its reservation: the server may well have counted it.
         """
+        if reported is None:
+            return
+        estimate = reservation.estimate
         if self.scale < 1.0:
             self._set_scale(self.scale + self.INCREASE)
-        if reported is None or estimate <= 0 or reported <= 0:
+        if estimate <= 0 or reported <= 0:
             return
         # a slow-moving average: one odd batch must not swing the pace
         self.ratio += 0.2 * (reported / estimate - self.ratio)
         if self._tokens is not None:
-            self._tokens.adjust(reported - reserved)
+            self._tokens.adjust(reported - reservation.tokens)
 
-    def backoff(self, delay: float) -> None:
+    async def backoff(self, delay: float) -> None:
         """The server said 429: slow down, and pause every request for ``delay`` seconds."""
-        self.throttled += 1
         now = self._clock()
         if now - self._last_decrease >= 1.0:
             self._last_decrease = now

@@ -1,7 +1,9 @@
-"""The embedded model for ``provider: local``: wordllama, fully offline.
+"""``provider: local``: the embedded wordllama model, fully offline.
 
 The weights and tokenizer ship inside the ``wordllama`` wheel; loading them
 from the package directory with downloads disabled never touches the network.
+:class:`LocalModel` is the model (``pipeline serve`` uses it too);
+:class:`LocalEmbedder` is the embedder of the run.
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ import os
 import threading
 from functools import cache
 
+import anyio
 import numpy as np
+
+from pipeline.config import EmbeddingConfig
+from pipeline.embed import vectors
+from pipeline.embed.limits import Budget
+from pipeline.embed.tokens import estimate_tokens
+from pipeline.types import Batch, EmbeddedBatch, Usage
 
 DIMENSIONS = 256
 MODEL_NAME = "wordllama-l2-supercat-256"
@@ -52,3 +61,36 @@ class LocalModel:
 def shared_model() -> LocalModel:
     """One model per process (loading takes a fraction of a second and 16 MB)."""
     return LocalModel()
+
+
+class LocalEmbedder:
+    """Embeds batches with the in-process wordllama model (no network)."""
+
+    def __init__(self, cfg: EmbeddingConfig, *, budget: Budget | None = None) -> None:
+        """Load the packaged model; ``budget`` counts its tokens like the API's."""
+        self.cfg = cfg
+        self._budget = budget
+        self._model = shared_model()
+        self.dimensions = vectors.width(cfg.embedding_type, self._model.dimensions)
+        self.reported_model: str | None = MODEL_NAME  # the model that answers, whatever embedding.model says
+
+    async def __aenter__(self) -> LocalEmbedder:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def embed(self, batch: Batch) -> EmbeddedBatch:
+        """Vectors for every chunk, computed in a worker thread."""
+        if not batch.chunks:
+            empty = np.empty((0, self.dimensions), dtype=vectors.DTYPES[self.cfg.embedding_type])
+            return EmbeddedBatch.answering(batch, batch.chunks, empty, Usage())
+        texts = [c.text for c in batch.chunks]
+        estimate = sum(estimate_tokens(t) for t in texts)
+        held = self._budget.reserve(estimate) if self._budget is not None else 0
+        floats, tokens = await anyio.to_thread.run_sync(self._model.embed, texts)
+        if self._budget is not None:
+            self._budget.settle(held, estimate, tokens)
+        matrix = vectors.quantize(floats, self.cfg.embedding_type)
+        usage = Usage(requests=1, prompt_tokens=tokens, total_tokens=tokens)
+        return EmbeddedBatch.answering(batch, batch.chunks, matrix, usage)

@@ -1,8 +1,8 @@
 """Vector representations: numpy dtypes, base64 wire format, Arrow types.
 
-Shared by the client (decoding answers), the local models (quantising their
-float output) and the sink (building ``fixed_size_list`` columns without
-Python lists).
+Shared by the HTTP embedder (decoding answers), the local model and
+``pipeline serve`` (quantising float output) and the dataset writer
+(building ``fixed_size_list`` columns without Python lists).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ DTYPES: dict[str, np.dtype] = {
     "ubinary": np.dtype("u1"),
 }
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 ARROW_VALUE_TYPES: dict[str, pa.DataType] = {
     "float": pa.float32(),
     "int8": pa.int8(),
@@ -46,11 +48,6 @@ def width(embedding_type: str, dimensions: int) -> int:
     return dimensions // 8 if is_packed(embedding_type) else dimensions
 
 
-def arrow_type(embedding_type: str, width_: int) -> pa.DataType:
-    """The Arrow type of the ``embedding`` column (``width_`` stored elements)."""
-    return pa.list_(ARROW_VALUE_TYPES[embedding_type], width_)
-
-
 def to_arrow(vectors: np.ndarray, embedding_type: str) -> pa.FixedSizeListArray:
     """A 2-D numpy array as a ``fixed_size_list`` array, sharing its buffer."""
     dtype = DTYPES[embedding_type]
@@ -66,7 +63,7 @@ def decode_base64(items: list[str], embedding_type: str) -> np.ndarray:
     Raises ``ValueError`` when the items do not all have the same length.
     """
     dtype = DTYPES[embedding_type]
-    raw = [_b64decode(s) for s in items]
+    raw = [b64decode(s) for s in items]
     if not raw:
         return np.empty((0, 0), dtype=dtype)
     n = len(raw[0])
@@ -75,7 +72,7 @@ def decode_base64(items: list[str], embedding_type: str) -> np.ndarray:
     return np.frombuffer(b"".join(raw), dtype=dtype).reshape(len(raw), n // dtype.itemsize)
 
 
-def _b64decode(item: str) -> bytes:
+def b64decode(item: str) -> bytes:
     """``base64.b64decode(item)``, with SIMD: this is the largest cost of a base64 answer."""
     try:
         return pybase64.b64decode(item, validate=True)
@@ -86,12 +83,15 @@ def _b64decode(item: str) -> bytes:
 def decode_raw(items: list, embedding_type: str) -> np.ndarray:
     """JSON number lists as a 2-D array of the type's dtype.
 
-    Raises ``ValueError`` on ragged or non-numeric input.
+    Raises ``ValueError`` on ragged or non-numeric input, and on numbers
+    float32 cannot hold (they would be stored as Inf).
     """
     dtype = DTYPES[embedding_type]
     matrix = np.asarray(items, dtype=np.float64 if embedding_type == "float" else np.int64)
     if matrix.ndim != 2:
         raise ValueError("vectors of different lengths")
+    if embedding_type == "float" and matrix.size and not (np.abs(matrix) <= FLOAT32_MAX).all():
+        raise ValueError("vector values are not finite in float32")
     if embedding_type != "float":
         info = np.iinfo(dtype)
         if matrix.size and (matrix.min() < info.min or matrix.max() > info.max):

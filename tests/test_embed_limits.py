@@ -1,0 +1,79 @@
+"""pipeline.embed.limits: client-side pacing (smooth, within budget, learning the token ratio) and the token budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.embed.limits import Budget, Limiter, RateLimiter
+from pipeline.errors import BudgetExhausted
+
+
+@pytest.mark.anyio
+async def test_requests_are_paced_not_burst(clock) -> None:
+    """600 rpm lets about 10 requests a second through, never a minute's worth at once."""
+    start = clock()
+    limiter = RateLimiter(600, None, clock=clock, sleep=clock.asleep)
+    times = []
+    for _ in range(1200):
+        await limiter.reserve(10)
+        times.append(clock() - start)
+    assert sum(1 for x in times if x < 0.95) == 10  # the pace from the first request: no burst
+    assert times[-1] == pytest.approx(119.9)  # 1200 requests take two minutes
+
+
+@pytest.mark.anyio
+async def test_token_budget_follows_reported_usage(clock) -> None:
+    """When the server counts twice the estimate, the pace halves to keep within the token budget."""
+    start = clock()
+    limiter = RateLimiter(None, 60_000, clock=clock, sleep=clock.asleep)
+    for _ in range(200):
+        reservation = await limiter.reserve(1000)
+        await limiter.settle(reservation, 2000)
+    # 200 requests × 2000 real tokens at 1000 tokens/s: about 400 s
+    assert 390 <= clock() - start <= 410
+    assert limiter.ratio == pytest.approx(2.0, rel=0.01)
+
+
+@pytest.mark.anyio
+async def test_backoff_pauses_everyone(clock) -> None:
+    """A 429 pauses all later requests for the delay the server gave, and lowers the pace."""
+    start = clock()
+    limiter = RateLimiter(None, None, clock=clock, sleep=clock.asleep)
+    await limiter.backoff(5.0)
+    await limiter.reserve(1)
+    assert clock() - start == pytest.approx(5.0)
+    assert limiter.scale < 1.0
+
+
+@pytest.mark.anyio
+async def test_failed_request_teaches_nothing(clock) -> None:
+    """Settling a failed request (no usage) leaves the learned ratio and the pace alone."""
+    limiter = RateLimiter(None, 60_000, clock=clock, sleep=clock.asleep)
+    await limiter.backoff(0.0)
+    scale = limiter.scale
+    await limiter.settle(await limiter.reserve(1000), None)
+    assert limiter.ratio == 1.0 and limiter.scale == scale
+
+
+def test_rate_limiter_is_a_limiter(clock) -> None:
+    """RateLimiter implements the Limiter protocol the retry policy is written against."""
+    limiter: Limiter = RateLimiter(60, 6000, clock=clock, sleep=clock.asleep)
+    assert all(callable(getattr(limiter, name)) for name in ("reserve", "settle", "backoff"))
+
+
+def test_budget_refuses_what_could_overspend() -> None:
+    """A reservation that does not fit what is left raises BudgetExhausted; settling frees it."""
+    budget = Budget(1000)
+    held = budget.reserve(500)  # 550 with the margin
+    with pytest.raises(BudgetExhausted):
+        budget.reserve(500)
+    budget.settle(held, 500, 400)
+    assert budget.spent == 400 and budget.reserved == 0
+
+
+def test_budget_learns_the_ratio() -> None:
+    """When usage reports more than estimated, later reservations grow with it."""
+    budget = Budget(10**6)
+    for _ in range(20):
+        budget.settle(budget.reserve(100), 100, 300)
+    assert budget.reserve(100) > 300
