@@ -120,6 +120,16 @@ async def test_embedding_types_reach_arrow(tmp_path: Path, etype: str, arrow_typ
     assert manifest["dimensions"] == 64 and manifest["embedding_type"] == etype
 
 
+async def test_the_model_that_answered_is_recorded(tmp_path: Path) -> None:
+    """The manifest records the model the server reported in its answers."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 20, bad=False)
+    result, _ = await run(make_config(tmp_path, "http://placeholder"), ServerOptions(port=0, fake=True, dimensions=8))
+    assert result.exit_code == 0
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["reported_model"] == "test-model" and manifest["model"] == "test-model"
+
+
 async def test_shard_usage_is_per_shard(tmp_path: Path) -> None:
     """Each shard's metadata carries the usage of the responses in it, and they sum to the totals."""
     (tmp_path / "in").mkdir()

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pipeline.embed.http import parse_reset
+from pipeline.embed.retry import parse_reset
 from pipeline.serve.limits import FixedWindow, SlidingWindow, format_reset
 from conftest import FakeClock
 from serve_helpers import assert_openai_error, post, serving

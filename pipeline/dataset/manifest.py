@@ -100,6 +100,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     #: input file url → ``[lines before, byte offset]`` checkpoints, to resume big files by seeking
     offsets: dict[str, list[list[int]]] = field(default_factory=dict)
+    #: the model the server says answered (``model`` of its answers), when it said
+    reported_model: str | None = None
     #: keys this version does not know, kept so that saving does not drop them
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -133,6 +135,7 @@ class Manifest:
                 "chunking": dict(data["chunking"]) if data.get("chunking") is not None else None,
                 "files": {str(k): str(v) for k, v in (data.get("files") or {}).items()},
                 "offsets": {str(k): [[int(n), int(o)] for n, o in v] for k, v in (data.get("offsets") or {}).items()},
+                "reported_model": str(data["reported_model"]) if data.get("reported_model") else None,
             }
         except (KeyError, TypeError, ValueError) as exc:
             raise SinkError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
@@ -194,7 +197,8 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (with ``totals``)."""
-        optional = {"chunking": self.chunking, "files": self.files, "offsets": self.offsets}
+        optional = {"chunking": self.chunking, "files": self.files, "offsets": self.offsets,
+                    "reported_model": self.reported_model}
         return {
             **self.extra,
             **{k: v for k, v in optional.items() if v},
@@ -375,6 +379,7 @@ def merge(manifests: Iterable[Manifest]) -> Manifest:
         out.schema = merge_schema(out.schema, part.schema)
         out.runs.extend(part.runs)
         out.chunking = out.chunking or part.chunking
+        out.reported_model = out.reported_model or part.reported_model
         out.files.update(part.files)
         out.offsets.update(part.offsets)
         for key, value in part.extra.items():

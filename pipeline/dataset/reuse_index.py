@@ -58,7 +58,7 @@ from pipeline.logs import get_logger
 from pipeline.dataset.manifest import MANIFEST, Manifest, is_local, join, load_dataset_manifest
 from pipeline.types import Batch, EmbeddedBatch, Usage
 
-__all__ = ["ReuseIndex", "ReusingEmbedder", "count_reusable", "hash_prefixes"]
+__all__ = ["ReuseIndex", "count_reusable", "hash_prefixes"]
 
 #: keys per fence entry: one 4 KB page of uint64 keys is read per looked-up hash
 BLOCK = 512
@@ -730,8 +730,3 @@ def count_reusable(index: ReuseIndex, hashes: Iterable[str], *, batch_rows: int 
         total += int(index.contains(buffer).sum())
     return total
 
-
-# --------------------------------------------------------------------------- the embedder
-
-# ReusingEmbedder moved to pipeline.embed.reuse; re-exported until every caller imports it there.
-from pipeline.embed.reuse import ReusingEmbedder  # noqa: E402

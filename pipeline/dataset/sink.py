@@ -47,6 +47,10 @@ class Sink(Protocol):
         """Input ``key`` changed: read it again from its top."""
         ...
 
+    def note_model(self, reported: str) -> None:
+        """Record the model the server says answered (``model`` in its answers)."""
+        ...
+
     def offsets(self) -> dict[str, list[list[int]]]:
         """Seek checkpoints of big input files."""
         ...

@@ -158,6 +158,10 @@ class DatasetWriter:
         """Input ``key`` changed: the next read starts at its top (saved with the next commit)."""
         self._manifest.restart(key, url)
 
+    def note_model(self, reported: str) -> None:
+        """Record the model the server says answered; saved with the next commit."""
+        self._manifest.reported_model = reported
+
     def offsets(self) -> dict[str, list[list[int]]]:
         """The seek checkpoints of big input files, as saved."""
         return {url: [list(c) for c in cs] for url, cs in self._manifest.offsets.items()}

@@ -174,7 +174,4 @@ class HttpEmbedder:
             raise RetryableApiError(f"malformed response: {exc}", status=200) from exc
 
 
-# Moved to pipeline.embed and pipeline.embed.tokens; re-exported until every caller imports them there.
-from pipeline.embed import Embedder, make_embedder  # noqa: E402,F401
-
-__all__ = ["HttpEmbedder", "endpoint", "request_params", "Embedder", "make_embedder", "estimate_tokens"]
+__all__ = ["HttpEmbedder", "endpoint", "request_params"]

@@ -12,7 +12,7 @@ from pipeline.config import Config
 from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.sink import open_sink
 from pipeline.dataset.writer import DatasetWriter
-from pipeline.embed.http import Embedder, make_embedder
+from pipeline.embed import Embedder, make_embedder
 from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, CommitFailed, FatalApiError
 from pipeline.jobs.outcome import RunResult, first_leaf, log_commits, too_many_failed
 from pipeline.logs import get_logger

@@ -18,9 +18,9 @@ from anyio.abc import ObjectSendStream
 from pipeline.config import Config
 from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.sink import Sink, open_sink
-from pipeline.embed.http import Embedder, make_embedder
+from pipeline.embed import Embedder, make_embedder
 from pipeline.embed.limits import Budget
-from pipeline.dataset.reuse_index import ReuseIndex, ReusingEmbedder
+from pipeline.dataset.reuse_index import ReuseIndex
 from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SourceError
 from pipeline.jobs.inputs import list_inputs, open_reuse_index
 from pipeline.jobs.outcome import RunResult, first_leaf, log_commits, too_many_failed
@@ -71,6 +71,7 @@ class Job:
         self._logs = logs
         self._handle_signals = handle_signals
         self._fresh = fresh
+        self._reported_model: str | None = None
 
     async def run(self) -> RunResult:
         """Run the job to its end; commit what was done whatever happens."""
@@ -104,14 +105,14 @@ class Job:
         index: ReuseIndex | None = None
         status, code, message = "completed", EXIT_OK, None
         try:
-            embedder = self._embedder or make_embedder(
-                cfg.embedding, cfg.api_key, on_retry=self._on_retry, budget=self.budget
-            )
             if cfg.run.reuse_from:
                 index = await anyio.to_thread.run_sync(open_reuse_index, cfg)
                 self.log.info("reuse_index_ready", reuse_from=cfg.run.reuse_from, rows=index.rows,
                               distinct=index.distinct)
-                embedder = ReusingEmbedder(embedder, index, limiter=self.cpu)
+            embedder = self._embedder or make_embedder(
+                cfg.embedding, cfg.api_key, reuse=index, on_retry=self._on_retry, budget=self.budget,
+                cpu_limiter=self.cpu,
+            )
             async with embedder:  # type: ignore[attr-defined]
                 async with anyio.create_task_group() as watchers:
                     if self._handle_signals:
@@ -190,7 +191,7 @@ class Job:
                         tg.start_soon(partial(embed_stage, batches_receive.clone(), answers_send.clone(),
                                               embedder=embedder, gate=self.gate))
                 tg.start_soon(partial(write_stage, answers_receive, commit=self.commit, window=window,
-                                      on_written=self.progress.add))
+                                      on_written=lambda batch: self._written(batch, embedder)))
 
     async def _read(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Item]],
                     reading: anyio.CancelScope) -> None:
@@ -216,6 +217,13 @@ class Job:
             await anyio.to_thread.run_sync(sink.renew, limiter=self.cpu)
 
     # ------------------------------------------------------------ callbacks from the stages
+
+    def _written(self, batch: EmbeddedBatch, embedder: Embedder) -> None:
+        self.progress.add(batch)
+        reported = embedder.reported_model
+        if reported is not None and reported != self._reported_model:
+            self._reported_model = reported
+            self.commit.sink.note_model(reported)  # saved with the next commit
 
     def _file_started(self, _inp: InputFile) -> None:
         self.progress.files += 1

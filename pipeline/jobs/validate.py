@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pipeline.config import Config
-from pipeline.embed.http import estimate_tokens
+from pipeline.embed.tokens import estimate_tokens
 from pipeline.jobs.inputs import list_inputs, open_reuse_index
 from pipeline.stages.chunk import Chunker
 from pipeline.stages.read import file_items

@@ -14,7 +14,7 @@ from typing import Callable
 
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from pipeline.embed.http import Embedder
+from pipeline.embed import Embedder
 from pipeline.errors import BudgetExhausted
 from pipeline.types import Batch, EmbeddedBatch, Skipped
 
