@@ -29,7 +29,7 @@ import fsspec
 import orjson
 
 from pipeline.errors import SinkError
-from pipeline.dataset.manifest import is_local, join
+from pipeline.storage import is_local, join
 
 LOCKS = "_locks"
 

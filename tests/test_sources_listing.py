@@ -1,0 +1,152 @@
+"""Tests for pipeline.sources.listing: the input files of source.path, their formats, and sharing them out."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import orjson
+import pytest
+
+from pipeline.config import SourceConfig
+from pipeline.errors import SourceError
+from pipeline.sources.listing import detect_format, open_source
+from pipeline.sources.readers import read_records
+from pipeline.types import Failure, InputFile, Record
+
+
+def jsonl(*objs: Any) -> bytes:
+    return b"".join((o if isinstance(o, bytes) else orjson.dumps(o)) + b"\n" for o in objs)
+
+
+def read_all(path: str | Path, **cfg: Any) -> list[Record | Failure]:
+    source = SourceConfig(path=str(path), **cfg)
+    fs, files = open_source(source)
+    out: list[Record | Failure] = []
+    for inp in files:
+        out.extend(read_records(source, fs, inp))
+    return out
+
+
+@pytest.fixture
+def mem() -> Iterator[str]:
+    """A fresh memory:// directory, removed afterwards (the memory store is process-global)."""
+    root = f"/test-{uuid.uuid4().hex}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def test_detect_format_strips_compression_first() -> None:
+    """Formats come from the extension left after a compression suffix, which names the codec."""
+    assert detect_format("a/b.jsonl") == ("jsonl", None)
+    assert detect_format("b.NDJSON.GZ") == ("jsonl", "gzip")
+    assert detect_format("b.md.zst") == ("text", "zstd")
+    assert detect_format("b.csv.bz2") == ("csv", "bz2")
+    assert detect_format("b.feather.xz") == ("arrow", "xz")
+    assert detect_format("b.parquet") == ("parquet", None)
+    assert detect_format("b.bin") == (None, None)
+    assert detect_format("b.bin.gz", "jsonl") == ("jsonl", "gzip")
+
+
+def test_directory_lists_supported_files_recursively_sorted(tmp_path: Path) -> None:
+    """A directory yields every supported, non-hidden file below it, sorted by path, with rel_path."""
+    names = ["b.jsonl", "a/z.txt", "a/b/c.csv", "a/x.jsonl.gz", ".hidden/h.jsonl", "_tmp.jsonl", "a/.d.jsonl"]
+    names.append("notes.bin")
+    for name in names:
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    fs, files = open_source(SourceConfig(path=str(tmp_path)))
+    assert [f.rel_path for f in files] == ["a/b/c.csv", "a/x.jsonl.gz", "a/z.txt", "b.jsonl"]
+    assert [f.path for f in files] == sorted(f.path for f in files)
+    gz = files[1]
+    assert (gz.format, gz.compression, gz.size) == ("jsonl", "gzip", 0)
+    assert gz.url == gz.path == str(tmp_path / "a/x.jsonl.gz")
+    assert gz.mtime is not None
+
+
+def test_glob_is_recursive_and_relative_to_its_prefix(tmp_path: Path) -> None:
+    """A ** glob matches at every depth; rel_path is relative to the glob's non-wildcard prefix."""
+    for name in ["docs/a.jsonl", "docs/sub/b.jsonl", "docs/sub/c.txt", "docs/_skip/d.jsonl"]:
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    _, files = open_source(SourceConfig(path=f"{tmp_path}/docs/**/*.jsonl"))
+    assert [f.rel_path for f in files] == ["a.jsonl", "sub/b.jsonl"]
+
+
+def test_single_file_and_file_url(tmp_path: Path) -> None:
+    """A single file (plain path or file:// URL) lists as itself; its rel_path is its name and url its local path."""
+    p = tmp_path / "one.ndjson"
+    p.write_bytes(jsonl({"id": 1, "text": "x"}))
+    _, files = open_source(SourceConfig(path=str(p)))
+    _, files_url = open_source(SourceConfig(path=f"file://{p}"))
+    assert files == files_url
+    assert files[0].rel_path == "one.ndjson" and files[0].url == str(p) and files[0].format == "jsonl"
+
+
+def test_single_file_with_unknown_extension_is_an_error(tmp_path: Path) -> None:
+    """A named file whose format cannot be told from its extension raises SourceError, unless format is set."""
+    p = tmp_path / "data.bin"
+    p.write_bytes(jsonl({"text": "x"}))
+    with pytest.raises(SourceError, match="source.format"):
+        open_source(SourceConfig(path=str(p)))
+    assert [r.text for r in read_all(p, format="jsonl")] == ["x"]
+
+
+def test_missing_path_is_a_one_line_source_error(tmp_path: Path) -> None:
+    """A path that does not exist raises SourceError with one line naming the path."""
+    missing = str(tmp_path / "nope" / "docs.jsonl")
+    with pytest.raises(SourceError) as info:
+        open_source(SourceConfig(path=missing))
+    assert missing in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+
+
+def test_nothing_matching_is_a_source_error(tmp_path: Path) -> None:
+    """A glob or directory with no supported files raises 'no input files match'."""
+    (tmp_path / "x.bin").write_bytes(b"")
+    for path in (f"{tmp_path}/*.jsonl", str(tmp_path)):
+        with pytest.raises(SourceError, match="no input files match source.path: "):
+            open_source(SourceConfig(path=path))
+
+
+def test_memory_filesystem(mem: str) -> None:
+    """memory:// URLs list and read; url carries the protocol."""
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"{mem}/b.jsonl", jsonl({"id": "b1", "text": "bee"}))
+    fs.pipe(f"{mem}/a.jsonl", jsonl({"id": "a1", "text": "ay"}))
+    fs.pipe(f"{mem}/.skip.jsonl", jsonl({"id": "s", "text": "no"}))
+    source = SourceConfig(path=f"memory://{mem}")
+    fs2, files = open_source(source)
+    assert [f.rel_path for f in files] == ["a.jsonl", "b.jsonl"]
+    assert files[0].url == f"memory://{mem}/a.jsonl"
+    records = [r for f in files for r in read_records(source, fs2, f)]
+    assert [(r.doc_id, r.text, r.source) for r in records] == [
+        ("a1", "ay", f"memory://{mem}/a.jsonl"),
+        ("b1", "bee", f"memory://{mem}/b.jsonl"),
+    ]
+    _, globbed = open_source(SourceConfig(path=f"memory://{mem}/*.jsonl"))
+    assert [f.rel_path for f in globbed] == ["a.jsonl", "b.jsonl"]
+
+
+def test_input_file_is_frozen(tmp_path: Path) -> None:
+    """open_source returns InputFile values (frozen, comparable)."""
+    p = tmp_path / "a.txt"
+    p.write_text("x", encoding="utf-8")
+    _, files = open_source(SourceConfig(path=str(p)))
+    assert isinstance(files[0], InputFile) and files == open_source(SourceConfig(path=str(p)))[1]
+
+
+def test_unknown_protocol_is_a_source_error() -> None:
+    """An fsspec URL with an unknown protocol raises a one-line SourceError naming the path."""
+    with pytest.raises(SourceError, match="nosuchproto://b/x.jsonl") as info:
+        open_source(SourceConfig(path="nosuchproto://b/x.jsonl"))
+    assert "\n" not in str(info.value)
+
+
