@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,35 @@ def test_corrupt_gzip_raises_source_error_naming_the_file(tmp_path: Path) -> Non
     with pytest.raises(SourceError, match=str(p)) as info:
         read_all(p)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress", "decompressor"),
+    [
+        (".gz", gzip.compress, lambda: zlib.decompressobj(31)),
+        (".xz", lzma.compress, lzma.LZMADecompressor),
+        (".bz2", bz2.compress, bz2.BZ2Decompressor),
+    ],
+)
+def test_truncated_stream_keeps_every_record_decoded_before_the_break(
+    tmp_path: Path, suffix: str, compress: Any, decompressor: Any
+) -> None:
+    """A compressed file cut short yields every complete line decoded before the break, then raises
+    SourceError (the reader's blocks of 1 MB must not take the good records down with the break)."""
+    data = compress(jsonl(*({"id": i, "text": f"doc {i} " + "x" * (i % 97)} for i in range(60_000))))
+    cut = data[: len(data) * 2 // 3]
+    complete = decompressor().decompress(cut).count(b"\n")
+    assert complete > 0
+    p = tmp_path / f"d.jsonl{suffix}"
+    p.write_bytes(cut)
+    source = SourceConfig(path=str(p))
+    fs, (inp,) = open_source(source)
+    got: list[Record | Failure] = []
+    with pytest.raises(SourceError, match=str(p)):
+        for item in read_records(source, fs, inp):
+            got.append(item)
+    assert [r.location for r in got] == list(range(1, complete + 1))
+    assert all(isinstance(r, Record) for r in got)
 
 
 def test_resume_seeks_to_a_checkpoint_instead_of_rereading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

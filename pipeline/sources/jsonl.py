@@ -16,7 +16,16 @@ import fsspec
 import orjson
 
 from pipeline.config import SourceConfig
-from pipeline.sources.records import check_text, default_id, doc_id, failure, json_type, open_input, where
+from pipeline.sources.records import (
+    READ_ERRORS,
+    check_text,
+    default_id,
+    doc_id,
+    failure,
+    json_type,
+    open_input,
+    where,
+)
 from pipeline.types import Failure, InputFile, Record
 
 _BLOCK = 1 << 20  # bytes read at a time from a jsonl stream
@@ -28,27 +37,54 @@ OnCheckpoint = Callable[[int, int], None]
 _Items = Iterator[Record | Failure]
 
 
+def _read_block(f: Any, size: int) -> tuple[bytes, BaseException | None]:
+    """Up to ``size`` bytes of ``f``, and the error that stopped the read early, if any.
+
+    A decompressing reader is read in the pieces it decodes (``read1``): a
+    stream that breaks midway (a truncated ``.gz``) still gives every byte
+    decoded before the break, where one big ``read`` would drop them all.
+    """
+    read = getattr(f, "read1", None) or f.read
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < size:
+            data = read(size - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+    except READ_ERRORS as exc:
+        return b"".join(parts), exc
+    return b"".join(parts), None
+
+
 def _blocks(f: Any, start: int = 0) -> Iterator[tuple[list[bytes], int]]:
     """Lines of a binary stream, a block at a time (the last line may lack its newline),
-    each block with the byte offset just past its last line (``start`` = where ``f`` is)."""
+    each block with the byte offset just past its last line (``start`` = where ``f`` is).
+
+    A stream that breaks midway yields its complete lines before the break,
+    then raises; the line it broke in is left to the error.
+    """
     rest: list[bytes] = []
-    read = f.read
     consumed = start
     while True:
-        data = read(_BLOCK)
-        if not data:
+        data, error = _read_block(f, _BLOCK)
+        if not data and error is None:
             break
         consumed += len(data)
         if b"\n" not in data:
             rest.append(data)
-            continue
-        if rest:
-            rest.append(data)
-            data = b"".join(rest)
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        rest = [tail] if tail else []
-        yield lines, consumed - len(tail)
+        else:
+            if rest:
+                rest.append(data)
+                data = b"".join(rest)
+            lines = data.split(b"\n")
+            tail = lines.pop()
+            rest = [tail] if tail else []
+            yield lines, consumed - len(tail)
+        if error is not None:
+            raise error
     if rest:
         yield [b"".join(rest)], consumed
 
