@@ -141,3 +141,36 @@ def test_csv_compressed_and_resumed(tmp_path: Path) -> None:
     assert [(r.doc_id, r.location) for r in out] == [("98", 98), ("99", 99), ("100", 100)]
 
 
+# --------------------------------------------------------------------------- bytes that are not UTF-8
+
+
+def unchecked_strings(values: list[bytes]) -> pa.Array:
+    """A string array holding any bytes, as another tool may write one (Arrow checks nothing here)."""
+    raw = pa.array(values, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+
+
+@pytest.mark.parametrize("kind", ["parquet", "arrow"])
+def test_invalid_utf8_in_a_string_column_fails_only_its_rows(tmp_path: Path, kind: str) -> None:
+    """A Parquet or Arrow string column with invalid UTF-8 fails the rows that hold it (text, id or metadata
+    field named), never the whole file or the run; the rows around them come out as records."""
+    table = pa.table({
+        "id": unchecked_strings([b"a", b"b", b"\xffc", b"d", b"e"]),
+        "text": unchecked_strings([b"alpha", b"caf\xe9", b"gamma", b"delta", b"eps"]),
+        "lang": unchecked_strings([b"en", b"fr", b"de", b"\xc3(", b"it"]),
+    })
+    p = tmp_path / f"t.{kind}"
+    if kind == "parquet":
+        pq.write_table(table, p, row_group_size=2)
+    else:
+        with pa.OSFile(str(p), "wb") as sink, pa_ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=2)
+    out = read_all(p, metadata_fields=["lang"])
+    assert [type(r).__name__ for r in out] == ["Record", "Failure", "Failure", "Failure", "Record"]
+    assert [r.location for r in out] == [1, 2, 3, 4, 5]
+    assert [r.doc_id for r in out] == ["a", "b", f"{p}:3", "d", "e"]
+    assert all(f.error_type == "invalid_utf8" for f in out[1:4])
+    assert out[1].message == "row 2: not valid UTF-8 at byte 4"
+    assert out[2].message == "row 3: field 'id' is not valid UTF-8 at byte 1"
+    assert out[3].message == "row 4: field 'lang' is not valid UTF-8 at byte 1"
+    assert out[4].metadata == {"lang": "it"}

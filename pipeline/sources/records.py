@@ -22,12 +22,15 @@ from pipeline.types import Failure, InputFile
 
 # What a broken file raises while being read: the store's errors, truncated or
 # corrupt compressed streams, and Arrow's own errors (bad parquet, CSV, IPC).
+# Bytes that are not UTF-8 fail their own rows; should a decoder meet some
+# where no row can take the blame, the file fails instead of the run.
 READ_ERRORS: tuple[type[BaseException], ...] = (
     *STORE_ERRORS,
     lzma.LZMAError,
     zlib.error,
     zstandard.ZstdError,
     pa.ArrowException,
+    UnicodeDecodeError,
 )
 
 

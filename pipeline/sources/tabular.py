@@ -36,6 +36,43 @@ def _require_text_column(inp: InputFile, cfg: SourceConfig, names: Iterable[str]
         raise SourceError(f"{inp.url}: no column {cfg.text_field!r} (source.text_field)")
 
 
+class _NotUtf8:
+    """A value whose bytes are not valid UTF-8 (a string column written by another tool, a CSV cell)."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: int) -> None:
+        self.start = start  # the first bad byte
+
+
+def _values(array: pa.Array) -> tuple[list[Any], bool]:
+    """A column as Python values, and whether any of them is :class:`_NotUtf8`.
+
+    Arrow does not check that a Parquet or IPC string column holds UTF-8:
+    the column is decoded in one go when it is valid, value by value when it
+    is not, so that only the rows holding bad bytes fail.
+    """
+    try:
+        return array.to_pylist(), False
+    except UnicodeDecodeError:
+        values: list[Any] = []
+        for i in range(len(array)):
+            try:
+                values.append(array[i].as_py())
+            except UnicodeDecodeError as exc:
+                values.append(_NotUtf8(exc.start))
+        return values, True
+
+
+def _decoded(value: bytes | None) -> str | _NotUtf8 | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _NotUtf8(exc.start)
+
+
 def _rows(
     cfg: SourceConfig,
     inp: InputFile,
@@ -44,6 +81,7 @@ def _rows(
     first_row: int = 0,
 ) -> _Items:
     url = inp.url
+    fields = (cfg.id_field, cfg.text_field, *cfg.metadata_fields)
     meta_fields = tuple(cfg.metadata_fields)
     row = first_row  # rows before this piece of the file
     for batch in batches:
@@ -52,24 +90,22 @@ def _rows(
             row += size
             continue
         names = set(batch.schema.names)
-
-        def column(name: str) -> list[Any]:
-            return batch.column(name).to_pylist() if name in names else [None] * size
-
-        ids = column(cfg.id_field)
-        texts = column(cfg.text_field)
-        metas = [column(name) for name in meta_fields]
+        decoded = [_values(batch.column(f)) if f in names else ([None] * size, False) for f in fields]
+        ids, texts, *metas = [values for values, _ in decoded]
+        suspect = any(bad for _, bad in decoded)
         for i in range(size):
             row += 1
             if row <= after:
                 continue
+            if suspect and (bad := _not_utf8(inp, row, fields, [values[i] for values, _ in decoded])) is not None:
+                yield bad
+                continue
             ident = doc_id(ids[i])
             text = texts[i]
             if isinstance(text, bytes):
-                try:
-                    text = text.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    message = f"row {row}: not valid UTF-8 at byte {exc.start + 1}"
+                text = _decoded(text)
+                if isinstance(text, _NotUtf8):
+                    message = f"row {row}: not valid UTF-8 at byte {text.start + 1}"
                     yield failure(inp, row, ident, "invalid_utf8", message)
                     continue
             problem = check_text(text, cfg.text_field, f"row {row}")
@@ -78,6 +114,17 @@ def _rows(
                 continue
             metadata = {name: values[i] for name, values in zip(meta_fields, metas)}
             yield Record(ident if ident is not None else f"{url}:{row}", text, url, row, metadata, inp.part)
+
+
+def _not_utf8(inp: InputFile, row: int, fields: tuple[str, ...], values: list[Any]) -> Failure | None:
+    """The failure of a row holding bytes that are not UTF-8, or None when it holds none."""
+    ident = None if isinstance(values[0], _NotUtf8) else doc_id(values[0])
+    for index, (name, value) in enumerate(zip(fields, values)):
+        if isinstance(value, _NotUtf8):
+            field = "" if index == 1 else f"field {name!r} is "  # the text keeps its usual message
+            message = f"row {row}: {field}not valid UTF-8 at byte {value.start + 1}"
+            return failure(inp, row, ident, "invalid_utf8", message)
+    return None
 
 
 def read_csv(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> _Items:
