@@ -174,3 +174,17 @@ def test_invalid_utf8_in_a_string_column_fails_only_its_rows(tmp_path: Path, kin
     assert out[2].message == "row 3: field 'id' is not valid UTF-8 at byte 1"
     assert out[3].message == "row 4: field 'lang' is not valid UTF-8 at byte 1"
     assert out[4].metadata == {"lang": "it"}
+
+
+def test_csv_row_with_invalid_utf8_fails_alone(tmp_path: Path) -> None:
+    """A CSV with one row of invalid UTF-8 among 100 gives 99 records and one invalid_utf8 failure at that row."""
+    rows = [f"{i},text {i},en\n".encode() for i in range(1, 101)]
+    rows[41] = b"42,caf\xe9 au lait,fr\n"
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"id,text,lang\n" + b"".join(rows))
+    out = read_all(p, metadata_fields=["lang"])
+    assert len(out) == 100 and [r.location for r in out] == list(range(1, 101))
+    (bad,) = [r for r in out if isinstance(r, Failure)]
+    assert (bad.location, bad.doc_id, bad.error_type) == (42, "42", "invalid_utf8")
+    assert bad.message == "row 42: not valid UTF-8 at byte 4"
+    assert out[0].metadata == {"lang": "en"} and out[99].text == "text 100"

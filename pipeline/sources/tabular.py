@@ -45,13 +45,19 @@ class _NotUtf8:
         self.start = start  # the first bad byte
 
 
-def _values(array: pa.Array) -> tuple[list[Any], bool]:
+def _values(array: pa.Array, binary_as_text: bool) -> tuple[list[Any], bool]:
     """A column as Python values, and whether any of them is :class:`_NotUtf8`.
 
-    Arrow does not check that a Parquet or IPC string column holds UTF-8:
-    the column is decoded in one go when it is valid, value by value when it
-    is not, so that only the rows holding bad bytes fail.
+    Arrow does not check that a Parquet or IPC string column holds UTF-8,
+    and CSV columns are read as bytes (one bad cell would fail the whole
+    block as text): the column is decoded in one go when it is valid, value
+    by value when it is not, so that only the rows holding bad bytes fail.
     """
+    if binary_as_text and (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
+        try:
+            return array.cast(pa.large_string()).to_pylist(), False
+        except pa.ArrowInvalid:
+            return [_decoded(value) for value in array.to_pylist()], True
     try:
         return array.to_pylist(), False
     except UnicodeDecodeError:
@@ -79,6 +85,8 @@ def _rows(
     batches: Iterable[pa.RecordBatch],
     after: int,
     first_row: int = 0,
+    *,
+    binary_as_text: bool = False,
 ) -> _Items:
     url = inp.url
     fields = (cfg.id_field, cfg.text_field, *cfg.metadata_fields)
@@ -90,7 +98,7 @@ def _rows(
             row += size
             continue
         names = set(batch.schema.names)
-        decoded = [_values(batch.column(f)) if f in names else ([None] * size, False) for f in fields]
+        decoded = [_values(batch.column(f), binary_as_text) if f in names else ([None] * size, False) for f in fields]
         ids, texts, *metas = [values for values, _ in decoded]
         suspect = any(bad for _, bad in decoded)
         for i in range(size):
@@ -139,7 +147,8 @@ def read_csv(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, a
             convert_options=pa_csv.ConvertOptions(
                 include_columns=wanted,
                 include_missing_columns=True,
-                column_types={name: pa.string() for name in wanted},
+                # bytes, decoded row by row in _rows: one bad cell fails its row, not its block
+                column_types={name: pa.binary() for name in wanted},
                 # Only an unquoted empty cell is null (a missing value); "" is an
                 # empty string, and words like NA or null stay text.
                 null_values=[""],
@@ -147,7 +156,7 @@ def read_csv(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, a
                 quoted_strings_can_be_null=False,
             ),
         )
-        yield from _rows(cfg, inp, reader, after)
+        yield from _rows(cfg, inp, reader, after, binary_as_text=True)
 
 
 def _csv_header(fs: fsspec.AbstractFileSystem, inp: InputFile) -> list[str]:
