@@ -150,3 +150,19 @@ def test_unknown_protocol_is_a_source_error() -> None:
     assert "\n" not in str(info.value)
 
 
+
+
+def test_existing_path_with_wildcard_characters_is_used_as_written(tmp_path: Path) -> None:
+    """A folder or file whose name holds [ ] * ? is listed as itself when it exists, not taken for a glob."""
+    folder = tmp_path / "docs [2024]"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jsonl").write_bytes(jsonl({"id": "a", "text": "ay"}))
+    (folder / "sub" / "b*.jsonl").write_bytes(jsonl({"id": "b", "text": "bee"}))
+    (tmp_path / "docs 2").mkdir()  # what [2024] means as a glob: must not be what is listed
+    (tmp_path / "docs 2" / "c.jsonl").write_bytes(jsonl({"id": "c", "text": "sea"}))
+    _, files = open_source(SourceConfig(path=str(folder)))
+    assert [f.rel_path for f in files] == ["a.jsonl", "sub/b*.jsonl"]
+    _, (single,) = open_source(SourceConfig(path=str(folder / "sub" / "b*.jsonl")))
+    assert single.path == str(folder / "sub" / "b*.jsonl") and single.rel_path == "b*.jsonl"
+    _, globbed = open_source(SourceConfig(path=f"{tmp_path}/docs ?/*.jsonl"))  # a real glob still globs
+    assert [f.rel_path for f in globbed] == ["docs 2/c.jsonl"]

@@ -95,24 +95,24 @@ def list_files(location: Location, cfg: SourceConfig) -> list[InputFile]:
     """
     fs, root = location.fs, location.root
     single = False
+    pattern = _MAGIC.search(root) is not None
     with location.errors("cannot list", missing=f"source.path not found: {location.url}", catch=(Exception,)):
         # Listing is the boundary with fsspec's backends (s3fs, gcsfs, ...), whose
         # errors are not all OSError: anything they raise here is translated.
-        if _MAGIC.search(root):
+        location.invalidate(_glob_base(root) if pattern else root)
+        # a path that exists as written is used as written, wildcards or not (``docs [2024]``)
+        info = _info_if_exists(fs, root) if pattern else fs.info(root)
+        if info is None:
             base = _glob_base(root)
-            location.invalidate(base)
             listing = fs.glob(root, detail=True)
-            entries = [(path, info) for path, info in listing.items() if info.get("type") != "directory"]
+            entries = [(path, meta) for path, meta in listing.items() if meta.get("type") != "directory"]
+        elif info.get("type") == "directory":
+            base = root
+            entries = list(fs.find(root, detail=True).items())
         else:
-            location.invalidate(root)
-            info = fs.info(root)
-            if info.get("type") == "directory":
-                base = root
-                entries = list(fs.find(root, detail=True).items())
-            else:
-                base = posixpath.dirname(root)
-                entries = [(info.get("name", root), info)]
-                single = True
+            base = posixpath.dirname(root)
+            entries = [(info.get("name", root), info)]
+            single = True
     files = [f for path, info in entries if (f := _input_file(location, cfg, path, info, base, single))]
     if not files:
         raise SourceError(f"no input files match source.path: {location.shown}")
@@ -147,6 +147,13 @@ def _input_file(
         rel_path=rel,
         mtime=_mtime(info),
     )
+
+
+def _info_if_exists(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    try:
+        return fs.info(path)
+    except FileNotFoundError:
+        return None
 
 
 def _mtime(info: dict[str, Any]) -> str | None:
