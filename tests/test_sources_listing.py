@@ -150,8 +150,6 @@ def test_unknown_protocol_is_a_source_error() -> None:
     assert "\n" not in str(info.value)
 
 
-
-
 def test_existing_path_with_wildcard_characters_is_used_as_written(tmp_path: Path) -> None:
     """A folder or file whose name holds [ ] * ? is listed as itself when it exists, not taken for a glob."""
     folder = tmp_path / "docs [2024]"
