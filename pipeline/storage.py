@@ -148,8 +148,12 @@ class Location:
         return join(self.root, *parts)
 
     def url_of(self, path: str) -> str:
-        """The URL of ``path`` on this filesystem: the path itself on local disk, ``s3://...`` on S3."""
-        return path if self.local else self.fs.unstrip_protocol(path)
+        """The URL of ``path`` to show and record: the path itself on local disk, ``s3://...`` on S3.
+
+        Userinfo is masked (``https://***@host/...``): it names the file in
+        messages, logs and the dataset, and is never used to open it.
+        """
+        return path if self.local else redact_url(self.fs.unstrip_protocol(path))
 
     def errors(
         self,

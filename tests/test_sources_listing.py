@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,3 +167,40 @@ def test_existing_path_with_wildcard_characters_is_used_as_written(tmp_path: Pat
     assert single.path == str(folder / "sub" / "b*.jsonl") and single.rel_path == "b*.jsonl"
     _, globbed = open_source(SourceConfig(path=f"{tmp_path}/docs ?/*.jsonl"))  # a real glob still globs
     assert [f.rel_path for f in globbed] == ["docs 2/c.jsonl"]
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[str]:
+    """A static HTTP server on loopback serving ``tmp_path``; yields its URL with user:SECRET@ in it."""
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://user:SECRET@127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_urls_with_credentials_are_never_shown(tmp_path: Path, http_root: str) -> None:
+    """A source URL carrying user:password lists and reads, but no url, record or message shows the secret."""
+    (tmp_path / "a.jsonl").write_bytes(jsonl({"text": "no id"}, b"{bad"))
+    source = SourceConfig(path=f"{http_root}/a.jsonl")
+    fs, (inp,) = open_source(source)
+    items = list(read_records(source, fs, inp))
+    assert len(items) == 2 and isinstance(items[0], Record) and isinstance(items[1], Failure)
+    shown = [inp.url, inp.key, *(i.source for i in items), *(i.doc_id for i in items), items[1].message]
+    assert inp.url == f"{http_root.replace('user:SECRET@', '***@')}/a.jsonl"
+    assert not any("SECRET" in text for text in shown)
+    for missing in (f"{http_root}/nope.jsonl", f"{http_root}/a.csv"):
+        with pytest.raises(SourceError) as info:
+            fs, files = open_source(SourceConfig(path=missing))
+            list(read_records(SourceConfig(path=missing), fs, files[0]))
+        assert "SECRET" not in str(info.value) and "***@127.0.0.1" in str(info.value)
