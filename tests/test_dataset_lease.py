@@ -181,3 +181,20 @@ def test_renew_replaces_the_lease_whole(tmp_path: Path, clock: FakeClock) -> Non
     assert [p.name for p in lease_file(tmp_path).parent.iterdir()] == ["00000.json"]
     holder.release()
     assert not lease_file(tmp_path).exists()
+
+
+def test_release_on_a_store_that_refuses_is_a_warning(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink made read-only mid-run: release warns and returns (it runs on the way out, after another error)."""
+    holder = lease(tmp_path, clock)
+    holder.acquire(0)
+
+    def refuse(path: str) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(holder.fs, "rm_file", refuse)
+    with capture_logs() as logs:
+        holder.release()
+    assert [(e["event"], e["log_level"]) for e in logs] == [("lease_not_released", "warning")]
+    assert "Permission denied" in logs[0]["error"] and not holder.held

@@ -40,7 +40,7 @@ import orjson
 
 from pipeline.errors import SinkError
 from pipeline.logs import get_logger, redact_url
-from pipeline.storage import is_local, join
+from pipeline.storage import STORE_ERRORS, describe, is_local, join
 
 LOCKS = "_locks"
 
@@ -269,16 +269,23 @@ class Lease:
         self._write()
 
     def release(self) -> None:
-        """Let go, if we still hold it."""
+        """Let go, if we still hold it; a store that refuses is a warning, never an error.
+
+        Release runs on the way out, often after another error: raising here
+        would hide that one. A lease left behind is taken over once its
+        heartbeat is older than ``ttl_s`` (at once on this host).
+        """
         if not self.held:
             return
         self.held = False
         try:
             current = self._read()
+            if isinstance(current, dict) and current["owner"] == self.owner:
+                self._delete()
         except SinkError:
             return  # not a lease at all, so not ours to delete
-        if isinstance(current, dict) and current["owner"] == self.owner:
-            self._delete()
+        except STORE_ERRORS as exc:
+            get_logger().warning("lease_not_released", path=self.url, error=describe(exc))
 
 
 def _remove_quietly(path: str) -> None:
