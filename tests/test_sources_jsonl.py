@@ -150,12 +150,22 @@ def test_corrupt_gzip_raises_source_error_naming_the_file(tmp_path: Path) -> Non
     assert "\n" not in str(info.value)
 
 
+def test_zstd_frames_one_after_another(tmp_path: Path) -> None:
+    """A .zst file of several frames (as `cat a.zst b.zst` makes) reads whole, frame after frame."""
+    first = jsonl(*({"id": i, "text": f"doc {i}"} for i in range(1000)))
+    second = jsonl(*({"id": i, "text": f"doc {i}"} for i in range(1000, 1500)))
+    p = tmp_path / "d.jsonl.zst"
+    p.write_bytes(zstandard.ZstdCompressor().compress(first) + zstandard.ZstdCompressor().compress(second))
+    assert [r.location for r in read_all(p)] == list(range(1, 1501))
+
+
 @pytest.mark.parametrize(
     ("suffix", "compress", "decompressor"),
     [
         (".gz", gzip.compress, lambda: zlib.decompressobj(31)),
         (".xz", lzma.compress, lzma.LZMADecompressor),
         (".bz2", bz2.compress, bz2.BZ2Decompressor),
+        (".zst", zstandard.ZstdCompressor().compress, lambda: zstandard.ZstdDecompressor().decompressobj()),
     ],
 )
 def test_truncated_stream_keeps_every_record_decoded_before_the_break(

@@ -7,6 +7,7 @@ row, never an exception: only a file that cannot be read at all raises.
 
 from __future__ import annotations
 
+import io
 import lzma
 import zlib
 from typing import Any
@@ -39,9 +40,62 @@ def open_input(fs: fsspec.AbstractFileSystem, inp: InputFile) -> Any:
     with storage_errors(SourceError, f"cannot open {inp.url}", missing=f"input file not found: {inp.url}",
                         catch=READ_ERRORS):
         try:
+            if inp.compression == "zstd":
+                return io.BufferedReader(_ZstdReader(fs.open(inp.path, "rb")), buffer_size=_ZSTD_CHUNK)
             return fs.open(inp.path, "rb", compression=inp.compression)
         except PermissionError as exc:
             raise SourceError(f"cannot open {inp.url}: permission denied") from exc
+
+
+_ZSTD_CHUNK = 1 << 17  # compressed bytes fed to the decompressor at a time
+
+
+class _ZstdReader(io.RawIOBase):
+    """Zstandard frames, one after another, decompressed; a stream cut inside a frame raises ``EOFError``.
+
+    The ``zstandard`` package's stream reader (what fsspec uses) ends quietly
+    where a truncated file ends, and its records would vanish without an
+    error row; gzip, bz2 and xz raise, and so does this.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._context = zstandard.ZstdDecompressor()
+        self._frame = self._context.decompressobj()
+        self._in_frame = False  # bytes of a frame were fed and its end not seen yet
+        self._pending = memoryview(b"")  # decompressed, not read yet
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = self._raw.read(_ZSTD_CHUNK)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                return 0
+            self._pending = memoryview(self._feed(chunk))
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _feed(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            out.append(self._frame.decompress(chunk))
+            self._in_frame = not self._frame.eof
+            chunk = b""
+            if self._frame.eof:  # the next frame, if any, starts in what is left
+                chunk = self._frame.unused_data
+                self._frame = self._context.decompressobj()
+        return b"".join(out)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 def failure(
