@@ -52,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.dataset.manifest import MANIFEST, Manifest, load_dataset_manifest
-from pipeline.dataset.reuse_keys import Partitioner, hash_prefixes, remove_index
+from pipeline.dataset.reuse_keys import Partitioner, hash_prefixes, probe, remove_index
 from pipeline.dataset.reuse_shards import IndexedShard, RowGroup, ShardReader, scan_shard
 from pipeline.embed import vectors
 from pipeline.embed.http import Embedder
@@ -260,39 +260,15 @@ class ReuseIndex:
             parts = [self._probe(hashes[i : i + PROBE_ROWS], with_rows) for i in range(0, len(hashes), PROBE_ROWS)]
             return np.concatenate([f for f, _ in parts]), np.concatenate([r for _, r in parts])
         n = len(hashes)
-        rows = np.zeros(n, np.int64)
         if not n or not self._entries:
-            return np.zeros(n, bool), rows
+            return np.zeros(n, bool), np.zeros(n, np.int64)
         try:
             array = pa.array(hashes, pa.string())
         except (pa.ArrowException, TypeError):
             array = pa.array([h if isinstance(h, str) else None for h in hashes], pa.string())
         keys, valid = hash_prefixes(array)
-        block = np.searchsorted(self._fence, keys, side="right") - 1
-        valid &= block >= 0
-        which = np.flatnonzero(valid)
-        found = np.zeros(n, bool)
-        if not which.size:
-            return found, rows
-        # one positional read per block needed: the kernel's page cache keeps the
-        # hot ones, and none of the key file counts in this process's RSS (with a
-        # memory map, random hashes would in time make all of it resident)
-        blocks = np.unique(block[which])
-        size = BLOCK * 8
-        fd = self._keys_fd
-        stored = np.frombuffer(b"".join([os.pread(fd, size, int(j) * size) for j in blocks]), dtype="<u8")
-        # blocks are slices of one sorted file, taken in order: together still sorted,
-        # and a key present in its block is found at its place there
-        at = np.searchsorted(stored, keys[which])
-        hit = (at < len(stored)) & (stored[np.minimum(at, len(stored) - 1)] == keys[which])
-        which, at = which[hit], at[hit]
-        found[which] = True
-        if with_rows:
-            positions = blocks[at // BLOCK] * BLOCK + at % BLOCK
-            item = self._row_dtype.itemsize
-            raw = b"".join([os.pread(self._rows_fd, item, int(p) * item) for p in positions])
-            rows[which] = np.frombuffer(raw, dtype=self._row_dtype)
-        return found, rows
+        return probe(keys, valid, self._fence, BLOCK, self._keys_fd, self._rows_fd if with_rows else None,
+                     self._row_dtype)
 
     def _fetch(self, hashes: list[str], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Read the vectors of global ``rows``; ``ok`` is False where the stored hash differs."""

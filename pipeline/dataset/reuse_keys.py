@@ -5,7 +5,8 @@ hash; a :class:`Partitioner` collects (key, row) entries in partition files
 by their top bits (one radix pass), then sorts each partition on its own
 into one key file and one row file, keeping the first row of each key and a
 sparse fence (every ``block``-th key) for lookups. Peak memory is one flush
-buffer or one partition, never the whole set.
+buffer or one partition, never the whole set. :func:`probe` looks keys up,
+one block read per key at most.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["Partitioner", "hash_prefixes", "remove_index"]
+__all__ = ["Partitioner", "hash_prefixes", "probe", "remove_index"]
 
 HASH_HEX = 64  # hex digits of a SHA-256
 
@@ -138,6 +139,48 @@ class Partitioner:
                 rows.tofile(rf)
                 total += len(keys)
         return total, (np.concatenate(fence) if fence else np.empty(0, np.uint64))
+
+
+def probe(
+    keys: np.ndarray,
+    valid: np.ndarray,
+    fence: np.ndarray,
+    block: int,
+    keys_fd: int,
+    rows_fd: int | None,
+    row_dtype: np.dtype,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which ``valid`` keys the key file holds, and the row of each (0 where not found, or without ``rows_fd``).
+
+    ``fence`` holds every ``block``-th key of the file, which narrows each
+    key to one block of ``block`` keys read with ``pread``.
+    """
+    n = len(keys)
+    rows = np.zeros(n, np.int64)
+    at_block = np.searchsorted(fence, keys, side="right") - 1
+    valid = valid & (at_block >= 0)
+    which = np.flatnonzero(valid)
+    found = np.zeros(n, bool)
+    if not which.size:
+        return found, rows
+    # one positional read per block needed: the kernel's page cache keeps the
+    # hot ones, and none of the key file counts in this process's RSS (with a
+    # memory map, random hashes would in time make all of it resident)
+    blocks = np.unique(at_block[which])
+    size = block * 8
+    stored = np.frombuffer(b"".join([os.pread(keys_fd, size, int(j) * size) for j in blocks]), dtype="<u8")
+    # blocks are slices of one sorted file, taken in order: together still sorted,
+    # and a key present in its block is found at its place there
+    at = np.searchsorted(stored, keys[which])
+    hit = (at < len(stored)) & (stored[np.minimum(at, len(stored) - 1)] == keys[which])
+    which, at = which[hit], at[hit]
+    found[which] = True
+    if rows_fd is not None:
+        positions = blocks[at // block] * block + at % block
+        item = row_dtype.itemsize
+        raw = b"".join([os.pread(rows_fd, item, int(p) * item) for p in positions])
+        rows[which] = np.frombuffer(raw, dtype=row_dtype)
+    return found, rows
 
 
 def remove_index(directory: str, fds: list[int]) -> None:
