@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
-from pipeline.sources.listing import detect_format, open_source
+from pipeline.sources.listing import assign, detect_format, open_source, split_for_workers
 from pipeline.sources.readers import read_records
 from pipeline.types import Failure, InputFile, Record
 
@@ -204,3 +204,18 @@ def test_urls_with_credentials_are_never_shown(tmp_path: Path, http_root: str) -
             fs, files = open_source(SourceConfig(path=missing))
             list(read_records(SourceConfig(path=missing), fs, files[0]))
         assert "SECRET" not in str(info.value) and "***@127.0.0.1" in str(info.value)
+
+
+def test_assign_shares_files_and_pieces_out_once_and_stably(tmp_path: Path) -> None:
+    """Each file or piece goes to exactly one of the workers, the same one whatever the listing order;
+    one worker gets everything, whole."""
+    for i in range(12):
+        (tmp_path / f"f{i:02d}.jsonl").write_bytes(jsonl(*({"id": f"{i}-{j}", "text": "x" * 40} for j in range(30))))
+    fs, files = open_source(SourceConfig(path=str(tmp_path)))
+    assert assign(fs, files, 0, 1, 100) == files
+    shares = [assign(fs, files, rank, 3, 600) for rank in range(3)]
+    pieces = sorted(p.key for share in shares for p in share)
+    assert pieces == sorted(p.key for p in split_for_workers(fs, files, 600)) and len(pieces) > len(files)
+    assert len(set(pieces)) == len(pieces) and all(shares)
+    reordered = assign(fs, list(reversed(files)), 1, 3, 600)
+    assert sorted(p.key for p in reordered) == sorted(p.key for p in shares[1])
