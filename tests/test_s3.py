@@ -27,7 +27,8 @@ from pipeline.config import SinkConfig, SourceConfig
 from pipeline.errors import CommitFailed, SinkError
 from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.writer import DatasetWriter
-from pipeline.sources.readers import open_source, read_records
+from pipeline.sources.listing import open_source
+from pipeline.sources.readers import read_records
 from pipeline.types import Chunk, EmbeddedBatch, Record, Usage
 
 # The fake credentials and endpoint live in the environment the fixture sets,
@@ -159,6 +160,24 @@ def test_glob_lists_s3_urls_with_etags_and_reads_gzip(s3: s3fs.S3FileSystem) -> 
     assert [(r.doc_id, r.source, r.location) for r in records] == [
         (f"t-{i}", f"s3://{bucket}/docs/top.jsonl.gz", i + 1) for i in range(3)
     ]
+
+
+def test_each_listing_sees_new_and_changed_objects(s3: s3fs.S3FileSystem) -> None:
+    """Listing again in the same process (watch mode) sees objects added and changed since, not s3fs's cache."""
+    bucket = new_bucket(s3)
+    s3.pipe_file(f"{bucket}/docs/a.jsonl", jsonl("a", 2))
+    cfg = SourceConfig(path=f"s3://{bucket}/docs/*.jsonl")
+    _, before = open_source(cfg)
+    s3.pipe_file(f"{bucket}/docs/a.jsonl", jsonl("a", 5))  # behind the back of the listing's instance
+    s3.pipe_file(f"{bucket}/docs/b.jsonl", jsonl("b", 1))
+    _, after = open_source(cfg)
+    assert [f.rel_path for f in after] == ["a.jsonl", "b.jsonl"]
+    assert after[0].size == len(jsonl("a", 5)) != before[0].size
+    assert after[0].mtime == s3.info(f"{bucket}/docs/a.jsonl")["ETag"] != before[0].mtime
+    _, single = open_source(SourceConfig(path=f"s3://{bucket}/docs/a.jsonl"))
+    s3.pipe_file(f"{bucket}/docs/a.jsonl", jsonl("a", 7))
+    _, single = open_source(SourceConfig(path=f"s3://{bucket}/docs/a.jsonl"))
+    assert single[0].size == len(jsonl("a", 7))
 
 
 # --------------------------------------------------------------------------- the whole job, S3 to S3

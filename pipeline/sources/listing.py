@@ -1,0 +1,246 @@
+"""Which files are the input: list ``source.path``, tell each file's format, share big files out.
+
+:func:`open_source` resolves ``source.path`` (a file, a directory, a glob or
+any fsspec URL) into a sorted list of :class:`~pipeline.types.InputFile`;
+:func:`split_for_workers` cuts large files into pieces several workers can
+share and :func:`assign` picks the files and pieces of one worker. All are
+synchronous: callers run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from dataclasses import replace
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+from pipeline.config import SourceConfig
+from pipeline.errors import SourceError
+from pipeline.sources.records import READ_ERRORS, open_input
+from pipeline.storage import Location, storage_errors
+from pipeline.types import InputFile
+
+__all__ = [
+    "COMPRESSIONS",
+    "FORMATS",
+    "assign",
+    "detect_format",
+    "list_files",
+    "open_source",
+    "split_for_workers",
+]
+
+#: file extension → format, for ``format: auto``
+FORMATS: dict[str, str] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".txt": "text",
+    ".md": "text",
+    ".markdown": "text",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+}
+
+#: compression suffix → fsspec compression name
+COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
+
+_MAGIC = re.compile(r"[*?\[]")
+
+
+def detect_format(name: str, configured: str = "auto") -> tuple[str | None, str | None]:
+    """Return ``(format, compression)`` for a file name.
+
+    The compression comes from a ``.gz``/``.zst``/``.bz2``/``.xz`` suffix. The
+    format is ``configured`` unless that is ``auto``, in which case it comes
+    from the extension left once the compression suffix is stripped (``None``
+    when the extension is unknown).
+    """
+    base = posixpath.basename(name).lower()
+    stem, ext = posixpath.splitext(base)
+    compression = COMPRESSIONS.get(ext)
+    if compression is not None:
+        base = stem
+    if configured != "auto":
+        return configured, compression
+    return FORMATS.get(posixpath.splitext(base)[1]), compression
+
+
+def open_source(cfg: SourceConfig) -> tuple[fsspec.AbstractFileSystem, list[InputFile]]:
+    """List the input files of ``source.path``, sorted by path; returns the filesystem too.
+
+    See :func:`list_files`. Raises :class:`~pipeline.errors.SourceError` when
+    the filesystem cannot be made, the path cannot be listed or nothing matches.
+    """
+    location = Location.open(cfg.path, cfg.storage_options, role="source.path")
+    return location.fs, list_files(location, cfg)
+
+
+def list_files(location: Location, cfg: SourceConfig) -> list[InputFile]:
+    """The input files at ``location`` (``source.path``), sorted by path, listed afresh.
+
+    ``source.path`` may be a file, a directory (every supported file below it),
+    a glob (``**`` recurses) or an fsspec URL. Hidden files and directories
+    (names starting with ``.`` or ``_``) are skipped, and so are files whose
+    extension says nothing under ``format: auto``. Cached listings of the
+    filesystem are dropped first, so that watch mode sees new and changed
+    objects. Raises :class:`~pipeline.errors.SourceError` when the path cannot
+    be listed or nothing matches.
+    """
+    fs, root = location.fs, location.root
+    single = False
+    pattern = _MAGIC.search(root) is not None
+    with location.errors("cannot list", missing=f"source.path not found: {location.url}", catch=(Exception,)):
+        # Listing is the boundary with fsspec's backends (s3fs, gcsfs, ...), whose
+        # errors are not all OSError: anything they raise here is translated.
+        location.invalidate(_glob_base(root) if pattern else root)
+        # a path that exists as written is used as written, wildcards or not (``docs [2024]``)
+        info = _info_if_exists(fs, root) if pattern else fs.info(root)
+        if info is None:
+            base = _glob_base(root)
+            listing = fs.glob(root, detail=True)
+            entries = [(path, meta) for path, meta in listing.items() if meta.get("type") != "directory"]
+        elif info.get("type") == "directory":
+            base = root
+            entries = list(fs.find(root, detail=True).items())
+        else:
+            base = posixpath.dirname(root)
+            entries = [(info.get("name", root), info)]
+            single = True
+    files = [f for path, info in entries if (f := _input_file(location, cfg, path, info, base, single))]
+    if not files:
+        raise SourceError(f"no input files match source.path: {location.shown}")
+    files.sort(key=lambda f: f.path)
+    return files
+
+
+def _input_file(
+    location: Location, cfg: SourceConfig, path: str, info: dict[str, Any], base: str, single: bool
+) -> InputFile | None:
+    """The input file at ``path``, or None when it is hidden or of no known format."""
+    if location.local:
+        path = posixpath.normpath(path)
+    rel = posixpath.basename(path) if single else _relative(path, base)
+    if not single and _is_hidden(rel):
+        return None
+    fmt, compression = detect_format(path, cfg.format)
+    if fmt is None:
+        if single:
+            raise SourceError(
+                f"source.path {location.shown}: cannot tell the format from the extension; "
+                "set source.format (jsonl, text, csv, parquet or arrow)"
+            )
+        return None
+    size = info.get("size")
+    return InputFile(
+        path=path,
+        url=location.url_of(path),
+        size=int(size) if size is not None else None,
+        format=fmt,
+        compression=compression,
+        rel_path=rel,
+        mtime=_mtime(info),
+    )
+
+
+def _info_if_exists(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    try:
+        return fs.info(path)
+    except FileNotFoundError:
+        return None
+
+
+def _mtime(info: dict[str, Any]) -> str | None:
+    for key in ("ETag", "etag", "e_tag", "mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value = info.get(key)
+        if value is not None and value != "":
+            return str(value)
+    return None
+
+
+def _is_hidden(rel_path: str) -> bool:
+    return any(part.startswith((".", "_")) for part in rel_path.split("/"))
+
+
+def _glob_base(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard."""
+    parts = pattern.split("/")
+    for i, part in enumerate(parts):
+        if _MAGIC.search(part):
+            return "/".join(parts[:i])
+    return posixpath.dirname(pattern)
+
+
+def _relative(path: str, base: str) -> str:
+    base = base.rstrip("/")
+    if base and path.startswith(base + "/"):
+        return path[len(base) + 1 :]
+    if not base and path.startswith("/"):
+        return path[1:]
+    return path.lstrip("/")
+
+
+# --------------------------------------------------------------------------- sharing out
+
+
+def split_for_workers(
+    fs: fsspec.AbstractFileSystem, files: list[InputFile], split_bytes: int
+) -> list[InputFile]:
+    """Cut files larger than ``split_bytes`` into pieces several workers can share.
+
+    Uncompressed jsonl is cut into byte ranges (a line belongs to the range
+    its first byte is in); parquet into runs of row groups of about
+    ``split_bytes``. Other files, and compressed ones, stay whole.
+    """
+    out: list[InputFile] = []
+    for inp in files:
+        size = inp.size or 0
+        if size <= split_bytes or inp.compression is not None:
+            out.append(inp)
+        elif inp.format == "jsonl":
+            for start in range(0, size, split_bytes):
+                end = min(start + split_bytes, size)
+                out.append(replace(inp, start=start, end=end, part=f"#bytes={start}-{end}"))
+        elif inp.format == "parquet":
+            out.extend(_row_group_pieces(fs, inp, split_bytes))
+        else:
+            out.append(inp)
+    return out
+
+
+def _row_group_pieces(fs: fsspec.AbstractFileSystem, inp: InputFile, split_bytes: int) -> list[InputFile]:
+    with open_input(fs, inp) as f, storage_errors(SourceError, f"cannot read {inp.url}", catch=READ_ERRORS):
+        meta = pq.ParquetFile(f).metadata
+    pieces, start, acc = [], 0, 0
+    for i in range(meta.num_row_groups):
+        acc += meta.row_group(i).total_byte_size
+        if acc >= split_bytes or i == meta.num_row_groups - 1:
+            pieces.append(replace(inp, start=start, end=i + 1, part=f"#row_groups={start}-{i + 1}"))
+            start, acc = i + 1, 0
+    return pieces if len(pieces) > 1 else [inp]
+
+
+def assign(
+    fs: fsspec.AbstractFileSystem, files: list[InputFile], rank: int, world_size: int, split_bytes: int
+) -> list[InputFile]:
+    """The files (or pieces of large files) worker ``rank`` of ``world_size`` owns.
+
+    With several workers, files over ``split_bytes`` are first cut into
+    pieces; each file or piece goes to the worker its key hashes to, a choice
+    that is stable across reruns and listing order.
+    """
+    if world_size == 1:
+        return files
+    files = split_for_workers(fs, files, split_bytes)
+    return [
+        f
+        for f in files
+        if int.from_bytes(hashlib.sha256(f.key.encode()).digest()[:8], "big") % world_size == rank
+    ]
+
