@@ -216,48 +216,22 @@ def _option_value(text: str) -> object:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``pipeline inspect``: a dataset as a table, read from its files."""
-    import fsspec
-    import pyarrow.compute as pc
-    import pyarrow.ipc as pa_ipc
-    import pyarrow.parquet as pq
-
-    from pipeline.dataset.inspect import summarize
-    from pipeline.dataset.manifest import is_local, rebuild
+    from pipeline.dataset.inspect import failures_by_type, summarize
+    from pipeline.dataset.manifest import rebuild
+    from pipeline.storage import Location
 
     options = {}
     for item in args.storage_option:
         key, _, value = item.partition("=")
         options[key] = _option_value(value)
-    # The boundary with fsspec backends, whose errors are not all OSError
-    # (botocore's EndpointConnectionError, NoCredentialsError; a bad
-    # --storage-option is a TypeError when s3fs first connects).
-    try:
-        fs, root = fsspec.core.url_to_fs(args.dataset, **options)
-        root = root.rstrip("/")
-        if args.rebuild and rebuild(fs, root) is None:
+    where = Location.open(args.dataset, options, role="dataset")
+    # a bad --storage-option is a TypeError only when s3fs first connects: anything is translated
+    with where.errors("cannot read the dataset", catch=(Exception,)):
+        if args.rebuild and rebuild(where.fs, where.root) is None:
             raise SinkError(f"{args.dataset} has no per-rank manifests in _manifests/ to rebuild from")
-        summary = summarize(fs, root)
-        by_type: dict[str, int] = {}
-        error_files = [f"{root}/{s['path']}" for s in summary["shards"] if s["kind"] == "errors" and s["exists"]]
-        # One file at a time, on this thread: pyarrow.dataset over an fsspec
-        # filesystem calls into Python from Arrow's I/O threads, and with s3fs
-        # that sometimes aborts the process at exit ("terminate called without
-        # an active exception", apache/arrow#39162), after the report was printed.
-        for path in error_files:
-            with fs.open(path, "rb") as f:
-                if path.endswith(".arrow"):
-                    column = pa_ipc.open_file(f).read_all()["error_type"]
-                else:
-                    column = pq.ParquetFile(f).read(columns=["error_type"], use_threads=False)["error_type"]
-            for row in pc.value_counts(column).to_pylist():
-                by_type[row["values"]] = by_type.get(row["values"], 0) + row["counts"]
-    except SinkError:
-        raise
-    except Exception as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise SinkError(f"cannot read the dataset at {args.dataset}: {reason}") from exc
-    if not is_local(fs):
-        summary["path"] = fs.unstrip_protocol(root)  # s3://bucket/prefix, as the user wrote it
+        summary = summarize(where.fs, where.root)
+        by_type = failures_by_type(where.fs, where.root, summary)
+    summary["path"] = where.url_of(where.root)  # s3://bucket/prefix, as the user wrote it
     print(render_summary(summary, by_type))
     return 0 if summary["ok"] else 1
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import fsspec
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from pipeline.config import SinkConfig
 from pipeline.dataset.retrying import StoreRetry, transient
@@ -17,17 +18,13 @@ from conftest import FakeClock
 from test_dataset_writer import make_batch
 
 
-class EndpointConnectionError(Exception):
-    """Stands for botocore's error of the same name (not an OSError)."""
-
-
-EndpointConnectionError.__module__ = "botocore.exceptions"
-
-
 def test_what_counts_as_transient() -> None:
     """Resets and the network's own errors are retried; a full disk, a refusal or our own errors are not."""
     assert transient(OSError(errno.ECONNRESET, "connection reset"))
-    assert transient(EndpointConnectionError("could not connect"))
+    assert transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
+    assert transient(ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"))
+    assert not transient(ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+                                     "PutObject"))
     assert not transient(OSError(errno.ENOSPC, "No space left on device"))
     assert not transient(PermissionError(errno.EACCES, "denied"))
     assert not transient(SinkError("lost the write lease"))

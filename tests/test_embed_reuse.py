@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import SinkConfig
 from pipeline.dataset import reuse_index as reuse
-from pipeline.dataset import shard_file as sinks
+from pipeline.dataset import shard_writer as sinks
 from pipeline.dataset.reuse_index import ReuseIndex
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.embed.reuse import ReusingEmbedder

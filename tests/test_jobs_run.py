@@ -202,10 +202,15 @@ async def test_fault_storm_loses_nothing(tmp_path: Path) -> None:
 
 async def test_world_size_3_covers_everything_once(tmp_path: Path) -> None:
     """Three workers (rank 0..2 of 3) together embed every record exactly once; _manifest.json merges them."""
+    from pipeline.sources.listing import assign, open_source
+
     (tmp_path / "in").mkdir()
-    total = 0
-    for n in range(10):
+    total, n = 0, 0
+    cfg = make_config(tmp_path, "http://placeholder")
+    # which rank owns a file hashes its absolute path: add files until each rank has one
+    while n < 10 or not all(assign(*open_source(cfg.source), r, 3, 1 << 30) for r in range(3)):
         total += write_corpus(tmp_path / "in" / f"f{n}.jsonl", 40, bad=False, prefix=f"f{n}")
+        n += 1
     async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
         async with anyio.create_task_group() as tg:
             for rank in range(3):
@@ -298,11 +303,11 @@ async def test_four_workers_share_one_big_file(tmp_path: Path) -> None:
 
 async def test_disk_full_mid_run_is_exit_4_with_earlier_commits_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit failing mid-run (disk full) stops with exit 4, not 2 (reserved for 'nothing started'); earlier shards stay."""
-    from pipeline.dataset import shard_file
+    from pipeline.dataset import shard_writer
 
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "a.jsonl", 1000, bad=False)
-    publish = shard_file.ShardFile.publish
+    publish = shard_writer.ShardWriter.publish
     calls = 0
 
     def fill_up(self: Any, entry: dict, retry: Any) -> None:
@@ -312,7 +317,7 @@ async def test_disk_full_mid_run_is_exit_4_with_earlier_commits_intact(tmp_path:
             raise OSError(28, "No space left on device")
         publish(self, entry, retry)
 
-    monkeypatch.setattr(shard_file.ShardFile, "publish", fill_up)
+    monkeypatch.setattr(shard_writer.ShardWriter, "publish", fill_up)
     cfg = make_config(tmp_path, "http://placeholder", sink={"shard_rows": 100})
     result, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
     assert result.exit_code == 4 and result.status == "failed"

@@ -26,6 +26,7 @@ from conftest import ROOT, pipeline_cmd, run_cli, serve_process
 from pipeline.config import SinkConfig, SourceConfig
 from pipeline.errors import CommitFailed, SinkError
 from pipeline.dataset.manifest import utc_now
+from pipeline.dataset.retrying import StoreRetry
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.sources.listing import open_source
 from pipeline.sources.readers import read_records
@@ -344,8 +345,10 @@ def big_batch(rows: int = 3000, dims: int = 1024) -> EmbeddedBatch:
 
 
 def open_writer(fs: s3fs.S3FileSystem, path: str) -> DatasetWriter:
+    # no retries: each failed attempt is what these tests look at (a retried upload would pass after a minute)
     return DatasetWriter(SinkConfig(path=path, compression="none"), rank=0, model="m", input_type=None,
-                         embedding_type="float", metadata_fields=[], run_started_at=utc_now(), fs=fs)
+                         embedding_type="float", metadata_fields=[], run_started_at=utc_now(), fs=fs,
+                         retry=StoreRetry(0))
 
 
 def test_failed_multipart_upload_leaves_no_object(s3: s3fs.S3FileSystem, monkeypatch: pytest.MonkeyPatch) -> None:

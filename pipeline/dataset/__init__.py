@@ -2,7 +2,9 @@
 
 - :mod:`.sink`: the Sink protocol the job writes through, and :func:`~.sink.open_sink`
 - :mod:`.writer`: the file dataset as a sink (shards, then the manifest, per commit)
-- :mod:`.shard_file`, :mod:`.tables`: one shard file being written; rows as Arrow tables
+- :mod:`.shard_writer`, :mod:`.tables`: one shard file being written; rows as Arrow tables
+- :mod:`.shards`: the one reader of a shard file (Parquet or Arrow IPC)
+- :mod:`.retrying`: store operations retried while the store blinks
 - :mod:`.manifest`: ``_manifest.json``, the ledger (shards, totals, runs, resume state)
 - :mod:`.lease`: one writer per rank
 - :mod:`.reuse_index`: the content-hash index of an earlier dataset (``run.reuse_from``)

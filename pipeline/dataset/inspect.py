@@ -7,26 +7,12 @@ from typing import Any
 import fsspec
 import orjson
 import pyarrow as pa
-import pyarrow.ipc
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from pipeline.dataset.manifest import MANIFEST, META_KEY, join, load_dataset_manifest
+from pipeline.dataset.manifest import MANIFEST, load_dataset_manifest
+from pipeline.dataset.shards import open_shard, read_shard_footer
+from pipeline.storage import join
 from pipeline.errors import SinkError
-
-
-def read_shard_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, dict[str, Any] | None]:
-    """Row count and ``pipeline`` schema metadata of one shard file, from its footer."""
-    with fs.open(path, "rb") as f:
-        if path.endswith(".arrow"):
-            reader = pa.ipc.open_file(f)
-            rows = reader.count_rows()
-            meta = reader.schema.metadata or {}
-        else:
-            md = pq.read_metadata(f)
-            rows = md.num_rows
-            meta = md.metadata or {}
-    raw = meta.get(META_KEY.encode())
-    return rows, (orjson.loads(raw) if raw else None)
 
 
 def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
@@ -77,3 +63,20 @@ def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
         "problems": problems,
         "ok": not problems,
     }
+
+
+def failures_by_type(fs: fsspec.AbstractFileSystem, root: str, summary: dict[str, Any]) -> dict[str, int]:
+    """How many rows of the dataset's ``errors/`` shards failed for each ``error_type``."""
+    counts: dict[str, int] = {}
+    # One file at a time, on this thread: pyarrow.dataset over an fsspec
+    # filesystem calls into Python from Arrow's I/O threads, and with s3fs
+    # that sometimes aborts the process at exit ("terminate called without
+    # an active exception", apache/arrow#39162), after the report was printed.
+    for shard in summary["shards"]:
+        if shard["kind"] != "errors" or not shard["exists"]:
+            continue
+        with open_shard(fs, join(root, shard["path"])) as f:
+            for batch in f.iter_batches(columns=["error_type"]):
+                for row in pc.value_counts(batch.column(0)).to_pylist():
+                    counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    return counts

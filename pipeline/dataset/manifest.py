@@ -24,15 +24,14 @@ from typing import Any, Iterable
 import fsspec
 import orjson
 import pyarrow as pa
-from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import SinkError
+from pipeline.storage import is_local, join
 from pipeline.types import Counts, Mark
 
 FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"
 RANK_MANIFESTS = "_manifests"
-META_KEY = "pipeline"  # schema metadata key of each shard file
 
 #: ``data/part-00000-000012.parquet`` → rank 0, seq 12
 SHARD_NAME = re.compile(r"part-(\d{5})-(\d{6})\.(parquet|arrow)$")
@@ -43,14 +42,6 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def join(root: str, *parts: str) -> str:
-    """``root/part/...`` for fsspec paths (always ``/``)."""
-    return "/".join([root.rstrip("/"), *parts])
-
-
-def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    """Whether ``fs`` is the local disk (write-then-rename) rather than a store (one PUT)."""
-    return isinstance(fs, LocalFileSystem)
 
 
 def shard_rank_seq(path: str) -> tuple[int, int] | None:

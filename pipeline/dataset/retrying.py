@@ -16,23 +16,23 @@ from typing import Callable, TypeVar
 
 from pipeline.errors import PipelineError
 from pipeline.logs import get_logger
+from pipeline.storage import STORE_ERRORS
 
 T = TypeVar("T")
 
 #: OSErrors that waiting does not fix
 PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
                               errno.EISDIR, errno.ENOTDIR, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG})
-#: packages whose exceptions are the network's, not ours (botocore's EndpointConnectionError is no OSError)
-NETWORK_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs", "gcsfs", "adlfs")
 
 
 def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` may go away by itself: a network or store error, not a full disk or a bug."""
-    if isinstance(exc, PipelineError):
+    """Whether ``exc`` may go away by itself: a network or store error, not a full disk, a refusal or a bug."""
+    if isinstance(exc, PipelineError) or not isinstance(exc, STORE_ERRORS):
         return False
     if isinstance(exc, OSError):
         return not isinstance(exc, (PermissionError, FileNotFoundError)) and exc.errno not in PERMANENT_ERRNOS
-    return type(exc).__module__.split(".")[0] in NETWORK_MODULES
+    status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status is None or status >= 500 or status in (408, 429)  # botocore's ClientError says
 
 
 class StoreRetry:

@@ -2,9 +2,10 @@
 
 ``run.reuse_from`` names a dataset written earlier with the same model,
 input_type and embedding_type. :class:`ReuseIndex` indexes the
-``content_hash`` column of its data shards; :class:`ReusingEmbedder` wraps the
-embedder so that a chunk whose hash is there takes the stored vector, and only
-new or changed chunks reach the API (and the bill).
+``content_hash`` column of its data shards;
+:class:`~pipeline.embed.reuse.ReusingEmbedder` wraps the embedder so that a
+chunk whose hash is there takes the stored vector, and only new or changed
+chunks reach the API (and the bill).
 
 The index is sized for a 512 MB worker dyno whatever the size of the earlier
 dataset. It holds, on local temp disk, the 64-bit prefix of every distinct
@@ -42,7 +43,7 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections import OrderedDict, defaultdict, deque
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from typing import Any, Self
 
@@ -58,7 +59,6 @@ from pipeline.embed import vectors
 from pipeline.errors import SinkError
 from pipeline.logs import get_logger
 from pipeline.storage import STORE_ERRORS, Location, join, storage_errors
-from pipeline.types import Batch, EmbeddedBatch, Usage
 
 __all__ = ["ReuseIndex", "count_reusable", "hash_prefixes"]
 
@@ -195,11 +195,6 @@ class ReuseIndex:
     def dimensions(self) -> int | None:
         """The vectors' dimensions, as the earlier dataset's manifest records them."""
         return self.manifest.dimensions
-
-    @property
-    def resident_bytes(self) -> int:
-        """Bytes the index keeps in RAM besides the row-group cache (its key and row files stay on disk)."""
-        return int(self._fence.nbytes + self._shard_starts.nbytes + sum(s.group_starts.nbytes for s in self._shards))
 
     def contains(self, hashes: list[str]) -> np.ndarray:
         """Which hashes have their 64-bit prefix in the index (no vector read: an estimate).

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence
 
-import fsspec
-
 from pipeline.config import Config
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.errors import SinkError
+from pipeline.storage import Location
 from pipeline.types import Counts, EmbeddedBatch
 
 
@@ -86,22 +85,12 @@ class Sink(Protocol):
 
 def take_lease(cfg: Config, on_wait: Callable[[dict[str, Any]], None] | None = None) -> Lease:
     """The write lease of this rank, waiting for a draining predecessor to let go."""
-    try:
-        fs, root = fsspec.core.url_to_fs(cfg.sink.path, **cfg.sink.storage_options)
-    except (ImportError, ValueError, OSError) as exc:
-        raise SinkError(f"cannot open sink.path {cfg.sink.path}: {exc}") from exc
-    lease = Lease(fs, root.rstrip("/"), cfg.run.rank)
-    # The lease is the run's first touch of the sink. Its backend's errors are
-    # not all OSError (botocore's EndpointConnectionError, NoCredentialsError;
-    # a bad storage option is a TypeError when s3fs first connects), so
-    # anything but our own error is translated here, as the source's listing does.
-    try:
+    where = Location.open(cfg.sink.path, cfg.sink.storage_options)
+    lease = Lease(where.fs, where.root, cfg.run.rank)
+    # The lease is the run's first touch of the sink. A bad storage option is
+    # a TypeError only when s3fs first connects, so anything is translated here.
+    with where.errors(f"cannot write the lease {lease.path}", catch=(Exception,)):
         lease.acquire(cfg.run.shutdown_grace_s + 10, on_wait=on_wait)  # an old dyno drains this long
-    except SinkError:
-        raise
-    except Exception as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise SinkError(f"sink.path {cfg.sink.path}: cannot write the lease {lease.path}: {reason}") from exc
     return lease
 
 
@@ -130,7 +119,7 @@ def _open_writer(
     cfg: Config, lease: Lease, started_at: str, metadata_fields: list[str], fresh: bool
 ) -> DatasetWriter:
     emb, fs = cfg.embedding, lease.fs
-    root = fs._strip_protocol(cfg.sink.path).rstrip("/")
+    root = Location.on(fs, cfg.sink.path).root
     if fresh:
         if cfg.run.world_size != 1:
             raise SinkError("--fresh deletes the whole dataset; use it with world_size 1 only")

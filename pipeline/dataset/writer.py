@@ -2,7 +2,7 @@
 
 :class:`DatasetWriter` receives embedded batches in read order and streams
 their rows into an open data shard (and their failures into an open errors
-shard). A *commit* publishes both files together (see :mod:`shard_file`) and
+shard). A *commit* publishes both files together (see :mod:`shard_writer`) and
 only then lists them in the manifest, with the resume marks of every batch
 they hold, in one save. Whatever was not committed is read and paid for again
 by the next run; nothing committed is written twice.
@@ -24,11 +24,12 @@ import pyarrow as pa
 from pipeline.config import SinkConfig
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.retrying import StoreRetry, transient
-from pipeline.dataset.manifest import Manifest, join, load_rank, save_rank, shard_rank_seq, utc_now
-from pipeline.dataset.shard_file import ShardFile
+from pipeline.dataset.manifest import Manifest, load_rank, save_rank, shard_rank_seq, utc_now
+from pipeline.dataset.shard_writer import ShardWriter
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
 from pipeline.errors import CommitFailed, SinkError
 from pipeline.logs import get_logger
+from pipeline.storage import Location, join
 from pipeline.types import Counts, EmbeddedBatch
 
 KINDS = ("data", "errors")
@@ -97,15 +98,9 @@ class DatasetWriter:
         self._clock = clock
         self._lease = lease
         self._retry = retry or StoreRetry()
-        if fs is None:
-            try:
-                fs, root = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
-            except (ImportError, ValueError, OSError) as exc:
-                raise SinkError(f"cannot open sink.path {cfg.path}: {exc}") from exc
-        else:
-            root = fs._strip_protocol(cfg.path)
-        self.fs = fs
-        self.root = root.rstrip("/") or "/"
+        where = Location.on(fs, cfg.path) if fs is not None else Location.open(cfg.path, cfg.storage_options)
+        self.fs = fs = where.fs
+        self.root = where.root
         self._ext = ".arrow" if cfg.format == "arrow" else ".parquet"
         self._compression = None if cfg.compression in (None, "none") else cfg.compression
         try:
@@ -118,7 +113,7 @@ class DatasetWriter:
         self._tables = RowTables(manifest, embedding_type=embedding_type, metadata_fields=metadata_fields,
                                  include_text=cfg.include_text, where=cfg.path)
         self._next_seq = {k: manifest.last_seq(rank, k) + 1 for k in KINDS}
-        self._open: dict[str, ShardFile] = {}
+        self._open: dict[str, ShardWriter] = {}
         self._opened_at: float | None = None
         self._pending = _Pending()
         self._replacing: dict[str, Any] | None = None
@@ -317,7 +312,7 @@ class DatasetWriter:
             return False
         return shard.rows + table.num_rows > self.cfg.shard_rows or table.schema != shard.schema
 
-    def _shard(self, kind: str, schema: pa.Schema) -> ShardFile:
+    def _shard(self, kind: str, schema: pa.Schema) -> ShardWriter:
         shard = self._open.get(kind)
         if shard is None:
             seq = self._next_seq[kind]
@@ -327,7 +322,7 @@ class DatasetWriter:
             if kind == "data":  # not worth it for unique strings and vectors
                 dictionary = ["doc_id", "source", *self._tables.metadata_fields]
             try:
-                shard = ShardFile(self.fs, self.root, rel, schema, fmt=self.cfg.format,
+                shard = ShardWriter(self.fs, self.root, rel, schema, fmt=self.cfg.format,
                                   compression=self._compression, dictionary=dictionary)
             except (OSError, pa.ArrowException) as exc:
                 raise CommitFailed(f"cannot create {join(self.cfg.path, rel)}: {exc}") from exc

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 from typing import Any
 
-import fsspec
-
 from pipeline.config import Config
-from pipeline.dataset.manifest import is_local
 from pipeline.dataset.reuse_index import ReuseIndex
-from pipeline.errors import SourceError
+from pipeline.errors import SinkError, SourceError
 from pipeline.logs import get_logger
-from pipeline.sources.readers import open_source, split_for_workers
+from pipeline.sources.listing import assign, open_source
+from pipeline.storage import Location
 from pipeline.types import InputFile
-
-
-def assign(cfg: Config, fs: Any, files: list[InputFile]) -> list[InputFile]:
-    """The files (or pieces of large files) this worker owns.
-
-    With several workers, files over ``source.split_bytes`` are first cut
-    into pieces; each file or piece goes to the worker its key hashes to, a
-    choice that is stable across reruns and listing order.
-    """
-    rank, world_size = cfg.run.rank, cfg.run.world_size
-    if world_size == 1:
-        return files
-    files = split_for_workers(fs, files, cfg.source.split_bytes)
-    return [
-        f
-        for f in files
-        if int.from_bytes(hashlib.sha256(f.key.encode()).digest()[:8], "big") % world_size == rank
-    ]
 
 
 def list_inputs(cfg: Config) -> tuple[Any, list[InputFile]]:
@@ -55,20 +34,20 @@ def list_inputs(cfg: Config) -> tuple[Any, list[InputFile]]:
                 f"no input files in source.path {cfg.source.path} outside sink.path {cfg.sink.path}"
             )
         files = kept
-    return fs, assign(cfg, fs, files)
+    return fs, assign(fs, files, cfg.run.rank, cfg.run.world_size, cfg.source.split_bytes)
 
 
 def _sink_prefix(cfg: Config, source_fs: Any) -> str | None:
     """``sink.path`` as the listing's urls spell it, with a trailing ``/``; None on another store."""
     try:
-        fs, root = fsspec.core.url_to_fs(cfg.sink.path, **cfg.sink.storage_options)
-    except Exception:  # opening the sink reports its own errors
+        sink = Location.open(cfg.sink.path, cfg.sink.storage_options)
+    except SinkError:  # opening the sink reports its own errors
         return None
-    if type(fs) is not type(source_fs):
+    if type(sink.fs) is not type(source_fs):
         return None
-    if is_local(fs):
-        return posixpath.normpath(os.path.abspath(root)) + "/"
-    return fs.unstrip_protocol(root.rstrip("/")) + "/"
+    if sink.local:
+        return posixpath.normpath(os.path.abspath(sink.root)) + "/"
+    return sink.url_of(sink.root) + "/"
 
 
 def open_reuse_index(cfg: Config) -> ReuseIndex:

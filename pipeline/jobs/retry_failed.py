@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import anyio
-import pyarrow.ipc
-import pyarrow.parquet as pq
 
 from pipeline.config import Config
 from pipeline.dataset.manifest import utc_now
+from pipeline.dataset.shards import open_shard
 from pipeline.dataset.sink import open_sink
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.embed import Embedder, make_embedder
@@ -25,13 +24,8 @@ RETRYABLE_ERRORS = frozenset({"api_error", "rejected"})
 
 def _read_failures(fs: Any, path: str, batch_rows: int) -> Iterator[list[Failure]]:
     """The rows of an ``errors/`` shard, as failures, a batch at a time."""
-    with fs.open(path, "rb") as f:
-        if path.endswith(".arrow"):
-            reader = pyarrow.ipc.open_file(f)
-            batches: Iterator[Any] = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        else:
-            batches = pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
-        for batch in batches:
+    with open_shard(fs, path) as shard:
+        for batch in shard.iter_batches(batch_size=batch_rows):
             yield [Failure(**row) for row in batch.to_pylist()]
 
 

@@ -15,7 +15,6 @@ import fsspec
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
 from pipeline.sources.jsonl import OnCheckpoint, read_jsonl, read_jsonl_range
-from pipeline.sources.listing import open_source, split_for_workers  # noqa: F401  # callers not yet moved
 from pipeline.sources.records import READ_ERRORS, failure, open_input
 from pipeline.sources.tabular import read_arrow, read_csv, read_parquet
 from pipeline.storage import storage_errors

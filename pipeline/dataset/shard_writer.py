@@ -19,7 +19,9 @@ import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from pipeline.dataset.manifest import META_KEY, is_local, join, utc_now
+from pipeline.dataset.manifest import utc_now
+from pipeline.dataset.shards import META_KEY
+from pipeline.storage import is_local, join
 
 #: rows buffered before they are written out as one Parquet row group / IPC batch
 ROW_GROUP_ROWS = 8192
@@ -31,7 +33,7 @@ def _json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-class ShardFile:
+class ShardWriter:
     """One shard being written: rows stream into a temp file, published at commit."""
 
     def __init__(
