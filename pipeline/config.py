@@ -190,9 +190,75 @@ def interpolate(value: str, env: Mapping[str, str]) -> Any:
 
 def _scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else text
+        return safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         return text
+
+
+#: values a config may hold once its aliases are expanded, and levels of nesting;
+#: a real config has a few hundred values, four or five levels deep
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+class YamlTooBig(yaml.YAMLError):
+    """A document past :data:`MAX_YAML_VALUES` once its aliases are expanded, looping, or too deep."""
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Raise :class:`YamlTooBig` when ``root``, aliases expanded, is over budget, loops, or nests too deep.
+
+    An alias is the same node object reached twice, so sizes are memoised
+    per node: the count costs one visit per distinct node, however large
+    the expansion (nine levels of ten aliases are a billion values).
+    """
+    known: dict[int, tuple[int, int]] = {}  # node → (values, levels) below and including it
+    open_nodes: set[int] = set()
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key in open_nodes:
+            raise YamlTooBig("YAML aliases loop: an alias refers to the value that holds it")
+        if key not in known:
+            open_nodes.add(key)
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            values, levels = 1, 1
+            for child in children:
+                below, child_levels = measure(child, depth + 1)
+                values, levels = values + below, max(levels, child_levels + 1)
+                if values > MAX_YAML_VALUES:
+                    raise YamlTooBig(f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?)")
+            open_nodes.discard(key)
+            known[key] = (values, levels)
+        if depth + known[key][1] - 1 > MAX_YAML_DEPTH:  # an alias can put a deep value deeper still
+            raise YamlTooBig(f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
+        return known[key]
+
+    measure(root, 1)
+
+
+def _load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """The data of a YAML document and its composed node, refusing alias bombs before building anything."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_size(node)
+        return loader.construct_document(node), node
+    except RecursionError:
+        raise YamlTooBig(f"YAML nested deeper than {MAX_YAML_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses alias bombs (:class:`YamlTooBig`, a ``yaml.YAMLError``)."""
+    return _load_yaml(text)[0]
 
 
 def _interpolate_tree(
@@ -237,7 +303,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. embedding.concurrency=16")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
@@ -317,8 +383,9 @@ def load_config(
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, node = _load_yaml(text)
+    except YamlTooBig as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)

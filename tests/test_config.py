@@ -139,3 +139,56 @@ def test_unset_variable_is_named(tmp_path: Path) -> None:
     text = "source: {path: '${SOURCE_PATH}'}\nembedding: {url: 'http://h'}\nsink: {path: out}\n"
     with pytest.raises(ConfigError, match=r"source\.path: required key is missing \(\$\{SOURCE_PATH\} is not set"):
         load_config(write(tmp_path, text), env={})
+
+
+def alias_bomb(levels: int, width: int = 10) -> str:
+    """A "billion laughs" document: each level an anchored list of ``width`` aliases of the last."""
+    lines = ['a0: &a0 "lol"']
+    for n in range(1, levels + 1):
+        lines.append(f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * width) + "]")
+    return "\n".join(lines)
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    """YAML aliases expanding past the budget are one ConfigError naming the file, not a memory blow-up."""
+    bomb = alias_bomb(6)  # a million strings expanded; the field's nine levels (a billion) end the same way
+    text = f"source:\n  path: a.jsonl\n  storage_options:\n    {bomb.replace(chr(10), chr(10) + '    ')}\n"
+    path = write(tmp_path, text + "embedding: {url: 'http://h'}\nsink: {path: out}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: YAML aliases expand to more than [\d,]+ values"):
+        load_config(path, env={})
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    """An alias inside its own anchor (a cycle) is a ConfigError, not a RecursionError."""
+    text = "source: &s {path: a.jsonl, storage_options: {loop: *s}}\nembedding: {url: 'http://h'}\nsink: {path: out}\n"
+    with pytest.raises(ConfigError, match="YAML aliases"):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_ordinary_anchors_still_work(tmp_path: Path) -> None:
+    """Anchors, aliases and merge keys in a small config keep their meaning."""
+    text = (
+        "source: {path: a.jsonl, storage_options: &opts {anon: true}, metadata_fields: &fields [lang, title]}\n"
+        "embedding: {url: 'http://h'}\n"
+        "sink: {path: out, storage_options: {<<: *opts, key: k}}\n"
+    )
+    cfg = load_config(write(tmp_path, text), env={})
+    assert cfg.source.storage_options == {"anon": True}
+    assert cfg.sink.storage_options == {"anon": True, "key": "k"}
+    assert cfg.source.metadata_fields == ["lang", "title"]
+
+
+@pytest.mark.parametrize("depth", [100, 1000])
+def test_deep_nesting_is_refused(tmp_path: Path, depth: int) -> None:
+    """YAML nested hundreds of levels deep is one ConfigError, not a RecursionError."""
+    path = write(tmp_path, "source: " + "[" * depth + "]" * depth + "\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: YAML nested deeper than 64 levels"):
+        load_config(path, env={})
+
+
+def test_aliases_cannot_nest_past_the_limit(tmp_path: Path) -> None:
+    """Aliases that stack a 40-level value inside itself twice are refused like plain deep nesting."""
+    deep = "[" * 40 + "]" * 40
+    text = f"a: &a {deep}\nb: &b {'[' * 39}*a{']' * 39}\nc: {'[' * 39}*b{']' * 39}\n"
+    with pytest.raises(ConfigError, match="YAML nested deeper than 64 levels"):
+        load_config(write(tmp_path, text), env={})
