@@ -9,6 +9,7 @@ message names the dotted key and, when the key is in the file, its line.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -311,8 +312,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set each ``--set KEY=VALUE`` into ``data`` (a copy is not made)."""
+def apply_overrides(data: dict, overrides: list[str], applied: dict[tuple, str] | None = None) -> dict:
+    """Set each ``--set KEY=VALUE`` into ``data`` (a copy is not made).
+
+    ``applied``, when given, receives each key path and the flag that set it,
+    so that an error in that value can blame the flag.
+    """
     for item in overrides:
         path, value = parse_override(item)
         node = data
@@ -324,6 +329,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
             node = child
         node[path[-1]] = value
+        if applied is not None:
+            applied[tuple(path)] = item
     return data
 
 
@@ -331,12 +338,54 @@ def _format_loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The section model that holds the key at ``loc`` (None below a free-form mapping)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _unknown_key(loc: tuple) -> str:
+    model = _model_at(loc)
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.75) if model else []
+    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
+
+
+def _what(value: Any) -> str:
+    """A value as a sentence names it: ``the string '/data'``, ``a list``, ``nothing``."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return "a list" if isinstance(value, list) else repr(value)
+
+
+def _not_a_section(loc: tuple, value: Any) -> str:
+    model = _model_at(loc + ("",))
+    assert model is not None
+    required = [name for name, f in model.model_fields.items() if f.is_required()]
+    example = "url" if model is EmbeddingConfig else (required or list(model.model_fields))[0]
+    name = loc[-1]
+    return f"must be a section ({name}: {{{example}: ...}}), got {_what(value)}"
+
+
 def _describe(error: dict) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown key"
+        return _unknown_key(tuple(error["loc"]))
     if kind == "missing":
         return "required key is missing"
+    if kind == "model_type":
+        return _not_a_section(tuple(error["loc"]), error.get("input"))
     msg = error["msg"]
     msg = msg.removeprefix("Value error, ")
     inp = error.get("input")
@@ -344,6 +393,28 @@ def _describe(error: dict) -> str:
         if not isinstance(inp, (dict, list)):
             msg = f"{msg} (got {inp!r})"
     return msg
+
+
+def _explain(
+    exc: ValidationError, path: Path, lines: dict[tuple, int], unset: dict[tuple, str], applied: dict[tuple, str]
+) -> ConfigError:
+    """One line for a failed validation: where (``file:line`` or the ``--set`` flag), the key, what is wrong.
+
+    Unknown keys come first: a misspelled section also makes its real
+    section look empty, and the typo is what the user has to fix.
+    """
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
+    loc = tuple(err["loc"])
+    flags = [item for key, item in applied.items() if loc[: len(key)] == key]
+    if flags:
+        where = f"--set {flags[-1]}"
+    else:
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        where = f"{path}:{line}" if line else str(path)
+    why = f" ({unset[loc]} is not set in the environment)" if loc in unset else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ConfigError(f"{where}: {_format_loc(loc)}: {_describe(err)}{why}{more}")
 
 
 _DYNO = re.compile(r"^[A-Za-z0-9_-]+\.(\d+)$")
@@ -398,7 +469,8 @@ def load_config(
         raise ConfigError(f"{path}: the config must be a mapping of sections (source:, embedding:, sink:, ...)")
     lines = _line_map(node) if node is not None else {}
 
-    data = apply_overrides(data, list(overrides or ()))
+    applied: dict[tuple, str] = {}
+    data = apply_overrides(data, list(overrides or ()), applied)
     env = _with_rank(env)
     unset: dict[tuple, str] = {}
     data = _interpolate_tree(data, env, unset)
@@ -420,15 +492,4 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        key = _format_loc(loc)
-        line = None
-        for n in range(len(loc), 0, -1):
-            line = lines.get(tuple(loc[:n]))
-            if line is not None:
-                break
-        where = f"{path}:{line}" if line else str(path)
-        why = f" ({unset[loc]} is not set in the environment)" if loc in unset else ""
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{where}: {key}: {_describe(err)}{why}{more}") from None
+        raise _explain(exc, path, lines, unset, applied) from None

@@ -58,7 +58,7 @@ def test_unknown_key_names_dotted_path_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, BASE.replace("sink:\n", "sink:\n  shard_row: 5\n"))
     with pytest.raises(ConfigError) as info:
         load_config(path, env={"EMBEDDING_URL": "http://h"})
-    assert str(info.value) == f"{path}:8: sink.shard_row: unknown key"
+    assert str(info.value) == f"{path}:8: sink.shard_row: unknown key (did you mean shard_rows?)"
 
 
 def test_out_of_range_value(tmp_path: Path) -> None:
@@ -192,3 +192,46 @@ def test_aliases_cannot_nest_past_the_limit(tmp_path: Path) -> None:
     text = f"a: &a {deep}\nb: &b {'[' * 39}*a{']' * 39}\nc: {'[' * 39}*b{']' * 39}\n"
     with pytest.raises(ConfigError, match="YAML nested deeper than 64 levels"):
         load_config(write(tmp_path, text), env={})
+
+
+def test_misspelled_section_is_named_first(tmp_path: Path) -> None:
+    """A misspelled section is reported as the unknown key, not hidden behind the errors it causes."""
+    path = write(tmp_path, BASE.replace("embedding:", "embeding:"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value).startswith(f"{path}:3: embeding: unknown key (did you mean embedding?)")
+
+
+def test_bad_set_value_is_blamed_on_the_flag(tmp_path: Path) -> None:
+    """A wrong --set value names the flag, not a line of the file the flag overrode."""
+    path = write(tmp_path, BASE.replace("sink:", "  concurrency: 4\nsink:"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["embedding.concurrency=lots"], env={"EMBEDDING_URL": "http://h"})
+    message = str(info.value)
+    assert message.startswith("--set embedding.concurrency=lots: embedding.concurrency: "), message
+    assert str(path) not in message and "'lots'" in message
+
+
+def test_unknown_key_in_set_is_blamed_on_the_flag(tmp_path: Path) -> None:
+    """A typo in a --set key names the flag and suggests the key."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), ["embedding.concurency=4"], env={"EMBEDDING_URL": "http://h"})
+    assert str(info.value) == (
+        "--set embedding.concurency=4: embedding.concurency: unknown key (did you mean concurrency?)"
+    )
+
+
+def test_string_where_a_section_belongs(tmp_path: Path) -> None:
+    """``source: /path`` is explained in words: a section is expected, a string came."""
+    path = write(tmp_path, BASE.replace("source:\n  path: docs/*.jsonl", "source: /data/docs"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"EMBEDDING_URL": "http://h"})
+    assert str(info.value) == f"{path}:1: source: must be a section (source: {{path: ...}}), got the string '/data/docs'"
+
+
+def test_empty_section_is_explained(tmp_path: Path) -> None:
+    """An empty ``sink:`` says a section is expected and nothing came."""
+    path = write(tmp_path, BASE.replace("sink:\n  path: out/dataset", "sink:"))
+    with pytest.raises(ConfigError, match=r":7: sink: must be a section \(sink: \{path: \.\.\.\}\), got nothing$"):
+        load_config(path, env={"EMBEDDING_URL": "http://h"})
+
