@@ -111,18 +111,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """``pipeline validate``: counts and estimates, no API call."""
-    from pipeline.logs import format_duration
+    from pipeline.logs import format_duration, redact_url
     from pipeline.jobs.validate import estimate
 
     cfg = _load(args)
     est = estimate(cfg)
     emb = cfg.embedding
     print(f"config: ok ({args.config})")
-    print(f"endpoint: {emb.provider}" + (f" {emb.url}" if emb.provider == "http" else "") + f", model {emb.model}")
-    print(f"inputs: {len(est.files)} file(s) under {cfg.source.path}")
+    # every URL printed is masked: a key passed to a proxy as https://user:KEY@host must not show
+    print(redact_url(f"endpoint: {emb.provider}" + (f" {emb.url}" if emb.provider == "http" else "")
+                     + f", model {emb.model}"))
+    print(redact_url(f"inputs: {len(est.files)} file(s) under {cfg.source.path}"))
     for inp in est.files[:20]:
         size = f"{inp.size:,} bytes" if inp.size is not None else "size unknown"
-        print(f"  {inp.url}  ({inp.format}{', ' + inp.compression if inp.compression else ''}, {size})")
+        print(redact_url(f"  {inp.url}  ({inp.format}{', ' + inp.compression if inp.compression else ''}, {size})"))
     if len(est.files) > 20:
         print(f"  ... and {len(est.files) - 20} more")
     print(f"records: {est.records:,} ({est.bad_records:,} unusable"
@@ -130,8 +132,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
           + ")")
     print(f"chunks: {est.chunks:,} ({est.chars:,} characters)")
     if cfg.run.reuse_from:
-        print(f"reusable from {cfg.run.reuse_from}: {est.reusable_chunks:,} chunks "
-              f"({est.reusable_tokens:,} estimated tokens not spent)")
+        print(redact_url(f"reusable from {cfg.run.reuse_from}: {est.reusable_chunks:,} chunks "
+                         f"({est.reusable_tokens:,} estimated tokens not spent)"))
     print(f"estimated tokens: {est.tokens:,}" + (" (after reuse)" if cfg.run.reuse_from else ""))
     if cfg.run.max_tokens is not None and est.tokens > cfg.run.max_tokens:
         print(f"budget: run.max_tokens={cfg.run.max_tokens:,} stops the run before it is done")

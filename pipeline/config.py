@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError
+from pipeline.logs import redact_url
 
 DEFAULT_MODEL = "cohere-embed-multilingual"
 MAX_CHARS = 2048
@@ -302,7 +303,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (["a", "b", "c"], value parsed as a YAML scalar)."""
     key, sep, raw = item.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. embedding.concurrency=16")
+        raise ConfigError(
+            f"{redact_url(_flag(item))}: expected KEY=VALUE with a dotted key, e.g. embedding.concurrency=16"
+        )
     try:
         value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -326,7 +329,7 @@ def apply_overrides(data: dict, overrides: list[str], applied: dict[tuple, str] 
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part} is not a section")
+                raise ConfigError(f"{redact_url(_flag(item))}: {part} is not a section")
             node = child
         node[path[-1]] = value
         if applied is not None:
@@ -378,6 +381,20 @@ def _not_a_section(loc: tuple, value: Any) -> str:
     return f"must be a section ({name}: {{{example}: ...}}), got {_what(value)}"
 
 
+_SECRET = re.compile(r"(key|secret|password|passwd|token)$", re.IGNORECASE)
+
+
+def _is_secret(name: object) -> bool:
+    """Whether a key holds a credential, whose value no message may show (``api_key``, ``secret``)."""
+    return bool(_SECRET.search(str(name)))
+
+
+def _flag(item: str) -> str:
+    """A ``--set`` flag as an error may show it: a credential's value masked."""
+    key, _, value = item.partition("=")
+    return f"--set {key}=***" if any(_is_secret(part) for part in key.split(".")) else f"--set {item}"
+
+
 def _describe(error: dict) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -390,7 +407,7 @@ def _describe(error: dict) -> str:
     msg = msg.removeprefix("Value error, ")
     inp = error.get("input")
     if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
-        if not isinstance(inp, (dict, list)):
+        if not isinstance(inp, (dict, list)) and not _is_secret(error["loc"][-1]):
             msg = f"{msg} (got {inp!r})"
     return msg
 
@@ -408,13 +425,14 @@ def _explain(
     loc = tuple(err["loc"])
     flags = [item for key, item in applied.items() if loc[: len(key)] == key]
     if flags:
-        where = f"--set {flags[-1]}"
+        where = _flag(flags[-1])
     else:
         line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
         where = f"{path}:{line}" if line else str(path)
     why = f" ({unset[loc]} is not set in the environment)" if loc in unset else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return ConfigError(f"{where}: {_format_loc(loc)}: {_describe(err)}{why}{more}")
+    # user:key@ in a URL (a key passed to a proxy) is masked wherever the URL shows
+    return ConfigError(redact_url(f"{where}: {_format_loc(loc)}: {_describe(err)}{why}{more}"))
 
 
 _DYNO = re.compile(r"^[A-Za-z0-9_-]+\.(\d+)$")

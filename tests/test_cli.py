@@ -106,3 +106,19 @@ def test_local_sample_job(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "local" / "_manifest.json").read_text())
     assert manifest["totals"]["rows_embedded"] == 308 and manifest["totals"]["rows_failed"] == 2
     assert manifest["dimensions"] == 256
+
+
+def test_validate_masks_credentials_in_the_endpoint(tmp_path: Path) -> None:
+    """validate prints an endpoint URL carrying user:key@ with the credentials masked."""
+    result = run_cli("validate", str(write_job(tmp_path, "http://user:KEY-0123@127.0.0.1:9")))
+    assert result.returncode == 0, result.stderr
+    assert "KEY-0123" not in result.stdout + result.stderr
+    assert "http://***@127.0.0.1:9" in result.stdout
+
+
+def test_bad_scheme_error_masks_credentials(tmp_path: Path) -> None:
+    """The config error for a non-http URL does not print the credentials in it."""
+    result = run_cli("validate", str(write_job(tmp_path, "ftp://user:KEY-0123@host")))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "embedding.url", "ftp://***@host")
+    assert "KEY-0123" not in result.stderr

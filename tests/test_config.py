@@ -235,3 +235,28 @@ def test_empty_section_is_explained(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r":7: sink: must be a section \(sink: \{path: \.\.\.\}\), got nothing$"):
         load_config(path, env={"EMBEDDING_URL": "http://h"})
 
+
+
+def test_credentials_in_a_bad_url_are_masked(tmp_path: Path) -> None:
+    """A URL with user:key@ in a config error shows ***@ instead of the credentials."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), env={"EMBEDDING_URL": "ftp://user:KEY-123@h"})
+    assert "KEY-123" not in str(info.value) and "ftp://***@h" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), ["embedding.url=ftp://user:KEY-123@h"])
+    assert "KEY-123" not in str(info.value) and "--set embedding.url=ftp://***@h" in str(info.value)
+
+
+def test_wrong_type_api_key_is_not_printed(tmp_path: Path) -> None:
+    """An api_key of the wrong type is named, but its value is not shown."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), ["embedding.api_key=123456789"], env={"EMBEDDING_URL": "http://h"})
+    assert "embedding.api_key" in str(info.value) and "123456789" not in str(info.value)
+
+
+def test_set_under_a_secret_is_not_echoed(tmp_path: Path) -> None:
+    """A --set that treats api_key as a section is refused without echoing its value."""
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["embedding.api_key.x=TOPSECRET"], env={"EMBEDDING_KEY": "k", "EMBEDDING_URL": "http://h"})
+    assert "api_key is not a section" in str(info.value) and "TOPSECRET" not in str(info.value)
