@@ -8,6 +8,8 @@ anything else is a bug and is allowed to crash loudly.
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import signal
 import sys
 from typing import TYPE_CHECKING, Sequence
@@ -290,6 +292,23 @@ COMMANDS = {
 }
 
 
+#: 128 + SIGPIPE: what a shell reports for a writer whose reader quit (``yes | head -1``)
+EXIT_SIGPIPE = 141
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (and not some other broken pipe)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False  # not a real stream: the broken pipe was something else's
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipeline`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -297,7 +316,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         try:
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # a reader that quit (| head) shows here, not as a warning at exit
+            return code
+        except BrokenPipeError:
+            if not _stdout_gone():
+                raise
+            # as Python's docs advise (signal module, "Note on SIGPIPE"): stdout goes to
+            # devnull, so the flush at exit does not fail again, and we exit quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_SIGPIPE
         except BaseExceptionGroup as group:
             # a stage's error surfaces wrapped by its task group: handle the first one
             leaf: BaseException = group

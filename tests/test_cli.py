@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
-from conftest import ROOT, run_cli, serve_process
+import pytest
+
+from conftest import ROOT, pipeline_cmd, run_cli, serve_process
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -122,3 +126,38 @@ def test_bad_scheme_error_masks_credentials(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "embedding.url", "ftp://***@host")
     assert "KEY-0123" not in result.stderr
+
+
+def run_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``pipeline ARGS`` with stdout a pipe whose reader is already gone (``| head`` that has quit)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(pipeline_cmd(*args), stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=120, cwd=ROOT)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("command", ["validate", "inspect"])
+def test_closed_stdout_exits_quietly(tmp_path: Path, command: str) -> None:
+    """validate and inspect piped into a reader that quit exit 141 (128 + SIGPIPE) without a traceback."""
+    if command == "inspect":
+        assert run_cli("run", str(ROOT / "configs/local.yaml"), "--set", f"sink.path={tmp_path / 'ds'}").returncode == 0
+        result = run_into_closed_pipe("inspect", str(tmp_path / "ds"))
+    else:
+        result = run_into_closed_pipe("validate", "configs/local.yaml")
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
+
+
+def test_other_broken_pipes_still_crash(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """A BrokenPipeError while stdout is fine is a bug, and is not silenced as a closed stdout."""
+    from pipeline import cli
+
+    def broken(_args: object) -> int:
+        raise BrokenPipeError("a socket, not stdout")
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", broken)
+    with pytest.raises(BrokenPipeError):
+        cli.main(["validate", "job.yaml"])
