@@ -360,16 +360,15 @@ def _unknown_key(loc: tuple) -> str:
 
 
 def _what(value: Any) -> str:
-    """A value as a sentence names it: ``the string '/data'``, ``a list``, ``nothing``."""
+    """A value as a sentence names it: ``the string '/data'``, ``the number 5``, ``a list``, ``nothing``."""
     if value is None:
         return "nothing"
-    if isinstance(value, str):
-        return f"the string {value!r}"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    return "a list" if isinstance(value, list) else repr(value)
+    if isinstance(value, list):
+        return "a list"
+    kind = "the string" if isinstance(value, str) else "the number" if isinstance(value, (int, float)) else "the value"
+    return f"{kind} {value!r}"
 
 
 def _not_a_section(loc: tuple, value: Any) -> str:
@@ -377,8 +376,7 @@ def _not_a_section(loc: tuple, value: Any) -> str:
     assert model is not None
     required = [name for name, f in model.model_fields.items() if f.is_required()]
     example = "url" if model is EmbeddingConfig else (required or list(model.model_fields))[0]
-    name = loc[-1]
-    return f"must be a section ({name}: {{{example}: ...}}), got {_what(value)}"
+    return f"must be a section ({loc[-1]}: {{{example}: ...}}), got {_what(value)}"
 
 
 _SECRET = re.compile(r"(key|secret|password|passwd|token)$", re.IGNORECASE)
@@ -403,8 +401,7 @@ def _describe(error: dict) -> str:
         return "required key is missing"
     if kind == "model_type":
         return _not_a_section(tuple(error["loc"]), error.get("input"))
-    msg = error["msg"]
-    msg = msg.removeprefix("Value error, ")
+    msg = error["msg"].removeprefix("Value error, ")
     inp = error.get("input")
     if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
         if not isinstance(inp, (dict, list)) and not _is_secret(error["loc"][-1]):
