@@ -112,43 +112,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """``pipeline validate``: counts and estimates, no API call."""
-    from pipeline.logs import format_duration, redact_url
-    from pipeline.jobs.validate import estimate
+    """``pipeline validate``: counts and estimates, no API call; exits as a run would begin or end."""
+    from pipeline.jobs.validate import validate
 
-    cfg = _load(args)
-    est = estimate(cfg)
-    emb = cfg.embedding
-    print(f"config: ok ({args.config})")
-    # every URL printed is masked: a key passed to a proxy as https://user:KEY@host must not show
-    print(redact_url(f"endpoint: {emb.provider}" + (f" {emb.url}" if emb.provider == "http" else "")
-                     + f", model {emb.model}"))
-    print(redact_url(f"inputs: {len(est.files)} file(s) under {cfg.source.path}"))
-    for inp in est.files[:20]:
-        size = f"{inp.size:,} bytes" if inp.size is not None else "size unknown"
-        print(redact_url(f"  {inp.url}  ({inp.format}{', ' + inp.compression if inp.compression else ''}, {size})"))
-    if len(est.files) > 20:
-        print(f"  ... and {len(est.files) - 20} more")
-    print(f"records: {est.records:,} ({est.bad_records:,} unusable"
-          + (": " + ", ".join(f"{k} {v}" for k, v in sorted(est.by_error.items())) if est.by_error else "")
-          + ")")
-    print(f"chunks: {est.chunks:,} ({est.chars:,} characters)")
-    if cfg.run.reuse_from:
-        print(redact_url(f"reusable from {cfg.run.reuse_from}: {est.reusable_chunks:,} chunks "
-                         f"({est.reusable_tokens:,} estimated tokens not spent)"))
-    print(f"estimated tokens: {est.tokens:,}" + (" (after reuse)" if cfg.run.reuse_from else ""))
-    if cfg.run.max_tokens is not None and est.tokens > cfg.run.max_tokens:
-        print(f"budget: run.max_tokens={cfg.run.max_tokens:,} stops the run before it is done")
-    print(f"requests: {est.requests:,} (batch_size {emb.batch_size})")
-    if est.minutes is not None:
-        print(f"time at the configured limits: about {format_duration(est.minutes * 60)}")
-    else:
-        print("time: no client-side limit configured (set embedding.requests_per_minute / tokens_per_minute)")
-    if est.cost_usd is not None:
-        print(f"cost: about ${est.cost_usd:,.4f} at ${emb.usd_per_million_tokens:g} per million tokens")
-    else:
-        print("cost: set embedding.usd_per_million_tokens to estimate it")
-    return 0
+    report = validate(_load(args), args.config)
+    print("\n".join(report.lines))
+    for problem in report.problems:
+        _fail(problem, report.exit_code)
+    return report.exit_code
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:
