@@ -161,3 +161,23 @@ def test_other_broken_pipes_still_crash(monkeypatch: pytest.MonkeyPatch, capfd: 
     monkeypatch.setitem(cli.COMMANDS, "validate", broken)
     with pytest.raises(BrokenPipeError):
         cli.main(["validate", "job.yaml"])
+
+
+def test_alias_bomb_exit_2_one_line(tmp_path: Path) -> None:
+    """A config holding an alias bomb (a million values expanded) exits 2 with one line naming the file."""
+    # six levels, not the field's nine: should the guard ever break, this must not eat the machine's memory
+    levels = ['a0: &a0 "lol"'] + [f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]" for n in range(1, 7)]
+    job = tmp_path / "bomb.yaml"
+    job.write_text("\n".join(levels) + "\n")
+    result = run_cli("validate", str(job), timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, f"{job}: YAML aliases expand to more than")
+
+
+def test_misspelled_section_exit_2_names_it(tmp_path: Path) -> None:
+    """A misspelled section exits 2 with one line naming it as the unknown key."""
+    job = write_job(tmp_path)
+    job.write_text(job.read_text().replace("embedding:", "embeding:"))
+    result = run_cli("validate", str(job))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, f"{job}:", "embeding: unknown key (did you mean embedding?)")
