@@ -8,6 +8,8 @@ anything else is a bug and is allowed to crash loudly.
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import signal
 import sys
 from typing import TYPE_CHECKING, Sequence
@@ -110,41 +112,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """``pipeline validate``: counts and estimates, no API call."""
-    from pipeline.logs import format_duration
-    from pipeline.jobs.validate import estimate
+    """``pipeline validate``: counts and estimates, no API call; exits as a run would begin or end."""
+    from pipeline.jobs.validate import validate
 
-    cfg = _load(args)
-    est = estimate(cfg)
-    emb = cfg.embedding
-    print(f"config: ok ({args.config})")
-    print(f"endpoint: {emb.provider}" + (f" {emb.url}" if emb.provider == "http" else "") + f", model {emb.model}")
-    print(f"inputs: {len(est.files)} file(s) under {cfg.source.path}")
-    for inp in est.files[:20]:
-        size = f"{inp.size:,} bytes" if inp.size is not None else "size unknown"
-        print(f"  {inp.url}  ({inp.format}{', ' + inp.compression if inp.compression else ''}, {size})")
-    if len(est.files) > 20:
-        print(f"  ... and {len(est.files) - 20} more")
-    print(f"records: {est.records:,} ({est.bad_records:,} unusable"
-          + (": " + ", ".join(f"{k} {v}" for k, v in sorted(est.by_error.items())) if est.by_error else "")
-          + ")")
-    print(f"chunks: {est.chunks:,} ({est.chars:,} characters)")
-    if cfg.run.reuse_from:
-        print(f"reusable from {cfg.run.reuse_from}: {est.reusable_chunks:,} chunks "
-              f"({est.reusable_tokens:,} estimated tokens not spent)")
-    print(f"estimated tokens: {est.tokens:,}" + (" (after reuse)" if cfg.run.reuse_from else ""))
-    if cfg.run.max_tokens is not None and est.tokens > cfg.run.max_tokens:
-        print(f"budget: run.max_tokens={cfg.run.max_tokens:,} stops the run before it is done")
-    print(f"requests: {est.requests:,} (batch_size {emb.batch_size})")
-    if est.minutes is not None:
-        print(f"time at the configured limits: about {format_duration(est.minutes * 60)}")
-    else:
-        print("time: no client-side limit configured (set embedding.requests_per_minute / tokens_per_minute)")
-    if est.cost_usd is not None:
-        print(f"cost: about ${est.cost_usd:,.4f} at ${emb.usd_per_million_tokens:g} per million tokens")
-    else:
-        print("cost: set embedding.usd_per_million_tokens to estimate it")
-    return 0
+    report = validate(_load(args), args.config)
+    print("\n".join(report.lines))
+    for problem in report.problems:
+        _fail(problem, report.exit_code)
+    return report.exit_code
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:
@@ -262,6 +237,23 @@ COMMANDS = {
 }
 
 
+#: 128 + SIGPIPE: what a shell reports for a writer whose reader quit (``yes | head -1``)
+EXIT_SIGPIPE = 141
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (and not some other broken pipe)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False  # not a real stream: the broken pipe was something else's
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipeline`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -269,7 +261,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         try:
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # a reader that quit (| head) shows here, not as a warning at exit
+            return code
+        except BrokenPipeError:
+            if not _stdout_gone():
+                raise
+            # as Python's docs advise (signal module, "Note on SIGPIPE"): stdout goes to
+            # devnull, so the flush at exit does not fail again, and we exit quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_SIGPIPE
         except BaseExceptionGroup as group:
             # a stage's error surfaces wrapped by its task group: handle the first one
             leaf: BaseException = group

@@ -9,6 +9,7 @@ message names the dotted key and, when the key is in the file, its line.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError
+from pipeline.logs import redact_url
 
 DEFAULT_MODEL = "cohere-embed-multilingual"
 MAX_CHARS = 2048
@@ -190,9 +192,75 @@ def interpolate(value: str, env: Mapping[str, str]) -> Any:
 
 def _scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else text
+        return safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         return text
+
+
+#: values a config may hold once its aliases are expanded, and levels of nesting;
+#: a real config has a few hundred values, four or five levels deep
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+class YamlTooBig(yaml.YAMLError):
+    """A document past :data:`MAX_YAML_VALUES` once its aliases are expanded, looping, or too deep."""
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Raise :class:`YamlTooBig` when ``root``, aliases expanded, is over budget, loops, or nests too deep.
+
+    An alias is the same node object reached twice, so sizes are memoised
+    per node: the count costs one visit per distinct node, however large
+    the expansion (nine levels of ten aliases are a billion values).
+    """
+    known: dict[int, tuple[int, int]] = {}  # node → (values, levels) below and including it
+    open_nodes: set[int] = set()
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key in open_nodes:
+            raise YamlTooBig("YAML aliases loop: an alias refers to the value that holds it")
+        if key not in known:
+            open_nodes.add(key)
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            values, levels = 1, 1
+            for child in children:
+                below, child_levels = measure(child, depth + 1)
+                values, levels = values + below, max(levels, child_levels + 1)
+                if values > MAX_YAML_VALUES:
+                    raise YamlTooBig(f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?)")
+            open_nodes.discard(key)
+            known[key] = (values, levels)
+        if depth + known[key][1] - 1 > MAX_YAML_DEPTH:  # an alias can put a deep value deeper still
+            raise YamlTooBig(f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
+        return known[key]
+
+    measure(root, 1)
+
+
+def _load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """The data of a YAML document and its composed node, refusing alias bombs before building anything."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_size(node)
+        return loader.construct_document(node), node
+    except RecursionError:
+        raise YamlTooBig(f"YAML nested deeper than {MAX_YAML_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses alias bombs (:class:`YamlTooBig`, a ``yaml.YAMLError``)."""
+    return _load_yaml(text)[0]
 
 
 def _interpolate_tree(
@@ -235,9 +303,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (["a", "b", "c"], value parsed as a YAML scalar)."""
     key, sep, raw = item.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. embedding.concurrency=16")
+        raise ConfigError(
+            f"{redact_url(_flag(item))}: expected KEY=VALUE with a dotted key, e.g. embedding.concurrency=16"
+        )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
@@ -245,8 +315,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set each ``--set KEY=VALUE`` into ``data`` (a copy is not made)."""
+def apply_overrides(data: dict, overrides: list[str], applied: dict[tuple, str] | None = None) -> dict:
+    """Set each ``--set KEY=VALUE`` into ``data`` (a copy is not made).
+
+    ``applied``, when given, receives each key path and the flag that set it,
+    so that an error in that value can blame the flag.
+    """
     for item in overrides:
         path, value = parse_override(item)
         node = data
@@ -255,9 +329,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part} is not a section")
+                raise ConfigError(f"{redact_url(_flag(item))}: {part} is not a section")
             node = child
         node[path[-1]] = value
+        if applied is not None:
+            applied[tuple(path)] = item
     return data
 
 
@@ -265,19 +341,95 @@ def _format_loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The section model that holds the key at ``loc`` (None below a free-form mapping)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _unknown_key(loc: tuple) -> str:
+    model = _model_at(loc)
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.75) if model else []
+    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
+
+
+def _what(value: Any) -> str:
+    """A value as a sentence names it: ``the string '/data'``, ``the number 5``, ``a list``, ``nothing``."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "a list"
+    kind = "the string" if isinstance(value, str) else "the number" if isinstance(value, (int, float)) else "the value"
+    return f"{kind} {value!r}"
+
+
+def _not_a_section(loc: tuple, value: Any) -> str:
+    model = _model_at(loc + ("",))
+    assert model is not None
+    required = [name for name, f in model.model_fields.items() if f.is_required()]
+    example = "url" if model is EmbeddingConfig else (required or list(model.model_fields))[0]
+    return f"must be a section ({loc[-1]}: {{{example}: ...}}), got {_what(value)}"
+
+
+_SECRET = re.compile(r"(key|secret|password|passwd|token)$", re.IGNORECASE)
+
+
+def _is_secret(name: object) -> bool:
+    """Whether a key holds a credential, whose value no message may show (``api_key``, ``secret``)."""
+    return bool(_SECRET.search(str(name)))
+
+
+def _flag(item: str) -> str:
+    """A ``--set`` flag as an error may show it: a credential's value masked."""
+    key, _, value = item.partition("=")
+    return f"--set {key}=***" if any(_is_secret(part) for part in key.split(".")) else f"--set {item}"
+
+
 def _describe(error: dict) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown key"
+        return _unknown_key(tuple(error["loc"]))
     if kind == "missing":
         return "required key is missing"
-    msg = error["msg"]
-    msg = msg.removeprefix("Value error, ")
+    if kind == "model_type":
+        return _not_a_section(tuple(error["loc"]), error.get("input"))
+    msg = error["msg"].removeprefix("Value error, ")
     inp = error.get("input")
     if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
-        if not isinstance(inp, (dict, list)):
+        if not isinstance(inp, (dict, list)) and not _is_secret(error["loc"][-1]):
             msg = f"{msg} (got {inp!r})"
     return msg
+
+
+def _explain(
+    exc: ValidationError, path: Path, lines: dict[tuple, int], unset: dict[tuple, str], applied: dict[tuple, str]
+) -> ConfigError:
+    """One line for a failed validation: where (``file:line`` or the ``--set`` flag), the key, what is wrong.
+
+    Unknown keys come first: a misspelled section also makes its real
+    section look empty, and the typo is what the user has to fix.
+    """
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
+    loc = tuple(err["loc"])
+    flags = [item for key, item in applied.items() if loc[: len(key)] == key]
+    if flags:
+        where = _flag(flags[-1])
+    else:
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        where = f"{path}:{line}" if line else str(path)
+    why = f" ({unset[loc]} is not set in the environment)" if loc in unset else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    # user:key@ in a URL (a key passed to a proxy) is masked wherever the URL shows
+    return ConfigError(redact_url(f"{where}: {_format_loc(loc)}: {_describe(err)}{why}{more}"))
 
 
 _DYNO = re.compile(r"^[A-Za-z0-9_-]+\.(\d+)$")
@@ -317,8 +469,9 @@ def load_config(
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, node = _load_yaml(text)
+    except YamlTooBig as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -331,7 +484,8 @@ def load_config(
         raise ConfigError(f"{path}: the config must be a mapping of sections (source:, embedding:, sink:, ...)")
     lines = _line_map(node) if node is not None else {}
 
-    data = apply_overrides(data, list(overrides or ()))
+    applied: dict[tuple, str] = {}
+    data = apply_overrides(data, list(overrides or ()), applied)
     env = _with_rank(env)
     unset: dict[tuple, str] = {}
     data = _interpolate_tree(data, env, unset)
@@ -353,15 +507,4 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        key = _format_loc(loc)
-        line = None
-        for n in range(len(loc), 0, -1):
-            line = lines.get(tuple(loc[:n]))
-            if line is not None:
-                break
-        where = f"{path}:{line}" if line else str(path)
-        why = f" ({unset[loc]} is not set in the environment)" if loc in unset else ""
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{where}: {key}: {_describe(err)}{why}{more}") from None
+        raise _explain(exc, path, lines, unset, applied) from None

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
-from conftest import ROOT, run_cli, serve_process
+import pytest
+
+from conftest import ROOT, pipeline_cmd, run_cli, serve_process
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -106,3 +110,74 @@ def test_local_sample_job(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "local" / "_manifest.json").read_text())
     assert manifest["totals"]["rows_embedded"] == 308 and manifest["totals"]["rows_failed"] == 2
     assert manifest["dimensions"] == 256
+
+
+def test_validate_masks_credentials_in_the_endpoint(tmp_path: Path) -> None:
+    """validate prints an endpoint URL carrying user:key@ with the credentials masked."""
+    result = run_cli("validate", str(write_job(tmp_path, "http://user:KEY-0123@127.0.0.1:9")))
+    assert result.returncode == 0, result.stderr
+    assert "KEY-0123" not in result.stdout + result.stderr
+    assert "http://***@127.0.0.1:9" in result.stdout
+
+
+def test_bad_scheme_error_masks_credentials(tmp_path: Path) -> None:
+    """The config error for a non-http URL does not print the credentials in it."""
+    result = run_cli("validate", str(write_job(tmp_path, "ftp://user:KEY-0123@host")))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "embedding.url", "ftp://***@host")
+    assert "KEY-0123" not in result.stderr
+
+
+def run_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``pipeline ARGS`` with stdout a pipe whose reader is already gone (``| head`` that has quit)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(pipeline_cmd(*args), stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=120, cwd=ROOT)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("command", ["validate", "inspect"])
+def test_closed_stdout_exits_quietly(tmp_path: Path, command: str) -> None:
+    """validate and inspect piped into a reader that quit exit 141 (128 + SIGPIPE) without a traceback."""
+    if command == "inspect":
+        assert run_cli("run", str(ROOT / "configs/local.yaml"), "--set", f"sink.path={tmp_path / 'ds'}").returncode == 0
+        result = run_into_closed_pipe("inspect", str(tmp_path / "ds"))
+    else:
+        result = run_into_closed_pipe("validate", "configs/local.yaml")
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
+
+
+def test_other_broken_pipes_still_crash(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """A BrokenPipeError while stdout is fine is a bug, and is not silenced as a closed stdout."""
+    from pipeline import cli
+
+    def broken(_args: object) -> int:
+        raise BrokenPipeError("a socket, not stdout")
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", broken)
+    with pytest.raises(BrokenPipeError):
+        cli.main(["validate", "job.yaml"])
+
+
+def test_alias_bomb_exit_2_one_line(tmp_path: Path) -> None:
+    """A config holding an alias bomb (a million values expanded) exits 2 with one line naming the file."""
+    # six levels, not the field's nine: should the guard ever break, this must not eat the machine's memory
+    levels = ['a0: &a0 "lol"'] + [f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]" for n in range(1, 7)]
+    job = tmp_path / "bomb.yaml"
+    job.write_text("\n".join(levels) + "\n")
+    result = run_cli("validate", str(job), timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, f"{job}: YAML aliases expand to more than")
+
+
+def test_misspelled_section_exit_2_names_it(tmp_path: Path) -> None:
+    """A misspelled section exits 2 with one line naming it as the unknown key."""
+    job = write_job(tmp_path)
+    job.write_text(job.read_text().replace("embedding:", "embeding:"))
+    result = run_cli("validate", str(job))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, f"{job}:", "embeding: unknown key (did you mean embedding?)")

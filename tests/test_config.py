@@ -58,7 +58,7 @@ def test_unknown_key_names_dotted_path_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, BASE.replace("sink:\n", "sink:\n  shard_row: 5\n"))
     with pytest.raises(ConfigError) as info:
         load_config(path, env={"EMBEDDING_URL": "http://h"})
-    assert str(info.value) == f"{path}:8: sink.shard_row: unknown key"
+    assert str(info.value) == f"{path}:8: sink.shard_row: unknown key (did you mean shard_rows?)"
 
 
 def test_out_of_range_value(tmp_path: Path) -> None:
@@ -139,3 +139,124 @@ def test_unset_variable_is_named(tmp_path: Path) -> None:
     text = "source: {path: '${SOURCE_PATH}'}\nembedding: {url: 'http://h'}\nsink: {path: out}\n"
     with pytest.raises(ConfigError, match=r"source\.path: required key is missing \(\$\{SOURCE_PATH\} is not set"):
         load_config(write(tmp_path, text), env={})
+
+
+def alias_bomb(levels: int, width: int = 10) -> str:
+    """A "billion laughs" document: each level an anchored list of ``width`` aliases of the last."""
+    lines = ['a0: &a0 "lol"']
+    for n in range(1, levels + 1):
+        lines.append(f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * width) + "]")
+    return "\n".join(lines)
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    """YAML aliases expanding past the budget are one ConfigError naming the file, not a memory blow-up."""
+    bomb = alias_bomb(6)  # a million strings expanded; the field's nine levels (a billion) end the same way
+    text = f"source:\n  path: a.jsonl\n  storage_options:\n    {bomb.replace(chr(10), chr(10) + '    ')}\n"
+    path = write(tmp_path, text + "embedding: {url: 'http://h'}\nsink: {path: out}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: YAML aliases expand to more than [\d,]+ values"):
+        load_config(path, env={})
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    """An alias inside its own anchor (a cycle) is a ConfigError, not a RecursionError."""
+    text = "source: &s {path: a.jsonl, storage_options: {loop: *s}}\nembedding: {url: 'http://h'}\nsink: {path: out}\n"
+    with pytest.raises(ConfigError, match="YAML aliases"):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_ordinary_anchors_still_work(tmp_path: Path) -> None:
+    """Anchors, aliases and merge keys in a small config keep their meaning."""
+    text = (
+        "source: {path: a.jsonl, storage_options: &opts {anon: true}, metadata_fields: &fields [lang, title]}\n"
+        "embedding: {url: 'http://h'}\n"
+        "sink: {path: out, storage_options: {<<: *opts, key: k}}\n"
+    )
+    cfg = load_config(write(tmp_path, text), env={})
+    assert cfg.source.storage_options == {"anon": True}
+    assert cfg.sink.storage_options == {"anon": True, "key": "k"}
+    assert cfg.source.metadata_fields == ["lang", "title"]
+
+
+@pytest.mark.parametrize("depth", [100, 1000])
+def test_deep_nesting_is_refused(tmp_path: Path, depth: int) -> None:
+    """YAML nested hundreds of levels deep is one ConfigError, not a RecursionError."""
+    path = write(tmp_path, "source: " + "[" * depth + "]" * depth + "\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: YAML nested deeper than 64 levels"):
+        load_config(path, env={})
+
+
+def test_aliases_cannot_nest_past_the_limit(tmp_path: Path) -> None:
+    """Aliases that stack a 40-level value inside itself twice are refused like plain deep nesting."""
+    deep = "[" * 40 + "]" * 40
+    text = f"a: &a {deep}\nb: &b {'[' * 39}*a{']' * 39}\nc: {'[' * 39}*b{']' * 39}\n"
+    with pytest.raises(ConfigError, match="YAML nested deeper than 64 levels"):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_misspelled_section_is_named_first(tmp_path: Path) -> None:
+    """A misspelled section is reported as the unknown key, not hidden behind the errors it causes."""
+    path = write(tmp_path, BASE.replace("embedding:", "embeding:"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value).startswith(f"{path}:3: embeding: unknown key (did you mean embedding?)")
+
+
+def test_bad_set_value_is_blamed_on_the_flag(tmp_path: Path) -> None:
+    """A wrong --set value names the flag, not a line of the file the flag overrode."""
+    path = write(tmp_path, BASE.replace("sink:", "  concurrency: 4\nsink:"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["embedding.concurrency=lots"], env={"EMBEDDING_URL": "http://h"})
+    message = str(info.value)
+    assert message.startswith("--set embedding.concurrency=lots: embedding.concurrency: "), message
+    assert str(path) not in message and "'lots'" in message
+
+
+def test_unknown_key_in_set_is_blamed_on_the_flag(tmp_path: Path) -> None:
+    """A typo in a --set key names the flag and suggests the key."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), ["embedding.concurency=4"], env={"EMBEDDING_URL": "http://h"})
+    assert str(info.value) == (
+        "--set embedding.concurency=4: embedding.concurency: unknown key (did you mean concurrency?)"
+    )
+
+
+def test_string_where_a_section_belongs(tmp_path: Path) -> None:
+    """``source: /path`` is explained in words: a section is expected, a string came."""
+    path = write(tmp_path, BASE.replace("source:\n  path: docs/*.jsonl", "source: /data/docs"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"EMBEDDING_URL": "http://h"})
+    assert str(info.value) == f"{path}:1: source: must be a section (source: {{path: ...}}), got the string '/data/docs'"
+
+
+def test_empty_section_is_explained(tmp_path: Path) -> None:
+    """An empty ``sink:`` says a section is expected and nothing came."""
+    path = write(tmp_path, BASE.replace("sink:\n  path: out/dataset", "sink:"))
+    with pytest.raises(ConfigError, match=r":7: sink: must be a section \(sink: \{path: \.\.\.\}\), got nothing$"):
+        load_config(path, env={"EMBEDDING_URL": "http://h"})
+
+
+
+def test_credentials_in_a_bad_url_are_masked(tmp_path: Path) -> None:
+    """A URL with user:key@ in a config error shows ***@ instead of the credentials."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), env={"EMBEDDING_URL": "ftp://user:KEY-123@h"})
+    assert "KEY-123" not in str(info.value) and "ftp://***@h" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), ["embedding.url=ftp://user:KEY-123@h"])
+    assert "KEY-123" not in str(info.value) and "--set embedding.url=ftp://***@h" in str(info.value)
+
+
+def test_wrong_type_api_key_is_not_printed(tmp_path: Path) -> None:
+    """An api_key of the wrong type is named, but its value is not shown."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), ["embedding.api_key=123456789"], env={"EMBEDDING_URL": "http://h"})
+    assert "embedding.api_key" in str(info.value) and "123456789" not in str(info.value)
+
+
+def test_set_under_a_secret_is_not_echoed(tmp_path: Path) -> None:
+    """A --set that treats api_key as a section is refused without echoing its value."""
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["embedding.api_key.x=TOPSECRET"], env={"EMBEDDING_KEY": "k", "EMBEDDING_URL": "http://h"})
+    assert "api_key is not a section" in str(info.value) and "TOPSECRET" not in str(info.value)

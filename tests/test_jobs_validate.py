@@ -1,12 +1,18 @@
-"""pipeline validate's estimate: counts, and what run.reuse_from saves."""
+"""pipeline validate: counts, what run.reuse_from saves, the sink, skipped files, and the exit code."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+
+import fsspec
+import pytest
+from fsspec.spec import AbstractFileSystem
 
 from conftest import ROOT, run_cli
 from pipeline.config import load_config
-from pipeline.jobs.validate import estimate
+from pipeline.jobs.validate import check_sink, estimate, skipped_extensions, validate
 
 SAMPLE = str(ROOT / "configs" / "local.yaml")
 
@@ -28,3 +34,133 @@ def test_reuse_from_counts_what_is_already_embedded(tmp_path: Path) -> None:
     assert est.tokens == 0 and est.requests == 0
     shown = run_cli("validate", SAMPLE, "--set", f"run.reuse_from={out}")
     assert "reusable from" in shown.stdout and "estimated tokens: 0 (after reuse)" in shown.stdout
+
+
+def write_job(tmp_path: Path, records: list[dict], sink: str | None = None, extra: str = "") -> Path:
+    """A job reading ``records`` (one jsonl file under in/) with the local provider."""
+    (tmp_path / "in").mkdir(exist_ok=True)
+    lines = [json.dumps(r) if isinstance(r, dict) else str(r) for r in records]
+    (tmp_path / "in" / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"source: {{path: '{tmp_path / 'in'}'}}\nembedding: {{provider: local}}\n"
+                   f"sink: {{path: '{sink or tmp_path / 'out'}'}}\n{extra}")
+    return job
+
+
+GOOD = [{"id": f"r{i}", "text": f"record number {i}"} for i in range(10)]
+
+
+def test_sink_inside_proc_is_an_error() -> None:
+    """A sink under /proc (writable-looking to root) is refused: one error line and exit 2."""
+    result = run_cli("validate", SAMPLE, "--set", "sink.path=/proc/out")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == "pipeline: error: sink.path /proc/out: inside /proc, a virtual filesystem " \
+                                    "of the kernel, not a place for files"
+    assert "records: 300" in result.stdout  # the rest of the report is still there
+
+
+def test_sink_under_a_file_is_an_error(tmp_path: Path) -> None:
+    """A sink whose nearest existing parent is a file cannot be created."""
+    (tmp_path / "file.txt").write_text("x")
+    check = check_sink(load_config(write_job(tmp_path, GOOD, sink=str(tmp_path / "file.txt" / "out"))))
+    assert check.problem == f"sink.path {tmp_path}/file.txt/out: cannot be created: {tmp_path}/file.txt is a file"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_sink_in_a_read_only_directory_is_an_error(tmp_path: Path) -> None:
+    """A sink to be created in a directory this user cannot write is refused."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    check = check_sink(load_config(write_job(tmp_path, GOOD, sink=str(locked / "out"))))
+    assert check.problem is not None and "is not writable" in check.problem
+
+
+def test_writable_local_sink_is_ok(tmp_path: Path) -> None:
+    """A sink that does not exist yet, under a writable directory, is fine and is not created."""
+    check = check_sink(load_config(write_job(tmp_path, GOOD, sink=str(tmp_path / "a" / "b"))))
+    assert check.problem is None and check.line == f"sink: {tmp_path}/a/b (will be created in {tmp_path})"
+    assert not (tmp_path / "a").exists()
+
+
+def test_object_store_sink_is_looked_up_not_written(tmp_path: Path, memfs: fsspec.AbstractFileSystem) -> None:
+    """An object-store sink is looked up, nothing is created, and write access is said to be unchecked."""
+    check = check_sink(load_config(write_job(tmp_path, GOOD, sink="memory://bucket/ds")))
+    assert check.problem is None
+    assert check.line == "sink: memory://bucket/ds (will be created under memory:///; " \
+                         "write access is not checked on an object store)"
+    assert memfs.find("/") == []
+
+
+class _Unreachable(AbstractFileSystem):
+    """A store that answers nothing: every lookup fails as a missing endpoint would."""
+
+    protocol = "unreachable-store"
+
+    def info(self, path: str, **kwargs: object) -> dict:
+        raise RuntimeError("Could not connect to the endpoint URL")
+
+
+class _NoBucket(AbstractFileSystem):
+    """A store where nothing exists, not even the bucket."""
+
+    protocol = "no-bucket-store"
+
+    def info(self, path: str, **kwargs: object) -> dict:
+        raise FileNotFoundError(path)
+
+
+def test_store_that_cannot_be_reached_is_said_unchecked(tmp_path: Path) -> None:
+    """A store whose lookup fails says the sink could not be checked, without failing validate."""
+    fsspec.register_implementation(_Unreachable.protocol, _Unreachable, clobber=True)
+    check = check_sink(load_config(write_job(tmp_path, GOOD, sink="unreachable-store://bucket/ds")))
+    assert check.problem is None
+    assert check.line == "sink: unreachable-store://bucket/ds: could not be checked " \
+                         "(Could not connect to the endpoint URL); nothing was written"
+
+
+def test_store_without_the_bucket_is_an_error(tmp_path: Path) -> None:
+    """A store where neither the prefix nor its bucket exists is an error naming the bucket."""
+    fsspec.register_implementation(_NoBucket.protocol, _NoBucket, clobber=True)
+    check = check_sink(load_config(write_job(tmp_path, GOOD, sink="no-bucket-store://bucket/a/ds")))
+    assert check.problem == "sink.path no-bucket-store://bucket/a/ds: no-bucket-store://bucket does not exist"
+
+
+def test_watch_says_the_run_will_not_exit(tmp_path: Path) -> None:
+    """With run.watch: true, validate says that a run keeps going."""
+    result = run_cli("validate", str(write_job(tmp_path, GOOD, extra="run: {watch: true, poll_interval_s: 30}\n")))
+    assert result.returncode == 0, result.stderr
+    assert "watch: run.watch is true: a run does not exit; it lists source.path again every 30s" in result.stdout
+
+
+def test_files_skipped_for_their_extension_are_counted(tmp_path: Path) -> None:
+    """Files format: auto does not read are counted by extension; hidden ones are not."""
+    job = write_job(tmp_path, GOOD)
+    for name in ("a.pdf", "b.pdf", "sub/c.html", "README", ".cache/d.pdf", "_tmp.pdf"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_text("x")
+    cfg = load_config(job)
+    assert skipped_extensions(cfg) == {".pdf": 2, ".html": 1, "(no extension)": 1}
+    report = validate(cfg, str(job))
+    assert "skipped: 4 file(s) whose extension format: auto does not read ((no extension) 1, .html 1, .pdf 2); " \
+           "set source.format to read them as one format" in report.lines
+    assert skipped_extensions(load_config(job, ["source.format=text"])) == {}
+
+
+def test_too_many_unusable_records_exit_1(tmp_path: Path) -> None:
+    """Unusable records above run.max_failed_fraction make validate exit 1, as the run would."""
+    job = write_job(tmp_path, GOOD + ["not json"] * 2, extra="run: {max_failed_fraction: 0.1}\n")
+    result = run_cli("validate", str(job))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "unusable share: 16.67% of 12 rows (more than run.max_failed_fraction 0.1; a run would exit 1)" \
+        in result.stdout
+    assert result.stderr.strip() == "pipeline: error: 2 of 12 rows would fail, more than " \
+                                    "run.max_failed_fraction=0.1: a run would exit 1"
+    within = run_cli("validate", str(job), "--set", "run.max_failed_fraction=0.2")
+    assert within.returncode == 0 and "(within run.max_failed_fraction 0.2)" in within.stdout
+
+
+def test_sink_at_a_dangling_link_is_an_error(tmp_path: Path) -> None:
+    """A sink path that is a link to nowhere is in the way, not a directory to create."""
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    check = check_sink(load_config(write_job(tmp_path, GOOD, sink=str(tmp_path / "link"))))
+    assert check.problem == f"sink.path {tmp_path}/link: exists and is not a directory"

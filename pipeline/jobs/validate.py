@@ -1,14 +1,29 @@
-"""``pipeline validate``: what a run would do, counted without calling the API."""
+"""``pipeline validate``: what a run would do, counted without calling the API.
+
+:func:`estimate` reads every input and counts; :func:`check_sink` looks at
+the sink without writing to it; :func:`validate` puts both into the report
+the command prints, with the exit code a run would end with.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import fsspec
+
 from pipeline.config import Config
+from pipeline.dataset.manifest import is_local
 from pipeline.embed.tokens import estimate_tokens
+from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED
 from pipeline.jobs.inputs import list_inputs, open_reuse_index
+from pipeline.jobs.outcome import too_many_failed
+from pipeline.logs import format_duration, redact_url
+from pipeline.sources.readers import detect_format
 from pipeline.stages.chunk import Chunker
 from pipeline.stages.read import file_items
 from pipeline.types import Failure, FileEnd, InputFile
@@ -97,3 +112,200 @@ def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: 
                 if len(pending) >= 4096:
                     settle()
     settle()
+
+
+# --------------------------------------------------------------------------- the sink
+
+#: pseudo-filesystems of the kernel: writable-looking to root, never a place for a dataset
+_VIRTUAL = ("/proc", "/sys")
+
+
+@dataclass
+class SinkCheck:
+    """What :func:`check_sink` found: a line for the report, and the problem a run would stop on."""
+
+    line: str
+    problem: str | None = None
+
+
+def _refused(shown: str, why: str) -> SinkCheck:
+    return SinkCheck(f"sink: {shown}: {why}", f"sink.path {shown}: {why}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_sink(cfg: Config) -> SinkCheck:
+    """Whether a run could write ``sink.path``, found without writing anything.
+
+    On local disk: the path, or its nearest existing parent, must be a
+    writable directory outside /proc and /sys. On an object store the
+    prefix (or the bucket) is looked up, nothing is created, and write
+    access cannot be known.
+    """
+    shown = cfg.sink.path
+    try:
+        fs, root = fsspec.core.url_to_fs(cfg.sink.path, **cfg.sink.storage_options)
+    except Exception as exc:  # unknown protocol, missing backend, bad storage option
+        return _refused(shown, f"cannot open the filesystem: {_one_line(exc)}")
+    if is_local(fs):
+        return _check_local(shown, os.path.abspath(root))
+    return _check_store(fs, shown, root.rstrip("/"))
+
+
+def _check_local(shown: str, path: str) -> SinkCheck:
+    real = os.path.realpath(path)
+    for top in _VIRTUAL:
+        if real == top or real.startswith(top + "/"):
+            return _refused(shown, f"inside {top}, a virtual filesystem of the kernel, not a place for files")
+    existing = path
+    while not os.path.lexists(existing):  # a dangling link is there, and in the way
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "exists and is not a directory" if existing == path else f"cannot be created: {existing} is a file"
+        return _refused(shown, what)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        return _refused(shown, what)
+    if existing != path:
+        return SinkCheck(f"sink: {shown} (will be created in {existing})")
+    has_dataset = os.path.exists(os.path.join(path, "_manifest.json"))
+    return SinkCheck(f"sink: {shown} ({'a dataset is there: a run resumes it' if has_dataset else 'writable'})")
+
+
+def _check_store(fs: Any, shown: str, root: str) -> SinkCheck:
+    path = root
+    while True:
+        try:
+            info = fs.info(path)
+            break
+        except FileNotFoundError:
+            parent = posixpath.dirname(path)
+            if not parent or parent == path:
+                top = fs.unstrip_protocol(path)
+                return _refused(shown, f"{top} does not exist")
+            path = parent
+        except Exception as exc:  # the store's own errors (no credentials, unreachable) are not all OSError
+            return SinkCheck(f"sink: {shown}: could not be checked ({_one_line(exc)}); nothing was written")
+    if path == root and info.get("type") != "directory":
+        return _refused(shown, "exists and is an object, not a prefix")
+    where = "exists" if path == root else f"will be created under {fs.unstrip_protocol(path)}"
+    return SinkCheck(f"sink: {shown} ({where}; write access is not checked on an object store)")
+
+
+# --------------------------------------------------------------------------- files left out
+
+_MAGIC = re.compile(r"[*?\[]")
+
+
+def skipped_extensions(cfg: Config) -> dict[str, int]:
+    """Files under ``source.path`` that ``format: auto`` leaves out for their extension, counted by extension.
+
+    The listing is done again here, as :func:`~pipeline.sources.readers.open_source`
+    does it (hidden names skipped), because that function keeps no count of
+    what it left out.
+    """
+    if cfg.source.format != "auto":
+        return {}
+    fs, root = fsspec.core.url_to_fs(cfg.source.path, **cfg.source.storage_options)
+    if is_local(fs):
+        root = posixpath.normpath(root)
+    if _MAGIC.search(root):
+        parts = root.split("/")
+        base = "/".join(parts[: next(i for i, part in enumerate(parts) if _MAGIC.search(part))])
+        paths = [p for p, info in fs.glob(root, detail=True).items() if info.get("type") != "directory"]
+    elif fs.info(root).get("type") == "directory":
+        base, paths = root, list(fs.find(root))
+    else:
+        return {}  # a single file: read as it is, or refused
+    counts: dict[str, int] = {}
+    for path in paths:
+        rel = path[len(base):].lstrip("/") if path.startswith(base) else path
+        if any(part.startswith((".", "_")) for part in rel.split("/")):
+            continue
+        if detect_format(path)[0] is None:
+            ext = posixpath.splitext(posixpath.basename(path))[1].lower() or "(no extension)"
+            counts[ext] = counts.get(ext, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Report:
+    """What ``pipeline validate`` prints: lines for stdout, problems for stderr, and the exit code."""
+
+    lines: list[str]
+    problems: list[str]
+    exit_code: int
+
+
+def validate(cfg: Config, config_name: str) -> Report:
+    """Check the config's sink, count its inputs, and say how a run would go (and end)."""
+    sink = check_sink(cfg)
+    est = estimate(cfg)
+    try:
+        skipped = skipped_extensions(cfg)
+    except Exception:  # the listing worked a moment ago; a count is not worth failing the report for
+        skipped = {}
+    lines = [f"config: ok ({config_name})", *_describe_inputs(cfg, est, skipped), sink.line]
+    problems = [sink.problem] if sink.problem else []
+    failed = too_many_failed(cfg, {"rows_failed": est.bad_records, "rows_embedded": est.chunks})
+    lines += _describe_work(cfg, est, failed is not None)
+    if failed is not None:
+        rows = est.bad_records + est.chunks
+        problems.append(f"{est.bad_records:,} of {rows:,} rows would fail, more than "
+                        f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}: a run would exit 1")
+    code = EXIT_CONFIG if sink.problem else EXIT_TOO_MANY_FAILED if failed else EXIT_OK
+    # every URL printed is masked: a key passed to a proxy as https://user:KEY@host must not show
+    return Report([redact_url(line) for line in lines], [redact_url(p) for p in problems], code)
+
+
+def _describe_inputs(cfg: Config, est: Estimate, skipped: dict[str, int]) -> list[str]:
+    emb = cfg.embedding
+    lines = [f"endpoint: {emb.provider}" + (f" {emb.url}" if emb.provider == "http" else "") + f", model {emb.model}",
+             f"inputs: {len(est.files)} file(s) under {cfg.source.path}"]
+    for inp in est.files[:20]:
+        size = f"{inp.size:,} bytes" if inp.size is not None else "size unknown"
+        lines.append(f"  {inp.url}  ({inp.format}{', ' + inp.compression if inp.compression else ''}, {size})")
+    if len(est.files) > 20:
+        lines.append(f"  ... and {len(est.files) - 20} more")
+    if skipped:
+        by_ext = ", ".join(f"{ext} {n:,}" for ext, n in sorted(skipped.items()))
+        lines.append(f"skipped: {sum(skipped.values()):,} file(s) whose extension format: auto does not read "
+                     f"({by_ext}); set source.format to read them as one format")
+    if cfg.run.watch:
+        lines.append(f"watch: run.watch is true: a run does not exit; it lists source.path again every "
+                     f"{format_duration(cfg.run.poll_interval_s)} until stopped (SIGTERM or Ctrl-C)")
+    return lines
+
+
+def _describe_work(cfg: Config, est: Estimate, too_many_failed: bool) -> list[str]:
+    emb = cfg.embedding
+    lines = [f"records: {est.records:,} ({est.bad_records:,} unusable"
+             + (": " + ", ".join(f"{k} {v}" for k, v in sorted(est.by_error.items())) if est.by_error else "")
+             + ")"]
+    rows = est.bad_records + est.chunks
+    share = est.bad_records / rows if rows else 0.0
+    verdict = "more than" if too_many_failed else "within"
+    lines.append(f"unusable share: {share:.2%} of {rows:,} rows ({verdict} run.max_failed_fraction "
+                 f"{cfg.run.max_failed_fraction:g}" + ("; a run would exit 1)" if too_many_failed else ")"))
+    lines.append(f"chunks: {est.chunks:,} ({est.chars:,} characters)")
+    if cfg.run.reuse_from:
+        lines.append(f"reusable from {cfg.run.reuse_from}: {est.reusable_chunks:,} chunks "
+                     f"({est.reusable_tokens:,} estimated tokens not spent)")
+    lines.append(f"estimated tokens: {est.tokens:,}" + (" (after reuse)" if cfg.run.reuse_from else ""))
+    if cfg.run.max_tokens is not None and est.tokens > cfg.run.max_tokens:
+        lines.append(f"budget: run.max_tokens={cfg.run.max_tokens:,} stops the run before it is done")
+    lines.append(f"requests: {est.requests:,} (batch_size {emb.batch_size})")
+    if est.minutes is not None:
+        lines.append(f"time at the configured limits: about {format_duration(est.minutes * 60)}")
+    else:
+        lines.append("time: no client-side limit configured (set embedding.requests_per_minute / tokens_per_minute)")
+    if est.cost_usd is not None:
+        lines.append(f"cost: about ${est.cost_usd:,.4f} at ${emb.usd_per_million_tokens:g} per million tokens")
+    else:
+        lines.append("cost: set embedding.usd_per_million_tokens to estimate it")
+    return lines
