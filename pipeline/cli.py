@@ -18,8 +18,8 @@ import anyio
 
 from pipeline import __version__
 from pipeline.config import Config, load_config
-from pipeline.errors import EXIT_SIGINT, PipelineError, SinkError
-from pipeline.logs import LogSetup, configure
+from pipeline.errors import EXIT_SIGINT, EXIT_SIGPIPE, PipelineError, SinkError
+from pipeline.logs import LogSetup, configure, redact_url
 
 if TYPE_CHECKING:
     from pipeline.jobs.outcome import RunResult
@@ -29,7 +29,7 @@ def _fail(message: str, code: int, secrets: Sequence[str | None] = ()) -> int:
     for secret in secrets:
         if secret:
             message = message.replace(secret, "***")
-    print(f"pipeline: error: {message}", file=sys.stderr)
+    print(f"pipeline: error: {redact_url(message)}", file=sys.stderr)
     return code
 
 
@@ -238,9 +238,6 @@ COMMANDS = {
 
 
 #: 128 + SIGPIPE: what a shell reports for a writer whose reader quit (``yes | head -1``)
-EXIT_SIGPIPE = 141
-
-
 def _stdout_gone() -> bool:
     """Whether stdout is a pipe whose reader has closed it (and not some other broken pipe)."""
     try:

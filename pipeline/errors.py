@@ -27,6 +27,7 @@ EXIT_CONFIG = 2
 EXIT_FATAL = 3
 EXIT_COMMIT_FAILED = 4
 EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM = 129, 130, 143
+EXIT_SIGPIPE = 141  # stdout closed by its reader (`pipeline validate ... | head`)
 
 
 class PipelineError(Exception):

@@ -10,20 +10,17 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import fsspec
-
 from pipeline.config import Config
-from pipeline.dataset.manifest import is_local
 from pipeline.embed.tokens import estimate_tokens
-from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED
+from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkError, SourceError
 from pipeline.jobs.inputs import list_inputs, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.logs import format_duration, redact_url
-from pipeline.sources.readers import detect_format
+from pipeline.sources.listing import open_source
+from pipeline.storage import Location
 from pipeline.stages.chunk import Chunker
 from pipeline.stages.read import file_items
 from pipeline.types import Failure, FileEnd, InputFile
@@ -146,12 +143,12 @@ def check_sink(cfg: Config) -> SinkCheck:
     """
     shown = cfg.sink.path
     try:
-        fs, root = fsspec.core.url_to_fs(cfg.sink.path, **cfg.sink.storage_options)
-    except Exception as exc:  # unknown protocol, missing backend, bad storage option
-        return _refused(shown, f"cannot open the filesystem: {_one_line(exc)}")
-    if is_local(fs):
-        return _check_local(shown, os.path.abspath(root))
-    return _check_store(fs, shown, root.rstrip("/"))
+        where = Location.open(cfg.sink.path, cfg.sink.storage_options)
+    except SinkError as exc:  # unknown protocol, missing backend, bad storage option
+        return SinkCheck(f"sink: {redact_url(shown)}: refused", redact_url(str(exc)))
+    if where.local:
+        return _check_local(shown, os.path.abspath(where.root))
+    return _check_store(where.fs, shown, where.root)
 
 
 def _check_local(shown: str, path: str) -> SinkCheck:
@@ -196,38 +193,14 @@ def _check_store(fs: Any, shown: str, root: str) -> SinkCheck:
 
 # --------------------------------------------------------------------------- files left out
 
-_MAGIC = re.compile(r"[*?\[]")
-
-
 def skipped_extensions(cfg: Config) -> dict[str, int]:
-    """Files under ``source.path`` that ``format: auto`` leaves out for their extension, counted by extension.
-
-    The listing is done again here, as :func:`~pipeline.sources.readers.open_source`
-    does it (hidden names skipped), because that function keeps no count of
-    what it left out.
-    """
-    if cfg.source.format != "auto":
-        return {}
-    fs, root = fsspec.core.url_to_fs(cfg.source.path, **cfg.source.storage_options)
-    if is_local(fs):
-        root = posixpath.normpath(root)
-    if _MAGIC.search(root):
-        parts = root.split("/")
-        base = "/".join(parts[: next(i for i, part in enumerate(parts) if _MAGIC.search(part))])
-        paths = [p for p, info in fs.glob(root, detail=True).items() if info.get("type") != "directory"]
-    elif fs.info(root).get("type") == "directory":
-        base, paths = root, list(fs.find(root))
-    else:
-        return {}  # a single file: read as it is, or refused
-    counts: dict[str, int] = {}
-    for path in paths:
-        rel = path[len(base):].lstrip("/") if path.startswith(base) else path
-        if any(part.startswith((".", "_")) for part in rel.split("/")):
-            continue
-        if detect_format(path)[0] is None:
-            ext = posixpath.splitext(posixpath.basename(path))[1].lower() or "(no extension)"
-            counts[ext] = counts.get(ext, 0) + 1
-    return counts
+    """Files under ``source.path`` that ``format: auto`` leaves out for their extension, counted by extension."""
+    skipped: dict[str, int] = {}
+    try:
+        open_source(cfg.source, skipped)
+    except SourceError:  # nothing usable: the estimate says so
+        pass
+    return skipped
 
 
 # --------------------------------------------------------------------------- the report

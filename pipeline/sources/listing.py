@@ -72,17 +72,19 @@ def detect_format(name: str, configured: str = "auto") -> tuple[str | None, str 
     return FORMATS.get(posixpath.splitext(base)[1]), compression
 
 
-def open_source(cfg: SourceConfig) -> tuple[fsspec.AbstractFileSystem, list[InputFile]]:
+def open_source(
+    cfg: SourceConfig, skipped: dict[str, int] | None = None
+) -> tuple[fsspec.AbstractFileSystem, list[InputFile]]:
     """List the input files of ``source.path``, sorted by path; returns the filesystem too.
 
     See :func:`list_files`. Raises :class:`~pipeline.errors.SourceError` when
     the filesystem cannot be made, the path cannot be listed or nothing matches.
     """
     location = Location.open(cfg.path, cfg.storage_options, role="source.path")
-    return location.fs, list_files(location, cfg)
+    return location.fs, list_files(location, cfg, skipped)
 
 
-def list_files(location: Location, cfg: SourceConfig) -> list[InputFile]:
+def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | None = None) -> list[InputFile]:
     """The input files at ``location`` (``source.path``), sorted by path, listed afresh.
 
     ``source.path`` may be a file, a directory (every supported file below it),
@@ -90,8 +92,9 @@ def list_files(location: Location, cfg: SourceConfig) -> list[InputFile]:
     (names starting with ``.`` or ``_``) are skipped, and so are files whose
     extension says nothing under ``format: auto``. Cached listings of the
     filesystem are dropped first, so that watch mode sees new and changed
-    objects. Raises :class:`~pipeline.errors.SourceError` when the path cannot
-    be listed or nothing matches.
+    objects. Files left out for their extension are counted in ``skipped``
+    (by extension), when given. Raises :class:`~pipeline.errors.SourceError`
+    when the path cannot be listed or nothing matches.
     """
     fs, root = location.fs, location.root
     single = False
@@ -113,7 +116,7 @@ def list_files(location: Location, cfg: SourceConfig) -> list[InputFile]:
             base = posixpath.dirname(root)
             entries = [(info.get("name", root), info)]
             single = True
-    files = [f for path, info in entries if (f := _input_file(location, cfg, path, info, base, single))]
+    files = [f for path, info in entries if (f := _input_file(location, cfg, path, info, base, single, skipped))]
     if not files:
         raise SourceError(f"no input files match source.path: {location.shown}")
     files.sort(key=lambda f: f.path)
@@ -121,7 +124,8 @@ def list_files(location: Location, cfg: SourceConfig) -> list[InputFile]:
 
 
 def _input_file(
-    location: Location, cfg: SourceConfig, path: str, info: dict[str, Any], base: str, single: bool
+    location: Location, cfg: SourceConfig, path: str, info: dict[str, Any], base: str, single: bool,
+    skipped: dict[str, int] | None = None,
 ) -> InputFile | None:
     """The input file at ``path``, or None when it is hidden or of no known format."""
     if location.local:
@@ -136,6 +140,9 @@ def _input_file(
                 f"source.path {location.shown}: cannot tell the format from the extension; "
                 "set source.format (jsonl, text, csv, parquet or arrow)"
             )
+        if skipped is not None:
+            ext = posixpath.splitext(posixpath.basename(path))[1].lower() or "(no extension)"
+            skipped[ext] = skipped.get(ext, 0) + 1
         return None
     size = info.get("size")
     return InputFile(
