@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -26,6 +26,7 @@ from pipeline.dataset.lease import Lease
 from pipeline.dataset.retrying import StoreRetry, transient
 from pipeline.dataset.manifest import Manifest, load_rank, save_rank, shard_rank_seq, utc_now
 from pipeline.dataset.shard_writer import ShardWriter
+from pipeline.dataset.shards import open_shard
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
 from pipeline.errors import CommitFailed, SinkError
 from pipeline.logs import get_logger
@@ -164,6 +165,16 @@ class DatasetWriter:
     def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
         """Replace the seek checkpoints; saved with the next commit."""
         self._manifest.offsets = offsets
+
+    def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
+        """The ids and sources of this rank's committed data rows, a block at a time."""
+        mine = f"part-{self.rank:05d}-"
+        for entry in self._manifest.shards:
+            if entry["kind"] != "data" or mine not in entry["path"]:
+                continue
+            with open_shard(self.fs, join(self.root, entry["path"])) as shard:
+                for block in shard.iter_batches(columns=["id", "source"]):
+                    yield block.column(0).to_pylist(), block.column(1).to_pylist()
 
     # ------------------------------------------------------------ writing
 

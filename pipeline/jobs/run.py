@@ -31,6 +31,7 @@ from pipeline.logs import LogSetup, get_logger
 from pipeline.stages.batch import Window, batch_stage
 from pipeline.stages.chunk import Chunker, chunk_stage
 from pipeline.stages.embed import SendGate, embed_stage
+from pipeline.stages.ids import IdRegistry
 from pipeline.stages.read import Checkpoints, Item, read_stage
 from pipeline.stages.write import Committer, write_stage
 from pipeline.types import Batch, EmbeddedBatch, InputFile, Piece, Skipped
@@ -72,6 +73,7 @@ class Job:
         self._handle_signals = handle_signals
         self._fresh = fresh
         self._reported_model: str | None = None
+        self.ids = IdRegistry()
 
     async def run(self) -> RunResult:
         """Run the job to its end; commit what was done whatever happens."""
@@ -97,6 +99,7 @@ class Job:
 
     async def _run(self, sink: Sink, fs: Any, files: list[InputFile]) -> RunResult:
         cfg = self.cfg
+        await anyio.to_thread.run_sync(_register_ids, self.ids, sink, limiter=self.cpu)
         if not cfg.run.watch:
             note_inputs(sink, files, self.progress, self.checkpoints)
         self.log.info("run_started", files=len(files), source=cfg.source.path, sink=cfg.sink.path,
@@ -191,7 +194,7 @@ class Job:
                         tg.start_soon(partial(embed_stage, batches_receive.clone(), answers_send.clone(),
                                               embedder=embedder, gate=self.gate))
                 tg.start_soon(partial(write_stage, answers_receive, commit=self.commit, window=window,
-                                      on_written=lambda batch: self._written(batch, embedder)))
+                                      check=self.ids.check, on_written=lambda batch: self._written(batch, embedder)))
 
     async def _read(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Item]],
                     reading: anyio.CancelScope) -> None:
@@ -207,7 +210,8 @@ class Job:
             wake=self.shutdown.event,
             run_round=lambda fs, files: self._round(fs, files, embedder),
             commit=lambda: self.commit(sink.commit),
-            note=lambda files: note_inputs(sink, files, self.progress, self.checkpoints, restart_changed=True),
+            note=lambda files: note_inputs(sink, files, self.progress, self.checkpoints, restart_changed=True,
+                                           ids=self.ids),
         )
 
     async def _heartbeat(self, sink: Sink) -> None:
@@ -244,6 +248,11 @@ class Job:
     def _lease_waiting(self, current: dict[str, Any]) -> None:
         self.log.warning("lease_waiting", held_by_host=current.get("host"), held_by_pid=current.get("pid"),
                          wait_s=self.cfg.run.shutdown_grace_s + 10)
+
+
+def _register_ids(ids: IdRegistry, sink: Sink) -> None:
+    for block, sources in sink.known_ids():
+        ids.add_existing(block, sources)
 
 
 def _close(sink: Sink, status: str) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from pipeline.errors import SourceError
 from pipeline.jobs.inputs import list_inputs
 from pipeline.jobs.progress import Progress
 from pipeline.logs import get_logger
+from pipeline.stages.ids import IdRegistry
 from pipeline.stages.read import Checkpoints
 from pipeline.types import END_OF_FILE, InputFile
 
@@ -29,7 +30,13 @@ def signature(inp: InputFile) -> str:
 
 
 def note_inputs(
-    sink: Sink, files: list[InputFile], progress: Progress, checkpoints: Checkpoints, *, restart_changed: bool = False
+    sink: Sink,
+    files: list[InputFile],
+    progress: Progress,
+    checkpoints: Checkpoints,
+    *,
+    restart_changed: bool = False,
+    ids: IdRegistry | None = None,
 ) -> None:
     """Record each input's signature, and count the bytes still to read.
 
@@ -43,6 +50,8 @@ def note_inputs(
             get_logger().warning("file_changed", file=inp.key)
             sink.restart(inp.key, inp.url)
             checkpoints.forget(inp.url)
+            if ids is not None:  # its new version may use its old ids again
+                ids.forget_source(inp.url)
         if restart_changed or known is None:
             sink.set_signature(inp.url, sig)
         if sink.done_upto(inp.key) < END_OF_FILE:
