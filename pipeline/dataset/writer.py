@@ -14,6 +14,7 @@ started); once open, a failed commit or a lost lease is :class:`CommitFailed`.
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -24,13 +25,13 @@ import pyarrow as pa
 from pipeline.config import SinkConfig
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.retrying import StoreRetry, transient
-from pipeline.dataset.manifest import Manifest, load_rank, save_rank, shard_rank_seq, utc_now
+from pipeline.dataset.manifest import Manifest, load_rank, manifest_name, save_rank, shard_rank_seq, utc_now
 from pipeline.dataset.shard_writer import ShardWriter
 from pipeline.dataset.shards import open_shard
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
 from pipeline.errors import CommitFailed, SinkError
 from pipeline.logs import get_logger
-from pipeline.storage import Location, join
+from pipeline.storage import STORE_ERRORS, Location, describe, join
 from pipeline.types import Counts, EmbeddedBatch
 
 KINDS = ("data", "errors")
@@ -111,6 +112,12 @@ class DatasetWriter:
         except OSError as exc:
             raise SinkError(f"cannot open the dataset at {cfg.path}: {exc}") from exc
         self._manifest = manifest
+        # Object stores: each save of this rank's manifest is conditional on the
+        # version we last saw (If-Match on its ETag; create-only when there is
+        # none), so a writer that lost the lease while paused cannot overwrite
+        # its successor's manifest even if its last lease renewal got through.
+        self._fenced = not where.local
+        self._etag: str | None = self._current_etag() if self._fenced else None
         self._tables = RowTables(manifest, embedding_type=embedding_type, metadata_fields=metadata_fields,
                                  include_text=cfg.include_text, where=cfg.path)
         self._next_seq = {k: manifest.last_seq(rank, k) + 1 for k in KINDS}
@@ -327,8 +334,12 @@ class DatasetWriter:
         shard = self._open.get(kind)
         if shard is None:
             seq = self._next_seq[kind]
-            self._next_seq[kind] = seq + 1
             rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
+            while self._fenced and self.fs.exists(join(self.root, rel)):
+                # taken by a writer that lost the lease after we opened: never overwrite it
+                seq += 1
+                rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
+            self._next_seq[kind] = seq + 1
             dictionary: list[str] | bool = True
             if kind == "data":  # not worth it for unique strings and vectors
                 dictionary = ["doc_id", "source", *self._tables.metadata_fields]
@@ -370,6 +381,27 @@ class DatasetWriter:
         self._open.clear()
         self._opened_at = None
 
+    def _manifest_path(self) -> str:
+        return join(self.root, manifest_name(self.rank, self.world_size))
+
+    def _current_etag(self) -> str | None:
+        """The ETag of this rank's manifest on the store, None when there is none (or no ETag)."""
+        try:
+            return _etag_of(self.fs.info(self._manifest_path()))
+        except FileNotFoundError:
+            return None
+
+    def _save_once(self) -> None:
+        """One conditional save of this rank's manifest (see ``_fenced``); remembers the new ETag."""
+        condition: dict[str, Any] | None = None
+        if self._fenced:
+            condition = {"IfMatch": self._etag} if self._etag else {"mode": "create"}
+            if self._etag is None and self.fs.exists(self._manifest_path()):
+                condition = None  # a store without ETags: nothing to be conditional on
+        answer = save_rank(self._manifest, self.fs, self.root, self.rank, self.world_size, condition)
+        if self._fenced:
+            self._etag = _etag_of(answer) or self._current_etag()
+
     def _renew_lease(self) -> None:
         assert self._lease is not None
         lease = self._lease
@@ -388,10 +420,19 @@ class DatasetWriter:
         if self._lease is not None:
             self._renew_lease()
         try:
-            self._retry(lambda: save_rank(self._manifest, self.fs, self.root, self.rank, self.world_size),
-                        "saving the manifest")
+            self._retry(self._save_once, "saving the manifest")
         except SinkError as exc:
             raise CommitFailed(str(exc)) from exc
+        except STORE_ERRORS as exc:
+            if self._fenced and (isinstance(exc, FileExistsError) or getattr(exc, "errno", None) == errno.EINVAL):
+                raise CommitFailed(  # our condition failed: the manifest is not the version we last wrote
+                    f"another pipeline has written the manifest of rank {self.rank:05d} of {self.cfg.path} "
+                    "since this one last did (it took over the write lease); stopping without touching its work"
+                ) from exc
+            raise CommitFailed(
+                f"cannot save the manifest of {self.cfg.path}: {describe(exc)}; what was committed before is "
+                "intact, run again to resume"
+            ) from exc
         except Exception as exc:  # the store's own errors, after retries
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise CommitFailed(
@@ -401,6 +442,11 @@ class DatasetWriter:
 
 
 # --------------------------------------------------------------------------- opening
+
+
+def _etag_of(answer: Any) -> str | None:
+    etag = answer.get("ETag") if isinstance(answer, dict) else None
+    return etag if isinstance(etag, str) else None
 
 
 def _glob(fs: fsspec.AbstractFileSystem, root: str, pattern: str) -> list[str]:
