@@ -412,3 +412,18 @@ async def test_duplicate_ids_across_files_never_give_two_rows(tmp_path: Path) ->
     assert data.filter(pa.compute.equal(data["id"], "7"))["text"].to_pylist() == ["first seven"]
     assert sorted(errors["error_type"].to_pylist()) == ["duplicate_id", "duplicate_id"]
     assert second.totals["records_read"] == 5 == second.totals["rows_embedded"] + second.totals["rows_failed"]
+
+
+async def test_deeply_nested_metadata_is_one_error_row(tmp_path: Path) -> None:
+    """A metadata field nested hundreds of levels deep fails its record alone, instead of crashing every run."""
+    (tmp_path / "in").mkdir()
+    deep = "[" * 300 + "1" + "]" * 300
+    lines = [json.dumps({"id": f"ok-{i}", "text": f"fine {i}", "lang": ["en"]}) for i in range(20)]
+    lines.insert(7, '{"id": "deep", "text": "nested", "lang": ' + deep + "}")
+    (tmp_path / "in" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = make_config(tmp_path, "http://placeholder", run={"max_failed_fraction": 0.1})
+    result, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert result.exit_code == 0
+    errors = read_dataset(tmp_path, "errors")
+    assert errors["id"].to_pylist() == ["deep"] and errors["error_type"].to_pylist() == ["invalid_metadata"]
+    assert read_dataset(tmp_path).num_rows == 20
