@@ -200,7 +200,8 @@ class Job:
                     reading: anyio.CancelScope) -> None:
         with reading:
             await read_stage(files, send, cfg=self.cfg.source, fs=fs, done_upto=self.commit.sink.done_upto,
-                             checkpoints=self.checkpoints, cpu=self.cpu, on_file=self._file_started)
+                             checkpoints=self.checkpoints, cpu=self.cpu, on_file=self._file_started,
+                             on_bytes=self.progress.read_bytes)
 
     async def _watch(self, sink: Sink, embedder: Embedder) -> None:
         await watch_source(
