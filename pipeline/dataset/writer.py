@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -417,6 +418,12 @@ class DatasetWriter:
             ) from exc
 
     def _save(self) -> None:
+        # the lease checked, then the manifest replaced, with no other writer in between
+        # (a compare-and-swap under the lease's lock on local disk; conditional PUTs on a store)
+        with self._lease.exclusive() if self._lease is not None else nullcontext():
+            self._save_checked()
+
+    def _save_checked(self) -> None:
         if self._lease is not None:
             self._renew_lease()
         try:
