@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import psycopg
 import pytest
 
-from pipeline.config import Config, SinkConfig
+from conftest import ROOT, pipeline_cmd, run_cli, serve_process
+from pipeline.config import SinkConfig
 from pipeline.dataset.postgres import PostgresSink, connect
 from pipeline.embed.vectors import quantize
 from pipeline.errors import CommitFailed, SinkError
@@ -283,6 +289,87 @@ def test_a_cosine_query_finds_a_row_by_its_own_vector(postgres_url: str, table: 
     assert hit == ("d137",)
 
 
-def config(url: str, table: str) -> Config:
-    return Config.model_validate({"source": {"path": "in"}, "embedding": {"provider": "local"},
-                                  "sink": {"path": url, "table": table}})
+# --------------------------------------------------------------------------- the whole job
+
+
+def write_inputs(folder: Path, files: int = 3, per_file: int = 400, bad: bool = True) -> int:
+    """JSONL files with a metadata field (and two bad lines in the first); returns the good records."""
+    folder.mkdir(exist_ok=True)
+    for part in range(files):
+        lines = [json.dumps({"id": f"p{part}-{i}", "text": f"file {part} record {i} ünïcode", "lang": "xx"})
+                 for i in range(per_file)]
+        if bad and part == 0:
+            lines[10:10] = ["{not json", json.dumps({"id": "empty", "text": ""})]
+        (folder / f"part-{part}.jsonl").write_text("\n".join(lines) + "\n")
+    return files * per_file
+
+
+def job_yaml(tmp_path: Path, url: str, db: str, table: str, **sink: object) -> Path:
+    extra = "".join(f"  {k}: {v}\n" for k, v in sink.items())
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source:\n  path: {tmp_path / 'in'}\n  metadata_fields: [lang]\n"
+        f"embedding:\n  url: {url}\n  model: m\n  batch_size: 20\n  concurrency: 4\n"
+        f"sink:\n  path: '{db}'\n  table: {table}\n  shard_rows: 100\n{extra}"
+        "run:\n  max_failed_fraction: 0.01\n  shutdown_grace_s: 2\n"
+        "logging:\n  format: logfmt\n"
+    )
+    return job
+
+
+def test_the_whole_job_lands_every_record_once(postgres_url: str, table: str, tmp_path: Path) -> None:
+    """`pipeline run` into Postgres: good records as rows, bad ones as error rows, tokens as served."""
+    good = write_inputs(tmp_path / "in")
+    with serve_process("--fake", "--dimensions", "32") as url:
+        done = run_cli("run", str(job_yaml(tmp_path, url, postgres_url, table)))
+        assert done.returncode == 0, done.stderr
+        stats = json.loads(urllib.request.urlopen(f"{url}/stats").read())
+    ids = [r[0] for r in query(postgres_url, f"SELECT id FROM {table}")]
+    assert len(ids) == len(set(ids)) == good
+    assert sorted(r[0] for r in query(postgres_url, f"SELECT error_type FROM {table}_errors")) == [
+        "empty_text", "invalid_json"]
+    (tokens, requests, records), = query(postgres_url, f"SELECT sum(prompt_tokens), sum(requests), sum(records) "
+                                         f"FROM {table}_commits")
+    assert (tokens, requests, records) == (stats["prompt_tokens"], stats["requests"], good + 2)
+    assert "event=shard_committed" in done.stderr and "hunter" not in done.stderr
+    again = run_cli("run", str(job_yaml(tmp_path, "http://127.0.0.1:9", postgres_url, table)))
+    assert again.returncode == 0, again.stderr  # nothing left to do: no request made
+    assert query(postgres_url, f"SELECT count(*) FROM {table}") == [(good,)]
+
+
+def test_sigkill_then_rerun_is_exact(postgres_url: str, table: str, tmp_path: Path) -> None:
+    """A real `pipeline run` killed with SIGKILL mid-run, then run again: every record once."""
+    good = write_inputs(tmp_path / "in", files=3, per_file=1000, bad=False)
+    with serve_process("--fake", "--dimensions", "32", "--latency-ms", "20") as url:
+        job = job_yaml(tmp_path, url, postgres_url, table)
+        proc = subprocess.Popen(pipeline_cmd("run", str(job)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT)
+        assert proc.stderr is not None
+        seen = 0
+        for line in proc.stderr:
+            seen += "event=shard_committed" in line
+            if seen >= 3:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        partial = query(postgres_url, f"SELECT count(*) FROM {table}")[0][0]
+        assert 0 < partial < good
+        done = run_cli("run", str(job))
+        assert done.returncode == 0, done.stderr
+        stats = json.loads(urllib.request.urlopen(f"{url}/stats").read())
+    ids = [r[0] for r in query(postgres_url, f"SELECT id FROM {table}")]
+    assert len(ids) == len(set(ids)) == good
+    assert query(postgres_url, f"SELECT status FROM {table}_runs ORDER BY n") == [("unfinished",), ("completed",)]
+    (tokens,), = query(postgres_url, f"SELECT sum(prompt_tokens) FROM {table}_commits")
+    assert tokens <= stats["prompt_tokens"]  # what the killed run paid for and never committed is not counted
+
+
+def test_an_unreachable_database_exits_2_before_anything_starts(tmp_path: Path) -> None:
+    """`pipeline run` with a database nobody answers: one line, exit 2, the password masked."""
+    write_inputs(tmp_path / "in", files=1, per_file=5)
+    job = job_yaml(tmp_path, "http://127.0.0.1:9", "postgresql://u:hunter2@127.0.0.1:9/db", "t")
+    done = run_cli("run", str(job))
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline: error: cannot connect to sink.path postgresql://***@127.0.0.1:9/db")
+    assert "hunter2" not in done.stderr

@@ -57,8 +57,8 @@ def column_kind(embedding_type: str) -> str:
     return "bit" if embedding_type in ("binary", "ubinary") else "vector"
 
 
-def distance_of(cfg: SinkConfig, embedding_type: str) -> tuple[str, str]:
-    """The (operator, operator class) for ``sink.distance`` on this embedding type.
+def distance_name(cfg: SinkConfig, embedding_type: str) -> str:
+    """``sink.distance`` as it applies to this embedding type.
 
     Bit vectors know hamming and jaccard; the default ``cosine`` means
     hamming for them (the sign bits' agreement). Other mismatches are a
@@ -66,13 +66,17 @@ def distance_of(cfg: SinkConfig, embedding_type: str) -> tuple[str, str]:
     """
     kind = column_kind(embedding_type)
     distance = "hamming" if kind == "bit" and cfg.distance == "cosine" else cfg.distance
-    try:
-        return DISTANCES[(distance, kind)]
-    except KeyError:
+    if (distance, kind) not in DISTANCES:
         known = ", ".join(d for d, k in DISTANCES if k == kind)
         raise SinkError(
             f"sink.distance: {cfg.distance} does not apply to {embedding_type} vectors ({kind} column); use {known}"
-        ) from None
+        )
+    return distance
+
+
+def distance_of(cfg: SinkConfig, embedding_type: str) -> tuple[str, str]:
+    """The (operator, operator class) for ``sink.distance`` on this embedding type."""
+    return DISTANCES[(distance_name(cfg, embedding_type), column_kind(embedding_type))]
 
 
 def check_index_options(cfg: SinkConfig) -> None:
