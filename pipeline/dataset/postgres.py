@@ -11,12 +11,12 @@ done or not done; the next run resumes from the state table.
 A session advisory lock on (table, rank) keeps a second writer out. A
 connection lost mid-run is opened again (and the lock taken again); a commit
 whose outcome is unknown is looked up by its token before it is retried.
+The vector index is built after the first load: at the end of a completed
+run, or in watch mode at the end of the first round.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 import uuid
@@ -25,54 +25,24 @@ from typing import Any, Callable, Sequence
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from pipeline.config import Config, SinkConfig
 from pipeline.dataset import postgres_rows as rows_
 from pipeline.dataset import postgres_schema as schema
 from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.postgres_schema import Names
+from pipeline.dataset.postgres_session import Session, connect
+from pipeline.dataset.postgres_state import Made, ResumeState, landed_commit, load_counts, open_tables
 from pipeline.dataset.tables import BASE_COLUMNS
 from pipeline.embed.vectors import is_packed
-from pipeline.errors import CommitFailed, PipelineError, SinkError
-from pipeline.logs import get_logger, redact_url
+from pipeline.errors import CommitFailed, SinkError
 from pipeline.types import Counts, EmbeddedBatch
+
+__all__ = ["PostgresSink", "connect", "open_postgres_sink", "drop_tables"]
 
 #: pending vectors before a commit, whatever ``sink.shard_rows`` says (memory stays bounded)
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 RETRY_S = 60.0  # how long a lost database is waited for before the run stops
-
-
-def connect(url: str, *, rank: int = 0) -> psycopg.Connection[Any]:
-    """An autocommit connection with pgvector's types; ``SinkError`` in one line when it cannot be had."""
-    from pgvector.psycopg import register_vector
-
-    name = f"pipeline:{socket.gethostname()}:{os.getpid()}:rank{rank}"[:63]
-    try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name=name,
-                               keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
-    except psycopg.Error as exc:
-        raise SinkError(f"cannot connect to sink.path {redact_url(url)}: {_reason(exc, url)}") from exc
-    try:
-        try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise SinkError(
-                f"sink.path {redact_url(url)}: the pgvector extension is not installed and this user may not "
-                "install it; run `CREATE EXTENSION vector;` as the database owner "
-                "(Heroku: heroku pg:psql -c 'CREATE EXTENSION vector')"
-            ) from exc
-        register_vector(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _reason(exc: BaseException, url: str) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    password = schema.url_password(url)
-    return redact_url(text.replace(password, "***") if password else text)
 
 
 @dataclass
@@ -125,124 +95,35 @@ class PostgresSink:
             raise SinkError(f"source.metadata_fields: {clash[0]!r} is also a dataset column; rename it in the source")
         self.cfg, self.rank, self.embedding_type = cfg, rank, embedding_type
         self.names = Names(cfg.table)
-        self.where = f"{redact_url(cfg.path)} table {cfg.table}"
-        self.operator, _ = schema.distance_of(cfg, embedding_type)
+        schema.distance_of(cfg, embedding_type)  # a distance that does not apply fails now
         schema.check_index_options(cfg)
         self._metadata_fields = list(metadata_fields)
         self._index_on_commit = build_index_on_commit
-        self._retry_s, self._clock, self._sleep = retry_s, clock, sleep
+        self._clock = clock
         self._pending = _Pending()
         self._removals: set[str] = set()
-        self._dirty: set[str] = set()
         self._failed: BaseException | None = None
         self._closed = False
         self._busy = threading.Lock()  # the heartbeat's renew() may come while a commit runs
-        self.conn = connect(cfg.path, rank=rank)
+        self.session = Session(cfg.path, self.names, rank, retry_s=retry_s, clock=clock, sleep=sleep)
+        self.where = self.session.where
         try:
-            self._take_lock(lock_wait_s, on_wait)
-            self._open(model, input_type, chunking, run_started_at)
+            self.session.lock(lock_wait_s, on_wait)
+            conn = self.session.conn
+            made = Made(model, input_type, embedding_type, chunking)
+            self.dimensions, self._run = open_tables(conn, self.names, rank, made, self.where, run_started_at)
+            self._state = ResumeState(conn, self.names, rank)
+            self._counts = load_counts(conn, self.names, rank)
+            self._columns = (rows_.existing_columns(conn, self.names, embedding_type, cfg.include_text,
+                                                    self._metadata_fields) if self.dimensions is not None else None)
         except BaseException:
-            self.conn.close()
+            self.session.close()
             raise
 
-    # ------------------------------------------------------------ opening
-
-    def _take_lock(self, wait_s: float, on_wait: Callable[[dict[str, Any]], None] | None) -> None:
-        deadline = self._clock() + wait_s
-        told = False
-        while not self._try_lock():
-            if self._clock() >= deadline:
-                raise SinkError(
-                    f"another writer holds rank {self.rank} of {self.where} (it did not let go within "
-                    f"{wait_s:g} s); stop it first, or give this one another run.rank or sink.table"
-                )
-            if not told and on_wait is not None:
-                on_wait(self._lock_holder())
-                told = True
-            self._sleep(0.5)
-
-    def _try_lock(self) -> bool:
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self.names.lock_key(self.rank)).fetchone()
-        return bool(row and row[0])
-
-    def _lock_holder(self) -> dict[str, Any]:
-        key1, key2 = self.names.lock_key(self.rank)
-        row = self.conn.execute(
-            "SELECT a.application_name, a.client_addr::text FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::bigint::oid "
-            "AND l.objid = %s::bigint::oid AND l.objsubid = 2", (key1, key2)).fetchone()
-        parts = (row[0] if row else "").split(":")
-        return {"host": parts[1] if len(parts) > 2 else (row[1] if row else None),
-                "pid": parts[2] if len(parts) > 2 else None}
-
-    def _open(self, model: str, input_type: str | None, chunking: dict[str, Any], started_at: str) -> None:
-        n = self.names
-        with self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.names.lock_key(-1)[0],))
-            for ddl in schema.side_tables(n):
-                self.conn.execute(ddl)
-            meta = self.conn.execute(sql.SQL(
-                "SELECT model, input_type, embedding_type, dimensions, chunking FROM {m}").format(m=n.meta)).fetchone()
-            if meta is None:
-                self.conn.execute(sql.SQL(
-                    "INSERT INTO {m} (format_version, model, input_type, embedding_type, chunking) "
-                    "VALUES (%s, %s, %s, %s, %s)").format(m=n.meta),
-                    (schema.FORMAT_VERSION, model, input_type, self.embedding_type, Jsonb(chunking)))
-                meta = (model, input_type, self.embedding_type, None, chunking)
-            self._check(meta, model, input_type, chunking)
-            self.dimensions: int | None = meta[3]
-            self.conn.execute(sql.SQL("UPDATE {r} SET status = 'unfinished' WHERE rank = %s AND status = 'running'")
-                              .format(r=n.runs), (self.rank,))
-            row = self.conn.execute(sql.SQL(
-                "INSERT INTO {r} (rank, started_at, status) VALUES (%s, %s, 'running') RETURNING n"
-            ).format(r=n.runs), (self.rank, started_at)).fetchone()
-            assert row is not None
-            self._run = row[0]
-            self._load_state()
-        self._columns = self._data_columns() if self.dimensions is not None else None
-
-    def _check(self, meta: tuple[Any, ...], model: str, input_type: str | None, chunking: dict[str, Any]) -> None:
-        mine, theirs = tuple(meta[:3]), (model, input_type, self.embedding_type)
-        if mine != theirs:
-            raise SinkError(
-                f"{self.where} was made with model={mine[0]!r}, input_type={mine[1]!r}, embedding_type={mine[2]!r}; "
-                f"refusing to mix in model={model!r}, input_type={input_type!r}, embedding_type={self.embedding_type!r} "
-                "(use another sink.table, or `pipeline run --fresh` to start it over)"
-            )
-        if meta[4] is not None and meta[4] != chunking:
-            raise SinkError(
-                f"{self.where} was cut with chunking {meta[4]}; this config says {chunking}. Refusing to mix them: "
-                "use another sink.table, or `pipeline run --fresh` to start it over"
-            )
-
-    def _load_state(self) -> None:
-        n = self.names
-        self._progress: dict[str, int] = {}
-        self._files: dict[str, str] = {}
-        self._offsets: dict[str, list[list[int]]] = {}
-        cur = self.conn.execute(sql.SQL("SELECT key, location, signature, offsets FROM {s} WHERE rank = %s")
-                                .format(s=n.state), (self.rank,))
-        for key, location, signature, offsets in cur:
-            if location is not None:
-                self._progress[key] = int(location)
-            if signature is not None:
-                self._files[key] = signature
-            if offsets is not None:
-                self._offsets[key] = [[int(a), int(b)] for a, b in offsets]
-        row = self.conn.execute(sql.SQL(
-            "SELECT coalesce(sum(records), 0), coalesce(sum(rows - replaced - removed), 0), coalesce(sum(rows_reused), 0),"
-            " coalesce(sum(errors - errors_removed), 0), coalesce(sum(requests), 0), coalesce(sum(retries), 0),"
-            " coalesce(sum(prompt_tokens), 0), coalesce(sum(total_tokens), 0) FROM {c} WHERE rank = %s"
-        ).format(c=n.commits), (self.rank,)).fetchone()
-        self._counts = Counts(*(int(x) for x in row)) if row else Counts()
-
-    def _data_columns(self) -> rows_.DataColumns:
-        cur = self.conn.execute(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name = %s", (self.names.table,))
-        existing = dict(cur.fetchall())
-        metadata = {f: schema.CATALOG_TYPES.get(existing[f], "text") for f in self._metadata_fields if f in existing}
-        return rows_.DataColumns(self.embedding_type, self.cfg.include_text and "text" in existing, metadata)
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The current connection (a new one after the database went away)."""
+        return self.session.conn
 
     # ------------------------------------------------------------ resume state (the Sink protocol)
 
@@ -253,34 +134,27 @@ class PostgresSink:
 
     def done_upto(self, key: str) -> int:
         """How far input ``key`` is committed (a location; ``END_OF_FILE`` when whole)."""
-        return self._progress.get(key, 0)
+        return self._state.progress.get(key, 0)
 
     def signature(self, url: str) -> str | None:
         """The signature input ``url`` had when it was last read, if it was."""
-        return self._files.get(url)
+        return self._state.files.get(url)
 
     def set_signature(self, url: str, signature: str) -> None:
         """Record ``url``'s signature with the next commit."""
-        if self._files.get(url) != signature:
-            self._files[url] = signature
-            self._dirty.add(url)
+        self._state.set_signature(url, signature)
 
     def restart(self, key: str, url: str) -> None:
         """Input ``key`` changed: the next read starts at its top (saved with the next commit)."""
-        self._progress.pop(key, None)
-        self._offsets.pop(url, None)
-        self._dirty.update((key, url))
+        self._state.restart(key, url)
 
     def offsets(self) -> dict[str, list[list[int]]]:
         """The seek checkpoints of big input files, as saved."""
-        return {url: [list(c) for c in cs] for url, cs in self._offsets.items()}
+        return {url: [list(c) for c in cs] for url, cs in self._state.offsets.items()}
 
     def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
         """Replace the seek checkpoints; saved with the next commit."""
-        for url in set(offsets) | set(self._offsets):
-            if offsets.get(url) != self._offsets.get(url):
-                self._dirty.add(url)
-        self._offsets = {url: [list(c) for c in cs] for url, cs in offsets.items()}
+        self._state.set_offsets(offsets)
 
     def remove_sources(self, urls: list[str]) -> None:
         """The rows (and error rows) whose ``source`` is one of ``urls`` leave with the next commit.
@@ -325,7 +199,7 @@ class PostgresSink:
         self._check_usable()
         if self._busy.acquire(blocking=False):  # a commit in progress checks it anyway
             try:
-                self._with_connection(lambda: self.conn.execute("SELECT 1"), "checking the connection")
+                self.session.run(lambda: self.conn.execute("SELECT 1"), "checking the connection")
             finally:
                 self._busy.release()
 
@@ -343,15 +217,15 @@ class PostgresSink:
                 except CommitFailed as exc:
                     error = exc
             self._closed = True
+            ended = "failed" if self._failed is not None or error else status
             try:
-                self._with_connection(lambda: self.conn.execute(
+                self.session.run(lambda: self.conn.execute(
                     sql.SQL("UPDATE {r} SET finished_at = %s, status = %s WHERE n = %s").format(r=self.names.runs),
-                    (utc_now(), "failed" if self._failed is not None or error else status, self._run)),
-                    "recording the run", budget_s=min(self._retry_s, 5.0))
+                    (utc_now(), ended, self._run)), "recording the run", budget_s=min(self.session.retry_s, 5.0))
             except CommitFailed as exc:
                 error = error or exc
         finally:
-            self.conn.close()  # lets go of the session lock
+            self.session.close()
         if error is not None:
             raise error
 
@@ -369,49 +243,43 @@ class PostgresSink:
 
     def _commit_pending(self) -> list[dict[str, Any]]:
         pending = self._pending
-        if not pending.batches and not pending.marks and not self._dirty and not self._removals:
+        if not pending.batches and not pending.marks and not self._state.dirty and not self._removals:
             return []
         token = uuid.uuid4()
-        if pending.batches and self.dimensions is None:
-            width = pending.batches[0].vectors.shape[1]
-            self.dimensions = width * (8 if is_packed(self.embedding_type) else 1)
         self._check_dimensions(pending.batches)
-        progress = dict(self._progress)
-        for key, location in pending.marks.items():
-            progress[key] = max(location, progress.get(key, -1))
-        dirty = self._dirty | set(pending.marks)
-        state = [(self.rank, k, progress.get(k), self._files.get(k),
-                  Jsonb(self._offsets[k]) if k in self._offsets else None) for k in sorted(dirty)]
+        progress, state = self._state.after(pending.marks)
         removals = sorted(self._removals)
-        attempt = [0]
+        tries = [0]
 
         def once() -> dict[str, Any]:
-            if attempt[0] and self._landed(token):
-                return self._landed_entry(token)
-            attempt[0] += 1
+            landed = landed_commit(self.conn, self.names, token) if tries[0] else None
+            if landed is not None:  # the last try went through before the line dropped
+                return landed
+            tries[0] += 1
             return self._transaction(token, pending, state, removals)
 
         try:
-            entry = self._with_connection(once, "committing")
+            entry = self.session.run(once, "committing")
         except BaseException as exc:
             # the rows of this commit are lost to this process; later marks would claim them
             self._failed = exc
             raise
-        self._progress = progress
-        self._dirty.clear()
+        self._state.committed(progress)
         self._removals.clear()
         self._pending = _Pending()
-        self._counts += Counts(
-            pending.counts.records_read, entry["rows"] - entry["replaced"] - entry["removed"],
-            pending.counts.rows_reused, entry["errors"] - entry["errors_removed"], pending.counts.requests,
-            pending.counts.retries, pending.counts.prompt_tokens, pending.counts.total_tokens)
+        c = pending.counts
+        self._counts += Counts(c.records_read, entry["rows"] - entry["replaced"] - entry["removed"], c.rows_reused,
+                               entry["errors"] - entry["errors_removed"], c.requests, c.retries, c.prompt_tokens,
+                               c.total_tokens)
         return [entry] if pending.batches else []
 
     def _check_dimensions(self, batches: Sequence[EmbeddedBatch]) -> None:
         for batch in batches:
             if batch.chunks:
                 dims = batch.vectors.shape[1] * (8 if is_packed(self.embedding_type) else 1)
-                if dims != self.dimensions:
+                if self.dimensions is None:
+                    self.dimensions = dims
+                elif dims != self.dimensions:
                     raise SinkError(f"{self.where} holds {self.dimensions}-dimensional vectors; "
                                     f"the API now returns {dims} dimensions, refusing to mix them")
 
@@ -425,7 +293,11 @@ class PostgresSink:
         columns = self._columns
         with conn.transaction(), conn.cursor() as cur:
             if batches:
-                columns = self._prepare_table(cur, batches)
+                if columns is None:
+                    assert self.dimensions is not None
+                    columns = rows_.make_table(cur, n, self.embedding_type, self.dimensions, self.cfg.include_text,
+                                               self._metadata_fields)
+                columns = rows_.fit_metadata(cur, n, columns, self._metadata_fields, batches)
             if removals:
                 cur.execute(sql.SQL("DELETE FROM {t} WHERE source = ANY(%s)").format(t=n.data), (removals,))
                 removed = max(cur.rowcount, 0)
@@ -433,17 +305,13 @@ class PostgresSink:
                 errors_removed = max(cur.rowcount, 0)
             if batches:
                 assert columns is not None
-                replaced = self._insert(cur, columns, batches)
+                replaced = rows_.insert_rows(cur, n, columns, batches)
             if failures:
                 rows_.copy_errors(cur, n, self.rank, failures)
-            if state:
-                cur.executemany(sql.SQL(
-                    "INSERT INTO {s} (rank, key, location, signature, offsets) VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT (rank, key) DO UPDATE SET location = EXCLUDED.location, "
-                    "signature = EXCLUDED.signature, offsets = EXCLUDED.offsets").format(s=n.state), state)
+            self._state.save(cur, state)
             c = pending.counts
             entry = {
-                "path": f"{n.table}", "kind": "data", "rows": sum(len(b.chunks) for b in batches),
+                "path": n.table, "kind": "data", "rows": sum(len(b.chunks) for b in batches),
                 "replaced": replaced, "removed": removed, "errors": len(failures), "errors_removed": errors_removed,
                 "records": c.records_read, "rows_reused": c.rows_reused, "requests": c.requests,
                 "retries": c.retries, "prompt_tokens": c.prompt_tokens, "total_tokens": c.total_tokens,
@@ -458,132 +326,10 @@ class PostgresSink:
         self._columns = columns
         return entry
 
-    def _insert(self, cur: psycopg.Cursor[Any], columns: rows_.DataColumns, batches: list[EmbeddedBatch]) -> int:
-        """The rows: COPY straight in; on an id already there, the temporary-table upsert instead.
-
-        Straight in is half the server's work (the temporary table is written
-        and read again); a bulk load meets no existing id.
-        """
-        keep, total = rows_.last_of_each_id(batches)
-        if len(keep) == total:
-            try:
-                with self.conn.transaction():  # a savepoint
-                    rows_.copy_rows(cur, self.names.data, columns, columns.rows(batches))
-                return 0
-            except psycopg.errors.UniqueViolation:
-                pass
-        return rows_.upsert_rows(cur, self.names, columns, batches)
-
-    def _prepare_table(self, cur: psycopg.Cursor[Any], batches: list[EmbeddedBatch]) -> rows_.DataColumns:
-        """Make ``{table}`` at the first commit; add or widen metadata columns as values need.
-
-        Returns the columns to copy; they become the sink's once the transaction is through.
-        """
-        n = self.names
-        columns = self._columns
-        if columns is None:
-            assert self.dimensions is not None
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (n.lock_key(-1)[0],))
-            for ddl in schema.data_table(n, self.embedding_type, self.dimensions, self.cfg.include_text):
-                cur.execute(ddl)
-            cur.execute(sql.SQL("UPDATE {m} SET dimensions = %s").format(m=n.meta), (self.dimensions,))
-            columns = self._data_columns()
-        needed = dict(columns.metadata)
-        for name in self._metadata_fields:
-            for batch in batches:
-                for chunk in batch.chunks:
-                    needed[name] = schema.widen(needed.get(name), schema.value_type(chunk.metadata.get(name)))
-        changed = {k: v for k, v in needed.items() if v is not None and v != columns.metadata.get(k)}
-        for name, kind in changed.items():
-            cur.execute(schema.add_or_widen(n, name, columns.metadata.get(name), kind))
-        if changed:
-            columns = rows_.DataColumns(self.embedding_type, columns.include_text,
-                                        {k: v for k, v in needed.items() if v is not None})
-        return columns
-
-    def _landed(self, token: uuid.UUID) -> bool:
-        row = self.conn.execute(sql.SQL("SELECT 1 FROM {c} WHERE token = %s").format(c=self.names.commits),
-                                (token,)).fetchone()
-        return row is not None
-
-    def _landed_entry(self, token: uuid.UUID) -> dict[str, Any]:
-        cur = self.conn.cursor(row_factory=psycopg.rows.dict_row)
-        row = cur.execute(sql.SQL("SELECT * FROM {c} WHERE token = %s").format(c=self.names.commits), (token,)).fetchone()
-        assert row is not None
-        entry = {k: v for k, v in row.items() if k not in ("token", "rank", "n")}
-        return {"path": f"{self.names.table} commit {row['n']}", "kind": "data", **entry}
-
-    # ------------------------------------------------------------ a connection that may go away
-
-    def _with_connection(self, call: Callable[[], Any], what: str, *, budget_s: float | None = None) -> Any:
-        """``call()``, reconnecting (and taking the lock again) while the database is away, for a while."""
-        deadline = self._clock() + (self._retry_s if budget_s is None else budget_s)
-        delay = 0.5
-        while True:
-            try:
-                if self.conn.closed or self.conn.broken:
-                    self._reconnect()
-                return call()
-            except SinkError as exc:  # opening a connection again failed: the database is still away
-                reason = str(exc)
-            except psycopg.Error as exc:
-                lost = self.conn.closed or self.conn.broken or isinstance(exc, psycopg.OperationalError)
-                if not lost:  # the database answered: waiting will not change its mind
-                    raise CommitFailed(f"{what} in {self.where} failed: {_reason(exc, self.cfg.path)}") from exc
-                reason = _reason(exc, self.cfg.path)
-            if self._clock() + delay > deadline:
-                raise CommitFailed(
-                    f"{what} in {self.where}: the database stayed away ({reason[:300]}); "
-                    "what was committed before is intact, run again to resume"
-                )
-            get_logger().warning("database_retrying", what=what, reason=reason[:300], wait_s=delay)
-            self._sleep(delay)
-            delay = min(delay * 2, 8.0)
-
-    def _reconnect(self) -> None:
-        try:
-            self.conn.close()
-        except psycopg.Error:
-            pass
-        self.conn = connect(self.cfg.path, rank=self.rank)
-        if not self._try_lock():
-            self.conn.close()
-            raise CommitFailed(
-                f"lost the writer lock of rank {self.rank} of {self.where} while the connection was down "
-                "(another writer took it); what was committed is intact"
-            )
-
-    # ------------------------------------------------------------ the vector index
-
     def _build_index(self) -> None:
-        """Create ``sink.index`` once the table holds rows (kept afterwards); a failure is only logged."""
-        if self._columns is None or self.cfg.index == "none" or self._has_index():
-            return
-        log = get_logger()
-        rows = self.conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=self.names.data)).fetchone()
-        count = int(rows[0]) if rows else 0
-        if count == 0:
-            return
-        ddl = schema.index_ddl(self.names, self.cfg, self.embedding_type, count)
-        if ddl is None:
-            return
-        started = time.monotonic()
-        try:
-            self.conn.execute(ddl)
-        except psycopg.Error as exc:
-            if self.conn.broken:
-                raise CommitFailed(f"building the index of {self.where}: {_reason(exc, self.cfg.path)}") from exc
-            log.warning("index_not_built", table=self.names.table, index=self.cfg.index,
-                        reason=_reason(exc, self.cfg.path)[:300],
-                        hint="pgvector indexes vector columns up to 2,000 dimensions; search still works, unindexed")
-            return
-        log.info("index_built", table=self.names.table, index=self.cfg.index, rows=count,
-                 seconds=round(time.monotonic() - started, 1))
-
-    def _has_index(self) -> bool:
-        row = self.conn.execute("SELECT to_regclass(%s)", (sql.Identifier(f"{self.names.table}_embedding_idx")
-                                                            .as_string(self.conn),)).fetchone()
-        return bool(row and row[0])
+        if self._columns is not None:
+            self.session.run(lambda: schema.build_index(self.conn, self.names, self.cfg, self.embedding_type,
+                                                        self.where), "building the index")
 
 
 def open_postgres_sink(

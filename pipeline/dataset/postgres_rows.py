@@ -13,12 +13,13 @@ import struct
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from psycopg import Cursor, sql
+from psycopg import Cursor, errors, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.copy import QueuedLibpqWriter
 
-from pipeline.dataset.postgres_schema import COPY_TYPES, Names, column_kind, to_column
+from pipeline.dataset.postgres_schema import (CATALOG_TYPES, COPY_TYPES, Names, add_or_widen, column_kind,
+                                              data_table, to_column, value_type, widen)
 from pipeline.types import EmbeddedBatch, Failure
 
 ERROR_COLUMNS = ("rank", "id", "doc_id", "chunk_index", "text", "source", "location", "error_type",
@@ -113,6 +114,24 @@ def copy_errors(cur: Cursor[Any], names: Names, rank: int, failures: Sequence[Fa
                             f.message, f.status, f.attempts))
 
 
+def insert_rows(cur: Cursor[Any], names: Names, columns: DataColumns, batches: Sequence[EmbeddedBatch]) -> int:
+    """The rows of a commit: COPY straight in; on an id already there, :func:`upsert_rows` instead.
+
+    Straight in is half the server's work (the temporary table is written
+    and read again); a bulk load meets no existing id. Returns how many rows
+    replaced another.
+    """
+    keep, total = last_of_each_id(batches)
+    if len(keep) == total:
+        try:
+            with cur.connection.transaction():  # a savepoint: a duplicate id undoes only this
+                copy_rows(cur, names.data, columns, columns.rows(batches))
+            return 0
+        except errors.UniqueViolation:
+            pass
+    return upsert_rows(cur, names, columns, batches)
+
+
 def upsert_rows(cur: Cursor[Any], names: Names, columns: DataColumns, batches: Sequence[EmbeddedBatch]) -> int:
     """Rows that may repeat ids already in the table (or each other): through a temporary table.
 
@@ -134,3 +153,43 @@ def upsert_rows(cur: Cursor[Any], names: Names, columns: DataColumns, batches: S
     row = cur.fetchone()
     replaced = int(row[0]) if row else 0
     return replaced + (sum(len(b.chunks) for b in batches) - len(keep))  # rows of this commit that lost
+
+
+def existing_columns(conn: Any, names: Names, embedding_type: str, include_text: bool,
+                     metadata_fields: list[str]) -> DataColumns:
+    """The columns of ``{table}`` as it stands (its metadata columns' types from the catalog)."""
+    cur = conn.execute("SELECT column_name, data_type FROM information_schema.columns "
+                       "WHERE table_schema = current_schema() AND table_name = %s", (names.table,))
+    existing = dict(cur.fetchall())
+    metadata = {f: CATALOG_TYPES.get(existing[f], "text") for f in metadata_fields if f in existing}
+    return DataColumns(embedding_type, include_text and "text" in existing, metadata)
+
+
+def make_table(cur: Cursor[Any], names: Names, embedding_type: str, dimensions: int, include_text: bool,
+               metadata_fields: list[str]) -> DataColumns:
+    """Create ``{table}`` (at the first commit, in its transaction, when the dimensions are known)."""
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (names.lock_key(-1)[0],))
+    for ddl in data_table(names, embedding_type, dimensions, include_text):
+        cur.execute(ddl)
+    cur.execute(sql.SQL("UPDATE {m} SET dimensions = %s").format(m=names.meta), (dimensions,))
+    return existing_columns(cur.connection, names, embedding_type, include_text, metadata_fields)
+
+
+def fit_metadata(cur: Cursor[Any], names: Names, columns: DataColumns, metadata_fields: list[str],
+                 batches: Sequence[EmbeddedBatch]) -> DataColumns:
+    """Add or widen metadata columns as the values of ``batches`` need (in the commit's transaction).
+
+    Returns the columns to copy, which become the sink's once that
+    transaction is through.
+    """
+    needed: dict[str, str | None] = dict(columns.metadata)
+    for name in metadata_fields:
+        for batch in batches:
+            for chunk in batch.chunks:
+                needed[name] = widen(needed.get(name), value_type(chunk.metadata.get(name)))
+    changed = {k: v for k, v in needed.items() if v is not None and v != columns.metadata.get(k)}
+    for name, kind in changed.items():
+        cur.execute(add_or_widen(names, name, columns.metadata.get(name), kind))
+    if not changed:
+        return columns
+    return DataColumns(columns.embedding_type, columns.include_text, {k: v for k, v in needed.items() if v})

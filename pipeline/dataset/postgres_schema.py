@@ -232,3 +232,38 @@ def index_ddl(names: Names, cfg: SinkConfig, embedding_type: str, rows: int) -> 
             sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(int(v))) for k, v in options.items()))
     return sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING {m} (embedding {ops}){w}").format(
         i=names.embedding_idx, t=names.data, m=sql.SQL(cfg.index), ops=sql.SQL(opclass), w=with_)
+
+
+def build_index(conn: Any, names: Names, cfg: SinkConfig, embedding_type: str, where: str) -> None:
+    """Create ``sink.index`` once the table holds rows (kept afterwards); a refusal is only logged.
+
+    pgvector refuses, for instance, vector columns over 2,000 dimensions;
+    search then still works, without the index.
+    """
+    import time
+
+    import psycopg
+
+    from pipeline.logs import get_logger
+
+    log = get_logger()
+    if cfg.index == "none":
+        return
+    exists = conn.execute("SELECT to_regclass(%s)", (names.embedding_idx.as_string(conn),)).fetchone()
+    if exists and exists[0]:
+        return
+    counted = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=names.data)).fetchone()
+    rows = int(counted[0]) if counted else 0
+    ddl = index_ddl(names, cfg, embedding_type, rows)
+    if ddl is None or rows == 0:
+        return
+    started = time.monotonic()
+    try:
+        conn.execute(ddl)
+    except psycopg.Error as exc:
+        if conn.broken:
+            raise
+        log.warning("index_not_built", table=names.table, index=cfg.index, where=where,
+                    reason=" ".join(str(exc).split())[:300], hint="search still works, without the index")
+        return
+    log.info("index_built", table=names.table, index=cfg.index, rows=rows, seconds=round(time.monotonic() - started, 1))
