@@ -288,6 +288,8 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     from pipeline.jobs.retry_failed import retry_failed
 
     cfg = _load(args)
+    if cfg.sink.path.startswith(("postgresql://", "postgres://")):
+        return _fail("retry-failed works on file datasets for now, not on a Postgres sink (sink.path)", 2)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=_secrets(cfg))
     result = anyio.run(lambda: retry_failed(cfg))
     return _report(result, logs)

@@ -373,3 +373,59 @@ def test_an_unreachable_database_exits_2_before_anything_starts(tmp_path: Path) 
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("pipeline: error: cannot connect to sink.path postgresql://***@127.0.0.1:9/db")
     assert "hunter2" not in done.stderr
+
+
+def test_nul_characters_do_not_stop_a_commit(postgres_url: str, table: str) -> None:
+    """Postgres text cannot hold NUL: it is stored as U+FFFD instead of failing the commit."""
+    sink = open_sink(postgres_url, table)
+    vec = floats(1)
+    chunk = Chunk("a\x00", "a\x00", 0, "te\x00xt", "a.jsonl", 1, "h", {"lang": "x\x00"})
+    fail = Failure("b", "b", 0, "bad\x00", "a.jsonl", 2, "empty_text", "m\x00")
+    sink.write_many([EmbeddedBatch(0, (chunk,), vec, Usage(), (fail,), records=2, marks=(("a.jsonl", 2),))])
+    sink.close("completed")
+    assert query(postgres_url, f"SELECT id, text, lang FROM {table}") == [("a\ufffd", "te\ufffdxt", "x\ufffd")]
+    assert query(postgres_url, f"SELECT text, message FROM {table}_errors") == [("bad\ufffd", "m\ufffd")]
+
+
+def test_fresh_drops_the_table_and_its_state(postgres_url: str, table: str) -> None:
+    """--fresh on a Postgres sink starts over: no rows, no state, a table made anew."""
+    from pipeline.config import Config
+    from pipeline.dataset.postgres import open_postgres_sink
+
+    sink = open_sink(postgres_url, table)
+    sink.write_many([batch(0, ["a"], floats(1))])
+    sink.close("completed")
+    cfg = Config.model_validate({"source": {"path": "x"}, "embedding": {"provider": "local", "model": "m"},
+                                 "sink": {"path": postgres_url, "table": table}})
+    again = open_postgres_sink(cfg, started_at="t1", metadata_fields=[], fresh=True)
+    assert again.done_upto("a.jsonl") == 0 and again.counts.rows_embedded == 0
+    again.close("completed")
+    assert query(postgres_url, "SELECT to_regclass(%s)", table) == [(None,)]
+
+
+def test_in_watch_mode_the_index_comes_with_the_first_round(postgres_url: str, table: str) -> None:
+    """build_index_on_commit: an explicit commit (a watch round's end) builds the index once rows are in."""
+    sink = open_sink(postgres_url, table, build_index_on_commit=True)
+    sink.write_many([batch(0, ["a", "b"], floats(2))])
+    sink.commit()
+    assert query(postgres_url, "SELECT to_regclass(%s)::text", f"{table}_embedding_idx") == [(f"{table}_embedding_idx",)]
+    sink.close("interrupted")
+
+
+def test_the_heartbeat_opens_a_lost_connection_again(postgres_url: str, table: str) -> None:
+    """renew() after the sink's backend was terminated: a new connection, holding the lock again."""
+    sink = open_sink(postgres_url, table, sleep=lambda s: None)
+    pid = sink.conn.info.backend_pid
+    query(postgres_url, "SELECT pg_terminate_backend(%s)", pid)
+    sink.renew()
+    assert sink.conn.info.backend_pid != pid
+    with pytest.raises(SinkError, match="another writer"):
+        open_sink(postgres_url, table, lock_wait_s=0)
+    sink.close("completed")
+
+
+def test_retry_failed_says_it_does_not_work_on_postgres_yet(tmp_path: Path) -> None:
+    """retry-failed with a Postgres sink: one line, exit 2, nothing touched."""
+    write_inputs(tmp_path / "in", files=1, per_file=5)
+    done = run_cli("retry-failed", str(job_yaml(tmp_path, "http://127.0.0.1:9", "postgresql://u:pw@127.0.0.1:9/d", "t")))
+    assert done.returncode == 2 and "not on a Postgres sink" in done.stderr and "pw@" not in done.stderr

@@ -45,15 +45,20 @@ class DataColumns:
         for batch in batches:
             for chunk, vector in zip(batch.chunks, self._vectors(batch.vectors)):
                 if keep is None or n in keep:
-                    head = (chunk.id, chunk.doc_id, chunk.chunk_index)
+                    head = (nul_free(chunk.id), nul_free(chunk.doc_id), chunk.chunk_index)
                     if self.include_text:
-                        head += (chunk.text,)
+                        head += (nul_free(chunk.text),)
                     meta = tuple(to_column(chunk.metadata.get(k), t) for k, t in self.metadata.items())
-                    yield (*head, vector, chunk.source, chunk.content_hash, *meta)
+                    yield (*head, vector, nul_free(chunk.source), chunk.content_hash, *meta)
                 n += 1
 
     def _vectors(self, matrix: np.ndarray) -> Iterator[Any]:
         return iter(encode_vectors(matrix, self.embedding_type))
+
+
+def nul_free(text: str) -> str:
+    """``text`` with NUL characters (which Postgres text cannot hold) as U+FFFD."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def encode_vectors(matrix: np.ndarray, embedding_type: str) -> np.ndarray:
@@ -110,8 +115,9 @@ def copy_errors(cur: Cursor[Any], names: Names, rank: int, failures: Sequence[Fa
     with cur.copy(stmt) as copy:
         copy.set_types(list(ERROR_TYPES))
         for f in failures:
-            copy.write_row((rank, f.id, f.doc_id, f.chunk_index, f.text, f.source, f.location, f.error_type,
-                            f.message, f.status, f.attempts))
+            copy.write_row((rank, nul_free(f.id), nul_free(f.doc_id), f.chunk_index,
+                            nul_free(f.text) if f.text is not None else None, nul_free(f.source), f.location,
+                            f.error_type, nul_free(f.message), f.status, f.attempts))
 
 
 def insert_rows(cur: Cursor[Any], names: Names, columns: DataColumns, batches: Sequence[EmbeddedBatch]) -> int:

@@ -190,7 +190,7 @@ def to_column(value: Any, column_type: str) -> Any:
         return None
     if column_type == "text":
         if isinstance(value, str):
-            return value
+            return value.replace("\x00", "\ufffd")
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, (dict, list, tuple)):
