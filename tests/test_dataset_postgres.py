@@ -429,3 +429,20 @@ def test_retry_failed_says_it_does_not_work_on_postgres_yet(tmp_path: Path) -> N
     write_inputs(tmp_path / "in", files=1, per_file=5)
     done = run_cli("retry-failed", str(job_yaml(tmp_path, "http://127.0.0.1:9", "postgresql://u:pw@127.0.0.1:9/d", "t")))
     assert done.returncode == 2 and "not on a Postgres sink" in done.stderr and "pw@" not in done.stderr
+
+
+def test_ivfflat_with_ip_takes_its_lists_from_the_rows(postgres_url: str, table: str) -> None:
+    """index: ivfflat, distance: ip: vector_ip_ops, with lists at least 10 by default."""
+    sink = open_sink(postgres_url, table, index="ivfflat", distance="ip")
+    sink.write_many([batch(0, [f"d{i}" for i in range(50)], floats(50))])
+    sink.close("completed")
+    (ddl,) = query(postgres_url, "SELECT indexdef FROM pg_indexes WHERE indexname = %s", f"{table}_embedding_idx")
+    assert "ivfflat (embedding vector_ip_ops) WITH (lists='10')" in ddl[0]
+
+
+def test_a_distance_or_index_option_that_does_not_apply_is_refused(postgres_url: str, table: str) -> None:
+    """l2 on bit vectors, or an hnsw option given to ivfflat: SinkError before anything is written."""
+    with pytest.raises(SinkError, match="sink.distance: l2 does not apply to binary"):
+        open_sink(postgres_url, table, "binary", distance="l2")
+    with pytest.raises(SinkError, match="sink.index_options: 'm' is not an option of index ivfflat"):
+        open_sink(postgres_url, table, index="ivfflat", index_options={"m": 4})

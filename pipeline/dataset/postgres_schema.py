@@ -23,8 +23,9 @@ from pipeline.errors import SinkError
 
 SCHEMES = ("postgresql://", "postgres://")
 FORMAT_VERSION = 1
-#: vectors up to this many dimensions are stored inline (``STORAGE PLAIN``): no TOAST, half the WAL
-PLAIN_MAX_DIMS = 1024
+#: vectors up to this many dimensions are stored inline (``STORAGE PLAIN``: two rows still fit a
+#: page, and no TOAST); longer ones out of line without a compression attempt (``EXTERNAL``)
+PLAIN_MAX_DIMS = 800
 
 #: (distance, column kind) → (operator, operator class)
 DISTANCES: dict[tuple[str, str], tuple[str, str]] = {
@@ -219,13 +220,17 @@ def add_or_widen(names: Names, name: str, current: str | None, needed: str) -> s
 
 
 def index_ddl(names: Names, cfg: SinkConfig, embedding_type: str, rows: int) -> sql.Composed | None:
-    """``CREATE INDEX`` for ``sink.index`` (None for ``none``); ivfflat's lists default to rows/1000."""
+    """``CREATE INDEX`` for ``sink.index`` (None for ``none``).
+
+    ivfflat's ``lists`` default to pgvector's advice: rows / 1000 up to a
+    million rows, the square root of the rows beyond.
+    """
     if cfg.index == "none":
         return None
     _, opclass = distance_of(cfg, embedding_type)
     options = dict(cfg.index_options)
     if cfg.index == "ivfflat":
-        options.setdefault("lists", max(10, min(rows // 1000, 4 * int(math.sqrt(max(rows, 1))))))
+        options.setdefault("lists", max(10, rows // 1000 if rows <= 1_000_000 else int(math.sqrt(rows))))
     with_ = sql.SQL("")
     if options:
         with_ = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(
@@ -252,10 +257,13 @@ def build_index(conn: Any, names: Names, cfg: SinkConfig, embedding_type: str, w
     exists = conn.execute("SELECT to_regclass(%s)", (names.embedding_idx.as_string(conn),)).fetchone()
     if exists and exists[0]:
         return
-    counted = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=names.data)).fetchone()
-    rows = int(counted[0]) if counted else 0
+    if not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {t})").format(t=names.data)).fetchone()[0]:
+        return  # built after the first load, not on an empty table
+    rows = 0
+    if cfg.index == "ivfflat":  # its lists follow the rows; counting a big table takes a while
+        rows = int(conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=names.data)).fetchone()[0])
     ddl = index_ddl(names, cfg, embedding_type, rows)
-    if ddl is None or rows == 0:
+    if ddl is None:
         return
     started = time.monotonic()
     try:
@@ -266,4 +274,4 @@ def build_index(conn: Any, names: Names, cfg: SinkConfig, embedding_type: str, w
         log.warning("index_not_built", table=names.table, index=cfg.index, where=where,
                     reason=" ".join(str(exc).split())[:300], hint="search still works, without the index")
         return
-    log.info("index_built", table=names.table, index=cfg.index, rows=rows, seconds=round(time.monotonic() - started, 1))
+    log.info("index_built", table=names.table, index=cfg.index, seconds=round(time.monotonic() - started, 1))
