@@ -446,3 +446,23 @@ def test_a_distance_or_index_option_that_does_not_apply_is_refused(postgres_url:
         open_sink(postgres_url, table, "binary", distance="l2")
     with pytest.raises(SinkError, match="sink.index_options: 'm' is not an option of index ivfflat"):
         open_sink(postgres_url, table, index="ivfflat", index_options={"m": 4})
+
+
+def test_a_run_rides_out_its_connection_being_killed(postgres_url: str, table: str, tmp_path: Path) -> None:
+    """pg_terminate_backend of a running `pipeline run`'s connection: it reconnects, ends exit 0, exact."""
+    good = write_inputs(tmp_path / "in", files=3, per_file=600, bad=False)
+    with serve_process("--fake", "--dimensions", "32", "--latency-ms", "20") as url:
+        proc = subprocess.Popen(pipeline_cmd("run", str(job_yaml(tmp_path, url, postgres_url, table))),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "event=shard_committed" in line:
+                break
+        killed = query(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name LIKE %s", f"pipeline:%:{proc.pid}:rank0")
+        _, rest = proc.communicate(timeout=120)
+    assert killed == [(True,)]
+    assert proc.returncode == 0, rest
+    assert "event=database_retrying" in rest  # it noticed, and went on
+    ids = [r[0] for r in query(postgres_url, f"SELECT id FROM {table}")]
+    assert len(ids) == len(set(ids)) == good
