@@ -83,13 +83,17 @@ class PostgresSink:
         run_started_at: str,
         chunking: dict[str, Any],
         build_index_on_commit: bool = False,
+        fresh: bool = False,
         lock_wait_s: float = 35.0,
         retry_s: float = RETRY_S,
         on_wait: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """Connect, take the (table, rank) lock, check the table's model and types, load the resume state."""
+        """Connect, take the (table, rank) lock, check the table's model and types, load the resume state.
+
+        ``fresh`` drops the tables first, once the lock is held (``--fresh``).
+        """
         clash = [f for f in metadata_fields if f in BASE_COLUMNS]
         if clash:
             raise SinkError(f"source.metadata_fields: {clash[0]!r} is also a dataset column; rename it in the source")
@@ -110,6 +114,8 @@ class PostgresSink:
         try:
             self.session.lock(lock_wait_s, on_wait)
             conn = self.session.conn
+            if fresh:
+                drop_tables(conn, self.names)
             made = Made(model, input_type, embedding_type, chunking)
             self.dimensions, self._run = open_tables(conn, self.names, rank, made, self.where, run_started_at)
             self._state = ResumeState(conn, self.names, rank)
@@ -344,22 +350,19 @@ def open_postgres_sink(
 
     ``fresh`` drops the table and its side tables first (``world_size: 1`` only).
     """
-    if fresh:
-        if cfg.run.world_size != 1:
-            raise SinkError("--fresh deletes the whole table; use it with world_size 1 only")
-        drop_tables(cfg.sink)
+    if fresh and cfg.run.world_size != 1:
+        raise SinkError("--fresh deletes the whole table; use it with world_size 1 only")
     emb = cfg.embedding
     return PostgresSink(
         cfg.sink, rank=cfg.run.rank, model=emb.model, input_type=emb.input_type,
         embedding_type=emb.embedding_type, metadata_fields=metadata_fields, run_started_at=started_at,
-        chunking=cfg.chunking.model_dump(), build_index_on_commit=cfg.run.watch,
+        chunking=cfg.chunking.model_dump(), build_index_on_commit=cfg.run.watch, fresh=fresh,
         lock_wait_s=cfg.run.shutdown_grace_s + 10, on_wait=on_wait,
     )
 
 
-def drop_tables(cfg: SinkConfig) -> None:
-    """Drop ``sink.table`` and its side tables (``--fresh``)."""
-    n = Names(cfg.table)
-    with connect(cfg.path) as conn:
-        for ident in (n.data, n.errors, n.commits, n.state, n.runs, n.meta):
+def drop_tables(conn: psycopg.Connection[Any], names: Names) -> None:
+    """Drop ``sink.table`` and its side tables, in one transaction (``--fresh``)."""
+    with conn.transaction():
+        for ident in (names.data, names.errors, names.commits, names.state, names.runs, names.meta):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=ident))
