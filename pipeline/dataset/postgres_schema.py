@@ -265,6 +265,7 @@ def build_index(conn: Any, names: Names, cfg: SinkConfig, embedding_type: str, w
     ddl = index_ddl(names, cfg, embedding_type, rows)
     if ddl is None:
         return
+    log.info("index_building", table=names.table, index=cfg.index, distance=cfg.distance)  # minutes, on big tables
     started = time.monotonic()
     try:
         conn.execute(ddl)
