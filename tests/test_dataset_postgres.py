@@ -466,3 +466,16 @@ def test_a_run_rides_out_its_connection_being_killed(postgres_url: str, table: s
     assert "event=database_retrying" in rest  # it noticed, and went on
     ids = [r[0] for r in query(postgres_url, f"SELECT id FROM {table}")]
     assert len(ids) == len(set(ids)) == good
+
+
+def test_a_user_who_may_not_create_tables_is_one_line(postgres_url: str, table: str) -> None:
+    """Permission denied on CREATE TABLE at open: SinkError (exit 2) naming the table, no traceback."""
+    query(postgres_url, "DROP ROLE IF EXISTS reader")
+    query(postgres_url, "CREATE ROLE reader LOGIN")
+    query(postgres_url, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    try:
+        with pytest.raises(SinkError, match=f"cannot open .* table {table}: permission denied") as err:
+            open_sink(postgres_url.replace("postgres:@", "reader:@", 1), table)
+        assert "\n" not in str(err.value)
+    finally:
+        query(postgres_url, "DROP ROLE reader")

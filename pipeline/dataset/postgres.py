@@ -31,7 +31,7 @@ from pipeline.dataset import postgres_rows as rows_
 from pipeline.dataset import postgres_schema as schema
 from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.postgres_schema import Names
-from pipeline.dataset.postgres_session import Session, connect
+from pipeline.dataset.postgres_session import Session, connect, reason
 from pipeline.dataset.postgres_state import Made, ResumeState, landed_commit, load_counts, open_tables
 from pipeline.dataset.tables import BASE_COLUMNS
 from pipeline.embed.vectors import is_packed
@@ -122,6 +122,9 @@ class PostgresSink:
             self._counts = load_counts(conn, self.names, rank)
             self._columns = (rows_.existing_columns(conn, self.names, embedding_type, cfg.include_text,
                                                     self._metadata_fields) if self.dimensions is not None else None)
+        except psycopg.Error as exc:  # a user who may not create tables, for one: nothing was started
+            self.session.close()
+            raise SinkError(f"cannot open {self.where}: {reason(exc, cfg.path)}") from exc
         except BaseException:
             self.session.close()
             raise

@@ -32,13 +32,16 @@ def connect(url: str, *, rank: int = 0) -> psycopg.Connection[Any]:
     try:
         try:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            register_vector(conn)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise SinkError(
                 f"sink.path {redact_url(url)}: the pgvector extension is not installed and this user may not "
                 "install it; run `CREATE EXTENSION vector;` as the database owner "
                 "(Heroku: heroku pg:psql -c 'CREATE EXTENSION vector')"
             ) from exc
-        register_vector(conn)
+        except psycopg.Error as exc:  # not available on this server at all, for one
+            raise SinkError(f"sink.path {redact_url(url)}: cannot use the pgvector extension: "
+                            f"{reason(exc, url)}") from exc
     except BaseException:
         conn.close()
         raise
