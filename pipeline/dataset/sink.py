@@ -2,7 +2,8 @@
 
 The job hands a sink batches in read order and asks it how far each input is
 committed; it never edits the sink's state itself. The file dataset
-(:class:`~pipeline.dataset.writer.DatasetWriter`) is the first sink.
+(:class:`~pipeline.dataset.writer.DatasetWriter`) is the first sink; a
+``postgresql://`` path opens :class:`~pipeline.dataset.postgres.PostgresSink`.
 """
 
 from __future__ import annotations
