@@ -93,19 +93,25 @@ def check_index_options(cfg: SinkConfig) -> None:
 
 @dataclass(frozen=True)
 class Names:
-    """The quoted names of one sink's tables."""
+    """The quoted names of one sink's tables and indexes."""
 
     table: str
 
-    def __getattr__(self, suffix: str) -> sql.Identifier:
-        # names.errors, names.commits, ... → "{table}_errors", ...
-        if suffix.startswith("_"):
-            raise AttributeError(suffix)
+    def _of(self, suffix: str) -> sql.Identifier:
         return sql.Identifier(f"{self.table}_{suffix}")
 
     @property
     def data(self) -> sql.Identifier:
         return sql.Identifier(self.table)
+
+    errors = property(lambda self: self._of("errors"))
+    commits = property(lambda self: self._of("commits"))
+    state = property(lambda self: self._of("state"))
+    runs = property(lambda self: self._of("runs"))
+    meta = property(lambda self: self._of("meta"))
+    source = property(lambda self: self._of("source"))  # the index on {table}(source)
+    errors_source = property(lambda self: self._of("errors_source"))
+    embedding_idx = property(lambda self: self._of("embedding_idx"))  # the vector index
 
     def lock_key(self, rank: int) -> tuple[int, int]:
         """The two int4 keys of this table's and rank's session advisory lock."""
