@@ -113,6 +113,18 @@ class SinkConfig(_Section):
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] | None = "zstd"
     include_text: bool = True
     shard_seconds: float = Field(300, gt=0)
+    # a postgresql:// path (Postgres + pgvector): the table, its vector index and distance
+    table: str = "embeddings"
+    index: Literal["hnsw", "ivfflat", "none"] = "hnsw"
+    distance: Literal["cosine", "l2", "ip", "hamming", "jaccard"] = "cosine"
+    index_options: dict[str, int] = Field(default_factory=dict)  # hnsw: m, ef_construction; ivfflat: lists
+
+    @field_validator("table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,39}", value):
+            raise ValueError(f"must be a plain table name (letters, digits and _, at most 40), got {value!r}")
+        return value
 
 
 class RunConfig(_Section):

@@ -28,6 +28,9 @@ Scenarios and their targets:
 - memory: peak RSS at 40k and 400k records with shard_rows 20,000; target
   under 450 MB at 400k and within 1.5x of the 40k peak.
 - resume: killed twice (SIGKILL, then SIGTERM), rerun to the end.
+- pg-load: 1024-d float rows into a local Postgres (pgserver) through the
+  Postgres sink, and through the README's old per-row text snippet, same
+  server and rows; target at least 20,000 rows/s for the sink.
 """
 
 from __future__ import annotations
@@ -399,6 +402,13 @@ def local(work: Path, records: int) -> Row:
     })
 
 
+def pg_load(work: Path, records: int) -> Row:
+    """The Postgres sink's load rate against the old README snippet (scripts/bench_pg.py)."""
+    from bench_pg import pg_load as measure_pg_load  # scripts/ is on sys.path when run as a script
+
+    return Row("pg-load", measure_pg_load(work, records))
+
+
 SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "overhead": overhead,
     "local": local,
@@ -407,6 +417,7 @@ SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "latency-bound": latency_bound,
     "memory": memory,
     "resume": resume,
+    "pg-load": pg_load,
 }
 DEFAULT_RECORDS = {
     "overhead": 60_000,
@@ -416,6 +427,7 @@ DEFAULT_RECORDS = {
     "latency-bound": 40_000,
     "memory": 400_000,  # and a tenth of it
     "resume": 10_000,
+    "pg-load": 100_000,
 }
 
 

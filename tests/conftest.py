@@ -96,3 +96,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     """Run ``pipeline ARGS`` to completion and capture its output."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(pipeline_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL 16 with pgvector (the ``pgserver`` package), one per test session: its URL."""
+    import warnings
+
+    with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is unset, at import
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="stop")
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+    try:
+        yield server.get_uri()
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server.cleanup()
