@@ -133,53 +133,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def render_summary(summary: dict, failures_by_type: dict[str, int]) -> str:
-    """The text ``pipeline inspect`` prints for a dataset summary."""
-    t = summary["totals"]
-    out = [
-        f"dataset: {summary['path']}",
-        f"model: {summary['model']}  input_type: {summary['input_type']}  "
-        f"embedding_type: {summary['embedding_type']}  dimensions: {summary['dimensions']}",
-        "",
-        _table(
-            ["shard", "kind", "rows", "requests", "retries", "prompt_tokens", "total_tokens", "finished_at"],
-            [
-                [s["path"], s["kind"], f"{s['rows']:,}", f"{s.get('requests', 0):,}", s.get("retries", 0),
-                 f"{s.get('prompt_tokens', 0):,}", f"{s.get('total_tokens', 0):,}", s.get("finished_at", "")]
-                for s in summary["shards"]
-            ],
-        ),
-        "",
-        f"records read: {t['records_read']:,}   rows embedded: {t['rows_embedded']:,} "
-        f"(reused {t['rows_reused']:,})   rows failed: {t['rows_failed']:,}",
-        f"requests: {t['requests']:,} (retries {t['retries']:,})   prompt tokens: {t['prompt_tokens']:,}   "
-        f"total tokens: {t['total_tokens']:,}",
-    ]
-    if failures_by_type:
-        out.append("failures: " + ", ".join(f"{k} {v:,}" for k, v in sorted(failures_by_type.items())))
-    if summary["runs"]:
-        out += ["", _table(["run started", "finished", "status"],
-                           [[r.get("started_at", ""), r.get("finished_at") or "", r.get("status", "")]
-                            for r in summary["runs"]])]
-    out.append("")
-    if summary["problems"]:
-        out += [f"PROBLEM: {p}" for p in summary["problems"]]
-    else:
-        out.append("every listed shard is present, with the listed rows and metadata")
-    return "\n".join(out)
-
-
 def _option_value(text: str) -> object:
     """A ``--storage-option`` value: ``true``/``false``, ``null`` and numbers as such, the rest as text.
 
@@ -202,7 +155,7 @@ def _option_value(text: str) -> object:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``pipeline inspect``: a dataset as a table, read from its files."""
-    from pipeline.dataset.inspect import failures_by_type, summarize
+    from pipeline.dataset.inspect import failures_by_type, render_summary, summarize
     from pipeline.dataset.manifest import rebuild
     from pipeline.storage import Location
 

@@ -85,7 +85,7 @@ def test_the_query_is_embedded_as_a_search_query(monkeypatch: pytest.MonkeyPatch
 
             return EmbeddedBatch(0, batch.chunks, np.ones((1, 4), np.float32), Usage())
 
-    monkeypatch.setattr("pipeline.embed.http.make_embedder", lambda cfg, key, **kw: Fake(cfg))
+    monkeypatch.setattr("pipeline.embed.make_embedder", lambda cfg, key, **kw: Fake(cfg))
     for input_type in ("search_document", None):
         cfg = Config.model_validate({"source": {"path": "x"}, "sink": {"path": "y"},
                                      "embedding": {"provider": "local", "input_type": input_type}})

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
@@ -164,6 +164,21 @@ class PostgresSink:
     def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
         """Replace the seek checkpoints; saved with the next commit."""
         self._state.set_offsets(offsets)
+
+    def note_model(self, reported: str) -> None:
+        """The model the server says answered: logged; the table records the configured one."""
+        self._reported_model = reported
+
+    def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
+        """The ids and sources of the table's rows, a block at a time (a server-side cursor)."""
+        conn = self.conn
+        name = sql.Identifier(self.names.table).as_string(conn)
+        if conn.execute("SELECT to_regclass(%s)", [name]).fetchone()[0] is None:  # type: ignore[index]
+            return  # made at the first commit, once the width is known
+        with conn.transaction(), conn.cursor(name="pipeline_known_ids") as cursor:
+            cursor.execute(sql.SQL("SELECT id, source FROM {}").format(self.names.data))
+            while rows := cursor.fetchmany(50_000):
+                yield [r[0] for r in rows], [r[1] for r in rows]
 
     def remove_sources(self, urls: list[str]) -> None:
         """The rows (and error rows) whose ``source`` is one of ``urls`` leave with the next commit.

@@ -67,7 +67,7 @@ def summarize_postgres(cfg: SinkConfig) -> dict[str, Any]:
 
 def render_postgres(summary: dict[str, Any]) -> str:
     """The text ``pipeline inspect`` prints for a Postgres sink."""
-    from pipeline.cli import _table
+    from pipeline.dataset.inspect import text_table
 
     m, t = summary["meta"], summary["totals"]
     shown = summary["commits"]
@@ -78,7 +78,7 @@ def render_postgres(summary: dict[str, Any]) -> str:
         "tables: " + ", ".join(f"{name} ({rows:,} rows)" for name, rows in summary["tables"].items()),
         f"index: {summary['index'] or 'none yet (built at the end of the first completed run)'}",
         "",
-        _table(["commit", "rank", "rows", "replaced", "removed", "errors", "requests", "retries", "prompt_tokens",
+        text_table(["commit", "rank", "rows", "replaced", "removed", "errors", "requests", "retries", "prompt_tokens",
                 "total_tokens", "finished_at"],
                [[c["n"], c["rank"], f"{c['rows']:,}", c["replaced"], c["removed"], c["errors"], f"{c['requests']:,}",
                  c["retries"], f"{c['prompt_tokens']:,}", f"{c['total_tokens']:,}", c["finished_at"] or ""]
@@ -97,7 +97,7 @@ def render_postgres(summary: dict[str, Any]) -> str:
     if summary["failures"]:
         out.append("failures: " + ", ".join(f"{k} {v:,}" for k, v in sorted(summary["failures"].items())))
     if summary["runs"]:
-        out += ["", _table(["rank", "run started", "finished", "status"],
+        out += ["", text_table(["rank", "run started", "finished", "status"],
                            [[r["rank"], r["started_at"] or "", r["finished_at"] or "", r["status"] or ""]
                             for r in summary["runs"]])]
     out.append("")

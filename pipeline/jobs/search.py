@@ -45,7 +45,7 @@ class Hit:
 
 def embed_query(cfg: Config, text: str) -> np.ndarray:
     """The query's vector, from the config's embedder, as the documents' type."""
-    from pipeline.embed.http import make_embedder
+    from pipeline.embed import make_embedder
 
     emb = cfg.embedding
     if emb.input_type is not None:  # the model takes an input type: documents and queries differ
