@@ -185,8 +185,10 @@ async def test_fault_storm_loses_nothing(tmp_path: Path) -> None:
         poison=("POISON",), fault_retry_after=0.01,
     )
     async with running_server(options) as server:
+        # timeout_s bounds the whole request: a slow answer on a loaded machine that the client gives up
+        # on was still counted by the server, so it must be well above a normal answer's time
         cfg = make_config(tmp_path, server.url, embedding={
-            "batch_size": 16, "max_attempts": 25, "timeout_s": 0.5, "concurrency": 6})
+            "batch_size": 16, "max_attempts": 25, "timeout_s": 3, "concurrency": 6})
         embedder = HttpEmbedder(cfg.embedding, api_key=None, sleep=quick_sleep)
         with anyio.fail_after(60):
             result = await run_job(cfg, embedder=embedder, handle_signals=False)
