@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from typing import Awaitable, Callable, Generic, Protocol, TypeVar
 
 import anyio
@@ -123,11 +124,13 @@ R = TypeVar("R", bound=Reported)
 class Retrying:
     """Sends one request until it succeeds, paced by a :class:`Limiter`.
 
-    A retryable failure is tried again after the delay the server asked for,
-    else after capped exponential backoff with jitter, up to ``max_attempts``
-    requests in all; a 429 makes the limiter back off for everyone.
-    ``where`` names the endpoint in the unreachable error. Sleep and the
-    random source are injectable for tests.
+    A failure is tried again after the delay the server asked for, else
+    after capped exponential backoff with jitter, up to ``max_attempts``
+    failures in all. A 429 is not a failure: it means "wait", so it makes
+    the limiter hold everyone and the request is sent again when the limiter
+    lets it, for up to ``max_wait_s`` seconds of 429s; only then does the
+    request fail. ``where`` names the endpoint in the unreachable error.
+    The clock, sleep and random source are injectable for tests.
     """
 
     def __init__(
@@ -136,24 +139,30 @@ class Retrying:
         *,
         limiter: Limiter,
         where: str,
+        max_wait_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = anyio.sleep,
         rng: random.Random | None = None,
         on_retry: OnRetry | None = None,
     ) -> None:
         self.max_attempts = max_attempts
+        self.max_wait_s = max_wait_s
         self.limiter = limiter
         self._where = where
+        self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._on_retry = on_retry
 
     async def send(self, request: Callable[[], Awaitable[R]], estimate: int) -> tuple[R, int]:
-        """The answer of ``request`` (about ``estimate`` tokens) and the attempts it took.
+        """The answer of ``request`` (about ``estimate`` tokens) and the requests it took.
 
-        Raises the last :class:`ApiError` with ``attempts`` set, or
-        :class:`EndpointUnreachable` when no attempt could connect.
+        Raises the last :class:`ApiError` with ``attempts`` set (every
+        request sent, 429s included), or :class:`EndpointUnreachable` when no
+        attempt could connect.
         """
-        attempt = 0
+        attempt = failed = 0
+        limited_since: float | None = None  # when the 429s in a row began
         unreachable = True  # every attempt so far failed to connect
         while True:
             attempt += 1
@@ -167,8 +176,19 @@ class Retrying:
                     raise
                 unreachable = unreachable and isinstance(exc, ConnectFailed)
                 if exc.status == 429:
-                    await self.limiter.backoff(exc.retry_after if exc.retry_after is not None else 1.0)
-                if attempt >= self.max_attempts:
+                    await self.limiter.backoff(exc.retry_after)
+                    now = self._clock()
+                    limited_since = now if limited_since is None else limited_since
+                    if now - limited_since >= self.max_wait_s:
+                        raise
+                    if self._on_retry is not None:
+                        self._on_retry(exc, attempt)
+                    # the limiter holds every request until the server's time; a little jitter spreads them
+                    await self._sleep(self._rng.uniform(0, 0.05))
+                    continue
+                limited_since = None
+                failed += 1
+                if failed >= self.max_attempts:
                     if unreachable:
                         raise EndpointUnreachable(
                             f"embedding API unreachable at {self._where} after {attempt} attempts: "
@@ -177,7 +197,7 @@ class Retrying:
                     raise
                 if self._on_retry is not None:
                     self._on_retry(exc, attempt)
-                await self._sleep(self.delay(attempt, exc.retry_after))
+                await self._sleep(self.delay(failed, exc.retry_after))
                 continue
             await self.limiter.settle(reservation, answer.prompt_tokens)
             return answer, attempt
