@@ -29,13 +29,14 @@ def test_told_limit_paces_when_none_configured() -> None:
     assert model.rates() == (240, pytest.approx(99_000)) and model.source == "learned"
 
 
-def test_configured_budget_stays_an_upper_bound() -> None:
-    """A server allowing more than configured does not raise the pace; one allowing less lowers it."""
+def test_configured_budget_rules_its_axis() -> None:
+    """A configured axis paces at its number whatever the headers say (their window may not be a minute);
+    the other axis follows the server."""
     model = RateModel(100, None)
-    model.told_by(ServerLimits(limit_requests=500), now=0.0)
-    assert model.rates()[0] == 100
-    model.told_by(ServerLimits(limit_requests=60), now=0.0)
-    assert model.rates()[0] == 60 and model.source == "configured"
+    model.told_by(ServerLimits(limit_requests=500, limit_tokens=30_000), now=0.0)
+    assert model.rates() == (100, pytest.approx(29_700))
+    model.told_by(ServerLimits(limit_requests=10), now=0.0)
+    assert model.rates()[0] == 100 and model.source == "configured"
 
 
 def test_remaining_zero_holds_until_reset() -> None:

@@ -6,11 +6,13 @@
 own: every call is given ``now``.
 
 - A configured budget (``requests_per_minute``, ``tokens_per_minute``) is
-  an upper bound, never exceeded.
-- ``x-ratelimit-limit-*`` on any answer (Heroku and OpenAI send them on
-  every one) is the server's budget per minute: the pace follows it from the
-  first answer on. ``x-ratelimit-remaining-*`` at 0 holds every request
-  until ``x-ratelimit-reset-*``.
+  the pace on its axis, and an upper bound: 429s and a spent
+  ``x-ratelimit-remaining-*`` only ever slow it down.
+- On an axis with nothing configured, ``x-ratelimit-limit-*`` on any answer
+  (Heroku and OpenAI send them on every one) is the server's budget per
+  minute: the pace follows it from the first answer on.
+- ``x-ratelimit-remaining-*`` at 0 holds every request until
+  ``x-ratelimit-reset-*``.
 - A server that says nothing is found out from its 429s: the requests it
   answered in the last minute before the first 429 are its budget per
   minute; later 429s lower that (multiplicative decrease), successes raise
@@ -101,7 +103,9 @@ class RateModel:
         margins = (1.0, self.MARGIN)  # a request is one request; tokens are an estimate until usage says
         rates: list[float | None] = []
         for configured, told, learned, margin in zip(self.configured, self.told, found, margins):
-            known = [r for r in (configured, told, learned) if r is not None]
+            # configured: the user's number rules (a server's window may not be a minute);
+            # else what the server told, else what its 429s showed
+            known = [configured] if configured is not None else [r for r in (told, learned) if r is not None]
             rates.append(min(known) * share * self.scale * margin if known else None)
         return rates[0], rates[1]
 
