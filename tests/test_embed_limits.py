@@ -77,3 +77,21 @@ def test_budget_learns_the_ratio() -> None:
     for _ in range(20):
         budget.settle(budget.reserve(100), 100, 300)
     assert budget.reserve(100) > 300
+
+
+def test_describe_budget_names_the_budget_and_its_time() -> None:
+    """validate's lines: configured and shared (store without its password), and the time the binding axis takes."""
+    from pipeline.config import EmbeddingConfig
+    from pipeline.embed.limits import describe_budget
+
+    cfg = EmbeddingConfig(url="http://x", requests_per_minute=500, tokens_per_minute=800_000,
+                          rate_limit_store="rediss://:s3cret@kv.example:6379")
+    lines = describe_budget(cfg, requests=2000, tokens=5_000_000, world_size=4)
+    text = "\n".join(lines)
+    assert "500 requests/min (configured)" in text and "shared" in text and "1/4" in text
+    assert "s3cret" not in text and "6m15s (tokens bind)" in text
+    learned = "\n".join(describe_budget(EmbeddingConfig(url="http://x"), requests=10, tokens=10))
+    assert "learned" in learned and "unknown until the server tells" in learned
+    alone = "\n".join(describe_budget(EmbeddingConfig(url="http://x", requests_per_minute=60), requests=120,
+                                      world_size=3))
+    assert "not shared" in alone and "2m00s (requests bind)" in alone

@@ -235,3 +235,46 @@ class Budget:
             self.spent += reported
             if estimate > 0:
                 self.ratio += 0.3 * (reported / estimate - self.ratio)
+
+
+def describe_budget(
+    cfg: EmbeddingConfig, *, requests: int | None = None, tokens: int | None = None, world_size: int = 1
+) -> list[str]:
+    """Lines for ``validate``: which rate budget applies (configured, learned, shared) and the time it implies.
+
+    ``requests`` and ``tokens`` are the run's estimates; ``world_size`` its ranks.
+    """
+    from pipeline.logs import format_duration, redact_url
+
+    if cfg.provider != "http":
+        return ["rate budget: none (provider: local calls no API)"]
+    axes = []
+    for name, per_minute in (("requests", cfg.requests_per_minute), ("tokens", cfg.tokens_per_minute)):
+        axes.append(f"{per_minute:,.0f} {name}/min (configured)" if per_minute else f"{name}: learned from the server")
+    lines = ["rate budget: " + ", ".join(axes)]
+    if not cfg.requests_per_minute or not cfg.tokens_per_minute:
+        lines.append(
+            "  learned: paced to the server's x-ratelimit-limit-* headers from its first answer, "
+            "or found from its 429s when it sends none"
+        )
+    if cfg.rate_limit_store:
+        lines.append(
+            f"  shared: every worker naming {redact_url(cfg.rate_limit_store)}, this endpoint and model "
+            f"paces against this one budget; while the store is away each paces 1/{world_size} of it"
+        )
+    elif world_size > 1 and (cfg.requests_per_minute or cfg.tokens_per_minute):
+        lines.append(
+            f"  not shared: each of the {world_size} workers paces at this whole budget; "
+            "set embedding.rate_limit_store to share one budget"
+        )
+    waits = []
+    if requests is not None and cfg.requests_per_minute:
+        waits.append((requests / cfg.requests_per_minute * 60, "requests"))
+    if tokens is not None and cfg.tokens_per_minute:
+        waits.append((tokens / cfg.tokens_per_minute * 60, "tokens"))
+    if waits:
+        seconds, axis = max(waits)
+        lines.append(f"  time at this budget: at least {format_duration(seconds)} ({axis} bind)")
+    elif requests is not None or tokens is not None:
+        lines.append("  time at this budget: unknown until the server tells its limit")
+    return lines
