@@ -102,3 +102,12 @@ async def test_rate_limiter_share_divides_the_budget(clock) -> None:
     for _ in range(201):
         await limiter.reserve(1)
     assert clock() - start == pytest.approx(60.0)
+
+
+def test_a_429_with_retry_after_is_waited_for_not_measured() -> None:
+    """A server that says when to come back is waited for; no budget is guessed from random 429s."""
+    model = RateModel(None, None)
+    for i in range(5):
+        model.answered(10, 10, now=float(i))
+    assert model.refused(0.01, now=5.0) == 0.01
+    assert model.found is None and model.rates() == (None, None)

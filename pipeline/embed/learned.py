@@ -13,9 +13,9 @@ own: every call is given ``now``.
   minute: the pace follows it from the first answer on.
 - ``x-ratelimit-remaining-*`` at 0 holds every request until
   ``x-ratelimit-reset-*``.
-- A server that says nothing is found out from its 429s: the requests it
-  answered in the last minute before the first 429 are its budget per
-  minute; later 429s lower that (multiplicative decrease), successes raise
+- A server that says nothing (no headers, no ``Retry-After``) is found out
+  from its 429s: the requests it answered in the last minute before the
+  first 429 are its budget per minute; later 429s lower that (multiplicative decrease), successes raise
   it slowly (additive increase). While the server refuses without saying
   how long, the pause doubles at each refused probe.
 - Tokens are not known before a call: the estimate is corrected by the
@@ -151,8 +151,9 @@ class RateModel:
             self._last_decrease = now
             if self.found is not None:
                 self.found *= self.FOUND_DECREASE
-            elif self.configured[0] is None and self.told[0] is None and self._answered:
-                # it said nothing: what it let through in the last minute is its budget
+            elif delay is None and self.configured[0] is None and self.told[0] is None and self._answered:
+                # it said nothing at all: what it let through in the last minute is its budget
+                # (a server that says when to come back is simply waited for)
                 self.found = float(len(self._answered))
             else:
                 self.scale = max(self.FLOOR, self.scale * self.DECREASE)
