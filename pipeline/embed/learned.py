@@ -72,7 +72,7 @@ class RateModel:
     shared store; ``1 / world_size`` when falling back to pacing alone).
     """
 
-    MARGIN = 0.99  # pace tokens just under the budget: what a batch's token estimate gets wrong
+    MARGIN = 0.99  # pace just under the budget: jitter against a sliding window, token estimates
     DECREASE = 0.97  # the pace after a 429, as a share of the pace before
     INCREASE = 0.0003  # added back to the share after each success
     FLOOR = 0.5  # never slower than half the budget because of 429s
@@ -100,7 +100,10 @@ class RateModel:
         """
         share = self.share if share is None else share
         found = (self.found, None)
-        margins = (1.0, self.MARGIN)  # a request is one request; tokens are an estimate until usage says
+        # Paced exactly at a sliding window's limit, each request once the window is full races the one
+        # sent a window earlier, and jitter loses half the races: a margin keeps that slack. Tokens
+        # need it too for what a batch's estimate gets wrong.
+        margins = (self.MARGIN, self.MARGIN)
         rates: list[float | None] = []
         for configured, told, learned, margin in zip(self.configured, self.told, found, margins):
             # configured: the user's number rules (a server's window may not be a minute);

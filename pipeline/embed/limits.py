@@ -150,6 +150,9 @@ class RateLimiter:
         self._last_tokens = reserved
         if wait > 0:
             await self._sleep(wait)
+        # a 429 or a spent budget seen while this one waited for its turn holds it too
+        while (held := self.model.hold_until - self._clock()) > 0:
+            await self._sleep(held)
         return Reservation(estimate, reserved)
 
     async def settle(self, reservation: Reservation, reported: int | None) -> None:

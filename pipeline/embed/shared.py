@@ -159,6 +159,8 @@ class SharedLimiter:
         self._came_back()
         if wait > 0:
             await self._sleep(wait)
+        while (held := self.model.hold_until - self._clock()) > 0:  # a 429 seen while waiting holds this one too
+            await self._sleep(held)
         return Reservation(estimate, tokens)
 
     async def settle(self, reservation: Reservation, reported: int | None) -> None:
