@@ -484,12 +484,13 @@ def rate_nolimit(work: Path, records: int) -> Row:
         with serve("--fake", "--dimensions", "256", "--rpm", "240", *flags) as url:
             run = _run_ranks(work, f"nolimit-{prefix}", corpus, 1, {"url": url, **client})
             figures.update({f"{prefix}_{k}": v for k, v in {**run, **_minute_figures(stats(url), 240, None)}.items()})
-            if prefix == "headers" and have_baseline():
-                reset_stats(url)
-                b, b_rows = run_baseline(corpus, url, "--batch-size", str(RATE_BATCH))
-                figures.update({f"baseline_{k}": v for k, v in _minute_figures(stats(url), 240, None).items()})
-                figures.update({"baseline_wall_s": round(b.wall_s, 1), "baseline_rows": b_rows,
-                                "baseline_exit": b.returncode})
+    if have_baseline():
+        with serve("--fake", "--dimensions", "256", "--rpm", "240") as url:  # a fresh window, headers sent
+            # users leave rate limits to the SDK's retries; its default of 2 gives up at once here
+            b, b_rows = run_baseline(corpus, url, "--batch-size", str(RATE_BATCH), "--max-retries", "10")
+            figures.update({f"baseline_{k}": v for k, v in _minute_figures(stats(url), 240, None).items()})
+            figures.update({"baseline_wall_s": round(b.wall_s, 1), "baseline_rows": b_rows,
+                            "baseline_exit": b.returncode})
     return Row("rate-nolimit", figures)
 
 
@@ -516,8 +517,8 @@ def rate_sliding(work: Path, records: int) -> Row:
     with serve("--fake", "--dimensions", "256", "--tpm", "150000", "--limit-mode", "sliding") as url:
         run = _run_ranks(work, "sliding", corpus, 1, {"url": url, **client})
         figures.update({**run, **_minute_figures(stats(url), None, 150_000)})
-        if have_baseline():
-            reset_stats(url)
+    if have_baseline():
+        with serve("--fake", "--dimensions", "256", "--tpm", "150000", "--limit-mode", "sliding") as url:
             b, b_rows = run_baseline(corpus, url, "--batch-size", str(RATE_BATCH), "--max-retries", "10")
             figures.update({f"baseline_{k}": v for k, v in _minute_figures(stats(url), None, 150_000).items()})
             figures.update({"baseline_wall_s": round(b.wall_s, 1), "baseline_rows": b_rows,
