@@ -115,3 +115,40 @@ async def test_a_429_while_waiting_holds_the_waiting_request(clock) -> None:
     await limiter.reserve(1)
     await limiter.reserve(1)  # its turn is a second later; the 429 comes during that second
     assert refused and clock() >= refused[0] + 5.0 > start + 5.0
+
+
+@pytest.mark.anyio
+async def test_requests_held_by_a_pause_leave_it_at_the_pace(clock) -> None:
+    """Requests queued when a 429 comes leave the pause one per turn, not all at once when it ends."""
+    import anyio
+
+    sleepers: list[tuple[float, anyio.Event]] = []
+
+    async def sleep(seconds: float) -> None:  # virtual time: woken by the driver below, earliest first
+        event = anyio.Event()
+        sleepers.append((clock() + seconds, event))
+        await event.wait()
+
+    limiter = RateLimiter(60, None, clock=clock, sleep=sleep)
+    sent: list[float] = []
+
+    async def request() -> None:
+        await limiter.reserve(1)
+        sent.append(clock())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(request)
+            await anyio.wait_all_tasks_blocked()
+            await limiter.backoff(10.0)  # the first one went; a 429 now holds the three queued behind it
+            while True:
+                await anyio.wait_all_tasks_blocked()
+                if len(sent) == 4:
+                    break
+                sleepers.sort(key=lambda s: s[0])
+                wake, event = sleepers.pop(0)
+                clock.now = max(clock.now, wake)
+                event.set()
+    gaps = [b - a for a, b in zip(sent[1:], sent[2:])]
+    assert sent[1] >= sent[0] + 10 and all(g >= 60 / (60 * RateModel.MARGIN) - 1e-9 for g in gaps)

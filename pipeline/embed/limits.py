@@ -140,20 +140,19 @@ class RateLimiter:
 
     async def reserve(self, estimate: int) -> Reservation:
         """Wait until a request of ``estimate`` (raw) tokens may be sent; hand the result to :meth:`settle`."""
-        now = self._clock()
         reserved = self.model.tokens_for(estimate)
-        wait = max(0.0, self.model.hold_until - now)
-        if self._requests is not None:
-            wait = max(wait, self._requests.reserve(1, max(now, self.model.hold_until)))
-        if self._tokens is not None:
-            wait = max(wait, self._tokens.reserve(reserved, max(now, self.model.hold_until)))
         self._last_tokens = reserved
-        if wait > 0:
-            await self._sleep(wait)
-        # a 429 or a spent budget seen while this one waited for its turn holds it too
-        while (held := self.model.hold_until - self._clock()) > 0:
-            await self._sleep(held)
-        return Reservation(estimate, reserved)
+        while True:
+            now = self._clock()
+            start = max(now, self.model.hold_until)  # nothing goes before a pause ends
+            taken = [(p, a) for p, a in ((self._requests, 1), (self._tokens, reserved)) if p is not None]
+            wait = max([start - now] + [start - now + pacer.reserve(amount, start) for pacer, amount in taken])
+            if wait > 0:
+                await self._sleep(wait)
+            if self.model.hold_until <= self._clock():
+                return Reservation(estimate, reserved)
+            # a 429 came while this one waited: queue again after the pause, at the pace, rather than
+            # every waiting request going at once when it ends (the turn it had fell inside the pause)
 
     async def settle(self, reservation: Reservation, reported: int | None) -> None:
         """Learn from an answer: ``reported`` tokens for the estimate (None: the request failed).

@@ -144,24 +144,25 @@ class SharedLimiter:
 
     async def reserve(self, estimate: int) -> Reservation:
         """Wait until the shared budget lets a request of about ``estimate`` tokens go."""
-        if not self._store_usable():
-            return await self.alone.reserve(estimate)
-        hold = self.model.hold_until - self._clock()
-        if hold > 0:  # the server said its budget is spent until then
-            await self._sleep(hold)
         tokens = self.model.tokens_for(estimate)
-        per_request, per_token = self._intervals()
-        try:
-            wait = float(await self._call(self._reserve, self._keys, [per_request, per_token, tokens]))
-        except self._errors as exc:
-            self._went_away(exc)
-            return await self.alone.reserve(estimate)
-        self._came_back()
-        if wait > 0:
-            await self._sleep(wait)
-        while (held := self.model.hold_until - self._clock()) > 0:  # a 429 seen while waiting holds this one too
-            await self._sleep(held)
-        return Reservation(estimate, tokens)
+        while True:
+            if not self._store_usable():
+                return await self.alone.reserve(estimate)
+            hold = self.model.hold_until - self._clock()
+            if hold > 0:  # a 429, or the server said its budget is spent until then
+                await self._sleep(hold)
+            per_request, per_token = self._intervals()
+            try:
+                wait = float(await self._call(self._reserve, self._keys, [per_request, per_token, tokens]))
+            except self._errors as exc:
+                self._went_away(exc)
+                return await self.alone.reserve(estimate)
+            self._came_back()
+            if wait > 0:
+                await self._sleep(wait)
+            if self.model.hold_until <= self._clock():
+                return Reservation(estimate, tokens)
+            # a 429 came while this one waited: take a turn again after the pause
 
     async def settle(self, reservation: Reservation, reported: int | None) -> None:
         """Learn from the answer, and correct the shared token cell by what ``usage`` reported."""
