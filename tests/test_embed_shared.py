@@ -122,7 +122,7 @@ def write_job(tmp: Path, url: str, records: int, rank: int, world: int, **embedd
     config = tmp / f"rank{rank}.yaml"
     emb = {"url": url, "model": "shared-test", "batch_size": 4, "concurrency": 4, **embedding}
     config.write_text(
-        f"source:\n  path: {corpus}\n"
+        f"source:\n  path: {corpus}\n  split_bytes: 1024\n"  # ranks share the file
         "embedding:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in emb.items())
         + f"sink:\n  path: {tmp / 'out'}\n  shard_rows: 40\n"
         f"run:\n  rank: {rank}\n  world_size: {world}\n"
@@ -147,7 +147,8 @@ def test_three_processes_share_one_budget(tmp_path: Path, redis_url: str) -> Non
     with serve_process("--fake", "--dimensions", "8", "--rpm", "20", "--limit-window-s", "1",
                        "--no-ratelimit-headers") as url:
         procs = [
-            subprocess.Popen(pipeline_cmd("run", str(write_job(tmp_path, url, 240, rank, 3, requests_per_minute=1200,
+            # 1140 a minute: 5% under the server's 20 a second, slack for three processes' jitter on a busy machine
+            subprocess.Popen(pipeline_cmd("run", str(write_job(tmp_path, url, 240, rank, 3, requests_per_minute=1140,
                                                                 rate_limit_store=redis_url))),
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for rank in range(3)
@@ -156,7 +157,8 @@ def test_three_processes_share_one_budget(tmp_path: Path, redis_url: str) -> Non
         assert [proc.returncode for proc in procs] == [0, 0, 0], errors
         stats = server_stats(url)
     assert manifest_rows(tmp_path) == (240, 0)
-    assert stats["admitted"] == 60 and stats["rate_limited"] <= 3
+    # 60 requests or a few more (a rank's pieces may end in short batches); alone, each would pace 20 a second
+    assert stats["admitted"] >= 60 and stats["rate_limited"] <= 3
 
 
 def test_store_killed_mid_run_the_run_finishes_exact(tmp_path: Path) -> None:
