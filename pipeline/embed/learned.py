@@ -25,11 +25,33 @@ own: every call is given ``now``.
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Mapping
 
 WINDOW_S = 60.0  # the budgets here are per minute, as Heroku and OpenAI count them
+_RESET = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
+
+
+def parse_reset(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` or ``x-ratelimit-reset-*`` value.
+
+    Accepts plain seconds (``"2"``, ``"0.5"``) and durations like ``"51s"``,
+    ``"1m30s"``, ``"250ms"``. Returns ``None`` for anything else.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    m = _RESET.match(value)
+    if not m or not any(m.groups()):
+        return None
+    h, mins, s, ms = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mins * 60 + s + ms / 1000
 
 
 def _number(value: str | None) -> float | None:
@@ -53,8 +75,6 @@ class ServerLimits:
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> ServerLimits | None:
         """The limits in ``headers`` (case-insensitive mapping), or None when it has none."""
-        from pipeline.embed.retry import parse_reset  # retry imports this module
-
         values = {
             f"{kind}_{axis}": (parse_reset if kind == "reset" else _number)(headers.get(f"x-ratelimit-{kind}-{axis}"))
             for kind in ("limit", "remaining", "reset")
@@ -100,16 +120,15 @@ class RateModel:
         """
         share = self.share if share is None else share
         found = (self.found, None)
-        # Paced exactly at a sliding window's limit, each request once the window is full races the one
-        # sent a window earlier, and jitter loses half the races: a margin keeps that slack. Tokens
-        # need it too for what a batch's estimate gets wrong.
-        margins = (self.MARGIN, self.MARGIN)
         rates: list[float | None] = []
-        for configured, told, learned, margin in zip(self.configured, self.told, found, margins):
+        for configured, told, learned in zip(self.configured, self.told, found):
             # configured: the user's number rules (a server's window may not be a minute);
             # else what the server told, else what its 429s showed
             known = [configured] if configured is not None else [r for r in (told, learned) if r is not None]
-            rates.append(min(known) * share * self.scale * margin if known else None)
+            # Paced exactly at a sliding window's limit, each request once the window is full races the
+            # one sent a window earlier, and jitter loses half the races: the margin is that slack (and,
+            # for tokens, room for what a batch's estimate gets wrong until usage corrects it).
+            rates.append(min(known) * share * self.scale * self.MARGIN if known else None)
         return rates[0], rates[1]
 
     @property

@@ -2,9 +2,12 @@
 
 Failures are classified once, here, from status codes and exception classes:
 
-- 408, 409, 425, 429, 5xx, timeouts, connection errors, malformed or short
+- 408, 409, 425, 5xx, timeouts, connection errors, malformed or short
   bodies → :class:`RetryableApiError`, retried with capped exponential
-  backoff and jitter, honouring ``Retry-After`` and ``x-ratelimit-reset-*``;
+  backoff and jitter, honouring ``Retry-After``, up to ``max_attempts``;
+- 429 → :class:`RetryableApiError` too, but it means "wait", not "failed":
+  the limiter holds every request (``Retry-After``, ``x-ratelimit-reset-*``)
+  and the request is sent again, for up to ``max_wait_s`` of 429s in a row;
 - 400, 413, 422 → :class:`InputRejected`: :class:`Bisector` splits the batch
   until the bad input is alone, and only that one becomes a failure; when
   the API never accepted anything and refuses a few inputs alone, the key or
@@ -25,6 +28,7 @@ import httpx
 import numpy as np
 import orjson
 
+from pipeline.embed.learned import parse_reset
 from pipeline.embed.limits import Limiter
 from pipeline.errors import ApiError, EndpointUnreachable, FatalApiError, InputRejected, RetryableApiError
 from pipeline.types import Chunk, Failure, Usage
@@ -41,29 +45,6 @@ SYSTEMATIC_REJECTIONS = 3  # lone inputs refused, with no success ever, that mak
 
 class ConnectFailed(RetryableApiError):
     """No connection could be made: the request never reached the server."""
-
-
-_RESET = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
-
-
-def parse_reset(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` or ``x-ratelimit-reset-*`` value.
-
-    Accepts plain seconds (``"2"``, ``"0.5"``) and durations like ``"51s"``,
-    ``"1m30s"``, ``"250ms"``. Returns ``None`` for anything else.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    m = _RESET.match(value)
-    if not m or not any(m.groups()):
-        return None
-    h, mins, s, ms = (float(g) if g else 0.0 for g in m.groups())
-    return h * 3600 + mins * 60 + s + ms / 1000
 
 
 def retry_delay(response: httpx.Response) -> float | None:
