@@ -19,7 +19,6 @@ Failures are classified once, here, from status codes and exception classes:
 from __future__ import annotations
 
 import random
-import re
 import time
 from typing import Awaitable, Callable, Generic, Protocol, TypeVar
 
