@@ -114,7 +114,7 @@ class Job:
                               distinct=index.distinct)
             embedder = self._embedder or make_embedder(
                 cfg.embedding, cfg.api_key, reuse=index, on_retry=self._on_retry, budget=self.budget,
-                cpu_limiter=self.cpu,
+                cpu_limiter=self.cpu, world_size=cfg.run.world_size,
             )
             async with embedder:  # type: ignore[attr-defined]
                 async with anyio.create_task_group() as watchers:
