@@ -1,9 +1,11 @@
 """Shared fixtures and helpers: the anyio backend, an in-memory filesystem, a real
-`pipeline serve` on loopback, and the CLI as a subprocess."""
+`pipeline serve` on loopback, the CLI as a subprocess, and a local Ray cluster."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -96,3 +98,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     """Run ``pipeline ARGS`` to completion and capture its output."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(pipeline_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster of 2 CPUs on loopback for the whole session; yields its address.
+
+    Tests that use it are skipped where Ray is not installed (it is an
+    optional extra; CI installs it). ``ray.init`` replaces this process's
+    SIGTERM handler: the one before is put back.
+    """
+    ray = pytest.importorskip("ray", reason="run.executor: ray needs the ray extra: pip install '.[ray]'")
+    previous = signal.getsignal(signal.SIGTERM)
+    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                       logging_level=logging.WARNING)
+    signal.signal(signal.SIGTERM, previous)
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
