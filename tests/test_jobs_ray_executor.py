@@ -142,3 +142,70 @@ async def test_four_tasks_write_every_record_once(tmp_path: Path, ray_cluster: s
     assert totals["rows_embedded"] == len(good)
     assert totals["prompt_tokens"] == stats["prompt_tokens"]
     assert stats["duplicate_inputs_embedded"] == 0
+
+
+def test_worker_killed_mid_task_is_retried_and_exact(tmp_path: Path, ray_cluster: str) -> None:
+    """SIGKILL to the Ray worker running a rank: Ray runs the task again, it takes the rank's lease over
+    at once and resumes from its last commit; the run ends 0 with every record exactly once."""
+    good, _ = write_corpus(tmp_path, bad=False)
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "30") as url:
+        proc = start(write_job(tmp_path, url), ray_cluster)
+        killed = None
+        for rank in committed_ranks(proc):
+            lease = tmp_path / "out" / "_locks" / f"{rank:05d}.json"
+            try:
+                pid = json.loads(lease.read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ValueError, ProcessLookupError):
+                continue  # that rank has just finished: wait for another one's commit
+            killed = rank
+            break
+        code, err = finish(proc)
+    assert killed is not None, "no rank was still running to be killed"
+    assert code == 0, err[-3000:]
+    check_exact(tmp_path, good)
+
+
+def test_signals_drain_every_task_and_sigkill_loses_nothing(tmp_path: Path, ray_cluster: str) -> None:
+    """SIGTERM to the driver: every task drains and commits, exit 143, no row twice; a SIGKILLed
+    driver (its tasks die with it) leaves a dataset that a rerun completes exactly."""
+    good, _ = write_corpus(tmp_path, bad=False)
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "30") as url:
+        job = write_job(tmp_path, url)
+        proc = start(job, ray_cluster)
+        next(committed_ranks(proc))
+        proc.send_signal(signal.SIGTERM)
+        code, err = finish(proc)
+        assert code == 143, err[-3000:]
+        assert "event=shutdown_requested signal=SIGTERM" in err
+        _, ids = dataset(tmp_path)
+        assert len(ids) == len(set(ids)) and set(ids) < good
+
+        proc = start(job, ray_cluster)
+        next(committed_ranks(proc))
+        proc.kill()
+        finish(proc)
+
+        proc = start(job, ray_cluster)
+        code, err = finish(proc)
+    assert code == 0, err[-3000:]
+    check_exact(tmp_path, good)
+
+
+@pytest.mark.anyio
+async def test_tasks_share_one_rate_budget(tmp_path: Path, ray_cluster: str) -> None:
+    """Two tasks at a time, one requests_per_minute for them all: the server's limit is kept,
+    at most 3% of the requests are answered 429 (each task alone at the full budget would double it)."""
+    write_corpus(tmp_path, per_file=100, bad=False)
+    # as scripts/bench.py's rate scenarios: 10 requests in any sliding second, no Retry-After
+    options = ServerOptions(port=0, fake=True, dimensions=8, rpm=10, limit_window_s=1.0, retry_after=False)
+    async with running_server(options) as server:
+        data = job_data(tmp_path, server.url)
+        data["embedding"].update(batch_size=4, requests_per_minute=600)
+        cfg = Config.model_validate(data)
+        with anyio.fail_after(300):
+            result = await make_executor(cfg).run(cfg, handle_signals=False)
+        stats = server.stats.snapshot()
+    assert result.exit_code == 0, result.message
+    assert stats["requests"] >= 100
+    assert stats["responses"].get("429", 0) <= 0.03 * stats["requests"], stats
