@@ -67,10 +67,12 @@ class RankOutcomes:
         code = worst.exit_code if worst is not None else EXIT_OK
         if signal_code is not None and _severity(signal_code) < _severity(code):
             code = signal_code
-        message = self._message(code)
-        if code in (EXIT_OK, EXIT_TOO_MANY_FAILED):
+        if code in (EXIT_OK, EXIT_TOO_MANY_FAILED):  # judged on the whole dataset, not on one rank's part
             too_many = too_many_failed(self.cfg, totals)
-            code, message = (EXIT_TOO_MANY_FAILED, too_many) if too_many else (EXIT_OK, message)
+            code = EXIT_TOO_MANY_FAILED if too_many else EXIT_OK
+            message = too_many or self._message(EXIT_OK)  # a rank stopped by run.max_tokens says so
+        else:
+            message = self._message(code)
         return RunResult(status=self._status(code), exit_code=code, totals=totals, message=message)
 
     def _status(self, code: int) -> str:
