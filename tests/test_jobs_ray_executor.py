@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, pipeline_cmd, serve_process
 from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, SinkError
 from pipeline.jobs.executor import LocalExecutor, make_executor
 from pipeline.serve.app import ServerOptions, running_server
 
@@ -209,3 +209,12 @@ async def test_tasks_share_one_rate_budget(tmp_path: Path, ray_cluster: str) -> 
     assert result.exit_code == 0, result.message
     assert stats["requests"] >= 100
     assert stats["responses"].get("429", 0) <= 0.03 * stats["requests"], stats
+
+
+@pytest.mark.anyio
+async def test_fresh_with_several_ranks_is_refused_before_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--fresh`` with world_size > 1 is the same one-line SinkError as with dynos, before Ray is touched."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray must not even be imported
+    cfg = Config.model_validate(job_data(tmp_path, "http://127.0.0.1:1"))
+    with pytest.raises(SinkError, match="world_size 1 only"):
+        await make_executor(cfg).run(cfg, fresh=True, handle_signals=False)

@@ -37,7 +37,7 @@ import anyio
 
 import pipeline
 from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, SinkError
 from pipeline.jobs.outcome import RunResult
 from pipeline.jobs.progress import PROGRESS_EVERY_S
 from pipeline.jobs.ray_outcome import RankOutcomes
@@ -58,6 +58,8 @@ class RayExecutor:
         handle_signals = bool(options.pop("handle_signals", True))
         if options:
             raise TypeError(f"run.executor: ray does not take {', '.join(sorted(options))}")
+        if fresh and cfg.run.world_size != 1:  # every task would refuse it: say so before starting a cluster
+            raise SinkError("--fresh deletes the whole dataset; use it with world_size 1 only")
         ray = _import_ray()
         log = get_logger()
         started = time.monotonic()
@@ -251,7 +253,12 @@ class _Driver:
             self._note_retries(board["attempts"])
             fields = self.outcomes.progress(board, time.monotonic() - self.started)
             if live is not None:
-                live.show(" ".join(f"{k} {v}" for k, v in fields.items()))
+                live.show(
+                    f"ranks {fields['ranks_done']}/{self.cfg.run.world_size} done, {fields['ranks_running']} running"
+                    f"  {fields.get('done_pct', '?')}%  records {fields['records']:,}  rows {fields['rows']:,}"
+                    f"  failed {fields['failed']:,}  tokens {fields['tokens']:,}  {fields['rows_per_s']:,.0f} rows/s"
+                    f"  retries {fields['retries']}  429s {fields['throttled']}  {fields['elapsed']}"
+                )
             else:
                 self.log.info("progress", **fields)
 
