@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import anyio
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import ROOT, pipeline_cmd, serve_process
+from conftest import ROOT, pipeline_cmd, run_cli, serve_process
 from pipeline.config import Config
 from pipeline.errors import ConfigError, SinkError
 from pipeline.jobs.executor import LocalExecutor, make_executor
@@ -218,3 +219,18 @@ async def test_fresh_with_several_ranks_is_refused_before_starting(tmp_path: Pat
     cfg = Config.model_validate(job_data(tmp_path, "http://127.0.0.1:1"))
     with pytest.raises(SinkError, match="world_size 1 only"):
         await make_executor(cfg).run(cfg, fresh=True, handle_signals=False)
+
+
+def test_unreachable_cluster_is_one_line_exit_2(tmp_path: Path) -> None:
+    """A run.ray_address where no cluster answers ends at once with exit 2 and one line naming the key."""
+    pytest.importorskip("ray", reason="run.executor: ray needs the ray extra: pip install '.[ray]'")
+    with socket.socket() as unused:  # a loopback port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    job = write_job(tmp_path, "http://127.0.0.1:1")
+    done = run_cli("run", str(job), "--set", f"run.ray_address=127.0.0.1:{port}", timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"pipeline: error: run.ray_address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused)"
+    )
+    assert "Traceback" not in done.stderr

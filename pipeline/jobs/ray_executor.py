@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -46,6 +47,7 @@ from pipeline.logs import LogSetup, format_duration, get_logger, redact_url
 
 MAX_RETRIES = 3  # Ray's own default: a rank whose worker died is started again up to this often
 FORCE_AFTER_S = 15.0  # past the grace period, a task that has not returned is killed
+CONNECT_TIMEOUT_S = 10.0
 
 
 class RayExecutor:
@@ -63,6 +65,9 @@ class RayExecutor:
         ray = _import_ray()
         log = get_logger()
         started = time.monotonic()
+        address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+        if address and not ray.is_initialized():
+            await anyio.to_thread.run_sync(_check_reachable, address)
         owned = _connect(ray, cfg)
         try:
             resources = ray.cluster_resources()
@@ -97,6 +102,19 @@ def _import_ray() -> Any:
 def _address_shown(cfg: Config) -> str:
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
     return redact_url(address) if address else "local"
+
+
+def _check_reachable(address: str) -> None:
+    """Raise :class:`ConfigError` when nothing answers at ``address`` (``ray.init`` would retry for minutes)."""
+    target = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and the like: Ray finds the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"run.ray_address {redact_url(address)}: no Ray cluster answers there ({reason})") from exc
 
 
 def _connect(ray: Any, cfg: Config) -> bool:
