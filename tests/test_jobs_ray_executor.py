@@ -234,3 +234,14 @@ def test_unreachable_cluster_is_one_line_exit_2(tmp_path: Path) -> None:
         f"pipeline: error: run.ray_address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused)"
     )
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.anyio
+async def test_a_users_error_in_every_rank_is_one_line(tmp_path: Path, ray_cluster: str) -> None:
+    """A source that is not there fails every rank alike: the job ends 2 with one line naming the ranks."""
+    cfg = Config.model_validate(job_data(tmp_path, "http://127.0.0.1:1"))  # tmp_path/in does not exist
+    with anyio.fail_after(300):
+        result = await make_executor(cfg).run(cfg, handle_signals=False)
+    assert (result.status, result.exit_code) == ("failed", 2)
+    assert result.message is not None and result.message.startswith("ranks 0, 1, 2, 3: ")
+    assert str(tmp_path / "in") in result.message and "\n" not in result.message

@@ -30,7 +30,7 @@ import structlog
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.jobs import run as job_module
-from pipeline.jobs.outcome import RunResult
+from pipeline.jobs.outcome import RunResult, first_leaf
 from pipeline.jobs.progress import Progress
 from pipeline.jobs.shutdown import EXIT_CODES, Shutdown
 from pipeline.logs import configure, get_logger
@@ -98,9 +98,13 @@ def run_rank(cfg: Config, board: Any, limiter: Any, fresh: bool) -> RunResult:
     structlog.contextvars.bind_contextvars(rank=rank)
     try:
         return anyio.run(_run_rank, cfg, board, limiter, fresh)
-    except PipelineError as exc:  # the one line the CLI would print, carried back to the driver
-        get_logger().error("rank_failed", error=str(exc), exit_code=exc.exit_code)
-        return RunResult(status="failed", exit_code=exc.exit_code, totals={}, message=str(exc))
+    except (PipelineError, BaseExceptionGroup) as exc:  # a group: raised through the task's task group
+        error = first_leaf(exc)
+        if not isinstance(error, PipelineError):
+            raise  # a bug: Ray carries it to the driver as the task's failure
+        # the one line the CLI would print, carried back to the driver
+        get_logger().error("rank_failed", error=str(error), exit_code=error.exit_code)
+        return RunResult(status="failed", exit_code=error.exit_code, totals={}, message=str(error))
 
 
 async def _run_rank(cfg: Config, board: Any, limiter: Any, fresh: bool) -> RunResult:
