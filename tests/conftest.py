@@ -108,12 +108,18 @@ def ray_cluster() -> Iterator[str]:
     optional extra; CI installs it). ``ray.init`` replaces this process's
     SIGTERM handler: the one before is put back.
     """
-    ray = pytest.importorskip("ray", reason="run.executor: ray needs the ray extra: pip install '.[ray]'")
-    previous = signal.getsignal(signal.SIGTERM)
-    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                       logging_level=logging.WARNING)
-    signal.signal(signal.SIGTERM, previous)
-    try:
-        yield context.address_info["gcs_address"]
-    finally:
-        ray.shutdown()
+    from pipeline.jobs.ray_executor import RAY_LOG_DEFAULTS
+
+    with pytest.MonkeyPatch.context() as env:
+        for var, value in RAY_LOG_DEFAULTS.items():  # read when Ray is imported: task lines as a driver shows them
+            if var not in os.environ:
+                env.setenv(var, value)
+        ray = pytest.importorskip("ray", reason="run.executor: ray needs the ray extra: pip install '.[ray]'")
+        previous = signal.getsignal(signal.SIGTERM)
+        context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                           logging_level=logging.WARNING)
+        signal.signal(signal.SIGTERM, previous)
+        try:
+            yield context.address_info["gcs_address"]
+        finally:
+            ray.shutdown()
