@@ -221,17 +221,22 @@ async def test_fresh_with_several_ranks_is_refused_before_starting(tmp_path: Pat
         await make_executor(cfg).run(cfg, fresh=True, handle_signals=False)
 
 
-def test_unreachable_cluster_is_one_line_exit_2(tmp_path: Path) -> None:
-    """A run.ray_address where no cluster answers ends at once with exit 2 and one line naming the key."""
+@pytest.mark.parametrize("named_by", ["run.ray_address", "RAY_ADDRESS"])
+def test_unreachable_cluster_is_one_line_exit_2(tmp_path: Path, named_by: str) -> None:
+    """An address where no cluster answers ends at once with exit 2 and one line naming where it was set."""
     pytest.importorskip("ray", reason="run.executor: ray needs the ray extra: pip install '.[ray]'")
     with socket.socket() as unused:  # a loopback port nobody listens on
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     job = write_job(tmp_path, "http://127.0.0.1:1")
-    done = run_cli("run", str(job), "--set", f"run.ray_address=127.0.0.1:{port}", timeout=60)
+    address = f"127.0.0.1:{port}"
+    if named_by == "RAY_ADDRESS":
+        done = run_cli("run", str(job), env={"RAY_ADDRESS": address}, timeout=60)
+    else:
+        done = run_cli("run", str(job), "--set", f"run.ray_address={address}", timeout=60)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"pipeline: error: run.ray_address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused)"
+        f"pipeline: error: {named_by} {address}: no Ray cluster answers there (Connection refused)"
     )
     assert "Traceback" not in done.stderr
 

@@ -65,9 +65,8 @@ class RayExecutor:
         ray = _import_ray()
         log = get_logger()
         started = time.monotonic()
-        address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-        if address and not ray.is_initialized():
-            await anyio.to_thread.run_sync(_check_reachable, address)
+        if (named := _address(cfg)) is not None and not ray.is_initialized():
+            await anyio.to_thread.run_sync(_check_reachable, *named)
         owned = _connect(ray, cfg)
         try:
             resources = ray.cluster_resources()
@@ -99,12 +98,21 @@ def _import_ray() -> Any:
     return ray
 
 
+def _address(cfg: Config) -> tuple[str, str] | None:
+    """(where it was named, the cluster's address), or None for a local cluster."""
+    if cfg.run.ray_address:
+        return "run.ray_address", cfg.run.ray_address
+    if os.environ.get("RAY_ADDRESS"):
+        return "RAY_ADDRESS", os.environ["RAY_ADDRESS"]
+    return None
+
+
 def _address_shown(cfg: Config) -> str:
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-    return redact_url(address) if address else "local"
+    named = _address(cfg)
+    return redact_url(named[1]) if named else "local"
 
 
-def _check_reachable(address: str) -> None:
+def _check_reachable(where: str, address: str) -> None:
     """Raise :class:`ConfigError` when nothing answers at ``address`` (``ray.init`` would retry for minutes)."""
     target = address.removeprefix("ray://").rsplit("/", 1)[0]
     host, _, port = target.rpartition(":")
@@ -114,7 +122,7 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"run.ray_address {redact_url(address)}: no Ray cluster answers there ({reason})") from exc
+        raise ConfigError(f"{where} {redact_url(address)}: no Ray cluster answers there ({reason})") from exc
 
 
 def _connect(ray: Any, cfg: Config) -> bool:
@@ -127,7 +135,8 @@ def _connect(ray: Any, cfg: Config) -> bool:
     """
     if ray.is_initialized():
         return False
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS") or None
+    named = _address(cfg)
+    address = named[1] if named else None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
     if address is None:
         # a local cluster, on loopback, with a CPU for each rank (ranks mostly wait on the network)
@@ -141,7 +150,7 @@ def _connect(ray: Any, cfg: Config) -> bool:
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
-        where = f"run.ray_address {redact_url(address)}" if address else "a local Ray cluster"
+        where = f"{named[0]} {redact_url(address)}" if named and address else "a local Ray cluster"
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ConfigError(f"{where}: cannot start or reach the Ray cluster: {reason}") from exc
     finally:
