@@ -255,7 +255,11 @@ class _Driver:
                     tg.start_soon(self._force_after, self.cfg.run.shutdown_grace_s + FORCE_AFTER_S)
                 else:
                     self.log.warning("shutdown_forced", signal=name)
-                begun = set(await self.board.stop.remote(signum))
+                try:
+                    begun = set(await self.board.stop.remote(signum))
+                except self.ray.exceptions.RayError as exc:  # the board is gone: interrupt every task instead
+                    self.log.warning("board_lost", error=type(exc).__name__)
+                    begun = set()
                 for rank, ref in self.refs.items():
                     if rank not in begun and not self.outcomes.has(rank):
                         self.ray.cancel(ref)  # not started yet: never start it
