@@ -150,7 +150,8 @@ class RunConfig(_Section):
     poll_interval_s: float = Field(60, gt=0)
     reuse_from: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    executor: Literal["local"] = "local"  # what runs the ranks (see pipeline.jobs.executor)
+    executor: Literal["local", "ray"] = "local"  # what runs the ranks (see pipeline.jobs.executor)
+    ray_address: str | None = None  # executor ray: the cluster (None: RAY_ADDRESS, else a local one)
 
     @model_validator(mode="after")
     def _rank_in_world(self) -> RunConfig:

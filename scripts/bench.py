@@ -40,6 +40,9 @@ Scenarios and their targets:
 - pg-load: 1024-d float rows into a local Postgres (pgserver) through the
   Postgres sink, and through the README's old per-row text snippet, same
   server and rows; target at least 20,000 rows/s for the sink.
+- ray: run.executor: ray, 2 tasks on a local cluster (provider: local), against
+  one process: the cluster's start-up cost and the throughput (needs the ray
+  extra; on 2 cores no speed-up is expected).
 """
 
 from __future__ import annotations
@@ -543,6 +546,44 @@ def rate_sliding(work: Path, records: int) -> Row:
     return Row("rate-sliding", figures)
 
 
+def ray_tasks(work: Path, records: int) -> Row:
+    """run.executor: ray, 2 tasks on a local cluster the run starts itself, against one process.
+
+    provider: local on both sides (the work is CPU-bound, no network): the
+    figures are the cluster's start-up cost and what two tasks add up to.
+    On 2 cores (3 with the driver) no speed-up is expected.
+    """
+    corpus = work / "ray.jsonl"
+    write_corpus(corpus, records)
+    embedding = {"provider": "local", "model": "wordllama", "concurrency": 2}
+    one_config, ray_config = work / "one.yaml", work / "ray.yaml"
+    write_config(one_config, corpus, work / "one-out", embedding)
+    write_config(ray_config, corpus, work / "ray-out", embedding)
+    # pieces of about 256 KB, shared out to the ranks; info level for the ray_connected line
+    text = ray_config.read_text().replace(f"path: {corpus}\n", f"path: {corpus}\n  split_bytes: 262144\n", 1)
+    ray_config.write_text(text.replace("level: warning", "level: info") + "run:\n  executor: ray\n  world_size: 2\n")
+    one = run_pipeline(one_config)
+    two = run_pipeline(ray_config)
+    log = (work / "stderr.txt").read_text()
+    connected = next((line for line in log.splitlines() if "event=ray_connected" in line), "")
+    startup_s = float(connected.split("startup_s=")[1].split()[0]) if "startup_s=" in connected else None
+    one_rows = one.manifest.get("totals", {}).get("rows_embedded", 0)
+    two_rows = two.manifest.get("totals", {}).get("rows_embedded", 0)
+    working_s = two.wall_s - (startup_s or 0.0)
+    return Row("ray", {
+        "records": records,
+        "one_wall_s": round(one.wall_s, 2),
+        "one_rows_per_s": round(one_rows / one.wall_s),
+        "ray_wall_s": round(two.wall_s, 2),
+        "ray_startup_s": startup_s,
+        "ray_rows_per_s": round(two_rows / two.wall_s),
+        "ray_rows_per_s_after_startup": round(two_rows / working_s) if working_s > 0 else None,
+        "speedup": round(one.wall_s / two.wall_s, 2),
+        "rows": [one_rows, two_rows],
+        "exit": [one.returncode, two.returncode],
+    })
+
+
 SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "overhead": overhead,
     "local": local,
@@ -555,6 +596,7 @@ SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "memory": memory,
     "resume": resume,
     "pg-load": pg_load,
+    "ray": ray_tasks,
 }
 DEFAULT_RECORDS = {
     "overhead": 60_000,
@@ -568,6 +610,7 @@ DEFAULT_RECORDS = {
     "memory": 400_000,  # and a tenth of it
     "resume": 10_000,
     "pg-load": 100_000,
+    "ray": 60_000,
 }
 
 

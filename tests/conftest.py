@@ -1,9 +1,11 @@
 """Shared fixtures and helpers: the anyio backend, an in-memory filesystem, a real
-`pipeline serve` on loopback, and the CLI as a subprocess."""
+`pipeline serve` on loopback, the CLI as a subprocess, and a local Ray cluster."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -156,3 +158,27 @@ def redis_url() -> Iterator[str]:
     """The URL of one real ``redis-server`` for the whole session (tests use their own keys)."""
     with redis_process() as (url, _):
         yield url
+
+
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster of 2 CPUs on loopback for the whole session; yields its address.
+
+    Tests that use it are skipped where Ray is not installed (it is an
+    optional extra; CI installs it). ``ray.init`` replaces this process's
+    SIGTERM handler: the one before is put back.
+    """
+    from pipeline.jobs.ray_executor import RAY_LOG_DEFAULTS
+
+    with pytest.MonkeyPatch.context() as env:
+        for var, value in RAY_LOG_DEFAULTS.items():  # read when Ray is imported: task lines as a driver shows them
+            if var not in os.environ:
+                env.setenv(var, value)
+        ray = pytest.importorskip("ray", reason="run.executor: ray needs the ray extra: pip install '.[ray]'")
+        previous = signal.getsignal(signal.SIGTERM)
+        context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                           logging_level=logging.WARNING)
+        signal.signal(signal.SIGTERM, previous)
+        try:
+            yield context.address_info["gcs_address"]
+        finally:
+            ray.shutdown()

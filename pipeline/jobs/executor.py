@@ -2,8 +2,8 @@
 
 ``run.executor: local`` runs this process's one rank (``run.rank`` of
 ``run.world_size``), as a Heroku dyno does; other ranks are other processes.
-An executor that runs every rank itself (a cluster) implements the same
-protocol and returns one result for the whole job.
+``run.executor: ray`` (:mod:`pipeline.jobs.ray_executor`) runs every rank
+itself, as tasks on a Ray cluster, and returns one result for the whole job.
 """
 
 from __future__ import annotations
@@ -33,4 +33,8 @@ class LocalExecutor:
 
 def make_executor(cfg: Config) -> Executor:
     """The executor ``run.executor`` names."""
+    if cfg.run.executor == "ray":
+        from pipeline.jobs.ray_executor import RayExecutor  # imports Ray only when it is asked for
+
+        return RayExecutor()
     return LocalExecutor()

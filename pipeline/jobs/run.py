@@ -19,7 +19,7 @@ from pipeline.config import Config
 from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.sink import Sink, open_sink
 from pipeline.embed import Embedder, make_embedder
-from pipeline.embed.limits import Budget
+from pipeline.embed.limits import Budget, Limiter
 from pipeline.dataset.reuse_index import ReuseIndex
 from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SourceError
 from pipeline.jobs.inputs import list_inputs, open_reuse_index
@@ -50,8 +50,12 @@ class Job:
         logs: LogSetup | None = None,
         handle_signals: bool = True,
         fresh: bool = False,
+        limiter: Limiter | None = None,
     ) -> None:
+        """``limiter`` paces this rank's requests (a budget shared with other ranks); by default the
+        embedder makes its own from the config."""
         self.cfg = cfg
+        self._limiter = limiter
         self.log = get_logger()
         self.progress = Progress()
         self.budget = Budget(cfg.run.max_tokens) if cfg.run.max_tokens else None
@@ -114,7 +118,7 @@ class Job:
                               distinct=index.distinct)
             embedder = self._embedder or make_embedder(
                 cfg.embedding, cfg.api_key, reuse=index, on_retry=self._on_retry, budget=self.budget,
-                cpu_limiter=self.cpu, world_size=cfg.run.world_size,
+                cpu_limiter=self.cpu, world_size=cfg.run.world_size, limiter=self._limiter,
             )
             async with embedder:  # type: ignore[attr-defined]
                 async with anyio.create_task_group() as watchers:
