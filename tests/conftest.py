@@ -160,6 +160,7 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[str]:
     """A local Ray cluster of 2 CPUs on loopback for the whole session; yields its address.
 
