@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 uv=${UV:-uv}
 "$uv" pip compile pyproject.toml --python-version 3.11 --no-header -q -o requirements.txt
 echo "-e ." >> requirements.txt
-"$uv" pip compile pyproject.toml --python-version 3.11 --no-header -q --extra test -o requirements-dev.txt
-echo "-e .[test]" >> requirements-dev.txt
+"$uv" pip compile pyproject.toml --python-version 3.11 --no-header -q --extra test --extra ray -o requirements-dev.txt
+echo "-e .[test,ray]" >> requirements-dev.txt

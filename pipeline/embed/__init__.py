@@ -7,7 +7,7 @@ builds one from ``embedding:``. ``http`` speaks ``POST /v1/embeddings``
 earlier dataset first; ``limits`` paces requests (the :class:`Limiter` seam)
 and keeps ``run.max_tokens``, ``learned`` knows the budget (configured, told
 by the server, found from 429s), ``shared`` keeps one budget for every
-worker in Redis; ``vectors`` holds the codecs, ``tokens`` the
+worker in Redis (``ray_limiter``: in a Ray actor); ``vectors`` holds the codecs, ``tokens`` the
 token estimate. Heavy modules are imported only when an embedder is built.
 """
 
