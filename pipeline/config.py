@@ -26,6 +26,16 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.config_yaml import (
+    YamlTooBig,
+    apply_overrides,
+    flag_of,
+    interpolate,
+    interpolate_tree,
+    is_secret,
+    line_map,
+    load_yaml,
+)
 from pipeline.errors import ConfigError
 from pipeline.logs import redact_url
 
@@ -186,181 +196,6 @@ class Config(_Section):
 
 # --------------------------------------------------------------------------- loading
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_UNSET = object()
-
-
-def interpolate(value: str, env: Mapping[str, str]) -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in one string.
-
-    A string that is only one unset ``${VAR}`` becomes ``_UNSET`` (the key is
-    dropped, as if absent); defaults are parsed as YAML scalars when they make
-    up the whole string, so ``${RANK:-0}`` gives the integer 0.
-    """
-    whole = _VAR.fullmatch(value)
-    if whole:
-        name, default = whole.group(1), whole.group(2)
-        if name in env and env[name] != "":
-            return env[name]
-        if default is None:
-            return _UNSET
-        return _scalar(default)
-
-    def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in env and env[name] != "":
-            return env[name]
-        return default or ""
-
-    return _VAR.sub(sub, value)
-
-
-def _scalar(text: str) -> Any:
-    try:
-        return safe_load(text) if text.strip() else text
-    except yaml.YAMLError:
-        return text
-
-
-#: values a config may hold once its aliases are expanded, and levels of nesting;
-#: a real config has a few hundred values, four or five levels deep
-MAX_YAML_VALUES = 100_000
-MAX_YAML_DEPTH = 64
-
-
-class YamlTooBig(yaml.YAMLError):
-    """A document past :data:`MAX_YAML_VALUES` once its aliases are expanded, looping, or too deep."""
-
-
-def _check_size(root: yaml.Node) -> None:
-    """Raise :class:`YamlTooBig` when ``root``, aliases expanded, is over budget, loops, or nests too deep.
-
-    An alias is the same node object reached twice, so sizes are memoised
-    per node: the count costs one visit per distinct node, however large
-    the expansion (nine levels of ten aliases are a billion values).
-    """
-    known: dict[int, tuple[int, int]] = {}  # node → (values, levels) below and including it
-    open_nodes: set[int] = set()
-
-    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
-        key = id(node)
-        if key in open_nodes:
-            raise YamlTooBig("YAML aliases loop: an alias refers to the value that holds it")
-        if key not in known:
-            open_nodes.add(key)
-            children: list[yaml.Node] = []
-            if isinstance(node, yaml.MappingNode):
-                children = [n for pair in node.value for n in pair]
-            elif isinstance(node, yaml.SequenceNode):
-                children = node.value
-            values, levels = 1, 1
-            for child in children:
-                below, child_levels = measure(child, depth + 1)
-                values, levels = values + below, max(levels, child_levels + 1)
-                if values > MAX_YAML_VALUES:
-                    raise YamlTooBig(f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?)")
-            open_nodes.discard(key)
-            known[key] = (values, levels)
-        if depth + known[key][1] - 1 > MAX_YAML_DEPTH:  # an alias can put a deep value deeper still
-            raise YamlTooBig(f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
-        return known[key]
-
-    measure(root, 1)
-
-
-def _load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
-    """The data of a YAML document and its composed node, refusing alias bombs before building anything."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, None
-        _check_size(node)
-        return loader.construct_document(node), node
-    except RecursionError:
-        raise YamlTooBig(f"YAML nested deeper than {MAX_YAML_DEPTH} levels") from None
-    finally:
-        loader.dispose()
-
-
-def safe_load(text: str) -> Any:
-    """``yaml.safe_load`` that refuses alias bombs (:class:`YamlTooBig`, a ``yaml.YAMLError``)."""
-    return _load_yaml(text)[0]
-
-
-def _interpolate_tree(
-    node: Any, env: Mapping[str, str], unset: dict[tuple, str] | None = None, path: tuple = ()
-) -> Any:
-    """Interpolate every string; keys whose whole value is an unset ``${VAR}`` are
-    dropped, and recorded in ``unset`` (path → the value as written)."""
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            value = _interpolate_tree(v, env, unset, path + (k,))
-            if value is not _UNSET:
-                out[k] = value
-            elif unset is not None:
-                unset[path + (k,)] = v
-        return out
-    if isinstance(node, list):
-        return [x for x in (_interpolate_tree(v, env, unset, path) for v in node) if x is not _UNSET]
-    if isinstance(node, str):
-        return interpolate(node, env)
-    return node
-
-
-def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map each dotted key path of a composed YAML document to its 1-based line."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = prefix + (str(key_node.value),)
-            out[path] = key_node.start_mark.line + 1
-            _line_map(value_node, path, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[prefix + (i,)] = item.start_mark.line + 1
-            _line_map(item, prefix + (i,), out)
-    return out
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` → (["a", "b", "c"], value parsed as a YAML scalar)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(
-            f"{redact_url(_flag(item))}: expected KEY=VALUE with a dotted key, e.g. embedding.concurrency=16"
-        )
-    try:
-        value = safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
-        value = raw
-    return key.split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str], applied: dict[tuple, str] | None = None) -> dict:
-    """Set each ``--set KEY=VALUE`` into ``data`` (a copy is not made).
-
-    ``applied``, when given, receives each key path and the flag that set it,
-    so that an error in that value can blame the flag.
-    """
-    for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"{redact_url(_flag(item))}: {part} is not a section")
-            node = child
-        node[path[-1]] = value
-        if applied is not None:
-            applied[tuple(path)] = item
-    return data
-
 
 def _format_loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
@@ -404,20 +239,6 @@ def _not_a_section(loc: tuple, value: Any) -> str:
     return f"must be a section ({loc[-1]}: {{{example}: ...}}), got {_what(value)}"
 
 
-_SECRET = re.compile(r"(key|secret|password|passwd|token)$", re.IGNORECASE)
-
-
-def _is_secret(name: object) -> bool:
-    """Whether a key holds a credential, whose value no message may show (``api_key``, ``secret``)."""
-    return bool(_SECRET.search(str(name)))
-
-
-def _flag(item: str) -> str:
-    """A ``--set`` flag as an error may show it: a credential's value masked."""
-    key, _, value = item.partition("=")
-    return f"--set {key}=***" if any(_is_secret(part) for part in key.split(".")) else f"--set {item}"
-
-
 def _describe(error: dict) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -429,7 +250,7 @@ def _describe(error: dict) -> str:
     msg = error["msg"].removeprefix("Value error, ")
     inp = error.get("input")
     if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
-        if not isinstance(inp, (dict, list)) and not _is_secret(error["loc"][-1]):
+        if not isinstance(inp, (dict, list)) and not is_secret(error["loc"][-1]):
             msg = f"{msg} (got {inp!r})"
     return msg
 
@@ -447,7 +268,7 @@ def _explain(
     loc = tuple(err["loc"])
     flags = [item for key, item in applied.items() if loc[: len(key)] == key]
     if flags:
-        where = _flag(flags[-1])
+        where = flag_of(flags[-1])
     else:
         line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
         where = f"{path}:{line}" if line else str(path)
@@ -494,7 +315,7 @@ def load_config(
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
-        data, node = _load_yaml(text)
+        data, node = load_yaml(text)
     except YamlTooBig as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
@@ -507,13 +328,13 @@ def load_config(
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections (source:, embedding:, sink:, ...)")
-    lines = _line_map(node) if node is not None else {}
+    lines = line_map(node) if node is not None else {}
 
     applied: dict[tuple, str] = {}
     data = apply_overrides(data, list(overrides or ()), applied)
     env = _with_rank(env)
     unset: dict[tuple, str] = {}
-    data = _interpolate_tree(data, env, unset)
+    data = interpolate_tree(data, env, unset)
     run = data.get("run")
     if run is None:
         run = data["run"] = {}
