@@ -38,12 +38,24 @@ class Sink(Protocol):
         """The signature (size and time or ETag) input ``url`` had when last read."""
         ...
 
+    def signatures(self) -> dict[str, str]:
+        """Every input the sink holds rows of, with its signature when last read."""
+        ...
+
     def set_signature(self, url: str, signature: str) -> None:
         """Record ``url``'s signature with the next commit."""
         ...
 
     def restart(self, key: str, url: str) -> None:
-        """Input ``key`` changed: read it again from its top."""
+        """Input ``key`` changed: read it again from its top; its old rows leave with its first new ones."""
+        ...
+
+    def append(self, key: str, url: str) -> bool:
+        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
+        ...
+
+    def remove_sources(self, urls: list[str]) -> None:
+        """Rows whose ``source`` is one of ``urls`` leave with the next commit."""
         ...
 
     def note_model(self, reported: str) -> None:
