@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch
+from pipeline.types import Counts, EmbeddedBatch
 
 
 def records_by_source(batch: EmbeddedBatch) -> dict[str, int]:
@@ -30,7 +30,7 @@ class Pending:
 
     counts: Counts = field(default_factory=Counts)
     marks: dict[str, int] = field(default_factory=dict)
-    #: key → the location of the last record in these batches (marks below ``END_OF_FILE``)
+    #: key → the location of the last record of these batches' rows
     last: dict[str, int] = field(default_factory=dict)
     #: url → records completed; and the sources of the data and of the errors rows
     records: dict[str, int] = field(default_factory=dict)
@@ -42,8 +42,10 @@ class Pending:
         for url, location in batch.marks:
             if location > self.marks.get(url, -1):
                 self.marks[url] = location
-            if location < END_OF_FILE and location > self.last.get(url, -1):
-                self.last[url] = location
+        for item in (*batch.chunks, *batch.failures):
+            key = item.source + item.part
+            if item.location > self.last.get(key, -1):
+                self.last[key] = item.location
         for url, n in records_by_source(batch).items():
             self.records[url] = self.records.get(url, 0) + n
         self.data_sources.update(c.source for c in batch.chunks)

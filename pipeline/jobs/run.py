@@ -22,11 +22,12 @@ from pipeline.embed import Embedder, make_embedder
 from pipeline.embed.limits import Budget
 from pipeline.dataset.reuse_index import ReuseIndex
 from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SourceError
-from pipeline.jobs.inputs import list_inputs, open_reuse_index
+from pipeline.jobs.changes import Changes, apply, check_removals, compare
+from pipeline.jobs.inputs import list_source, open_reuse_index
 from pipeline.jobs.outcome import RunResult, first_leaf, log_commits, too_many_failed
 from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
-from pipeline.jobs.watch import note_inputs, watch_source
+from pipeline.jobs.watch import watch_source
 from pipeline.logs import LogSetup, get_logger
 from pipeline.stages.batch import Window, batch_stage
 from pipeline.stages.chunk import Chunker, chunk_stage
@@ -72,17 +73,19 @@ class Job:
         self._handle_signals = handle_signals
         self._fresh = fresh
         self._reported_model: str | None = None
+        #: inputs by what happened to them (new, changed, appended, deleted, unchanged), over all rounds
+        self.changes: dict[str, int] = {}
 
     async def run(self) -> RunResult:
         """Run the job to its end; commit what was done whatever happens."""
         cfg = self.cfg
         started_at = utc_now()
         try:
-            fs, files = await anyio.to_thread.run_sync(list_inputs, cfg)
+            fs, listed, files = await anyio.to_thread.run_sync(list_source, cfg)
         except SourceError:
             if not cfg.run.watch:
                 raise
-            fs, files = None, []  # a watcher may start before the first file lands
+            fs, listed, files = None, set(), []  # a watcher may start before the first file lands
         sink = await anyio.to_thread.run_sync(
             lambda: open_sink(cfg, started_at=started_at, metadata_fields=list(cfg.source.metadata_fields),
                               fresh=self._fresh, on_wait=self._lease_waiting)
@@ -90,18 +93,21 @@ class Job:
         self.checkpoints = Checkpoints(sink.offsets())
         self.commit = Committer(sink, self.checkpoints, self.cpu, self._committed)
         try:
-            return await self._run(sink, fs, files)
+            return await self._run(sink, fs, listed, files)
         finally:  # after a bug: let go of the lease at least (a no-op after a clean close)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_close_quietly, sink)
 
-    async def _run(self, sink: Sink, fs: Any, files: list[InputFile]) -> RunResult:
+    async def _run(self, sink: Sink, fs: Any, listed: set[str], files: list[InputFile]) -> RunResult:
         cfg = self.cfg
-        if not cfg.run.watch:
-            note_inputs(sink, files, self.progress, self.checkpoints)
+        changes = Changes()
+        if not cfg.run.watch:  # a refused mass removal stops here, before anything changed
+            changes = await anyio.to_thread.run_sync(compare, sink, fs, files, listed)
+            self._note(fs, changes)
         self.log.info("run_started", files=len(files), source=cfg.source.path, sink=cfg.sink.path,
                       provider=cfg.embedding.provider, model=cfg.embedding.model,
-                      rank=cfg.run.rank, world_size=cfg.run.world_size)
+                      rank=cfg.run.rank, world_size=cfg.run.world_size,
+                      **(changes.counts() if not cfg.run.watch else {}))
         index: ReuseIndex | None = None
         status, code, message = "completed", EXIT_OK, None
         try:
@@ -122,7 +128,9 @@ class Job:
                     if cfg.run.watch:
                         await self._watch(sink, embedder)
                     else:
-                        await self._round(fs, files, embedder)
+                        if changes.deleted:  # a deleted file's rows leave in a commit of their own
+                            await self.commit(sink.commit)
+                        await self._round(fs, changes.to_read, embedder)
                     watchers.cancel_scope.cancel()
         except* (FatalApiError, CommitFailed) as group:
             leaf = first_leaf(group)
@@ -162,6 +170,7 @@ class Job:
             prompt_tokens=c.prompt_tokens,
             shards=self.progress.shards,
             cost_usd=round(c.total_tokens * price / 1e6, 6) if price is not None else None,
+            **self.changes,
             dataset_rows=totals.get("rows_embedded"),
             dataset_failed=totals.get("rows_failed"),
             **({"error": message} if message else {}),
@@ -207,8 +216,18 @@ class Job:
             wake=self.shutdown.event,
             run_round=lambda fs, files: self._round(fs, files, embedder),
             commit=lambda: self.commit(sink.commit),
-            note=lambda files: note_inputs(sink, files, self.progress, self.checkpoints, restart_changed=True),
+            note=self._note,
         )
+
+    def _note(self, fs: Any, changes: Changes) -> None:
+        """Refuse a mass removal, then tell the sink what changed and count it for ``run_finished``."""
+        remove = self.cfg.run.on_deleted == "remove"
+        if not remove:
+            changes.deleted = []
+        check_removals(changes, self.commit.sink, max_fraction=self.cfg.run.max_removed_fraction)
+        apply(self.commit.sink, fs, changes, self.checkpoints, self.progress, remove=remove)
+        for name, n in changes.counts().items():
+            self.changes[name] = self.changes.get(name, 0) + n
 
     async def _heartbeat(self, sink: Sink) -> None:
         """Keep the write lease alive between commits."""

@@ -1,0 +1,197 @@
+"""Reruns follow the source: new, changed, appended, deleted and unchanged inputs (pipeline.jobs.changes)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import Config
+from pipeline.errors import PipelineError, SinkError
+from pipeline.jobs.run import Job
+from pipeline.serve.app import ServerOptions, running_server
+
+from test_jobs_run import make_config
+
+pytestmark = pytest.mark.anyio
+
+
+async def rerun(cfg: Config) -> tuple[Job, Any, dict[str, Any]]:
+    """One run of ``cfg`` against a fresh fake server: the job, its result and the server's counters."""
+    error: PipelineError | None = None
+    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
+        emb = cfg.embedding.model_copy(update={"url": server.url})
+        job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
+        with anyio.fail_after(60):
+            try:
+                result = await job.run()
+            except PipelineError as exc:  # raised outside the server's task group
+                error = exc
+        stats = server.stats.snapshot()
+    if error is not None:
+        raise error
+    return job, result, stats
+
+
+def current(tmp_path: Path) -> pa.Table:
+    """The rows a reader globbing ``data/*.parquet`` sees, by id."""
+    files = sorted((tmp_path / "out" / "data").glob("*.parquet"))
+    return ds.dataset([str(f) for f in files], format="parquet").to_table().sort_by("id")
+
+
+def listed(tmp_path: Path) -> pa.Table:
+    """The rows of the shards ``_manifest.json`` lists, by id."""
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    files = [str(tmp_path / "out" / s["path"]) for s in manifest["shards"] if s["kind"] == "data"]
+    return ds.dataset(files, format="parquet").to_table().sort_by("id")
+
+
+def check_exact(tmp_path: Path, expected: dict[str, str]) -> None:
+    """The dataset holds exactly ``expected`` (id → text), every id once, by the manifest and by a glob."""
+    for table in (listed(tmp_path), current(tmp_path)):
+        assert dict(zip(table["id"].to_pylist(), table["text"].to_pylist())) == expected
+        assert table.num_rows == len(expected)
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    totals = manifest["totals"]
+    assert totals["rows_embedded"] == len(expected)
+    assert totals["records_read"] == len(expected) + totals["rows_failed"]
+
+
+def jsonl(path: Path, docs: dict[str, str]) -> None:
+    path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
+
+
+def touch_later(path: Path) -> None:
+    """Make sure the mtime moves even on a coarse clock."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
+async def test_jsonl_edits_deletions_additions_and_appends(tmp_path: Path) -> None:
+    """A rerun replaces an edited file's rows, removes a deleted file's, adds a new one's, reads only
+    the appended lines of a grown file, skips an unchanged one, and counts each kind."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {name: {f"{name}{i}": f"{name} text {i}" for i in range(5)} for name in "abcd"}
+    for name, d in docs.items():
+        jsonl(src / f"{name}.jsonl", d)
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    docs["a"] = {"a0": "a text 0", "a1": "a edited 1", "a9": "a new 9"}  # edited: a2..a4 gone, a9 new
+    jsonl(src / "a.jsonl", docs["a"])
+    touch_later(src / "a.jsonl")
+    (src / "b.jsonl").unlink()
+    del docs["b"]
+    with open(src / "c.jsonl", "a") as f:  # appended
+        f.write(json.dumps({"id": "c5", "text": "c text 5"}) + "\n")
+    docs["c"]["c5"] = "c text 5"
+    touch_later(src / "c.jsonl")
+    docs["e"] = {"e0": "e text 0"}
+    jsonl(src / "e.jsonl", docs["e"])
+    job, result, stats = await rerun(cfg)
+    assert result.exit_code == 0
+    assert job.changes == {"new": 1, "resumed": 0, "changed": 1, "appended": 1, "deleted": 1, "unchanged": 1}
+    assert stats["inputs_embedded"] == 3 + 1 + 1  # a (3 records), c5, e0
+    check_exact(tmp_path, {k: v for d in docs.values() for k, v in d.items()})
+    job, result, stats = await rerun(cfg)
+    assert stats["inputs_embedded"] == 0 and job.changes["unchanged"] == 4
+
+
+async def test_a_rewritten_jsonl_is_not_taken_for_an_append(tmp_path: Path) -> None:
+    """A file that grew but whose old bytes changed is read again whole, not appended."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"a0": "zero", "a1": "one"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    jsonl(src / "a.jsonl", {"a0": "ZERO", "a1": "one", "a2": "two"})
+    touch_later(src / "a.jsonl")
+    job, _, _ = await rerun(cfg)
+    assert job.changes["changed"] == 1 and job.changes["appended"] == 0
+    check_exact(tmp_path, {"a0": "ZERO", "a1": "one", "a2": "two"})
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "parquet"])
+async def test_other_formats_follow_edits_and_deletions(tmp_path: Path, fmt: str) -> None:
+    """Text, CSV and Parquet sources: an edited file's rows are replaced, a deleted file's removed."""
+    src = tmp_path / "in"
+    src.mkdir()
+
+    def put(name: str, texts: list[str]) -> dict[str, str]:
+        path = src / f"{name}.{fmt}"
+        if fmt == "md":
+            path.write_text(texts[0])
+            return {f"{name}.md": texts[0]}
+        ids = [f"{name}{i}" for i in range(len(texts))]
+        if fmt == "csv":
+            path.write_text("id,text\n" + "".join(f"{i},{t}\n" for i, t in zip(ids, texts)))
+        else:
+            pq.write_table(pa.table({"id": ids, "text": texts}), path)
+        touch_later(path)
+        return dict(zip(ids, texts))
+
+    expected = {**put("a", ["alpha one", "alpha two"]), **put("b", ["beta one"]), **put("c", ["gamma"])}
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    check_exact(tmp_path, expected)
+    expected = {k: v for k, v in expected.items() if not k.startswith(("a", "b"))}
+    expected.update(put("a", ["alpha ONE"]))
+    (src / f"b.{fmt}").unlink()
+    job, result, stats = await rerun(cfg)
+    assert result.exit_code == 0
+    assert job.changes["changed"] == 1 and job.changes["deleted"] == 1 and job.changes["unchanged"] == 1
+    assert stats["inputs_embedded"] == 1
+    check_exact(tmp_path, expected)
+
+
+async def test_on_deleted_keep_leaves_the_rows(tmp_path: Path) -> None:
+    """With run.on_deleted: keep, a deleted file's rows stay in the dataset."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"a0": "zero"})
+    jsonl(src / "b.jsonl", {"b0": "one"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []}, run={"on_deleted": "keep"})
+    await rerun(cfg)
+    (src / "b.jsonl").unlink()
+    await rerun(cfg)
+    check_exact(tmp_path, {"a0": "zero", "b0": "one"})
+
+
+async def test_mass_deletion_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    """A run that would remove more than run.max_removed_fraction of the files stops (exit 2, one line
+    naming the fraction and the key) and leaves the dataset as it was; raising the key lets it through."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in "abc":
+        jsonl(src / f"{name}.jsonl", {f"{name}0": name})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    before = sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
+    (src / "a.jsonl").unlink()
+    (src / "b.jsonl").unlink()
+    with pytest.raises(SinkError) as caught:
+        await rerun(cfg)
+    message = str(caught.value)
+    assert caught.value.exit_code == 2 and "\n" not in message
+    assert "2 of the dataset's 3 source files (67%)" in message and "run.max_removed_fraction=0.5" in message
+    assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == before
+    check_exact(tmp_path, {"a0": "a", "b0": "b", "c0": "c"})
+    lenient = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                          run={"max_removed_fraction": 1})
+    await rerun(lenient)
+    check_exact(tmp_path, {"c0": "c"})
+
+
+def test_the_new_run_keys_have_their_defaults() -> None:
+    """run.on_deleted defaults to remove and run.max_removed_fraction to 0.5; other values are refused."""
+    cfg = make_config(Path("/tmp"), "http://x")
+    assert cfg.run.on_deleted == "remove" and cfg.run.max_removed_fraction == 0.5
+    with pytest.raises(ValueError):
+        make_config(Path("/tmp"), "http://x", run={"on_deleted": "archive"})
