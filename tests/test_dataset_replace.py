@@ -100,3 +100,56 @@ def test_legacy_entries_without_sources_are_read(tmp_path: Path) -> None:
     assert rows(tmp_path) == [(A, "d0"), (A, "d1"), (A, "d2")]
     assert w.manifest.totals["records_read"] == 4
     w.close("completed")
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def test_a_crash_inside_a_replacement_commit_leaves_the_old_dataset(tmp_path: Path, monkeypatch) -> None:
+    """Killed after the rewritten shards are published but before the manifest switched: the next open
+    deletes them as strays, and the dataset is the one before, every row once."""
+    import pipeline.dataset.writer as writer_module
+
+    two_sources(tmp_path)
+    before = rows(tmp_path)
+    w = make_writer(tmp_path)
+    w.remove_sources([A])
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    monkeypatch.setattr(writer_module, "save_rank", killed)
+    try:
+        w.commit()
+    except Killed:
+        pass
+    monkeypatch.undo()
+    assert len(list((tmp_path / "data").glob("*.parquet"))) == 2  # the old shard and its copy
+    w = make_writer(tmp_path)
+    assert rows(tmp_path) == before
+    assert {f"data/{p.name}" for p in (tmp_path / "data").glob("*.parquet")} == {
+        s["path"] for s in w.manifest.shards if s["kind"] == "data"}
+    w.close("completed")
+
+
+def test_a_crash_after_the_switch_leaves_old_files_that_the_next_open_deletes(tmp_path: Path, monkeypatch) -> None:
+    """Killed after the manifest switched but before the old files were deleted: the next open deletes them."""
+    two_sources(tmp_path)
+    w = make_writer(tmp_path)
+    w.remove_sources([A])
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    monkeypatch.setattr(w.fs, "rm_file", killed)
+    try:
+        w.commit()
+    except Killed:
+        pass
+    monkeypatch.undo()
+    w = make_writer(tmp_path)
+    assert rows(tmp_path) == [(B, "d10"), (B, "d11")]
+    assert {f"data/{p.name}" for p in (tmp_path / "data").glob("*.parquet")} == {
+        s["path"] for s in w.manifest.shards if s["kind"] == "data"}
+    w.close("completed")
