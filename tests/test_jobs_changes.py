@@ -98,7 +98,7 @@ async def test_jsonl_edits_deletions_additions_and_appends(tmp_path: Path) -> No
     job, result, stats = await rerun(cfg)
     assert result.exit_code == 0
     assert job.changes == {"new": 1, "resumed": 0, "changed": 1, "appended": 1, "deleted": 1, "unchanged": 1}
-    assert stats["inputs_embedded"] == 3 + 1 + 1  # a (3 records), c5, e0
+    assert stats["inputs_embedded"] == 2 + 1 + 1  # a1 and a9 (a0 kept its vector), c5, e0
     check_exact(tmp_path, {k: v for d in docs.values() for k, v in d.items()})
     job, result, stats = await rerun(cfg)
     assert stats["inputs_embedded"] == 0 and job.changes["unchanged"] == 4
@@ -195,3 +195,43 @@ def test_the_new_run_keys_have_their_defaults() -> None:
     assert cfg.run.on_deleted == "remove" and cfg.run.max_removed_fraction == 0.5
     with pytest.raises(ValueError):
         make_config(Path("/tmp"), "http://x", run={"on_deleted": "archive"})
+
+
+async def test_an_edited_paragraph_pays_for_its_own_chunks_only(tmp_path: Path) -> None:
+    """Editing one paragraph of a six-chunk markdown document sends one or two inputs; the others keep
+    their vectors."""
+    src = tmp_path / "in"
+    src.mkdir()
+    paragraphs = [f"Paragraph {p}. " + " ".join(f"word{p}-{k}" for k in range(20)) for p in range(6)]
+    (src / "doc.md").write_text("\n\n".join(paragraphs))
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                      chunking={"max_chars": 300})
+    _, _, first = await rerun(cfg)
+    assert first["inputs_embedded"] == 6
+    paragraphs[3] = paragraphs[3].replace("word3-7 ", "WORD ")
+    (src / "doc.md").write_text("\n\n".join(paragraphs))
+    touch_later(src / "doc.md")
+    job, result, stats = await rerun(cfg)
+    assert job.changes["changed"] == 1
+    assert 1 <= stats["inputs_embedded"] <= 2
+    table = current(tmp_path)
+    assert table.num_rows == 6 and "WORD" in "".join(table["text"].to_pylist())
+
+
+async def test_fifty_edited_records_of_a_thousand_cost_about_fifty(tmp_path: Path) -> None:
+    """Editing 50 records of a 1,000-record JSONL sends about 50 inputs, and the dataset equals the source."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {f"r{i}": f"record {i} " + " ".join(f"w{i}-{k}" for k in range(10)) for i in range(1000)}
+    jsonl(src / "a.jsonl", docs)
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    for i in range(0, 1000, 20):
+        docs[f"r{i}"] += " (edited)"
+    jsonl(src / "a.jsonl", docs)
+    touch_later(src / "a.jsonl")
+    job, result, stats = await rerun(cfg)
+    assert job.changes["changed"] == 1
+    assert stats["inputs_embedded"] == 50
+    assert result.totals["rows_embedded"] == 1000
+    check_exact(tmp_path, docs)

@@ -113,15 +113,20 @@ def open_sink(
     metadata_fields: list[str],
     fresh: bool = False,
     on_wait: Callable[[dict[str, Any]], None] | None = None,
+    hold_retired: bool = False,
 ) -> DatasetWriter:
     """This rank's sink, holding its lease, refusing a dataset made with other settings.
 
     ``fresh`` deletes an existing dataset at ``sink.path`` first (its
     shards, manifests and errors; only with ``world_size: 1``).
+    ``hold_retired`` keeps shard files a commit replaced until the sink
+    closes (an index of the dataset opened at the start still reads them).
     """
     lease = take_lease(cfg, on_wait)
     try:
-        return _open_writer(cfg, lease, started_at, metadata_fields, fresh)
+        writer = _open_writer(cfg, lease, started_at, metadata_fields, fresh)
+        writer.hold_retired = hold_retired
+        return writer
     except BaseException:
         lease.release()
         raise

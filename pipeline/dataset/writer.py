@@ -93,6 +93,9 @@ class DatasetWriter:
         #: sources whose rows leave with the next commit, and whether each is gone for good
         self._removing: dict[str, bool] = {}
         self._new_signatures: dict[str, str] = {}
+        #: keep the files of retired shards until close (an index opened at the start reads them)
+        self.hold_retired = False
+        self._held: list[str] = []
         self._failed: BaseException | None = None
         self._closed = False
         self._run = manifest.start_run(run_started_at, rank=rank)
@@ -264,8 +267,10 @@ class DatasetWriter:
                     "what was committed before is intact, run again to resume"
                 ) from exc
             raise
-        for gone in retired:  # listed nowhere now; a crash before this line leaves a file clean_up removes
-            self.fs.rm_file(join(self.root, gone["path"]))
+        # listed nowhere now; a crash before they are deleted leaves files clean_up removes
+        self._held += [join(self.root, gone["path"]) for gone in retired]
+        if not self.hold_retired:
+            self._delete_held()
         return entries + [new for _, new in rewritten if new is not None]
 
     def renew(self) -> None:
@@ -297,6 +302,10 @@ class DatasetWriter:
             except CommitFailed as exc:
                 error = error or exc
         finally:
+            try:
+                self._delete_held()
+            except OSError:  # left for the next start's clean-up
+                pass
             if self._lease is not None:
                 try:
                     self._lease.release()
@@ -413,6 +422,12 @@ class DatasetWriter:
             shard.discard()
         self._open.clear()
         self._opened_at = None
+
+    def _delete_held(self) -> None:
+        """Delete the files of retired shards (the manifest no longer lists them)."""
+        held, self._held = self._held, []
+        for path in held:
+            self.fs.rm_file(path)
 
     def _renew_lease(self) -> None:
         assert self._lease is not None

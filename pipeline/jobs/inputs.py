@@ -68,3 +68,16 @@ def open_reuse_index(cfg: Config) -> ReuseIndex:
         embedding_type=emb.embedding_type,
         dimensions=emb.dimensions,
     )
+
+
+def open_own_index(cfg: Config) -> ReuseIndex:
+    """The index of the dataset at ``sink.path`` itself, as it is now (before a rerun changes it)."""
+    emb = cfg.embedding
+    return ReuseIndex.open(
+        cfg.sink.path,
+        cfg.sink.storage_options,
+        model=emb.model,
+        input_type=emb.input_type,
+        embedding_type=emb.embedding_type,
+        dimensions=emb.dimensions,
+    )

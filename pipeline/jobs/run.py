@@ -21,9 +21,10 @@ from pipeline.dataset.sink import Sink, open_sink
 from pipeline.embed import Embedder, make_embedder
 from pipeline.embed.limits import Budget
 from pipeline.dataset.reuse_index import ReuseIndex
-from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SourceError
+from pipeline.dataset.self_reuse import ChainedIndex
+from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
 from pipeline.jobs.changes import Changes, apply, check_removals, compare
-from pipeline.jobs.inputs import list_source, open_reuse_index
+from pipeline.jobs.inputs import list_source, open_own_index, open_reuse_index
 from pipeline.jobs.outcome import RunResult, first_leaf, log_commits, too_many_failed
 from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
@@ -88,7 +89,7 @@ class Job:
             fs, listed, files = None, set(), []  # a watcher may start before the first file lands
         sink = await anyio.to_thread.run_sync(
             lambda: open_sink(cfg, started_at=started_at, metadata_fields=list(cfg.source.metadata_fields),
-                              fresh=self._fresh, on_wait=self._lease_waiting)
+                              fresh=self._fresh, on_wait=self._lease_waiting, hold_retired=not cfg.run.watch)
         )
         self.checkpoints = Checkpoints(sink.offsets())
         self.commit = Committer(sink, self.checkpoints, self.cpu, self._committed)
@@ -108,13 +109,15 @@ class Job:
                       provider=cfg.embedding.provider, model=cfg.embedding.model,
                       rank=cfg.run.rank, world_size=cfg.run.world_size,
                       **(changes.counts() if not cfg.run.watch else {}))
-        index: ReuseIndex | None = None
+        index: ReuseIndex | ChainedIndex | None = None
         status, code, message = "completed", EXIT_OK, None
         try:
             if cfg.run.reuse_from:
                 index = await anyio.to_thread.run_sync(open_reuse_index, cfg)
                 self.log.info("reuse_index_ready", reuse_from=cfg.run.reuse_from, rows=index.rows,
                               distinct=index.distinct)
+            if changes.changed and sink.counts.rows_embedded:  # before anything leaves the dataset
+                index = await anyio.to_thread.run_sync(self._index_itself, index)
             embedder = self._embedder or make_embedder(
                 cfg.embedding, cfg.api_key, reuse=index, on_retry=self._on_retry, budget=self.budget,
                 cpu_limiter=self.cpu,
@@ -218,6 +221,16 @@ class Job:
             commit=lambda: self.commit(sink.commit),
             note=self._note,
         )
+
+    def _index_itself(self, earlier: ReuseIndex | None) -> ReuseIndex | ChainedIndex | None:
+        """The dataset's own vectors for the chunks of changed documents that did not change."""
+        try:
+            own = open_own_index(self.cfg)
+        except SinkError as exc:  # not worth stopping for: those chunks are embedded again
+            self.log.warning("reuse_itself_unavailable", reason=str(exc))
+            return earlier
+        self.log.info("reuse_index_ready", reuse_from=self.cfg.sink.path, rows=own.rows, distinct=own.distinct)
+        return own if earlier is None else ChainedIndex(own, earlier)
 
     def _note(self, fs: Any, changes: Changes) -> None:
         """Refuse a mass removal, then tell the sink what changed and count it for ``run_finished``."""
