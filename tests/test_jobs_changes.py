@@ -235,3 +235,35 @@ async def test_fifty_edited_records_of_a_thousand_cost_about_fifty(tmp_path: Pat
     assert stats["inputs_embedded"] == 50
     assert result.totals["rows_embedded"] == 1000
     check_exact(tmp_path, docs)
+
+
+async def test_a_dataset_of_the_previous_version_follows_too(tmp_path: Path) -> None:
+    """A dataset written before entries listed their sources (no ``sources``, ``ends`` or tail hashes)
+    opens, and a rerun after an edit, an append and a deletion leaves exactly the current records."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {name: {f"{name}{i}": f"{name} text {i}" for i in range(3)} for name in "abcd"}
+    for name, d in docs.items():
+        jsonl(src / f"{name}.jsonl", d)
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    path = tmp_path / "out" / "_manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("ends")
+    for entry in manifest["shards"]:
+        entry.pop("sources")
+    manifest["files"] = {url: sig.split("|")[0] for url, sig in manifest["files"].items()}
+    path.write_text(json.dumps(manifest))
+    docs["a"]["a1"] = "a edited"
+    jsonl(src / "a.jsonl", docs["a"])
+    touch_later(src / "a.jsonl")
+    with open(src / "c.jsonl", "a") as f:
+        f.write(json.dumps({"id": "c3", "text": "c text 3"}) + "\n")
+    docs["c"]["c3"] = "c text 3"
+    touch_later(src / "c.jsonl")
+    (src / "b.jsonl").unlink()
+    del docs["b"]
+    job, result, _ = await rerun(cfg)
+    assert result.exit_code == 0
+    assert job.changes["changed"] == 2 and job.changes["deleted"] == 1  # c cannot be told appended: read again
+    check_exact(tmp_path, {k: v for d in docs.values() for k, v in d.items()})
