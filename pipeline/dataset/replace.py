@@ -22,28 +22,41 @@ from pipeline.dataset.shard_writer import ShardWriter
 from pipeline.dataset.shards import open_shard
 from pipeline.storage import join
 
+#: rows copied at a time (8192 float vectors of 1024 dimensions: 32 MB)
+COPY_ROWS = 8192
+
 #: makes a new, empty shard of a kind with a schema (the writer's next name for that kind)
 NewShard = Callable[[str, pa.Schema], ShardWriter]
 
 
-def sources_in(fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any]) -> set[str]:
-    """The sources whose rows shard ``entry`` holds (its ``sources``, else its ``source`` column)."""
+def sources_in(
+    fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any], read: dict[str, set[str]] | None = None
+) -> set[str]:
+    """The sources whose rows shard ``entry`` holds (its ``sources``, else its ``source`` column).
+
+    ``read`` keeps what the columns said, by shard path: a shard file never changes.
+    """
     if entry.get("sources") is not None:
         return set(entry["sources"])
+    if read is not None and entry["path"] in read:
+        return read[entry["path"]]
+    values: set[str] = set()
     with open_shard(fs, join(root, entry["path"])) as shard:
-        if shard.num_rows == 0 or "source" not in shard.schema.names:
-            return set()
-        values: set[str] = set()
-        for batch in shard.iter_batches(columns=["source"]):
-            values.update(pc.unique(batch.column(0).cast(pa.string())).to_pylist())
-        return {v for v in values if v is not None}
+        if shard.num_rows and "source" in shard.schema.names:
+            for batch in shard.iter_batches(columns=["source"]):
+                values.update(pc.unique(batch.column(0).cast(pa.string())).to_pylist())
+    values.discard(None)  # type: ignore[arg-type]
+    if read is not None:
+        read[entry["path"]] = values
+    return values
 
 
 def affected(
-    fs: fsspec.AbstractFileSystem, root: str, entries: Iterable[dict[str, Any]], urls: set[str]
+    fs: fsspec.AbstractFileSystem, root: str, entries: Iterable[dict[str, Any]], urls: set[str],
+    read: dict[str, set[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """The entries among ``entries`` that hold rows (or records) of one of ``urls``."""
-    return [e for e in entries if sources_in(fs, root, e) & urls]
+    return [e for e in entries if sources_in(fs, root, e, read) & urls]
 
 
 def rewrite(
@@ -66,7 +79,7 @@ def rewrite(
     try:
         with open_shard(fs, join(root, entry["path"])) as shard:
             schema = shard.schema.remove_metadata()
-            for batch in shard.iter_batches():
+            for batch in shard.iter_batches(batch_size=COPY_ROWS):  # vectors: a few MB at a time
                 table = pa.Table.from_batches([batch], schema=batch.schema.remove_metadata())
                 gone = pc.is_in(table.column("source").cast(pa.string()), value_set=pa.array(sorted(urls)))
                 gone = pc.fill_null(gone, False)

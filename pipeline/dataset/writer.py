@@ -96,6 +96,8 @@ class DatasetWriter:
         #: keep the files of retired shards until close (an index opened at the start reads them)
         self.hold_retired = False
         self._held: list[str] = []
+        #: sources of shards written before entries listed them, as their files said
+        self._sources_read: dict[str, set[str]] = {}
         self._failed: BaseException | None = None
         self._closed = False
         self._run = manifest.start_run(run_started_at, rank=rank)
@@ -374,7 +376,7 @@ class DatasetWriter:
 
         return [
             (old, rewrite(self.fs, self.root, old, urls, self._new_shard, publish))
-            for old in affected(self.fs, self.root, self._manifest.shards, urls)
+            for old in affected(self.fs, self.root, self._manifest.shards, urls, self._sources_read)
         ]
 
     def _swap(

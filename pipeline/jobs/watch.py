@@ -44,17 +44,22 @@ async def watch_source(
     log = get_logger()
     previous: dict[str, tuple[int | None, str | None]] = {}
     previous_urls: set[str] | None = None
+    urls: set[str] | None
     wait = min(FIRST_SETTLE_S, cfg.run.poll_interval_s)
     while keep_going():
         try:
             fs, urls, listed = await anyio.to_thread.run_sync(list_source, cfg)
         except SourceError as exc:  # nothing there yet, or the store blinked: try again later
             log.info("watch_listing_empty", reason=str(exc))
-            fs, urls, listed = None, set(), []
+            fs, urls, listed = None, None, []
         current = {f.key: (f.size, f.mtime) for f in listed}
         settled = [f for f in listed if previous.get(f.key) == current[f.key]]
-        # gone only when missing from this listing and the one before
-        seen = urls | (previous_urls if previous_urls is not None else set(sink.signatures()))
+        # gone only when missing from this listing and the one before; a listing that
+        # failed or found nothing at all removes nothing
+        if urls is None or previous_urls is None:
+            seen = set(sink.signatures())
+        else:
+            seen = urls | previous_urls
         previous, previous_urls = current, urls
         changes = await anyio.to_thread.run_sync(compare, sink, fs, settled, seen)
         if changes.to_read or changes.deleted:
