@@ -394,3 +394,36 @@ async def test_a_deleted_shard_is_rebuilt_by_the_next_run(tmp_path: Path) -> Non
     listed = {s["path"] for s in json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"]}
     on_disk = {f"{p.parent.name}/{p.name}" for p in (tmp_path / "out").glob("*/part-*")}
     assert listed == on_disk
+
+
+async def test_duplicate_ids_across_files_never_give_two_rows(tmp_path: Path) -> None:
+    """Two files holding id 7 (and a rerun after a third arrives): one row per id, the later ones in errors/."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"id": "7", "text": "first seven"}\n{"id": "8", "text": "eight"}\n')
+    (tmp_path / "in" / "b.jsonl").write_text('{"id": "7", "text": "second seven"}\n')
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []}, run={"max_failed_fraction": 1})
+    first, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert first.exit_code == 0
+    (tmp_path / "in" / "c.jsonl").write_text('{"id": "8", "text": "another eight"}\n{"id": "9", "text": "nine"}\n')
+    second, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert second.exit_code == 0
+    data, errors = read_dataset(tmp_path), read_dataset(tmp_path, "errors")
+    assert sorted(data["id"].to_pylist()) == ["7", "8", "9"]
+    assert data.filter(pa.compute.equal(data["id"], "7"))["text"].to_pylist() == ["first seven"]
+    assert sorted(errors["error_type"].to_pylist()) == ["duplicate_id", "duplicate_id"]
+    assert second.totals["records_read"] == 5 == second.totals["rows_embedded"] + second.totals["rows_failed"]
+
+
+async def test_deeply_nested_metadata_is_one_error_row(tmp_path: Path) -> None:
+    """A metadata field nested hundreds of levels deep fails its record alone, instead of crashing every run."""
+    (tmp_path / "in").mkdir()
+    deep = "[" * 300 + "1" + "]" * 300
+    lines = [json.dumps({"id": f"ok-{i}", "text": f"fine {i}", "lang": ["en"]}) for i in range(20)]
+    lines.insert(7, '{"id": "deep", "text": "nested", "lang": ' + deep + "}")
+    (tmp_path / "in" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = make_config(tmp_path, "http://placeholder", run={"max_failed_fraction": 0.1})
+    result, _ = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert result.exit_code == 0
+    errors = read_dataset(tmp_path, "errors")
+    assert errors["id"].to_pylist() == ["deep"] and errors["error_type"].to_pylist() == ["invalid_metadata"]
+    assert read_dataset(tmp_path).num_rows == 20

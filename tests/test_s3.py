@@ -26,10 +26,12 @@ from conftest import ROOT, pipeline_cmd, run_cli, serve_process
 from pipeline.config import SinkConfig, SourceConfig
 from pipeline.errors import CommitFailed, SinkError
 from pipeline.dataset.manifest import utc_now
+from pipeline.dataset.lease import Lease
 from pipeline.dataset.retrying import StoreRetry
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.sources.listing import open_source
 from pipeline.sources.readers import read_records
+from pipeline.storage import Location
 from pipeline.types import Chunk, EmbeddedBatch, Record, Usage
 
 # The fake credentials and endpoint live in the environment the fixture sets,
@@ -392,3 +394,51 @@ def test_multipart_shard_is_whole_once_listed(s3: s3fs.S3FileSystem, monkeypatch
     assert tables["data"]["embedding"].to_numpy(zero_copy_only=False)[2999].tolist() == \
         big_batch().vectors[2999].tolist()
     assert "-" in s3.info(f"{bucket}/ds/{manifest['shards'][0]['path']}")["ETag"]  # a multipart ETag
+
+
+# --------------------------------------------------------------------------- two writers, one paused
+
+
+def small_batch(seq: int, start: int, n: int = 5) -> EmbeddedBatch:
+    chunks = tuple(Chunk(id=f"d{i}", doc_id=f"d{i}", chunk_index=0, text="x", source="s3://src/x.jsonl",
+                         location=i + 1, content_hash="0" * 64) for i in range(start, start + n))
+    return EmbeddedBatch(seq=seq, chunks=chunks, vectors=np.ones((n, 8), np.float32), usage=Usage(requests=1),
+                         records=n, marks=(("s3://src/x.jsonl", start + n),))
+
+
+def leased_writer(fs: s3fs.S3FileSystem, path: str, clock: Any) -> DatasetWriter:
+    where = Location.open(path)
+    lease = Lease(where.fs, where.root, 0, ttl_s=30, clock=clock, sleep=lambda s: None)
+    lease.acquire(0)
+    return DatasetWriter(SinkConfig(path=path, compression="none", shard_rows=5), rank=0, model="m",
+                         input_type=None, embedding_type="float", metadata_fields=[], run_started_at=utc_now(),
+                         fs=where.fs, lease=lease, retry=StoreRetry(0))
+
+
+@pytest.mark.parametrize("renewal_got_through", [False, True])
+def test_a_paused_writer_never_clobbers_its_successor(s3: s3fs.S3FileSystem, renewal_got_through: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer paused past its lease (a frozen dyno) wakes after another took over: it stops, and the
+    successor's shards and manifest stay as the successor wrote them, whether or not the paused writer's
+    last lease renewal landed."""
+    bucket = new_bucket(s3)
+    path = f"s3://{bucket}/ds"
+    now = [1000.0]
+    first = leased_writer(s3, path, lambda: now[0])
+    first.write(small_batch(0, 0))  # full shard: committed at once
+    now[0] += 120  # the first writer is frozen; its lease goes stale
+    second = leased_writer(s3, path, lambda: now[0])
+    second.write(small_batch(0, 5))
+    committed = json.loads(s3.cat_file(f"{bucket}/ds/_manifest.json"))
+    objects = {p: s3.info(p)["ETag"] for p in s3.find(f"{bucket}/ds/data")}
+    assert len(committed["shards"]) == 2
+    if renewal_got_through:  # its PUT was in flight when it froze, and landed: the renewal looks fine
+        monkeypatch.setattr(first._lease, "renew", lambda: None)
+    with pytest.raises(CommitFailed, match="another pipeline|lost the write lease"):
+        first.write(small_batch(1, 10))
+    assert json.loads(s3.cat_file(f"{bucket}/ds/_manifest.json")) == committed
+    assert all(s3.info(p)["ETag"] == etag for p, etag in objects.items())  # nothing overwritten
+    second.write(small_batch(1, 15))  # the successor goes on, around the stray the other left
+    second.close("completed")
+    final = json.loads(s3.cat_file(f"{bucket}/ds/_manifest.json"))
+    assert final["totals"]["rows_embedded"] == 15 and len({s["path"] for s in final["shards"]}) == 3

@@ -87,6 +87,9 @@ class Lease:
         self.owner = uuid.uuid4().hex
         self.held = False
         self._local = is_local(fs)
+        #: on an object store, the ETag of the lease as we last wrote it: renewals are
+        #: conditional on it (If-Match), so a writer that lost the lease can never overwrite it
+        self._etag: str | None = None
         #: the last heartbeat value seen in another's lease, and when it was first seen
         self._seen: tuple[tuple[str, float], float] | None = None
 
@@ -128,9 +131,24 @@ class Lease:
     # ------------------------------------------------------------ writing
 
     def _write(self) -> None:
-        """Heartbeat into the lease we hold (replace it whole)."""
+        """Heartbeat into the lease we hold (replace it whole).
+
+        On an object store the PUT is conditional on the ETag we last wrote:
+        a lease another writer took meanwhile (even while this process was
+        paused with the PUT in flight) answers 412, and we stop.
+        """
         if not self._local:
-            self.fs.pipe_file(self.path, self._body())
+            condition = {"IfMatch": self._etag} if self._etag else {}
+            try:
+                self._remember(self.fs.pipe_file(self.path, self._body(), **condition))
+            except OSError as exc:
+                if not condition or exc.errno != errno.EINVAL:  # s3fs's PreconditionFailed (If-Match)
+                    raise
+                self.held = False
+                raise SinkError(
+                    f"lost the write lease {self.url} to another pipeline (it changed since our last "
+                    "heartbeat); stopping without touching its work"
+                ) from exc
             return
         tmp = self._aside()
         try:
@@ -150,7 +168,7 @@ class Lease:
         fencing in :meth:`renew` still stops a writer that lost a race.
         """
         if not self._local:
-            self.fs.pipe_file(self.path, self._body(), mode="create")
+            self._remember(self.fs.pipe_file(self.path, self._body(), mode="create"))
             return
         # only the local disk has directories to make: on s3fs, makedirs
         # creates a missing *bucket*, turning a typo in sink.path into a new bucket
@@ -170,6 +188,11 @@ class Lease:
                     f.write(self._body())
         finally:
             _remove_quietly(tmp)
+
+    def _remember(self, answer: Any) -> None:
+        """Keep the ETag a PUT answered with (s3fs returns the PutObject answer; others return None)."""
+        etag = answer.get("ETag") if isinstance(answer, dict) else None
+        self._etag = etag if isinstance(etag, str) else None
 
     def _aside(self) -> str:
         """A temp file next to the lease, hidden and ours alone."""

@@ -293,17 +293,21 @@ class Manifest:
 
     # ------------------------------------------------------------ saving
 
-    def save(self, fs: fsspec.AbstractFileSystem, root: str, name: str = MANIFEST) -> None:
+    def save(
+        self, fs: fsspec.AbstractFileSystem, root: str, name: str = MANIFEST, condition: dict[str, Any] | None = None
+    ) -> Any:
         """Write atomically: local → temp file, fsync, rename; object store → one PUT.
 
-        The store's errors are raised as they come: the writer retries the
-        transient ones and translates what is left.
+        ``condition`` goes with the PUT on an object store (``{"IfMatch":
+        etag}``, or ``{"mode": "create"}``); the store's answer is returned
+        (s3fs: the PutObject answer, with the new ETag). The store's errors
+        are raised as they come: the writer retries the transient ones and
+        translates what is left.
         """
         path = join(root, name)
         data = self.to_json()
         if not is_local(fs):
-            fs.pipe_file(path, data)
-            return
+            return fs.pipe_file(path, data, **(condition or {}))
         fs.makedirs(os.path.dirname(path), exist_ok=True)
         # unique: with several ranks, two processes may rebuild _manifest.json at once
         tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
@@ -329,16 +333,23 @@ def load_rank(
 
 
 def save_rank(
-    manifest: Manifest, fs: fsspec.AbstractFileSystem, root: str, rank: int = 0, world_size: int = 1
-) -> None:
+    manifest: Manifest,
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    rank: int = 0,
+    world_size: int = 1,
+    condition: dict[str, Any] | None = None,
+) -> Any:
     """Save this rank's manifest: ``_manifest.json``, or its part in ``_manifests/``.
 
     With several ranks, ``_manifest.json`` is then rebuilt from every part,
-    so it is the merged view whoever saves last.
+    so it is the merged view whoever saves last. ``condition`` applies to the
+    rank's own manifest (see :meth:`Manifest.save`), whose answer is returned.
     """
-    manifest.save(fs, root, manifest_name(rank, world_size))
+    answer = manifest.save(fs, root, manifest_name(rank, world_size), condition)
     if world_size > 1:
         rebuild(fs, root)
+    return answer
 
 
 def _parts(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, bytes]:

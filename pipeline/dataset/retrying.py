@@ -22,7 +22,8 @@ T = TypeVar("T")
 
 #: OSErrors that waiting does not fix
 PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
-                              errno.EISDIR, errno.ENOTDIR, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG})
+                              errno.EISDIR, errno.ENOTDIR, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG,
+                              errno.EEXIST, errno.EINVAL})  # the last two: a conditional write refused
 
 
 def transient(exc: BaseException) -> bool:
@@ -30,7 +31,8 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, PipelineError) or not isinstance(exc, STORE_ERRORS):
         return False
     if isinstance(exc, OSError):
-        return not isinstance(exc, (PermissionError, FileNotFoundError)) and exc.errno not in PERMANENT_ERRNOS
+        refused = (PermissionError, FileNotFoundError, FileExistsError)
+        return not isinstance(exc, refused) and exc.errno not in PERMANENT_ERRNOS
     status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
     return status is None or status >= 500 or status in (408, 429)  # botocore's ClientError says
 

@@ -123,7 +123,9 @@ class ShardWriter:
                 os.fsync(f.fileno())
             os.replace(ready, self.final)
         else:
-            retry(lambda: self.fs.put_file(ready, self.final), f"uploading {self.rel}")
+            # create-only (If-None-Match on S3): a shard object is never overwritten, so a
+            # writer that lost its lease can never clobber one its successor committed
+            retry(lambda: self.fs.put_file(ready, self.final, mode="create"), f"uploading {self.rel}")
             os.remove(ready)
 
     def _restream(self, target: str, meta: dict[str, str]) -> None:

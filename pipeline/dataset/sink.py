@@ -7,7 +7,7 @@ committed; it never edits the sink's state itself. The file dataset
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from pipeline.config import Config
 from pipeline.dataset.lease import Lease
@@ -68,6 +68,10 @@ class Sink(Protocol):
 
     def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
         """Seek checkpoints to save with the next commit."""
+        ...
+
+    def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
+        """The ids of the rows this writer's part of the dataset holds, with their sources, in blocks."""
         ...
 
     def write_many(self, batches: Sequence[EmbeddedBatch]) -> list[dict[str, Any]]:

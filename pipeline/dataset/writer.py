@@ -14,8 +14,9 @@ started); once open, a failed commit or a lost lease is :class:`CommitFailed`.
 
 from __future__ import annotations
 
+import errno
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -23,14 +24,15 @@ import pyarrow as pa
 from pipeline.config import SinkConfig
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.retrying import StoreRetry, transient
-from pipeline.dataset.manifest import Manifest, of_url, save_rank, utc_now
+from pipeline.dataset.manifest import Manifest, manifest_name, of_url, save_rank, utc_now
 from pipeline.dataset.opening import KINDS, clean_up, forget_missing, load_or_create
 from pipeline.dataset.pending import Pending
 from pipeline.dataset.replace import affected, rewrite
 from pipeline.dataset.shard_writer import ShardWriter
+from pipeline.dataset.shards import open_shard
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
 from pipeline.errors import CommitFailed, SinkError
-from pipeline.storage import Location, join
+from pipeline.storage import STORE_ERRORS, Location, describe, join
 from pipeline.types import Counts, EmbeddedBatch
 
 class DatasetWriter:
@@ -81,6 +83,12 @@ class DatasetWriter:
         except OSError as exc:
             raise SinkError(f"cannot open the dataset at {cfg.path}: {exc}") from exc
         self._manifest = manifest
+        # Object stores: each save of this rank's manifest is conditional on the
+        # version we last saw (If-Match on its ETag; create-only when there is
+        # none), so a writer that lost the lease while paused cannot overwrite
+        # its successor's manifest even if its last lease renewal got through.
+        self._fenced = not where.local
+        self._etag: str | None = self._current_etag() if self._fenced else None
         self._tables = RowTables(manifest, embedding_type=embedding_type, metadata_fields=metadata_fields,
                                  include_text=cfg.include_text, where=cfg.path)
         self._next_seq = {k: manifest.last_seq(rank, k) + 1 for k in KINDS}
@@ -167,6 +175,16 @@ class DatasetWriter:
     def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
         """Replace the seek checkpoints; saved with the next commit."""
         self._manifest.offsets = offsets
+
+    def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
+        """The ids and sources of this rank's committed data rows, a block at a time."""
+        mine = f"part-{self.rank:05d}-"
+        for entry in self._manifest.shards:
+            if entry["kind"] != "data" or mine not in entry["path"]:
+                continue
+            with open_shard(self.fs, join(self.root, entry["path"])) as shard:
+                for block in shard.iter_batches(columns=["id", "source"]):
+                    yield block.column(0).to_pylist(), block.column(1).to_pylist()
 
     # ------------------------------------------------------------ writing
 
@@ -341,8 +359,12 @@ class DatasetWriter:
     def _new_shard(self, kind: str, schema: pa.Schema) -> ShardWriter:
         """A new shard file of ``kind``, under this rank's next name for it."""
         seq = self._next_seq[kind]
-        self._next_seq[kind] = seq + 1
         rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
+        while self._fenced and self.fs.exists(join(self.root, rel)):
+            # taken by a writer that lost the lease after we opened: never overwrite it
+            seq += 1
+            rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
+        self._next_seq[kind] = seq + 1
         dictionary: list[str] | bool = True
         if kind == "data":  # not worth it for unique strings and vectors
             dictionary = ["doc_id", "source", *self._tables.metadata_fields]
@@ -431,6 +453,27 @@ class DatasetWriter:
         for path in held:
             self.fs.rm_file(path)
 
+    def _manifest_path(self) -> str:
+        return join(self.root, manifest_name(self.rank, self.world_size))
+
+    def _current_etag(self) -> str | None:
+        """The ETag of this rank's manifest on the store, None when there is none (or no ETag)."""
+        try:
+            return _etag_of(self.fs.info(self._manifest_path()))
+        except FileNotFoundError:
+            return None
+
+    def _save_once(self) -> None:
+        """One conditional save of this rank's manifest (see ``_fenced``); remembers the new ETag."""
+        condition: dict[str, Any] | None = None
+        if self._fenced:
+            condition = {"IfMatch": self._etag} if self._etag else {"mode": "create"}
+            if self._etag is None and self.fs.exists(self._manifest_path()):
+                condition = None  # a store without ETags: nothing to be conditional on
+        answer = save_rank(self._manifest, self.fs, self.root, self.rank, self.world_size, condition)
+        if self._fenced:
+            self._etag = _etag_of(answer) or self._current_etag()
+
     def _renew_lease(self) -> None:
         assert self._lease is not None
         lease = self._lease
@@ -449,13 +492,27 @@ class DatasetWriter:
         if self._lease is not None:
             self._renew_lease()
         try:
-            self._retry(lambda: save_rank(self._manifest, self.fs, self.root, self.rank, self.world_size),
-                        "saving the manifest")
+            self._retry(self._save_once, "saving the manifest")
         except SinkError as exc:
             raise CommitFailed(str(exc)) from exc
+        except STORE_ERRORS as exc:
+            if self._fenced and (isinstance(exc, FileExistsError) or getattr(exc, "errno", None) == errno.EINVAL):
+                raise CommitFailed(  # our condition failed: the manifest is not the version we last wrote
+                    f"another pipeline has written the manifest of rank {self.rank:05d} of {self.cfg.path} "
+                    "since this one last did (it took over the write lease); stopping without touching its work"
+                ) from exc
+            raise CommitFailed(
+                f"cannot save the manifest of {self.cfg.path}: {describe(exc)}; what was committed before is "
+                "intact, run again to resume"
+            ) from exc
         except Exception as exc:  # the store's own errors, after retries
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise CommitFailed(
                 f"cannot save the manifest of {self.cfg.path}: {reason}; what was committed before is intact, "
                 "run again to resume"
             ) from exc
+
+
+def _etag_of(answer: Any) -> str | None:
+    etag = answer.get("ETag") if isinstance(answer, dict) else None
+    return etag if isinstance(etag, str) else None

@@ -26,6 +26,12 @@ class Progress:
     sizes: dict[str, int] = field(default_factory=dict)  # bytes of each input still to finish
     bytes_total: int = 0
     bytes_done: int = 0
+    reading: dict[str, int] = field(default_factory=dict)  # bytes read so far of inputs not finished
+
+    def read_bytes(self, inp: InputFile, n: int) -> None:
+        """``n`` more bytes of ``inp`` were read (called from reader threads)."""
+        if inp.key in self.sizes:
+            self.reading[inp.key] = min(self.reading.get(inp.key, 0) + n, self.sizes[inp.key])
 
     def expect(self, inp: InputFile) -> None:
         """Count ``inp`` (a file or a piece of one) among the bytes this run has to read."""
@@ -38,12 +44,15 @@ class Progress:
         for key, location in batch.marks:
             if location >= END_OF_FILE and key in self.sizes:
                 self.bytes_done += self.sizes.pop(key)
+                self.reading.pop(key, None)
         self.counts += Counts.of(batch)
 
     @property
     def fraction(self) -> float | None:
-        """How much of this run's input is done, by bytes of finished files."""
-        return self.bytes_done / self.bytes_total if self.bytes_total else None
+        """How much of this run's input is read, by bytes: finished files, and what was read of the others."""
+        if not self.bytes_total:
+            return None
+        return min(1.0, (self.bytes_done + sum(self.reading.values())) / self.bytes_total)
 
     def fields(self) -> dict[str, Any]:
         """The counters and rates, as log fields."""

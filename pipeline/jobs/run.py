@@ -33,6 +33,7 @@ from pipeline.logs import LogSetup, get_logger
 from pipeline.stages.batch import Window, batch_stage
 from pipeline.stages.chunk import Chunker, chunk_stage
 from pipeline.stages.embed import SendGate, embed_stage
+from pipeline.stages.ids import IdRegistry
 from pipeline.stages.read import Checkpoints, Item, read_stage
 from pipeline.stages.write import Committer, write_stage
 from pipeline.types import Batch, EmbeddedBatch, InputFile, Piece, Skipped
@@ -76,6 +77,7 @@ class Job:
         self._reported_model: str | None = None
         #: inputs by what happened to them (new, changed, appended, deleted, unchanged), over all rounds
         self.changes: dict[str, int] = {}
+        self.ids = IdRegistry()
 
     async def run(self) -> RunResult:
         """Run the job to its end; commit what was done whatever happens."""
@@ -101,6 +103,7 @@ class Job:
 
     async def _run(self, sink: Sink, fs: Any, listed: set[str], files: list[InputFile]) -> RunResult:
         cfg = self.cfg
+        await anyio.to_thread.run_sync(_register_ids, self.ids, sink, limiter=self.cpu)
         changes = Changes()
         if not cfg.run.watch:  # a refused mass removal stops here, before anything changed
             changes = await anyio.to_thread.run_sync(compare, sink, fs, files, listed)
@@ -203,13 +206,14 @@ class Job:
                         tg.start_soon(partial(embed_stage, batches_receive.clone(), answers_send.clone(),
                                               embedder=embedder, gate=self.gate))
                 tg.start_soon(partial(write_stage, answers_receive, commit=self.commit, window=window,
-                                      on_written=lambda batch: self._written(batch, embedder)))
+                                      check=self.ids.check, on_written=lambda batch: self._written(batch, embedder)))
 
     async def _read(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Item]],
                     reading: anyio.CancelScope) -> None:
         with reading:
             await read_stage(files, send, cfg=self.cfg.source, fs=fs, done_upto=self.commit.sink.done_upto,
-                             checkpoints=self.checkpoints, cpu=self.cpu, on_file=self._file_started)
+                             checkpoints=self.checkpoints, cpu=self.cpu, on_file=self._file_started,
+                             on_bytes=self.progress.read_bytes)
 
     async def _watch(self, sink: Sink, embedder: Embedder) -> None:
         await watch_source(
@@ -239,6 +243,8 @@ class Job:
             changes.deleted = []
         check_removals(changes, self.commit.sink, max_fraction=self.cfg.run.max_removed_fraction)
         apply(self.commit.sink, fs, changes, self.checkpoints, self.progress, remove=remove)
+        for url in {inp.url for inp in changes.changed} | set(changes.deleted):
+            self.ids.forget_source(url)  # their rows leave: a new version (or another file) may take the ids
         for name, n in changes.counts().items():
             self.changes[name] = self.changes.get(name, 0) + n
 
@@ -276,6 +282,11 @@ class Job:
     def _lease_waiting(self, current: dict[str, Any]) -> None:
         self.log.warning("lease_waiting", held_by_host=current.get("host"), held_by_pid=current.get("pid"),
                          wait_s=self.cfg.run.shutdown_grace_s + 10)
+
+
+def _register_ids(ids: IdRegistry, sink: Sink) -> None:
+    for block, sources in sink.known_ids():
+        ids.add_existing(block, sources)
 
 
 def _close(sink: Sink, status: str) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import orjson
 
 from pipeline.config import SourceConfig
 from pipeline.sources.records import (
+    MAX_METADATA_DEPTH,
     READ_ERRORS,
     check_text,
     default_id,
@@ -24,6 +25,7 @@ from pipeline.sources.records import (
     failure,
     json_type,
     open_input,
+    too_deep,
     where,
 )
 from pipeline.types import Failure, InputFile, Record
@@ -156,6 +158,10 @@ def line_parser(cfg: SourceConfig, inp: InputFile) -> Callable[[bytes, int], Rec
         if ident is None:
             ident = default_id(inp, n)
         metadata = {name: obj.get(name) for name in meta_fields} if meta_fields else {}
+        for name, value in metadata.items():
+            if isinstance(value, (list, dict)) and too_deep(value):
+                return failure(inp, n, ident, "invalid_metadata",
+                               f"{where(inp, n)}: metadata field {name!r} nests deeper than {MAX_METADATA_DEPTH} levels")
         return Record(ident, text, url, n, metadata, part)
 
     return parse

@@ -164,3 +164,18 @@ def json_type(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return f"a {type(value).__name__}"
+
+
+#: how deep a metadata value may nest (JSON text in the dataset; orjson writes at most 255 levels)
+MAX_METADATA_DEPTH = 64
+
+
+def too_deep(value: Any, limit: int = MAX_METADATA_DEPTH) -> bool:
+    """Whether ``value`` (lists and dicts, as JSON gives them) nests deeper than ``limit`` levels."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [v for item in level if isinstance(item, (list, dict))
+                 for v in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return True

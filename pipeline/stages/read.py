@@ -96,6 +96,63 @@ class Checkpoints:
                 self._dirty = True
 
 
+class _Counted:
+    """A file that tells ``tell(n)`` of every ``n`` bytes read from it (for progress inside a file)."""
+
+    def __init__(self, file: Any, tell: Callable[[int], None]) -> None:
+        self._file = file
+        self._tell = tell
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        self._tell(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._file.readinto(buffer)
+        self._tell(n or 0)
+        return n
+
+    def read1(self, size: int = -1) -> bytes:
+        data = self._file.read1(size) if hasattr(self._file, "read1") else self._file.read(size)
+        self._tell(len(data))
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self._file.readline(size)
+        self._tell(len(data))
+        return data
+
+    def __enter__(self) -> _Counted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, close, size, ...
+        return getattr(self._file, name)
+
+
+class _CountingFS:
+    """``fs`` whose opened files count the (still compressed) bytes read from the store."""
+
+    def __init__(self, fs: Any, tell: Callable[[int], None]) -> None:
+        self._fs = fs
+        self._tell = tell
+
+    def open(self, path: str, mode: str = "rb", compression: str | None = None, **kwargs: Any) -> Any:
+        """The file, counted below any decompression (so bytes compare with the listed size)."""
+        counted = _Counted(self._fs.open(path, mode, **kwargs), self._tell)
+        if compression is None:
+            return counted
+        from fsspec.compression import compr
+
+        return compr[compression](counted, mode="r")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fs, name)
+
+
 def _take(iterator: Iterator[Item], n: int) -> list[Item]:
     return list(islice(iterator, n))
 
@@ -110,8 +167,12 @@ async def read_stage(
     checkpoints: Checkpoints,
     cpu: anyio.CapacityLimiter,
     on_file: Callable[[InputFile], None] = lambda _: None,
+    on_bytes: Callable[[InputFile, int], None] | None = None,
 ) -> None:
-    """Send every record of ``files`` after what ``done_upto`` says is committed, a block at a time."""
+    """Send every record of ``files`` after what ``done_upto`` says is committed, a block at a time.
+
+    ``on_bytes(inp, n)`` hears of the bytes read inside each file, as they are read (from its thread).
+    """
     log = get_logger()
     async with send:
         for inp in files:
@@ -125,6 +186,7 @@ async def read_stage(
             if after:
                 log.info("file_resumed", file=inp.key, after=after,
                          seek_offset=(seeking.get("seek") or (None, None))[1])
-            iterator = file_items(cfg, fs, inp, after, **seeking)
+            source = fs if on_bytes is None else _CountingFS(fs, lambda n, inp=inp: on_bytes(inp, n))
+            iterator = file_items(cfg, source, inp, after, **seeking)
             while block := await anyio.to_thread.run_sync(_take, iterator, READ_BLOCK, limiter=cpu):
                 await send.send(block)

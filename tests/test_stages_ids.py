@@ -1,0 +1,41 @@
+"""One row per id: a later record whose id is taken goes to errors/ naming both places."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.stages import ids as ids_module
+from pipeline.stages.ids import IdRegistry
+from pipeline.types import Chunk, EmbeddedBatch, Usage
+
+
+def batch(seq: int, source: str, names: list[str]) -> EmbeddedBatch:
+    chunks = tuple(Chunk(n, n, 0, f"text {n}", source, i + 1, "h") for i, n in enumerate(names))
+    vectors = np.arange(len(names) * 2, dtype=np.float32).reshape(len(names), 2)
+    return EmbeddedBatch(seq, chunks, vectors, Usage(1, 0, 5, 5), records=len(names))
+
+
+def test_a_later_duplicate_becomes_an_error_row_naming_both_places() -> None:
+    """The first record keeps its id; the later one with the same id fails, its vector dropped with it."""
+    registry = IdRegistry()
+    first = registry.check(batch(0, "a.jsonl", ["7", "8"]))
+    assert [c.id for c in first.chunks] == ["7", "8"] and not first.failures
+    second = registry.check(batch(1, "b.jsonl", ["9", "7"]))
+    assert [c.id for c in second.chunks] == ["9"] and second.vectors.tolist() == [[0.0, 1.0]]
+    (failure,) = second.failures
+    assert failure.error_type == "duplicate_id" and failure.id == "7" and failure.source == "b.jsonl"
+    assert "a.jsonl" in failure.message and "b.jsonl line/row 2" in failure.message
+    assert second.records == 2  # every record still ends in exactly one place
+
+
+def test_ids_already_in_the_dataset_are_taken(monkeypatch) -> None:
+    """Ids seeded from the dataset (merged into the sorted arrays) are taken; a changed source frees its own."""
+    monkeypatch.setattr(ids_module, "MERGE_EVERY", 4)
+    registry = IdRegistry()
+    registry.add_existing([str(i) for i in range(10)], ["old.jsonl"] * 10)
+    assert len(registry) == 10
+    out = registry.check(batch(0, "new.jsonl", ["3", "10"]))
+    assert [c.id for c in out.chunks] == ["10"] and "old.jsonl" in out.failures[0].message
+    registry.forget_source("old.jsonl")
+    again = registry.check(batch(1, "old.jsonl", ["3"]))
+    assert [c.id for c in again.chunks] == ["3"]
