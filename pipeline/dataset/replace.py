@@ -17,13 +17,16 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.dataset.manifest import of_url
+from pipeline.dataset.manifest import Manifest, of_url
 from pipeline.dataset.shard_writer import ShardWriter
 from pipeline.dataset.shards import open_shard
 from pipeline.storage import join
 
 #: rows copied at a time (8192 float vectors of 1024 dimensions: 32 MB)
 COPY_ROWS = 8192
+
+#: a shard entry, and the entry of its copy (None when no row was left)
+Rewritten = tuple[dict[str, Any], dict[str, Any] | None]
 
 #: makes a new, empty shard of a kind with a schema (the writer's next name for that kind)
 NewShard = Callable[[str, pa.Schema], ShardWriter]
@@ -122,3 +125,17 @@ def _without(entry: dict[str, Any], urls: set[str], removed_docs: set[str]) -> d
     new["marks"] = {k: v for k, v in marks.items() if not any(of_url(k, u) for u in urls)}
     return new
 
+
+
+def swap(manifest: Manifest, rewritten: list[Rewritten], gone: list[str]) -> list[dict[str, Any]]:
+    """List each copy in place of its shard, forget the inputs that are ``gone``; the retired entries."""
+    shards = manifest.shards
+    for old, new in rewritten:
+        i = shards.index(old)
+        if new is None:
+            del shards[i]
+        else:
+            shards[i] = new
+    for url in gone:
+        manifest.forget(url)
+    return [old for old, _ in rewritten]

@@ -27,7 +27,7 @@ from pipeline.dataset.retrying import StoreRetry, transient
 from pipeline.dataset.manifest import Manifest, manifest_name, of_url, save_rank, utc_now
 from pipeline.dataset.opening import KINDS, clean_up, forget_missing, load_or_create
 from pipeline.dataset.pending import Pending
-from pipeline.dataset.replace import affected, rewrite
+from pipeline.dataset.replace import Rewritten, affected, rewrite, swap
 from pipeline.dataset.shard_writer import ShardWriter
 from pipeline.dataset.shards import open_shard
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
@@ -386,7 +386,7 @@ class DatasetWriter:
                 if signature is not None:
                     self._new_signatures[url] = signature
 
-    def _rewrite_without(self, urls: set[str]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    def _rewrite_without(self, urls: set[str]) -> list[Rewritten]:
         """Copies of the listed shards that hold rows of ``urls``, without them: (old entry, new or None)."""
         if not urls:
             return []
@@ -401,23 +401,12 @@ class DatasetWriter:
             for old in affected(self.fs, self.root, self._manifest.shards, urls, self._sources_read)
         ]
 
-    def _swap(
-        self, rewritten: list[tuple[dict[str, Any], dict[str, Any] | None]], removing: dict[str, bool]
-    ) -> list[dict[str, Any]]:
+    def _swap(self, rewritten: list[Rewritten], removing: dict[str, bool]) -> list[dict[str, Any]]:
         """List the rewritten shards in place of the old ones; the old entries, now retired."""
-        shards = self._manifest.shards
-        for old, new in rewritten:
-            i = shards.index(old)
-            if new is None:
-                del shards[i]
-            else:
-                shards[i] = new
-        for url, gone in removing.items():
-            if gone:
-                self._manifest.forget(url)
+        retired = swap(self._manifest, rewritten, [url for url, gone in removing.items() if gone])
         self._manifest.files.update(self._new_signatures)
         self._new_signatures = {}
-        return [old for old, _ in rewritten]
+        return retired
 
     def _publish(self) -> list[dict[str, Any]]:
         """Publish the open shards; the data shard carries the batches' accounting."""
