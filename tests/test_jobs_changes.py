@@ -267,3 +267,20 @@ async def test_a_dataset_of_the_previous_version_follows_too(tmp_path: Path) -> 
     assert result.exit_code == 0
     assert job.changes["changed"] == 2 and job.changes["deleted"] == 1  # c cannot be told appended: read again
     check_exact(tmp_path, {k: v for d in docs.values() for k, v in d.items()})
+
+
+async def test_a_renamed_file_keeps_its_ids_and_vectors(tmp_path: Path) -> None:
+    """A file renamed (deleted under one name, new under another) frees its ids for the new name, costs
+    no input (its vectors are the dataset's own) and leaves no duplicate_id error."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"x": "ex", "y": "why"})
+    jsonl(src / "keep.jsonl", {"k": "kept"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    (src / "a.jsonl").rename(src / "b.jsonl")
+    job, result, stats = await rerun(cfg)
+    assert job.changes["new"] == 1 and job.changes["deleted"] == 1
+    assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
+    check_exact(tmp_path, {"x": "ex", "y": "why", "k": "kept"})
+    assert set(current(tmp_path)["source"].to_pylist()) == {str(src / "b.jsonl"), str(src / "keep.jsonl")}

@@ -119,7 +119,8 @@ class Job:
                 index = await anyio.to_thread.run_sync(open_reuse_index, cfg)
                 self.log.info("reuse_index_ready", reuse_from=cfg.run.reuse_from, rows=index.rows,
                               distinct=index.distinct)
-            if changes.changed and sink.counts.rows_embedded:  # before anything leaves the dataset
+            # before anything leaves the dataset: changed files, and renamed ones (deleted + new)
+            if (changes.changed or (changes.deleted and changes.new)) and sink.counts.rows_embedded:
                 index = await anyio.to_thread.run_sync(self._index_itself, index)
             embedder = self._embedder or make_embedder(
                 cfg.embedding, cfg.api_key, reuse=index, on_retry=self._on_retry, budget=self.budget,
