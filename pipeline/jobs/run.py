@@ -196,7 +196,10 @@ class Job:
         answers_send, answers_receive = anyio.create_memory_object_stream[EmbeddedBatch | Skipped](max(4, depth * 4))
         window = Window(max(4, depth * 4))
         whole, reading = self.shutdown.round_scopes()
-        with whole:
+        # the round holds the answers' receiving end open until every task ended: a write stage
+        # that fails closes only its own clone, so an embed worker answering at that moment is
+        # cancelled with the rest instead of meeting a closed stream (BrokenResourceError)
+        with whole, answers_receive:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read, fs, files, records_send, reading)
                 tg.start_soon(partial(chunk_stage, records_receive, pieces_send, chunker=self.chunker, cpu=self.cpu))
@@ -206,7 +209,7 @@ class Job:
                     for _ in range(depth):
                         tg.start_soon(partial(embed_stage, batches_receive.clone(), answers_send.clone(),
                                               embedder=embedder, gate=self.gate))
-                tg.start_soon(partial(write_stage, answers_receive, commit=self.commit, window=window,
+                tg.start_soon(partial(write_stage, answers_receive.clone(), commit=self.commit, window=window,
                                       check=self.ids.check, on_written=lambda batch: self._written(batch, embedder)))
 
     async def _read(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Item]],
