@@ -1,4 +1,4 @@
-"""The ``pipeline`` command line: run, validate, inspect, retry-failed, serve.
+"""The ``pipeline`` command line: run, validate, inspect, retry-failed, serve, search.
 
 Every error a user can cause ends here as one plain line on stderr and an
 exit code (2 for config and command-line problems, 3 for a fatal API error);
@@ -61,13 +61,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check the config and estimate the job; calls no API")
     _add_config_args(p)
     p = sub.add_parser("inspect", help="print a dataset's shards, rows, failures and token usage")
-    p.add_argument("dataset", help="the dataset path (local path or fsspec URL)")
+    p.add_argument("dataset", help="the dataset path (local path or fsspec URL), or a config file (its sink)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to fsspec (repeatable)")
     p.add_argument("--rebuild", action="store_true",
                    help="rewrite _manifest.json from the per-rank parts in _manifests/ first")
     p = sub.add_parser("retry-failed", help="embed again the rows in errors/ and move successes to data/")
     _add_config_args(p)
+    p = sub.add_parser("search", help="embed a query and print the nearest rows of the config's sink")
+    _add_config_args(p)
+    p.add_argument("query", help="the text to look for")
+    p.add_argument("-k", type=int, default=5, help="how many rows to print (default 5)")
     p = sub.add_parser("serve", help="a local embeddings API server for development and tests")
     if "serve" in (argv or ()):  # its flags cost an import the other commands do not need
         from pipeline.serve import app as server
@@ -78,6 +82,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
+
+
+def _secrets(cfg: Config) -> list[str]:
+    """What no line may show: the API key, and the password in a ``postgresql://`` sink.path."""
+    from pipeline.dataset.postgres_schema import url_password
+
+    return [cfg.api_key or "", url_password(cfg.sink.path) or ""]
 
 
 def _report(result: RunResult, logs: LogSetup) -> int:
@@ -97,14 +108,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.jobs.executor import make_executor
 
     cfg = _load(args)
-    logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
+    logs = configure(cfg.logging.level, cfg.logging.format, secrets=_secrets(cfg))
     # until the run's own handler is listening, SIGTERM and SIGHUP still mean "stop": exit 143/129, not -15
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGHUP, _exit_on_signal)
     try:
         result = anyio.run(lambda: make_executor(cfg).run(cfg, logs=logs, fresh=args.fresh))
     except PipelineError as exc:
-        return _fail(str(exc), exc.exit_code, [cfg.api_key])
+        return _fail(str(exc), exc.exit_code, _secrets(cfg))
     finally:
         if logs.console is not None:
             logs.console.clear()
@@ -120,53 +131,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for problem in report.problems:
         _fail(problem, report.exit_code)
     return report.exit_code
-
-
-def _table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def render_summary(summary: dict, failures_by_type: dict[str, int]) -> str:
-    """The text ``pipeline inspect`` prints for a dataset summary."""
-    t = summary["totals"]
-    out = [
-        f"dataset: {summary['path']}",
-        f"model: {summary['model']}  input_type: {summary['input_type']}  "
-        f"embedding_type: {summary['embedding_type']}  dimensions: {summary['dimensions']}",
-        "",
-        _table(
-            ["shard", "kind", "rows", "requests", "retries", "prompt_tokens", "total_tokens", "finished_at"],
-            [
-                [s["path"], s["kind"], f"{s['rows']:,}", f"{s.get('requests', 0):,}", s.get("retries", 0),
-                 f"{s.get('prompt_tokens', 0):,}", f"{s.get('total_tokens', 0):,}", s.get("finished_at", "")]
-                for s in summary["shards"]
-            ],
-        ),
-        "",
-        f"records read: {t['records_read']:,}   rows embedded: {t['rows_embedded']:,} "
-        f"(reused {t['rows_reused']:,})   rows failed: {t['rows_failed']:,}",
-        f"requests: {t['requests']:,} (retries {t['retries']:,})   prompt tokens: {t['prompt_tokens']:,}   "
-        f"total tokens: {t['total_tokens']:,}",
-    ]
-    if failures_by_type:
-        out.append("failures: " + ", ".join(f"{k} {v:,}" for k, v in sorted(failures_by_type.items())))
-    if summary["runs"]:
-        out += ["", _table(["run started", "finished", "status"],
-                           [[r.get("started_at", ""), r.get("finished_at") or "", r.get("status", "")]
-                            for r in summary["runs"]])]
-    out.append("")
-    if summary["problems"]:
-        out += [f"PROBLEM: {p}" for p in summary["problems"]]
-    else:
-        out.append("every listed shard is present, with the listed rows and metadata")
-    return "\n".join(out)
 
 
 def _option_value(text: str) -> object:
@@ -191,11 +155,21 @@ def _option_value(text: str) -> object:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``pipeline inspect``: a dataset as a table, read from its files."""
-    from pipeline.dataset.inspect import failures_by_type, summarize
+    from pipeline.dataset.inspect import failures_by_type, render_summary, summarize
     from pipeline.dataset.manifest import rebuild
     from pipeline.storage import Location
 
-    options = {}
+    config_options: dict[str, object] = {}
+    if args.dataset.endswith((".yaml", ".yml")):  # a config: inspect its sink
+        cfg = load_config(args.dataset)
+        if cfg.sink.path.startswith(("postgresql://", "postgres://")):
+            from pipeline.dataset.postgres_inspect import render_postgres, summarize_postgres
+
+            pg = summarize_postgres(cfg.sink)
+            print(render_postgres(pg))
+            return 0 if pg["ok"] else 1
+        args.dataset, config_options = cfg.sink.path, dict(cfg.sink.storage_options)
+    options = config_options
     for item in args.storage_option:
         key, _, value = item.partition("=")
         options[key] = _option_value(value)
@@ -216,9 +190,23 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     from pipeline.jobs.retry_failed import retry_failed
 
     cfg = _load(args)
-    logs = configure(cfg.logging.level, cfg.logging.format, secrets=[cfg.api_key or ""])
+    if cfg.sink.path.startswith(("postgresql://", "postgres://")):
+        return _fail("retry-failed works on file datasets for now, not on a Postgres sink (sink.path)", 2)
+    logs = configure(cfg.logging.level, cfg.logging.format, secrets=_secrets(cfg))
     result = anyio.run(lambda: retry_failed(cfg))
     return _report(result, logs)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``pipeline search``: the rows nearest to a query."""
+    from pipeline.jobs.search import render_hits, search
+
+    cfg = _load(args)
+    if args.k < 1:
+        return _fail("-k must be at least 1", 2)
+    configure("warning", cfg.logging.format, secrets=_secrets(cfg))
+    print(render_hits(search(cfg, args.query, args.k)))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -234,6 +222,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "retry-failed": cmd_retry_failed,
     "serve": cmd_serve,
+    "search": cmd_search,
 }
 
 

@@ -84,7 +84,9 @@ class EmbeddingConfig(_Section):
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
     timeout_s: float = Field(60, gt=0)
-    max_attempts: int = Field(6, ge=1, le=100)
+    max_attempts: int = Field(6, ge=1, le=100)  # per request, counting real failures (not 429s)
+    max_wait_s: float = Field(600, gt=0)  # how long one request may keep waiting on 429s
+    rate_limit_store: str | None = None  # redis:// or rediss:// URL: one budget shared by every worker
     usd_per_million_tokens: float | None = Field(None, ge=0)  # for cost estimates and the run summary
 
     @field_validator("url")
@@ -93,6 +95,16 @@ class EmbeddingConfig(_Section):
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value.rstrip("/") if value else value
+
+    @field_validator("rate_limit_store")
+    @classmethod
+    def _store_scheme(cls, value: str | None) -> str | None:
+        if not value:  # ${REDIS_URL} unset: no store
+            return None
+        if not re.match(r"^rediss?://[^/\s]", value):
+            # never echo the value: a store URL carries its password
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
 
     @model_validator(mode="after")
     def _http_needs_url(self) -> EmbeddingConfig:
@@ -113,6 +125,18 @@ class SinkConfig(_Section):
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] | None = "zstd"
     include_text: bool = True
     shard_seconds: float = Field(300, gt=0)
+    # a postgresql:// path (Postgres + pgvector): the table, its vector index and distance
+    table: str = "embeddings"
+    index: Literal["hnsw", "ivfflat", "none"] = "hnsw"
+    distance: Literal["cosine", "l2", "ip", "hamming", "jaccard"] = "cosine"
+    index_options: dict[str, int] = Field(default_factory=dict)  # hnsw: m, ef_construction; ivfflat: lists
+
+    @field_validator("table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,39}", value):
+            raise ValueError(f"must be a plain table name (letters, digits and _, at most 40), got {value!r}")
+        return value
 
 
 class RunConfig(_Section):

@@ -28,6 +28,9 @@ class Redactor:
         self.secrets = [s for s in secrets if s and len(s) >= 4]
 
     def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        for key, value in event.items():  # credentials in URLs, whoever logs them
+            if isinstance(value, str) and "@" in value and "://" in value:
+                event[key] = redact_url(value)
         if not self.secrets:
             return event
         for key, value in event.items():

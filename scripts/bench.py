@@ -23,12 +23,24 @@ Scenarios and their targets:
   `wall_ratio` = pipeline wall / baseline wall, target at most 0.5.
 - rate-requests, rate-tokens: the server's budget binds; utilisation of that
   budget and the share of requests answered 429, for both.
+- rate-nolimit: nothing configured, the server allows 240 requests a minute:
+  learned from its x-ratelimit-* headers (at most 2% answered 429), then from
+  its 429s alone (at most 10%); at least 85% of the rate used, no row in errors/.
+- rate-shared: three workers, one budget of 600 requests a minute shared
+  through a real redis-server (at least 95% used, at most 2% answered 429),
+  then the same three pacing alone for comparison, with the server's
+  x-ratelimit-* headers and without.
+- rate-sliding: a token budget counted over a sliding minute: at least 98%
+  used, at most 1% answered 429.
 - latency-bound: 200 ms + 0..50 ms (uniform) of server latency; throughput
   against the ideal, concurrency x batch / mean latency; target 90%.
 - memory: peak RSS at 40k and 400k records with shard_rows 20,000; target
   under 450 MB at 400k and within 1.5x of the 40k peak.
 - resume: killed twice (SIGKILL, then SIGTERM), rerun to the end.
 - many-files, rerun-changes: see scripts/bench_follow.py.
+- pg-load: 1024-d float rows into a local Postgres (pgserver) through the
+  Postgres sink, and through the README's old per-row text snippet, same
+  server and rows; target at least 20,000 rows/s for the sink.
 """
 
 from __future__ import annotations
@@ -400,14 +412,150 @@ def local(work: Path, records: int) -> Row:
     })
 
 
+def pg_load(work: Path, records: int) -> Row:
+    """The Postgres sink's load rate against the old README snippet (scripts/bench_pg.py)."""
+    from bench_pg import pg_load as measure_pg_load  # scripts/ is on sys.path when run as a script
+
+    return Row("pg-load", measure_pg_load(work, records))
+
+
+# --- rate budgets at real per-minute rates (issue 13): learned, shared, sliding -------------------
+
+RATE_BATCH = 16  # small batches: many requests from a small corpus, so a minute-scale budget binds fast
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway `redis-server` on a free loopback port, persisting nothing; yields its URL."""
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout or ():
+            if "Ready to accept connections" in line:
+                break
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def _minute_figures(server: dict[str, Any], rpm: int | None, tpm: int | None) -> dict[str, Any]:
+    """Use of a per-minute budget and the share of requests answered 429, from the server's counters."""
+    span = server["embedded_span_s"] or 1e-9
+    figures: dict[str, Any] = {"requests": server["requests"], "admitted": server["admitted"]}
+    if rpm is not None:
+        # the first answer opens the span: the others are what the span allowed
+        figures["request_use"] = round((server["admitted"] - 1) / (span * rpm / 60), 3)
+    if tpm is not None:
+        tokens = server["admitted_tokens"] * (server["admitted"] - 1) / max(server["admitted"], 1)
+        figures["token_use"] = round(tokens / (span * tpm / 60), 3)
+    figures["share_429"] = round(server["rate_limited"] / max(server["requests"], 1), 4)
+    return figures
+
+
+def _run_ranks(work: Path, name: str, corpus: Path, world: int, embedding: dict[str, Any]) -> dict[str, Any]:
+    """``world`` `pipeline run` ranks at once on ``corpus``: wall time, exits, rows embedded and failed."""
+    out = work / f"{name}-out"
+    procs = []
+    started = time.perf_counter()
+    for rank in range(world):
+        config = work / f"{name}-{rank}.yaml"
+        write_config(config, corpus, out, embedding)
+        text = config.read_text().replace(f"  path: {corpus}\n", f"  path: {corpus}\n  split_bytes: 65536\n", 1)
+        config.write_text(text + f"run:\n  rank: {rank}\n  world_size: {world}\n")  # ranks share the file
+        procs.append(subprocess.Popen(pipeline_cmd("run", str(config)), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    exits = []
+    for proc in procs:
+        _, err = proc.communicate()
+        exits.append(proc.returncode)
+        if proc.returncode != 0:
+            sys.stderr.write(f"pipeline run exited {proc.returncode}:\n{err[-2000:]}\n")
+    totals = json.loads((out / "_manifest.json").read_text()).get("totals", {}) if (out / "_manifest.json").exists() else {}
+    return {"wall_s": round(time.perf_counter() - started, 1), "exit": max(exits),
+            "rows": totals.get("rows_embedded", 0), "rows_in_errors": totals.get("rows_failed", 0)}
+
+
+def rate_nolimit(work: Path, records: int) -> Row:
+    """Nothing configured; the server allows 240 requests a minute (sliding): learned from headers, then blind."""
+    corpus = work / "nolimit.jsonl"
+    write_corpus(corpus, records)
+    figures: dict[str, Any] = {"records": records}
+    client = {"model": "bench", "concurrency": CONCURRENCY, "batch_size": RATE_BATCH}
+    for prefix, flags in (("headers", ()), ("blind", ("--no-ratelimit-headers", "--no-retry-after"))):
+        with serve("--fake", "--dimensions", "256", "--rpm", "240", *flags) as url:
+            run = _run_ranks(work, f"nolimit-{prefix}", corpus, 1, {"url": url, **client})
+            figures.update({f"{prefix}_{k}": v for k, v in {**run, **_minute_figures(stats(url), 240, None)}.items()})
+    if have_baseline():
+        with serve("--fake", "--dimensions", "256", "--rpm", "240") as url:  # a fresh window, headers sent
+            # users leave rate limits to the SDK's retries; its default of 2 gives up at once here
+            b, b_rows = run_baseline(corpus, url, "--batch-size", str(RATE_BATCH), "--max-retries", "10")
+            figures.update({f"baseline_{k}": v for k, v in _minute_figures(stats(url), 240, None).items()})
+            figures.update({"baseline_wall_s": round(b.wall_s, 1), "baseline_rows": b_rows,
+                            "baseline_exit": b.returncode})
+    return Row("rate-nolimit", figures)
+
+
+def rate_shared(work: Path, records: int) -> Row:
+    """Three workers, one budget of 600 requests a minute (sliding): through Redis, then each pacing alone;
+    with the server's x-ratelimit-* headers, then without."""
+    corpus = work / "shared.jsonl"
+    write_corpus(corpus, records)
+    figures: dict[str, Any] = {"records": records}
+    client = {"model": "bench", "concurrency": CONCURRENCY, "batch_size": RATE_BATCH, "requests_per_minute": 600}
+    with redis_server() as store:
+        # with x-ratelimit-* headers (Heroku, OpenAI) workers alone also hold when the server says none is left;
+        # without them, only the store keeps three workers to one budget
+        runs = (("store", (), {"rate_limit_store": store}), ("alone", (), {}),
+                ("alone_no_headers", ("--no-ratelimit-headers",), {}))
+        for prefix, flags, extra in runs:
+            with serve("--fake", "--dimensions", "256", "--rpm", "600", *flags) as url:
+                run = _run_ranks(work, f"shared-{prefix}", corpus, 3, {"url": url, **client, **extra})
+                figures.update({f"{prefix}_{k}": v for k, v in {**run, **_minute_figures(stats(url), 600, None)}.items()})
+    return Row("rate-shared", figures)
+
+
+def rate_sliding(work: Path, records: int) -> Row:
+    """A configured token budget of 150,000 a minute, counted by the server over a sliding minute."""
+    corpus = work / "sliding.jsonl"
+    write_corpus(corpus, records, words=30)
+    figures: dict[str, Any] = {"records": records}
+    client = {"model": "bench", "concurrency": CONCURRENCY, "batch_size": RATE_BATCH, "tokens_per_minute": 150_000}
+    with serve("--fake", "--dimensions", "256", "--tpm", "150000", "--limit-mode", "sliding") as url:
+        run = _run_ranks(work, "sliding", corpus, 1, {"url": url, **client})
+        figures.update({**run, **_minute_figures(stats(url), None, 150_000)})
+    if have_baseline():
+        with serve("--fake", "--dimensions", "256", "--tpm", "150000", "--limit-mode", "sliding") as url:
+            b, b_rows = run_baseline(corpus, url, "--batch-size", str(RATE_BATCH), "--max-retries", "10")
+            figures.update({f"baseline_{k}": v for k, v in _minute_figures(stats(url), None, 150_000).items()})
+            figures.update({"baseline_wall_s": round(b.wall_s, 1), "baseline_rows": b_rows,
+                            "baseline_exit": b.returncode})
+    return Row("rate-sliding", figures)
+
+
 SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "overhead": overhead,
     "local": local,
     "rate-requests": rate_requests,
     "rate-tokens": rate_tokens,
+    "rate-nolimit": rate_nolimit,
+    "rate-shared": rate_shared,
+    "rate-sliding": rate_sliding,
     "latency-bound": latency_bound,
     "memory": memory,
     "resume": resume,
+    "pg-load": pg_load,
 }
 # scenarios of a dataset that follows its source (scripts/bench_follow.py)
 from bench_follow import many_files, rerun_changes  # noqa: E402
@@ -418,11 +566,15 @@ DEFAULT_RECORDS = {
     "local": 60_000,
     "rate-requests": 28_800,
     "rate-tokens": 40_000,
+    "rate-nolimit": 5_000,  # 313 requests: about 80 s at 240 a minute, for each of three clients
+    "rate-shared": 16_000,  # 1,000 requests: 100 s at 600 a minute, for each of three runs
+    "rate-sliding": 5_000,  # about 310,000 tokens by serve's count: about two minutes at 150,000 a minute
     "latency-bound": 40_000,
     "memory": 400_000,  # and a tenth of it
     "resume": 10_000,
     "many-files": 30_000,
     "rerun-changes": 20_000,
+    "pg-load": 100_000,
 }
 
 

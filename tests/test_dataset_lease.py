@@ -164,7 +164,8 @@ def test_a_create_that_fails_midway_leaves_no_lease(
         lease(tmp_path, clock).acquire(0)
     monkeypatch.undo()
     assert not lease_file(tmp_path).exists()
-    assert list(lease_file(tmp_path).parent.iterdir()) == []  # no temp file either
+    left = [p.name for p in lease_file(tmp_path).parent.iterdir() if not p.name.endswith('.json.lock')]
+    assert left == []  # no temp file either (the lock file beside the lease stays: it is no lease)
     again = lease(tmp_path, clock)
     bounded(monkeypatch, again, "_read")
     again.acquire(0)
@@ -178,7 +179,7 @@ def test_renew_replaces_the_lease_whole(tmp_path: Path, clock: FakeClock) -> Non
     clock.advance(12)
     holder.renew()
     assert orjson.loads(lease_file(tmp_path).read_bytes())["heartbeat"] == 1012
-    assert [p.name for p in lease_file(tmp_path).parent.iterdir()] == ["00000.json"]
+    assert sorted(p.name for p in lease_file(tmp_path).parent.iterdir()) == [".00000.json.lock", "00000.json"]
     holder.release()
     assert not lease_file(tmp_path).exists()
 
@@ -198,3 +199,22 @@ def test_release_on_a_store_that_refuses_is_a_warning(
         holder.release()
     assert [(e["event"], e["log_level"]) for e in logs] == [("lease_not_released", "warning")]
     assert "Permission denied" in logs[0]["error"] and not holder.held
+
+
+def test_a_writer_paused_inside_its_check_holds_off_its_successor(tmp_path: Path, clock: FakeClock) -> None:
+    """Local compare-and-swap: while a writer is between checking its lease and writing (paused there),
+    another cannot take the lease over, even once the heartbeat is stale; it waits, then refuses in one line."""
+    holder = lease(tmp_path, clock)
+    holder.acquire(0)
+    successor = lease(tmp_path, clock)
+    with holder.exclusive():  # paused inside a renewal or a manifest save
+        clock.advance(120)  # its heartbeat is long stale
+        with pytest.raises(SinkError, match="lock .* stayed held"):
+            successor.acquire(0)  # waits a few real seconds on the lock, then refuses
+    holder.renew()  # it wakes and finishes: still the owner
+    assert orjson.loads(lease_file(tmp_path).read_bytes())["owner"] == holder.owner
+    clock.advance(120)  # paused outside the lock this time: the successor takes over...
+    successor.acquire(0)
+    with pytest.raises(SinkError, match="lost the write lease"):
+        holder.renew()  # ...and the old writer's next check stops it, without writing
+    assert orjson.loads(lease_file(tmp_path).read_bytes())["owner"] == successor.owner

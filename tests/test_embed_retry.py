@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline.embed.limits import Reservation
+from pipeline.embed.limits import RateLimiter, Reservation
 from pipeline.embed.retry import Bisector, ConnectFailed, Retrying, classify, parse_reset
 from pipeline.errors import (
     ApiError,
@@ -53,8 +53,11 @@ class RecordingLimiter:
     async def settle(self, reservation: Reservation, reported: int | None) -> None:
         self.settled.append(reported)
 
-    async def backoff(self, delay: float) -> None:
+    async def backoff(self, delay: float | None) -> None:
         self.backoffs.append(delay)
+
+    async def observe(self, server) -> None:
+        pass
 
 
 def failing(*errors: ApiError):
@@ -120,11 +123,42 @@ async def test_retries_until_success_honouring_retry_after(clock) -> None:
 
 @pytest.mark.anyio
 async def test_429_makes_the_limiter_back_off(clock) -> None:
-    """A 429 tells the limiter to hold everyone for the server's delay (1 s when it gave none)."""
+    """A 429 tells the limiter to hold everyone for the server's delay (None when it gave none: the limiter probes)."""
     limiter = RecordingLimiter()
     request = failing(RetryableApiError("slow", status=429, retry_after=3.0), RetryableApiError("slow", status=429))
     await retrying(limiter, clock).send(request, 1)
-    assert limiter.backoffs == [3.0, 1.0]
+    assert limiter.backoffs == [3.0, None]
+
+
+@pytest.mark.anyio
+async def test_429s_do_not_use_up_the_attempts(clock) -> None:
+    """Twenty 429s in a row, then an answer: max_attempts counts real failures only, and the row is kept."""
+    limiter = RecordingLimiter()
+    errors = [RetryableApiError("slow", status=429, retry_after=5.0) for _ in range(20)]
+    answer, attempts = await retrying(limiter, clock, attempts=2).send(failing(*errors), 1)
+    assert attempts == 21 and answer.prompt_tokens == 7 and len(limiter.backoffs) == 20
+
+
+@pytest.mark.anyio
+async def test_real_failures_still_count_between_429s(clock) -> None:
+    """5xx failures interleaved with 429s still stop at max_attempts failures."""
+    busy = [RetryableApiError("busy", status=503), RetryableApiError("slow", status=429)] * 3
+    with pytest.raises(RetryableApiError) as info:
+        await retrying(RecordingLimiter(), clock, attempts=3).send(failing(*busy), 1)
+    assert info.value.status == 503 and info.value.attempts == 5
+
+
+@pytest.mark.anyio
+async def test_429s_give_up_after_max_wait(clock) -> None:
+    """429s are retried for max_wait_s seconds, then the request fails as rate-limited."""
+    limiter = RateLimiter(None, None, clock=clock, sleep=clock.asleep)
+    errors = [RetryableApiError("slow", status=429, retry_after=10.0) for _ in range(100)]
+    policy = Retrying(2, limiter=limiter, where="http://host", max_wait_s=60, clock=clock, sleep=clock.asleep,
+                      rng=random.Random(0))
+    start = clock()
+    with pytest.raises(RetryableApiError) as info:
+        await policy.send(failing(*errors), 1)
+    assert info.value.status == 429 and 60 <= clock() - start <= 75 and info.value.attempts == 7
 
 
 @pytest.mark.anyio

@@ -72,3 +72,16 @@ def test_redaction_masks_secrets_anywhere() -> None:
         structlog.reset_defaults()
     text = out.getvalue()
     assert KEY not in text and "***" in text
+
+
+def test_credentials_in_any_url_are_masked_in_logs() -> None:
+    """A URL with userinfo in any log field (a sink or endpoint URL) is logged with it masked."""
+    import io
+
+    from pipeline.logs import configure, get_logger
+
+    stream = io.StringIO()
+    configure("info", "logfmt", stream=stream)
+    get_logger().info("run_started", sink="postgresql://app:s3cr3t@db.example:5432/x", source="s3://b/docs/")
+    line = stream.getvalue()
+    assert "s3cr3t" not in line and "postgresql://***@db.example:5432/x" in line and "s3://b/docs/" in line

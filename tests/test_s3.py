@@ -125,8 +125,8 @@ def read_dataset(s3: s3fs.S3FileSystem, root: str) -> tuple[dict[str, Any], dict
     for entry in manifest["shards"]:
         with s3.open(f"{root}/{entry['path']}", "rb") as f:
             table = pq.read_table(f)
-        assert json.loads(table.schema.metadata[b"pipeline"]) == entry
-        assert table.num_rows == entry["rows"]
+        assert json.loads(table.schema.metadata[b"pipeline"]) == {k: v for k, v in entry.items() if k != "bytes"}
+        assert table.num_rows == entry["rows"] and s3.info(f"{root}/{entry['path']}")["size"] == entry["bytes"]
         tables[entry["kind"]].append(table)
     return manifest, {k: pa.concat_tables(v) if v else pa.table({}) for k, v in tables.items()}
 

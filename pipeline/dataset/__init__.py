@@ -9,4 +9,8 @@
 - :mod:`.lease`: one writer per rank
 - :mod:`.reuse_index`: the content-hash index of an earlier dataset (``run.reuse_from``)
 - :mod:`.inspect`: ``pipeline inspect``'s view, checked against the files
+- :mod:`.postgres`: Postgres + pgvector as a sink (``sink.path: postgresql://...``), with
+  :mod:`.postgres_session` (connection and lock), :mod:`.postgres_state` (settings, runs,
+  resume state), :mod:`.postgres_rows` (binary COPY), :mod:`.postgres_schema` (DDL, index)
+  and :mod:`.postgres_inspect`
 """

@@ -31,6 +31,7 @@ def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
     for entry in manifest.shards:
         path = join(root, entry["path"])
         check: dict[str, Any] = {"exists": True, "file_rows": None, "metadata_matches": False}
+        own = {k: v for k, v in entry.items() if k != "bytes"}  # the file holds all but its own size
         try:
             rows, meta = read_shard_footer(fs, path)
         except FileNotFoundError:
@@ -40,10 +41,10 @@ def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
             problems.append(f"{entry['path']}: unreadable ({exc})")
         else:
             check["file_rows"] = rows
-            check["metadata_matches"] = meta == entry
+            check["metadata_matches"] = meta == own
             if rows != entry.get("rows"):
                 problems.append(f"{entry['path']}: {rows} rows in the file, {entry.get('rows')} listed")
-            elif meta != entry:
+            elif meta != own:
                 problems.append(f"{entry['path']}: its metadata differs from the manifest entry")
         shards.append({**entry, **check})
     return {
@@ -80,3 +81,50 @@ def failures_by_type(fs: fsspec.AbstractFileSystem, root: str, summary: dict[str
                 for row in pc.value_counts(batch.column(0)).to_pylist():
                     counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
     return counts
+
+
+def text_table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_summary(summary: dict, failures_by_type: dict[str, int]) -> str:
+    """The text ``pipeline inspect`` prints for a dataset summary."""
+    t = summary["totals"]
+    out = [
+        f"dataset: {summary['path']}",
+        f"model: {summary['model']}  input_type: {summary['input_type']}  "
+        f"embedding_type: {summary['embedding_type']}  dimensions: {summary['dimensions']}",
+        "",
+        text_table(
+            ["shard", "kind", "rows", "requests", "retries", "prompt_tokens", "total_tokens", "finished_at"],
+            [
+                [s["path"], s["kind"], f"{s['rows']:,}", f"{s.get('requests', 0):,}", s.get("retries", 0),
+                 f"{s.get('prompt_tokens', 0):,}", f"{s.get('total_tokens', 0):,}", s.get("finished_at", "")]
+                for s in summary["shards"]
+            ],
+        ),
+        "",
+        f"records read: {t['records_read']:,}   rows embedded: {t['rows_embedded']:,} "
+        f"(reused {t['rows_reused']:,})   rows failed: {t['rows_failed']:,}",
+        f"requests: {t['requests']:,} (retries {t['retries']:,})   prompt tokens: {t['prompt_tokens']:,}   "
+        f"total tokens: {t['total_tokens']:,}",
+    ]
+    if failures_by_type:
+        out.append("failures: " + ", ".join(f"{k} {v:,}" for k, v in sorted(failures_by_type.items())))
+    if summary["runs"]:
+        out += ["", text_table(["run started", "finished", "status"],
+                           [[r.get("started_at", ""), r.get("finished_at") or "", r.get("status", "")]
+                            for r in summary["runs"]])]
+    out.append("")
+    if summary["problems"]:
+        out += [f"PROBLEM: {p}" for p in summary["problems"]]
+    else:
+        out.append("every listed shard is present, with the listed rows and metadata")
+    return "\n".join(out)

@@ -19,7 +19,12 @@ one line naming the file.
 
 On local disk the lease is created whole or not at all (written aside, then
 hard-linked into place, which fails if a lease is there) and each heartbeat
-replaces it by a rename, so a crash cannot leave it torn. On object stores
+replaces it by a rename, so a crash cannot leave it torn. Every
+read-then-write of the lease, and each manifest save with the check of the
+lease before it, happens under an exclusive ``flock`` on a lock file beside
+it (:meth:`Lease.exclusive`): a compare-and-swap, so a writer paused between
+its check and its write (SIGSTOP, a frozen machine) holds off its successor
+instead of overwriting it. On object stores
 the create is a conditional PUT where the store supports one; elsewhere the
 check-then-write to take a lease is not atomic: two writers starting within
 the same instant could both take it, and the fencing check before each save
@@ -29,10 +34,14 @@ stops the loser at its first commit.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, Final
 
 import fsspec
@@ -90,6 +99,9 @@ class Lease:
         #: on an object store, the ETag of the lease as we last wrote it: renewals are
         #: conditional on it (If-Match), so a writer that lost the lease can never overwrite it
         self._etag: str | None = None
+        self._mutex = threading.RLock()  # the heartbeat thread and the commit thread take turns
+        self._lock_fd: int | None = None
+        self._depth = 0
         #: the last heartbeat value seen in another's lease, and when it was first seen
         self._seen: tuple[tuple[str, float], float] | None = None
 
@@ -97,6 +109,46 @@ class Lease:
     def url(self) -> str:
         """Where the lease is, as messages print it."""
         return redact_url(self.path if self._local else self.fs.unstrip_protocol(self.path))
+
+    # ------------------------------------------------------------ the local compare-and-swap
+
+    @contextmanager
+    def exclusive(self, wait_s: float = 60.0) -> Iterator[None]:
+        """Hold the lease's lock (local disk): no other process reads-then-writes it meanwhile.
+
+        Re-entrant within this process. On an object store it only orders this
+        process's own threads: there, conditional writes do the same job.
+        """
+        with self._mutex:
+            if self._depth == 0 and self._local:
+                self._lock_fd = self._take_lock(wait_s)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._lock_fd is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+
+    def _take_lock(self, wait_s: float) -> int:
+        directory, name = self.path.rsplit("/", 1)
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(f"{directory}/.{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise SinkError(
+                        f"the lock beside {self.url} stayed held for {wait_s:.0f}s by another process "
+                        "(paused, or stuck in a write); refusing to write at the same time"
+                    ) from None
+                time.sleep(0.05)
 
     # ------------------------------------------------------------ reading
 
@@ -247,22 +299,12 @@ class Lease:
         deadline = self._clock() + wait_s
         told = False
         while True:
-            current = self._read()
-            if isinstance(current, _Unreadable):
-                get_logger().warning("lease_taken_over", path=self.url, reason=f"the lease file is {current.reason}")
-                current = None
-                self._delete()
-            elif current is not None and self._free(current):
-                self._delete()  # stale, or ours from before: make room for a clean create
-                current = None
+            with self.exclusive(max(wait_s, 5.0)):
+                current = self._take_if_free()
             if current is None:
-                try:
-                    self._create()
-                except FileExistsError:
-                    pass  # another writer created it first: look again after a pause
-                else:
-                    self.held = True
-                    return
+                return
+            if not isinstance(current, dict):
+                current = None
             elif on_wait is not None and not told:
                 on_wait(current)
                 told = True
@@ -270,6 +312,25 @@ class Lease:
             if now >= deadline:
                 raise SinkError(self._refusal(current))
             self._sleep(min(1.0, max(0.05, deadline - now)))
+
+    def _take_if_free(self) -> dict[str, Any] | bool | None:
+        """One try (under the lock): None when the lease is now ours; else the other's lease (or False)."""
+        current = self._read()
+        if isinstance(current, _Unreadable):
+            get_logger().warning("lease_taken_over", path=self.url, reason=f"the lease file is {current.reason}")
+            current = None
+            self._delete()
+        elif current is not None and self._free(current):
+            self._delete()  # stale, or ours from before: make room for a clean create
+            current = None
+        if current is not None:
+            return current
+        try:
+            self._create()
+        except FileExistsError:
+            return False  # another writer created it first: look again after a pause
+        self.held = True
+        return None
 
     def _refusal(self, current: dict[str, Any] | None) -> str:
         holder = ""
@@ -282,6 +343,10 @@ class Lease:
 
     def renew(self) -> None:
         """Heartbeat; raises :class:`SinkError` if another writer took the lease."""
+        with self.exclusive():
+            self._renew()
+
+    def _renew(self) -> None:
         current = self._read()
         if isinstance(current, _Unreadable) or (current is not None and current["owner"] != self.owner):
             self.held = False
@@ -302,9 +367,10 @@ class Lease:
             return
         self.held = False
         try:
-            current = self._read()
-            if isinstance(current, dict) and current["owner"] == self.owner:
-                self._delete()
+            with self.exclusive(5.0):
+                current = self._read()
+                if isinstance(current, dict) and current["owner"] == self.owner:
+                    self._delete()
         except SinkError:
             return  # not a lease at all, so not ours to delete
         except STORE_ERRORS as exc:

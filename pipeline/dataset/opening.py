@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import fsspec
 
 from pipeline.dataset.manifest import Manifest, load_rank, shard_rank_seq
@@ -46,8 +48,16 @@ def forget_missing(fs: fsspec.AbstractFileSystem, root: str, where: str, rank: i
     them among the later shards the dataset is refused instead.
     """
     mine = [s for s in manifest.shards if (rs := shard_rank_seq(s["path"])) is not None and rs[0] == rank]
-    present = {p for k in KINDS for p in _glob(fs, root, f"{k}/part-{rank:05d}-*")}
-    missing = [s for s in mine if join(root, s["path"]) not in present]
+    present: dict[str, int | None] = {}
+    for kind in KINDS:
+        found = fs.glob(join(root, f"{kind}/part-{rank:05d}-*"), detail=True)
+        present.update({path: info.get("size") for path, info in found.items()})
+
+    def gone(entry: dict[str, Any]) -> bool:  # missing, or not the size it was published with (cut short)
+        path = join(root, entry["path"])
+        return path not in present or entry.get("bytes") not in (None, present[path])
+
+    missing = [s for s in mine if gone(s)]
     if not missing:
         return
     first = mine.index(missing[0])

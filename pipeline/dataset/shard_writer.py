@@ -55,6 +55,7 @@ class ShardWriter:
         self.compression = compression
         self.local = is_local(fs)
         self.rows = 0
+        self.size: int | None = None  # bytes of the published file, once published
         self.started_at = utc_now()
         self._buffer: list[pa.Table] = []
         self._buffered = 0
@@ -119,12 +120,14 @@ class ShardWriter:
             self._restream(ready, meta)
             os.remove(self.tmp)
         if self.local:
+            self.size = os.path.getsize(ready)
             with open(ready, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(ready, self.final)
         else:
             # create-only (If-None-Match on S3): a shard object is never overwritten, so a
             # writer that lost its lease can never clobber one its successor committed
+            self.size = os.path.getsize(ready)
             retry(lambda: self.fs.put_file(ready, self.final, mode="create"), f"uploading {self.rel}")
             os.remove(ready)
 

@@ -2,7 +2,8 @@
 
 The job hands a sink batches in read order and asks it how far each input is
 committed; it never edits the sink's state itself. The file dataset
-(:class:`~pipeline.dataset.writer.DatasetWriter`) is the first sink.
+(:class:`~pipeline.dataset.writer.DatasetWriter`) is the first sink; a
+``postgresql://`` path opens :class:`~pipeline.dataset.postgres.PostgresSink`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from pipeline.config import Config
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.manifest import load_rank
+from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.errors import SinkError
 from pipeline.storage import Location
@@ -54,16 +56,16 @@ class Sink(Protocol):
         """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
         ...
 
-    def remove_sources(self, urls: list[str]) -> None:
-        """Rows whose ``source`` is one of ``urls`` leave with the next commit."""
-        ...
-
     def note_model(self, reported: str) -> None:
         """Record the model the server says answered (``model`` in its answers)."""
         ...
 
     def offsets(self) -> dict[str, list[list[int]]]:
         """Seek checkpoints of big input files."""
+        ...
+
+    def remove_sources(self, urls: list[str]) -> None:
+        """The rows whose ``source`` is one of ``urls`` leave with the next commit."""
         ...
 
     def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
@@ -118,14 +120,20 @@ def open_sink(
     fresh: bool = False,
     on_wait: Callable[[dict[str, Any]], None] | None = None,
     hold_retired: bool = False,
-) -> DatasetWriter:
+) -> Sink:
     """This rank's sink, holding its lease, refusing a dataset made with other settings.
 
     ``fresh`` deletes an existing dataset at ``sink.path`` first (its
-    shards, manifests and errors; only with ``world_size: 1``).
-    ``hold_retired`` keeps shard files a commit replaced until the sink
-    closes (an index of the dataset opened at the start still reads them).
+    shards, manifests and errors; only with ``world_size: 1``). A
+    ``postgresql://`` path is a :class:`~pipeline.dataset.postgres.PostgresSink`.
+    ``hold_retired`` keeps shard files a commit replaced until the file
+    sink closes (an index of the dataset opened at the start still reads them).
     """
+    if is_postgres(cfg.sink.path):
+        from pipeline.dataset.postgres import open_postgres_sink  # psycopg only for this sink
+
+        return open_postgres_sink(cfg, started_at=started_at, metadata_fields=metadata_fields, fresh=fresh,
+                                  on_wait=on_wait)
     lease = take_lease(cfg, on_wait)
     try:
         writer = _open_writer(cfg, lease, started_at, metadata_fields, fresh)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Iterator, Sequence
 
 import fsspec
@@ -395,6 +396,7 @@ class DatasetWriter:
         def publish(shard: ShardWriter, entry: dict[str, Any]) -> None:
             entry["finished_at"] = finished_at
             shard.publish(entry, self._retry)
+            entry["bytes"] = shard.size  # in the manifest only, as for any shard
 
         return [
             (old, rewrite(self.fs, self.root, old, urls, self._new_shard, publish))
@@ -427,6 +429,8 @@ class DatasetWriter:
                 **counts,
             }
             shard.publish(entry, self._retry)
+            # in the manifest only (the file cannot hold its own size): a run checks it at start
+            entry["bytes"] = shard.size
             entries.append(entry)
         return entries
 
@@ -478,6 +482,12 @@ class DatasetWriter:
             ) from exc
 
     def _save(self) -> None:
+        # the lease checked, then the manifest replaced, with no other writer in between
+        # (a compare-and-swap under the lease's lock on local disk; conditional PUTs on a store)
+        with self._lease.exclusive() if self._lease is not None else nullcontext():
+            self._save_checked()
+
+    def _save_checked(self) -> None:
         if self._lease is not None:
             self._renew_lease()
         try:

@@ -5,7 +5,9 @@ builds one from ``embedding:``. ``http`` speaks ``POST /v1/embeddings``
 (``answer`` reads its answers, ``retry`` is the request retry policy),
 ``local`` runs the packaged wordllama model, ``reuse`` takes vectors from an
 earlier dataset first; ``limits`` paces requests (the :class:`Limiter` seam)
-and keeps ``run.max_tokens``; ``vectors`` holds the codecs, ``tokens`` the
+and keeps ``run.max_tokens``, ``learned`` knows the budget (configured, told
+by the server, found from 429s), ``shared`` keeps one budget for every
+worker in Redis; ``vectors`` holds the codecs, ``tokens`` the
 token estimate. Heavy modules are imported only when an embedder is built.
 """
 
@@ -66,11 +68,13 @@ def make_embedder(
     cpu_limiter: anyio.CapacityLimiter | None = None,
     sleep: Sleep | None = None,
     rng: random.Random | None = None,
+    world_size: int = 1,
 ) -> Embedder:
     """The embedder for ``cfg.provider``, wrapped to take vectors from ``reuse`` first when given.
 
-    ``limiter`` paces requests (default: a :class:`~pipeline.embed.limits.RateLimiter`
-    at ``cfg``'s limits); ``cpu_limiter`` bounds the worker threads of the
+    ``limiter`` paces requests (default: :func:`~pipeline.embed.limits.make_limiter`'s,
+    one budget shared through ``cfg.rate_limit_store`` when set, of which this
+    worker paces ``1 / world_size`` while the store is away); ``cpu_limiter`` bounds the worker threads of the
     reuse lookups; ``transport``, ``sleep`` and ``rng`` are for tests.
     """
     embedder: Embedder
@@ -83,7 +87,7 @@ def make_embedder(
 
         embedder = HttpEmbedder(
             cfg, api_key=api_key, limiter=limiter, transport=transport, sleep=sleep, rng=rng,
-            on_retry=on_retry, budget=budget,
+            on_retry=on_retry, budget=budget, world_size=world_size,
         )
     if reuse is not None:
         from pipeline.embed.reuse import ReusingEmbedder

@@ -21,8 +21,10 @@ import orjson
 from pipeline.config import EmbeddingConfig
 from pipeline.embed import vectors
 from pipeline.embed.answer import Answer, AnswerReader
-from pipeline.embed.limits import Budget, Limiter, RateLimiter
+from pipeline.embed.learned import ServerLimits
+from pipeline.embed.limits import Budget, Limiter, make_limiter
 from pipeline.embed.retry import Bisector, ConnectFailed, OnRetry, Retrying, Sleep, classify
+from pipeline.embed.shared import SharedLimiter
 from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import RetryableApiError
 from pipeline.logs import get_logger, redact_url
@@ -74,16 +76,24 @@ class HttpEmbedder:
         rng: random.Random | None = None,
         on_retry: OnRetry | None = None,
         budget: Budget | None = None,
+        world_size: int = 1,
     ) -> None:
-        """``budget`` (``run.max_tokens``) refuses requests that could overspend it."""
+        """``budget`` (``run.max_tokens``) refuses requests that could overspend it.
+
+        Without a ``limiter``, one is made from ``cfg`` (shared through
+        ``cfg.rate_limit_store`` when set, this worker's ``1 / world_size``
+        of the budget while the store is away).
+        """
         assert cfg.url is not None
         self.cfg = cfg
         self._url = endpoint(cfg.url)
         self._budget = budget
+        self._own_limiter = limiter is None  # made here: closed here
         self.retrying = Retrying(
             cfg.max_attempts,
-            limiter=limiter or RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute),
+            limiter=limiter or make_limiter(cfg, self._url, world_size),
             where=redact_url(self._url),  # a key passed as https://user:KEY@host stays out of errors
+            max_wait_s=cfg.max_wait_s,
             sleep=sleep or anyio.sleep,
             rng=rng,
             on_retry=on_retry,
@@ -117,6 +127,9 @@ class HttpEmbedder:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._client.__aexit__(*exc)
+        limiter = self.retrying.limiter
+        if self._own_limiter and isinstance(limiter, SharedLimiter):
+            await limiter.aclose()
 
     async def embed(self, batch: Batch) -> EmbeddedBatch:
         """Embed ``batch``, isolating inputs the API rejects on their own."""
@@ -166,6 +179,9 @@ class HttpEmbedder:
             raise ConnectFailed(redact_url(f"connection failed: {type(exc).__name__}: {exc}")) from exc
         except httpx.TransportError as exc:  # its text may quote the URL: it ends in logs and errors/
             raise RetryableApiError(redact_url(f"connection failed: {type(exc).__name__}: {exc}")) from exc
+        server = ServerLimits.from_headers(response.headers)
+        if server is not None:  # every answer, 200s included: pace to the server's budget from the first on
+            await self.retrying.limiter.observe(server)
         if response.status_code != 200:
             raise classify(response, self.cfg.model)
         try:

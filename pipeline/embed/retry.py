@@ -2,9 +2,12 @@
 
 Failures are classified once, here, from status codes and exception classes:
 
-- 408, 409, 425, 429, 5xx, timeouts, connection errors, malformed or short
+- 408, 409, 425, 5xx, timeouts, connection errors, malformed or short
   bodies → :class:`RetryableApiError`, retried with capped exponential
-  backoff and jitter, honouring ``Retry-After`` and ``x-ratelimit-reset-*``;
+  backoff and jitter, honouring ``Retry-After``, up to ``max_attempts``;
+- 429 → :class:`RetryableApiError` too, but it means "wait", not "failed":
+  the limiter holds every request (``Retry-After``, ``x-ratelimit-reset-*``)
+  and the request is sent again, for up to ``max_wait_s`` of 429s in a row;
 - 400, 413, 422 → :class:`InputRejected`: :class:`Bisector` splits the batch
   until the bad input is alone, and only that one becomes a failure; when
   the API never accepted anything and refuses a few inputs alone, the key or
@@ -16,7 +19,7 @@ Failures are classified once, here, from status codes and exception classes:
 from __future__ import annotations
 
 import random
-import re
+import time
 from typing import Awaitable, Callable, Generic, Protocol, TypeVar
 
 import anyio
@@ -24,6 +27,7 @@ import httpx
 import numpy as np
 import orjson
 
+from pipeline.embed.learned import parse_reset
 from pipeline.embed.limits import Limiter
 from pipeline.errors import ApiError, EndpointUnreachable, FatalApiError, InputRejected, RetryableApiError
 from pipeline.types import Chunk, Failure, Usage
@@ -40,29 +44,6 @@ SYSTEMATIC_REJECTIONS = 3  # lone inputs refused, with no success ever, that mak
 
 class ConnectFailed(RetryableApiError):
     """No connection could be made: the request never reached the server."""
-
-
-_RESET = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
-
-
-def parse_reset(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` or ``x-ratelimit-reset-*`` value.
-
-    Accepts plain seconds (``"2"``, ``"0.5"``) and durations like ``"51s"``,
-    ``"1m30s"``, ``"250ms"``. Returns ``None`` for anything else.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    m = _RESET.match(value)
-    if not m or not any(m.groups()):
-        return None
-    h, mins, s, ms = (float(g) if g else 0.0 for g in m.groups())
-    return h * 3600 + mins * 60 + s + ms / 1000
 
 
 def retry_delay(response: httpx.Response) -> float | None:
@@ -123,11 +104,13 @@ R = TypeVar("R", bound=Reported)
 class Retrying:
     """Sends one request until it succeeds, paced by a :class:`Limiter`.
 
-    A retryable failure is tried again after the delay the server asked for,
-    else after capped exponential backoff with jitter, up to ``max_attempts``
-    requests in all; a 429 makes the limiter back off for everyone.
-    ``where`` names the endpoint in the unreachable error. Sleep and the
-    random source are injectable for tests.
+    A failure is tried again after the delay the server asked for, else
+    after capped exponential backoff with jitter, up to ``max_attempts``
+    failures in all. A 429 is not a failure: it means "wait", so it makes
+    the limiter hold everyone and the request is sent again when the limiter
+    lets it, for up to ``max_wait_s`` seconds of 429s; only then does the
+    request fail. ``where`` names the endpoint in the unreachable error.
+    The clock, sleep and random source are injectable for tests.
     """
 
     def __init__(
@@ -136,24 +119,30 @@ class Retrying:
         *,
         limiter: Limiter,
         where: str,
+        max_wait_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = anyio.sleep,
         rng: random.Random | None = None,
         on_retry: OnRetry | None = None,
     ) -> None:
         self.max_attempts = max_attempts
+        self.max_wait_s = max_wait_s
         self.limiter = limiter
         self._where = where
+        self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._on_retry = on_retry
 
     async def send(self, request: Callable[[], Awaitable[R]], estimate: int) -> tuple[R, int]:
-        """The answer of ``request`` (about ``estimate`` tokens) and the attempts it took.
+        """The answer of ``request`` (about ``estimate`` tokens) and the requests it took.
 
-        Raises the last :class:`ApiError` with ``attempts`` set, or
-        :class:`EndpointUnreachable` when no attempt could connect.
+        Raises the last :class:`ApiError` with ``attempts`` set (every
+        request sent, 429s included), or :class:`EndpointUnreachable` when no
+        attempt could connect.
         """
-        attempt = 0
+        attempt = failed = 0
+        limited_since: float | None = None  # when the 429s in a row began
         unreachable = True  # every attempt so far failed to connect
         while True:
             attempt += 1
@@ -167,8 +156,19 @@ class Retrying:
                     raise
                 unreachable = unreachable and isinstance(exc, ConnectFailed)
                 if exc.status == 429:
-                    await self.limiter.backoff(exc.retry_after if exc.retry_after is not None else 1.0)
-                if attempt >= self.max_attempts:
+                    await self.limiter.backoff(exc.retry_after)
+                    now = self._clock()
+                    limited_since = now if limited_since is None else limited_since
+                    if now - limited_since >= self.max_wait_s:
+                        raise
+                    if self._on_retry is not None:
+                        self._on_retry(exc, attempt)
+                    # the limiter holds every request until the server's time; a little jitter spreads them
+                    await self._sleep(self._rng.uniform(0, 0.05))
+                    continue
+                limited_since = None
+                failed += 1
+                if failed >= self.max_attempts:
                     if unreachable:
                         raise EndpointUnreachable(
                             f"embedding API unreachable at {self._where} after {attempt} attempts: "
@@ -177,7 +177,7 @@ class Retrying:
                     raise
                 if self._on_retry is not None:
                     self._on_retry(exc, attempt)
-                await self._sleep(self.delay(attempt, exc.retry_after))
+                await self._sleep(self.delay(failed, exc.retry_after))
                 continue
             await self.limiter.settle(reservation, answer.prompt_tokens)
             return answer, attempt

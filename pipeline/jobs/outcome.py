@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.logs import redact_url
 
 
 @dataclass
@@ -24,9 +25,11 @@ def too_many_failed(cfg: Config, totals: dict[str, int]) -> str | None:
     done = totals.get("rows_embedded", 0) + failed
     if not done or failed / done <= cfg.run.max_failed_fraction:
         return None
+    where = (f"table {cfg.sink.table}_errors" if cfg.sink.path.startswith(("postgresql://", "postgres://"))
+             else f"{redact_url(cfg.sink.path)}/errors/")
     return (
         f"{failed} of {done} rows failed, more than "
-        f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}; see {cfg.sink.path}/errors/"
+        f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}; see {where}"
     )
 
 

@@ -57,7 +57,7 @@ async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, 
     mine = f"part-{cfg.run.rank:05d}-"
     old_shards = [s for s in writer.manifest.shards if s["kind"] == "errors" and mine in s["path"]]
     hasher = make_hasher(emb.model, emb.input_type, emb.embedding_type)
-    embedder = embedder or make_embedder(emb, cfg.api_key)
+    embedder = embedder or make_embedder(emb, cfg.api_key, world_size=cfg.run.world_size)
     done = Counts()
     status, code, message = "completed", EXIT_OK, None
     log.info("retry_started", shards=len(old_shards), sink=cfg.sink.path)

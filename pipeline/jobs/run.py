@@ -17,7 +17,7 @@ from anyio.abc import ObjectSendStream
 
 from pipeline.config import Config
 from pipeline.dataset.manifest import utc_now
-from pipeline.dataset.sink import Sink, open_sink
+from pipeline.dataset.sink import Sink, is_postgres, open_sink
 from pipeline.embed import Embedder, make_embedder
 from pipeline.embed.limits import Budget
 from pipeline.dataset.reuse_index import ReuseIndex
@@ -124,7 +124,7 @@ class Job:
                 index = await anyio.to_thread.run_sync(self._index_itself, index)
             embedder = self._embedder or make_embedder(
                 cfg.embedding, cfg.api_key, reuse=index, on_retry=self._on_retry, budget=self.budget,
-                cpu_limiter=self.cpu,
+                cpu_limiter=self.cpu, world_size=cfg.run.world_size,
             )
             async with embedder:  # type: ignore[attr-defined]
                 async with anyio.create_task_group() as watchers:
@@ -232,6 +232,8 @@ class Job:
 
     def _index_itself(self, earlier: ReuseIndex | None) -> ReuseIndex | ChainedIndex | None:
         """The dataset's own vectors for the chunks of changed documents that did not change."""
+        if is_postgres(self.cfg.sink.path):  # a table, not shard files: not indexed (yet)
+            return earlier
         try:
             own = open_own_index(self.cfg)
         except SinkError as exc:  # not worth stopping for: those chunks are embedded again

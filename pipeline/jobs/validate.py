@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pipeline.config import Config
+from pipeline.embed.limits import describe_budget
 from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkError, SourceError
 from pipeline.dataset.manifest import Manifest, load_rank
@@ -320,10 +321,7 @@ def _describe_work(cfg: Config, est: Estimate, too_many_failed: bool) -> list[st
     if cfg.run.max_tokens is not None and est.tokens > cfg.run.max_tokens:
         lines.append(f"budget: run.max_tokens={cfg.run.max_tokens:,} stops the run before it is done")
     lines.append(f"requests: {est.requests:,} (batch_size {emb.batch_size})")
-    if est.minutes is not None:
-        lines.append(f"time at the configured limits: about {format_duration(est.minutes * 60)}")
-    else:
-        lines.append("time: no client-side limit configured (set embedding.requests_per_minute / tokens_per_minute)")
+    lines += describe_budget(emb, requests=est.requests, tokens=est.tokens, world_size=cfg.run.world_size)
     if est.cost_usd is not None:
         lines.append(f"cost: about ${est.cost_usd:,.4f} at ${emb.usd_per_million_tokens:g} per million tokens")
     else:

@@ -17,7 +17,7 @@ import anyio
 from pipeline.config import Config
 from pipeline.dataset.sink import Sink
 from pipeline.errors import SourceError
-from pipeline.jobs.changes import Changes, compare
+from pipeline.jobs.changes import Changes, compare, known_inputs
 from pipeline.jobs.inputs import list_source
 from pipeline.logs import get_logger
 from pipeline.types import InputFile
@@ -57,7 +57,7 @@ async def watch_source(
         # gone only when missing from this listing and the one before; a listing that
         # failed or found nothing at all removes nothing
         if urls is None or previous_urls is None:
-            seen = set(sink.signatures())
+            seen = set(known_inputs(sink))
         else:
             seen = urls | previous_urls
         previous, previous_urls = current, urls

@@ -1,0 +1,157 @@
+"""What a Postgres sink remembers between runs: the table's settings, the runs, the resume state.
+
+``{table}_meta`` says which model, types and chunking the table was made
+with (a config with others is refused, as the file dataset refuses it);
+``{table}_runs`` records every run; ``{table}_state`` holds, per rank and
+input, how far it is committed, its signature and its seek checkpoints. A
+commit writes only the state rows it changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from pipeline.dataset import postgres_schema as schema
+from pipeline.dataset.postgres_schema import Names
+from pipeline.errors import SinkError
+from pipeline.types import Counts
+
+
+@dataclass(frozen=True)
+class Made:
+    """What the table was made with, as ``{table}_meta`` says."""
+
+    model: str
+    input_type: str | None
+    embedding_type: str
+    chunking: dict[str, Any]
+
+
+def open_tables(conn: psycopg.Connection[Any], names: Names, rank: int, made: Made, where: str,
+                started_at: str) -> tuple[int | None, int]:
+    """Create the side tables if missing, check the settings, record the run: (dimensions, run id)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (names.lock_key(-1)[0],))  # one creator at a time
+        for ddl in schema.side_tables(names):
+            conn.execute(ddl)
+        row = conn.execute(sql.SQL("SELECT model, input_type, embedding_type, chunking, dimensions FROM {m}")
+                           .format(m=names.meta)).fetchone()
+        if row is None:
+            conn.execute(sql.SQL("INSERT INTO {m} (format_version, model, input_type, embedding_type, chunking) "
+                                 "VALUES (%s, %s, %s, %s, %s)").format(m=names.meta),
+                         (schema.FORMAT_VERSION, made.model, made.input_type, made.embedding_type,
+                          Jsonb(made.chunking)))
+            dimensions = None
+        else:
+            _check(Made(row[0], row[1], row[2], row[3] if row[3] is not None else made.chunking), made, where)
+            dimensions = row[4]
+        conn.execute(sql.SQL("UPDATE {r} SET status = 'unfinished' WHERE rank = %s AND status = 'running'")
+                     .format(r=names.runs), (rank,))
+        run = conn.execute(sql.SQL("INSERT INTO {r} (rank, started_at, status) VALUES (%s, %s, 'running') "
+                                   "RETURNING n").format(r=names.runs), (rank, started_at)).fetchone()
+    assert run is not None
+    return dimensions, int(run[0])
+
+
+def _check(theirs: Made, mine: Made, where: str) -> None:
+    if (theirs.model, theirs.input_type, theirs.embedding_type) != (mine.model, mine.input_type, mine.embedding_type):
+        raise SinkError(
+            f"{where} was made with model={theirs.model!r}, input_type={theirs.input_type!r}, "
+            f"embedding_type={theirs.embedding_type!r}; refusing to mix in model={mine.model!r}, "
+            f"input_type={mine.input_type!r}, embedding_type={mine.embedding_type!r} "
+            "(use another sink.table, or `pipeline run --fresh` to start it over)"
+        )
+    if theirs.chunking != mine.chunking:
+        raise SinkError(
+            f"{where} was cut with chunking {theirs.chunking}; this config says {mine.chunking}. Refusing to mix "
+            "them: use another sink.table, or `pipeline run --fresh` to start it over"
+        )
+
+
+def landed_commit(conn: psycopg.Connection[Any], names: Names, token: Any) -> dict[str, Any] | None:
+    """The entry of the commit with ``token``, if it went through (a retry after a lost connection asks)."""
+    from psycopg.rows import dict_row
+
+    cur = conn.cursor(row_factory=dict_row)
+    row = cur.execute(sql.SQL("SELECT * FROM {c} WHERE token = %s").format(c=names.commits), (token,)).fetchone()
+    if row is None:
+        return None
+    entry = {k: v for k, v in row.items() if k not in ("token", "rank", "n")}
+    return {"path": f"{names.table} commit {row['n']}", "kind": "data", **entry}
+
+
+def load_counts(conn: psycopg.Connection[Any], names: Names, rank: int) -> Counts:
+    """This rank's totals from its commits (rows: those still in the table)."""
+    row = conn.execute(sql.SQL(
+        "SELECT coalesce(sum(records), 0), coalesce(sum(rows - replaced - removed), 0), coalesce(sum(rows_reused), 0),"
+        " coalesce(sum(errors - errors_removed), 0), coalesce(sum(requests), 0), coalesce(sum(retries), 0),"
+        " coalesce(sum(prompt_tokens), 0), coalesce(sum(total_tokens), 0) FROM {c} WHERE rank = %s"
+    ).format(c=names.commits), (rank,)).fetchone()
+    return Counts(*(int(x) for x in row)) if row else Counts()
+
+
+class ResumeState:
+    """How far each input is committed, its signature and seek checkpoints; changes wait for a commit."""
+
+    def __init__(self, conn: psycopg.Connection[Any], names: Names, rank: int) -> None:
+        """Load this rank's rows of ``{table}_state``."""
+        self.names, self.rank = names, rank
+        self.progress: dict[str, int] = {}
+        self.files: dict[str, str] = {}
+        self.offsets: dict[str, list[list[int]]] = {}
+        self.dirty: set[str] = set()
+        cur = conn.execute(sql.SQL("SELECT key, location, signature, offsets FROM {s} WHERE rank = %s")
+                           .format(s=names.state), (rank,))
+        for key, location, signature, offsets in cur:
+            if location is not None:
+                self.progress[key] = int(location)
+            if signature is not None:
+                self.files[key] = signature
+            if offsets is not None:
+                self.offsets[key] = [[int(a), int(b)] for a, b in offsets]
+
+    def set_signature(self, url: str, signature: str) -> None:
+        """``url``'s signature, saved with the next commit."""
+        if self.files.get(url) != signature:
+            self.files[url] = signature
+            self.dirty.add(url)
+
+    def restart(self, key: str, url: str) -> None:
+        """Forget how far ``key`` was read and ``url``'s checkpoints (saved with the next commit)."""
+        self.progress.pop(key, None)
+        self.offsets.pop(url, None)
+        self.dirty.update((key, url))
+
+    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
+        """Replace the checkpoints; the inputs whose checkpoints changed are saved with the next commit."""
+        for url in set(offsets) | set(self.offsets):
+            if offsets.get(url) != self.offsets.get(url):
+                self.dirty.add(url)
+        self.offsets = {url: [list(c) for c in cs] for url, cs in offsets.items()}
+
+    def after(self, marks: dict[str, int]) -> tuple[dict[str, int], list[tuple[Any, ...]]]:
+        """The progress once ``marks`` are committed, and the state rows that commit writes."""
+        progress = dict(self.progress)
+        for key, location in marks.items():
+            progress[key] = max(location, progress.get(key, -1))
+        rows = [(self.rank, k, progress.get(k), self.files.get(k),
+                 Jsonb(self.offsets[k]) if k in self.offsets else None) for k in sorted(self.dirty | set(marks))]
+        return progress, rows
+
+    def save(self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> None:
+        """Write state rows (in the commit's transaction)."""
+        if rows:
+            cur.executemany(sql.SQL(
+                "INSERT INTO {s} (rank, key, location, signature, offsets) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (rank, key) DO UPDATE SET location = EXCLUDED.location, "
+                "signature = EXCLUDED.signature, offsets = EXCLUDED.offsets").format(s=self.names.state), rows)
+
+    def committed(self, progress: dict[str, int]) -> None:
+        """The commit that carried :meth:`after`'s rows went through."""
+        self.progress = progress
+        self.dirty.clear()
