@@ -114,6 +114,7 @@ def rewrite(
 def _without(entry: dict[str, Any], urls: set[str], removed_docs: set[str]) -> dict[str, Any]:
     """``entry``'s fields less what ``urls`` stood for (records, marks, sources)."""
     new = dict(entry)
+    new.pop("bytes", None)  # the copy's own size is recorded once it is published
     sources = entry.get("sources")
     if sources is not None:
         gone_records = sum(int(sources.get(u, 0)) for u in urls)
