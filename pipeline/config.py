@@ -160,6 +160,8 @@ class RunConfig(_Section):
     poll_interval_s: float = Field(60, gt=0)
     reuse_from: str | None = None
     max_tokens: int | None = Field(None, ge=1)
+    on_deleted: Literal["remove", "keep"] = "remove"  # rows of source documents that are gone
+    max_removed_fraction: float = Field(0.5, ge=0, le=1)  # a run removing more of the documents stops
     executor: Literal["local", "ray"] = "local"  # what runs the ranks (see pipeline.jobs.executor)
     ray_address: str | None = None  # executor ray: the cluster (None: RAY_ADDRESS, else a local one)
 

@@ -164,3 +164,18 @@ def test_sink_at_a_dangling_link_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     check = check_sink(load_config(write_job(tmp_path, GOOD, sink=str(tmp_path / "link"))))
     assert check.problem == f"sink.path {tmp_path}/link: exists and is not a directory"
+
+
+def test_validate_counts_the_changes_since_the_dataset(tmp_path: Path) -> None:
+    """After a run, validate says how many files are new, changed, appended, deleted and unchanged."""
+    job = write_job(tmp_path, GOOD)
+    (tmp_path / "in" / "gone.jsonl").write_text(json.dumps({"id": "g", "text": "gone soon"}) + "\n")
+    (tmp_path / "in" / "same.jsonl").write_text(json.dumps({"id": "s", "text": "stays"}) + "\n")
+    assert run_cli("run", str(job)).returncode == 0
+    with open(tmp_path / "in" / "docs.jsonl", "a") as f:
+        f.write(json.dumps({"id": "r10", "text": "one more"}) + "\n")
+    (tmp_path / "in" / "gone.jsonl").unlink()
+    (tmp_path / "in" / "new.jsonl").write_text(json.dumps({"id": "n", "text": "new"}) + "\n")
+    shown = run_cli("validate", str(job))
+    assert shown.returncode == 0, shown.stderr
+    assert "changes since the dataset: new 1, changed 0, appended 1, deleted 1, unchanged 1" in shown.stdout

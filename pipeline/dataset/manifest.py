@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from pipeline.errors import SinkError
 from pipeline.storage import is_local, join
-from pipeline.types import Counts, Mark
+from pipeline.types import END_OF_FILE, Counts, Mark
 
 FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"
@@ -48,6 +48,11 @@ def shard_rank_seq(path: str) -> tuple[int, int] | None:
     """The (rank, seq) in a shard path, or None when it is not a shard name."""
     m = SHARD_NAME.search(path)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def of_url(key: str, url: str) -> bool:
+    """Whether resume key ``key`` is input ``url`` or one of its pieces (``url#bytes=...``)."""
+    return key == url or (key.startswith(url) and key[len(url)] == "#")
 
 
 def manifest_name(rank: int = 0, world_size: int = 1) -> str:
@@ -93,6 +98,8 @@ class Manifest:
     offsets: dict[str, list[list[int]]] = field(default_factory=dict)
     #: the model the server says answered (``model`` of its answers), when it said
     reported_model: str | None = None
+    #: input key → the location of its last record, once the whole input is done (to read on after it)
+    ends: dict[str, int] = field(default_factory=dict)
     #: keys this version does not know, kept so that saving does not drop them
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -127,6 +134,7 @@ class Manifest:
                 "files": {str(k): str(v) for k, v in (data.get("files") or {}).items()},
                 "offsets": {str(k): [[int(n), int(o)] for n, o in v] for k, v in (data.get("offsets") or {}).items()},
                 "reported_model": str(data["reported_model"]) if data.get("reported_model") else None,
+                "ends": {str(k): int(v) for k, v in (data.get("ends") or {}).items()},
             }
         except (KeyError, TypeError, ValueError) as exc:
             raise SinkError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
@@ -175,7 +183,23 @@ class Manifest:
     def restart(self, key: str, url: str) -> None:
         """Input ``key`` changed: read it again from the top, forgetting its checkpoints."""
         self.progress.pop(key, None)
+        self.ends.pop(key, None)
         self.offsets.pop(url, None)
+
+    def read_on(self, key: str) -> bool:
+        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
+        if key not in self.ends:
+            return False
+        self.progress[key] = self.ends.pop(key)
+        return True
+
+    def forget(self, url: str) -> None:
+        """Input ``url`` is gone: drop its signature, checkpoints and the progress of its every piece."""
+        self.files.pop(url, None)
+        self.offsets.pop(url, None)
+        for key in [k for k in self.progress if of_url(k, url)]:
+            self.progress.pop(key, None)
+            self.ends.pop(key, None)
 
     def last_seq(self, rank: int, kind: str) -> int:
         """The highest shard seq of ``kind`` committed by ``rank``, or -1."""
@@ -189,7 +213,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (with ``totals``)."""
         optional = {"chunking": self.chunking, "files": self.files, "offsets": self.offsets,
-                    "reported_model": self.reported_model}
+                    "reported_model": self.reported_model, "ends": self.ends}
         return {
             **self.extra,
             **{k: v for k, v in optional.items() if v},
@@ -240,13 +264,21 @@ class Manifest:
         entries: Iterable[dict[str, Any]],
         marks: Iterable[Mark] | dict[str, int] = (),
         schema: pa.Schema | None = None,
+        last: dict[str, int] | None = None,
     ) -> None:
-        """Record the shards of one commit and how far each input file is now done."""
+        """Record the shards of one commit and how far each input file is now done.
+
+        An input reaching ``END_OF_FILE`` keeps the location of its last
+        record in :attr:`ends` (``last`` holds this commit's, by key).
+        """
         self.shards.extend(entries)
         items = marks.items() if isinstance(marks, dict) else marks
         for url, location in items:
-            if location > self.progress.get(url, -1):
+            before = self.progress.get(url, -1)
+            if location > before:
                 self.progress[url] = int(location)
+                if location >= END_OF_FILE:
+                    self.ends[url] = max((last or {}).get(url, 0), before)
         if schema is not None:
             self.schema = merge_schema(self.schema, describe_schema(schema))
 
@@ -384,6 +416,7 @@ def merge(manifests: Iterable[Manifest]) -> Manifest:
         out.reported_model = out.reported_model or part.reported_model
         out.files.update(part.files)
         out.offsets.update(part.offsets)
+        out.ends.update(part.ends)
         for key, value in part.extra.items():
             out.extra.setdefault(key, value)
     out.shards.sort(key=lambda s: s["path"])

@@ -40,12 +40,20 @@ class Sink(Protocol):
         """The signature (size and time or ETag) input ``url`` had when last read."""
         ...
 
+    def signatures(self) -> dict[str, str]:
+        """Every input the sink holds rows of, with its signature when last read."""
+        ...
+
     def set_signature(self, url: str, signature: str) -> None:
         """Record ``url``'s signature with the next commit."""
         ...
 
     def restart(self, key: str, url: str) -> None:
-        """Input ``key`` changed: read it again from its top."""
+        """Input ``key`` changed: read it again from its top; its old rows leave with its first new ones."""
+        ...
+
+    def append(self, key: str, url: str) -> bool:
+        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
         ...
 
     def note_model(self, reported: str) -> None:
@@ -111,12 +119,15 @@ def open_sink(
     metadata_fields: list[str],
     fresh: bool = False,
     on_wait: Callable[[dict[str, Any]], None] | None = None,
+    hold_retired: bool = False,
 ) -> Sink:
     """This rank's sink, holding its lease, refusing a dataset made with other settings.
 
     ``fresh`` deletes an existing dataset at ``sink.path`` first (its
     shards, manifests and errors; only with ``world_size: 1``). A
     ``postgresql://`` path is a :class:`~pipeline.dataset.postgres.PostgresSink`.
+    ``hold_retired`` keeps shard files a commit replaced until the file
+    sink closes (an index of the dataset opened at the start still reads them).
     """
     if is_postgres(cfg.sink.path):
         from pipeline.dataset.postgres import open_postgres_sink  # psycopg only for this sink
@@ -125,7 +136,9 @@ def open_sink(
                                   on_wait=on_wait)
     lease = take_lease(cfg, on_wait)
     try:
-        return _open_writer(cfg, lease, started_at, metadata_fields, fresh)
+        writer = _open_writer(cfg, lease, started_at, metadata_fields, fresh)
+        writer.hold_retired = hold_retired
+        return writer
     except BaseException:
         lease.release()
         raise

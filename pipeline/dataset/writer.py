@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import fsspec
@@ -26,44 +25,16 @@ import pyarrow as pa
 from pipeline.config import SinkConfig
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.retrying import StoreRetry, transient
-from pipeline.dataset.manifest import Manifest, load_rank, manifest_name, save_rank, shard_rank_seq, utc_now
+from pipeline.dataset.manifest import Manifest, manifest_name, of_url, save_rank, utc_now
+from pipeline.dataset.opening import KINDS, clean_up, forget_missing, load_or_create
+from pipeline.dataset.pending import Pending
+from pipeline.dataset.replace import Rewritten, affected, rewrite, swap
 from pipeline.dataset.shard_writer import ShardWriter
 from pipeline.dataset.shards import open_shard
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
 from pipeline.errors import CommitFailed, SinkError
-from pipeline.logs import get_logger
 from pipeline.storage import STORE_ERRORS, Location, describe, join
 from pipeline.types import Counts, EmbeddedBatch
-
-KINDS = ("data", "errors")
-
-
-@dataclass
-class _Pending:
-    """Accounting of the batches written since the last commit."""
-
-    counts: Counts = field(default_factory=Counts)
-    marks: dict[str, int] = field(default_factory=dict)
-
-    def add(self, batch: EmbeddedBatch) -> None:
-        self.counts += Counts.of(batch)
-        for url, location in batch.marks:
-            if location > self.marks.get(url, -1):
-                self.marks[url] = location
-
-    def entry_fields(self) -> dict[str, Any]:
-        """What a shard entry records of these batches (rows are the shard's own)."""
-        c = self.counts
-        return {
-            "requests": c.requests,
-            "retries": c.retries,
-            "prompt_tokens": c.prompt_tokens,
-            "total_tokens": c.total_tokens,
-            "records": c.records_read,
-            "rows_reused": c.rows_reused,
-            "marks": dict(sorted(self.marks.items())),
-        }
-
 
 class DatasetWriter:
     """Appends embedded batches to a sharded dataset and commits them with the manifest."""
@@ -107,9 +78,9 @@ class DatasetWriter:
         self._ext = ".arrow" if cfg.format == "arrow" else ".parquet"
         self._compression = None if cfg.compression in (None, "none") else cfg.compression
         try:
-            manifest = _load_or_create(fs, self.root, cfg.path, rank, world_size, model, input_type, embedding_type)
-            _forget_missing(fs, self.root, cfg.path, rank, manifest)
-            _clean_up(fs, self.root, rank, manifest)
+            manifest = load_or_create(fs, self.root, cfg.path, rank, world_size, model, input_type, embedding_type)
+            forget_missing(fs, self.root, cfg.path, rank, manifest)
+            clean_up(fs, self.root, rank, manifest)
         except OSError as exc:
             raise SinkError(f"cannot open the dataset at {cfg.path}: {exc}") from exc
         self._manifest = manifest
@@ -124,8 +95,18 @@ class DatasetWriter:
         self._next_seq = {k: manifest.last_seq(rank, k) + 1 for k in KINDS}
         self._open: dict[str, ShardWriter] = {}
         self._opened_at: float | None = None
-        self._pending = _Pending()
+        self._pending = Pending()
         self._replacing: dict[str, Any] | None = None
+        #: changed inputs (url → their new signature) whose old rows leave with their first new rows
+        self._changed: dict[str, str | None] = {}
+        #: sources whose rows leave with the next commit, and whether each is gone for good
+        self._removing: dict[str, bool] = {}
+        self._new_signatures: dict[str, str] = {}
+        #: keep the files of retired shards until close (an index opened at the start reads them)
+        self.hold_retired = False
+        self._held: list[str] = []
+        #: sources of shards written before entries listed them, as their files said
+        self._sources_read: dict[str, set[str]] = {}
         self._failed: BaseException | None = None
         self._closed = False
         self._run = manifest.start_run(run_started_at, rank=rank)
@@ -154,13 +135,35 @@ class DatasetWriter:
         """The signature input ``url`` had when it was last read, if it was."""
         return self._manifest.files.get(url)
 
+    def signatures(self) -> dict[str, str]:
+        """Every input the dataset knows, with the signature it had when last read."""
+        return dict(self._manifest.files)
+
     def set_signature(self, url: str, signature: str) -> None:
-        """Record ``url``'s signature; saved with the next commit."""
-        self._manifest.files[url] = signature
+        """Record ``url``'s signature; saved with the next commit (a changed input's: with its new rows)."""
+        if url in self._changed:
+            self._changed[url] = signature
+        else:
+            self._manifest.files[url] = signature
 
     def restart(self, key: str, url: str) -> None:
-        """Input ``key`` changed: the next read starts at its top (saved with the next commit)."""
+        """Input ``key`` changed: the next read starts at its top.
+
+        Its old rows leave in the commit that brings its first new rows (or
+        its end), together with its new signature: a reader never sees both
+        versions, and a crash before that commit finds it changed again.
+        """
         self._manifest.restart(key, url)
+        self._changed.setdefault(url, None)
+
+    def append(self, key: str, url: str) -> bool:
+        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
+        return self._manifest.read_on(key)
+
+    def remove_sources(self, urls: list[str]) -> None:
+        """Rows whose ``source`` is one of ``urls`` leave with the next commit (inputs that are gone)."""
+        for url in urls:
+            self._removing[url] = True
 
     def note_model(self, reported: str) -> None:
         """Record the model the server says answered; saved with the next commit."""
@@ -207,6 +210,8 @@ class DatasetWriter:
         errors = self._tables.errors(batch.failures) if batch.failures else None
         if self._must_roll("data", data) or self._must_roll("errors", errors):
             committed += self.commit()
+        if self._changed:
+            self._replace_touched(batch)
         if data is not None:
             self._shard("data", data.schema).append(data)
         if errors is not None:
@@ -245,24 +250,31 @@ class DatasetWriter:
     def commit(self) -> list[dict[str, Any]]:
         """Publish the open data and errors shards together, then save the manifest once."""
         self._check_usable()
-        if not self._open and not self._pending.marks and self._replacing is None:
+        if not self._open and not self._pending.marks and self._replacing is None and not self._removing:
             return []
         old, self._replacing = self._replacing, None
+        removing, self._removing = self._removing, {}
+        retired: list[dict[str, Any]] = []
         try:
+            rewritten = self._rewrite_without(set(removing))
             entries = self._publish()
             self._manifest.add_commit(
                 entries,
                 self._pending.marks,
                 schema=self._open["data"].schema if "data" in self._open else None,
+                last=self._pending.last,
             )
             if old is not None:
                 self._manifest.shards.remove(old)
+                retired.append(old)
+            retired += self._swap(rewritten, removing)
             self._open.clear()
             self._opened_at = None
             if entries:
-                self._pending = _Pending()
+                self._pending = Pending()
             else:  # only marks: any counts wait for the next shard
                 self._pending.marks.clear()
+                self._pending.last.clear()
             self._save()
         except BaseException as exc:
             # rows of this commit are lost to this process; later marks would
@@ -276,9 +288,11 @@ class DatasetWriter:
                     "what was committed before is intact, run again to resume"
                 ) from exc
             raise
-        if old is not None:  # listed nowhere now; a crash before this line leaves a file _clean_up removes
-            self.fs.rm_file(join(self.root, old["path"]))
-        return entries
+        # listed nowhere now; a crash before they are deleted leaves files clean_up removes
+        self._held += [join(self.root, gone["path"]) for gone in retired]
+        if not self.hold_retired:
+            self._delete_held()
+        return entries + [new for _, new in rewritten if new is not None]
 
     def renew(self) -> None:
         """Keep the write lease alive between commits; :class:`CommitFailed` if it was lost."""
@@ -309,6 +323,10 @@ class DatasetWriter:
             except CommitFailed as exc:
                 error = error or exc
         finally:
+            try:
+                self._delete_held()
+            except OSError:  # left for the next start's clean-up
+                pass
             if self._lease is not None:
                 try:
                     self._lease.release()
@@ -334,25 +352,63 @@ class DatasetWriter:
     def _shard(self, kind: str, schema: pa.Schema) -> ShardWriter:
         shard = self._open.get(kind)
         if shard is None:
-            seq = self._next_seq[kind]
-            rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
-            while self._fenced and self.fs.exists(join(self.root, rel)):
-                # taken by a writer that lost the lease after we opened: never overwrite it
-                seq += 1
-                rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
-            self._next_seq[kind] = seq + 1
-            dictionary: list[str] | bool = True
-            if kind == "data":  # not worth it for unique strings and vectors
-                dictionary = ["doc_id", "source", *self._tables.metadata_fields]
-            try:
-                shard = ShardWriter(self.fs, self.root, rel, schema, fmt=self.cfg.format,
-                                  compression=self._compression, dictionary=dictionary)
-            except (OSError, pa.ArrowException) as exc:
-                raise CommitFailed(f"cannot create {join(self.cfg.path, rel)}: {exc}") from exc
-            self._open[kind] = shard
+            shard = self._open[kind] = self._new_shard(kind, schema)
             if self._opened_at is None:
                 self._opened_at = self._clock()
         return shard
+
+    def _new_shard(self, kind: str, schema: pa.Schema) -> ShardWriter:
+        """A new shard file of ``kind``, under this rank's next name for it."""
+        seq = self._next_seq[kind]
+        rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
+        while self._fenced and self.fs.exists(join(self.root, rel)):
+            # taken by a writer that lost the lease after we opened: never overwrite it
+            seq += 1
+            rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
+        self._next_seq[kind] = seq + 1
+        dictionary: list[str] | bool = True
+        if kind == "data":  # not worth it for unique strings and vectors
+            dictionary = ["doc_id", "source", *self._tables.metadata_fields]
+        try:
+            return ShardWriter(self.fs, self.root, rel, schema, fmt=self.cfg.format,
+                               compression=self._compression, dictionary=dictionary)
+        except (OSError, pa.ArrowException) as exc:
+            raise CommitFailed(f"cannot create {join(self.cfg.path, rel)}: {exc}") from exc
+
+    # ------------------------------------------------------------ replacing sources
+
+    def _replace_touched(self, batch: EmbeddedBatch) -> None:
+        """A batch brings the first new rows (or the end) of changed inputs: their old rows leave now."""
+        touched = {c.source for c in batch.chunks} | {f.source for f in batch.failures}
+        for url in list(self._changed):
+            if url in touched or any(of_url(key, url) for key, _ in batch.marks):
+                signature = self._changed.pop(url)
+                self._removing.setdefault(url, False)
+                if signature is not None:
+                    self._new_signatures[url] = signature
+
+    def _rewrite_without(self, urls: set[str]) -> list[Rewritten]:
+        """Copies of the listed shards that hold rows of ``urls``, without them: (old entry, new or None)."""
+        if not urls:
+            return []
+        finished_at = utc_now()
+
+        def publish(shard: ShardWriter, entry: dict[str, Any]) -> None:
+            entry["finished_at"] = finished_at
+            shard.publish(entry, self._retry)
+            entry["bytes"] = shard.size  # in the manifest only, as for any shard
+
+        return [
+            (old, rewrite(self.fs, self.root, old, urls, self._new_shard, publish))
+            for old in affected(self.fs, self.root, self._manifest.shards, urls, self._sources_read)
+        ]
+
+    def _swap(self, rewritten: list[Rewritten], removing: dict[str, bool]) -> list[dict[str, Any]]:
+        """List the rewritten shards in place of the old ones; the old entries, now retired."""
+        retired = swap(self._manifest, rewritten, [url for url, gone in removing.items() if gone])
+        self._manifest.files.update(self._new_signatures)
+        self._new_signatures = {}
+        return retired
 
     def _publish(self) -> list[dict[str, Any]]:
         """Publish the open shards; the data shard carries the batches' accounting."""
@@ -363,7 +419,7 @@ class DatasetWriter:
             shard = self._open.get(kind)
             if shard is None:
                 continue
-            counts = (self._pending if kind == owner else _Pending()).entry_fields()
+            counts = self._pending.entry_fields(kind, owner=kind == owner)
             entry = {
                 "path": shard.rel,
                 "kind": kind,
@@ -383,6 +439,12 @@ class DatasetWriter:
             shard.discard()
         self._open.clear()
         self._opened_at = None
+
+    def _delete_held(self) -> None:
+        """Delete the files of retired shards (the manifest no longer lists them)."""
+        held, self._held = self._held, []
+        for path in held:
+            self.fs.rm_file(path)
 
     def _manifest_path(self) -> str:
         return join(self.root, manifest_name(self.rank, self.world_size))
@@ -450,90 +512,6 @@ class DatasetWriter:
             ) from exc
 
 
-# --------------------------------------------------------------------------- opening
-
-
 def _etag_of(answer: Any) -> str | None:
     etag = answer.get("ETag") if isinstance(answer, dict) else None
     return etag if isinstance(etag, str) else None
-
-
-def _glob(fs: fsspec.AbstractFileSystem, root: str, pattern: str) -> list[str]:
-    return sorted(fs.glob(join(root, pattern)))
-
-
-def _load_or_create(
-    fs: fsspec.AbstractFileSystem, root: str, where: str, rank: int, world_size: int,
-    model: str, input_type: str | None, embedding_type: str,
-) -> Manifest:
-    """This rank's manifest, checked against the config, or a new one for an empty place."""
-    manifest = load_rank(fs, root, rank, world_size)
-    if manifest is not None:
-        manifest.check_compatible(model, input_type, embedding_type, where=where)
-        return manifest
-    leftovers = [p for k in KINDS for p in _glob(fs, root, f"{k}/part-{rank:05d}-*")]
-    if leftovers:
-        raise SinkError(
-            f"{where} holds shard files of rank {rank} ({leftovers[0]}, ...) "
-            "but no manifest; refusing to write into it (use another sink.path)"
-        )
-    return Manifest.new(model, input_type, embedding_type)
-
-
-def _forget_missing(fs: fsspec.AbstractFileSystem, root: str, where: str, rank: int, manifest: Manifest) -> None:
-    """Shards of this rank deleted from under the dataset (a lifecycle rule, a hand ``rm``): rebuild them.
-
-    Commits are a prefix of each rank's input in read order, so the first
-    missing shard and every later one of this rank leave the manifest (their
-    files are then strays), and how far each input is done is recomputed
-    from the shards that remain: the next read embeds their rows again.
-    Shards written by ``retry-failed`` carry no read position; with one of
-    them among the later shards the dataset is refused instead.
-    """
-    mine = [s for s in manifest.shards if (rs := shard_rank_seq(s["path"])) is not None and rs[0] == rank]
-    present: dict[str, int | None] = {}
-    for kind in KINDS:
-        found = fs.glob(join(root, f"{kind}/part-{rank:05d}-*"), detail=True)
-        present.update({path: info.get("size") for path, info in found.items()})
-
-    def gone(entry: dict[str, Any]) -> bool:  # missing, or not the size it was published with (cut short)
-        path = join(root, entry["path"])
-        return path not in present or entry.get("bytes") not in (None, present[path])
-
-    missing = [s for s in mine if gone(s)]
-    if not missing:
-        return
-    first = mine.index(missing[0])
-    dropped = mine[first:]
-    names = ", ".join(s["path"] for s in missing[:3]) + (", ..." if len(missing) > 3 else "")
-    if any(s["rows"] and not s.get("marks") and s["kind"] == "data" for s in dropped):
-        raise SinkError(
-            f"{where}: {len(missing)} listed shard(s) are missing ({names}) and pipeline retry-failed "
-            "moved rows after them; restore the files, or `pipeline run --fresh` to start the dataset over"
-        )
-    kept = [s for s in manifest.shards if s not in dropped]
-    manifest.shards[:] = kept
-    manifest.progress.clear()
-    for entry in kept:
-        for key, location in (entry.get("marks") or {}).items():
-            manifest.progress[key] = max(int(location), manifest.progress.get(key, -1))
-    get_logger().warning(
-        "shards_missing", missing=names, count=len(missing), rebuilding_rows=sum(s["rows"] for s in dropped),
-        hint="these shards and the later ones of this rank leave the manifest; their rows are embedded again",
-    )
-
-
-def _clean_up(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Manifest) -> None:
-    """Delete this rank's temp files and the shard files the manifest does not list.
-
-    Those are left by a crash between publishing a shard and saving the
-    manifest, or between retiring a shard and deleting its file.
-    """
-    listed = {join(root, s["path"]) for s in manifest.shards}
-    for kind in KINDS:
-        stray = _glob(fs, root, f"{kind}/.part-{rank:05d}-*.tmp")
-        for path in _glob(fs, root, f"{kind}/part-{rank:05d}-*"):
-            if shard_rank_seq(path) is not None and path not in listed:
-                stray.append(path)
-        for path in stray:
-            fs.rm_file(path)

@@ -16,7 +16,13 @@ from pipeline.types import InputFile
 
 
 def list_inputs(cfg: Config) -> tuple[Any, list[InputFile]]:
-    """The source's filesystem and the inputs of this rank (``SourceError`` when nothing is there).
+    """The source's filesystem and the inputs of this rank (``SourceError`` when nothing is there)."""
+    fs, _, mine = list_source(cfg)
+    return fs, mine
+
+
+def list_source(cfg: Config) -> tuple[Any, set[str], list[InputFile]]:
+    """The source's filesystem, the urls of every listed input, and the inputs of this rank.
 
     A sink inside the source (``source.path: data/``, ``sink.path:
     data/embedded``) would have every run embed the dataset's own shards
@@ -34,7 +40,7 @@ def list_inputs(cfg: Config) -> tuple[Any, list[InputFile]]:
                 f"no input files in source.path {cfg.source.path} outside sink.path {cfg.sink.path}"
             )
         files = kept
-    return fs, assign(fs, files, cfg.run.rank, cfg.run.world_size, cfg.source.split_bytes)
+    return fs, {f.url for f in files}, assign(fs, files, cfg.run.rank, cfg.run.world_size, cfg.source.split_bytes)
 
 
 def _sink_prefix(cfg: Config, source_fs: Any) -> str | None:
@@ -56,6 +62,19 @@ def open_reuse_index(cfg: Config) -> ReuseIndex:
     emb = cfg.embedding
     return ReuseIndex.open(
         cfg.run.reuse_from,
+        cfg.sink.storage_options,
+        model=emb.model,
+        input_type=emb.input_type,
+        embedding_type=emb.embedding_type,
+        dimensions=emb.dimensions,
+    )
+
+
+def open_own_index(cfg: Config) -> ReuseIndex:
+    """The index of the dataset at ``sink.path`` itself, as it is now (before a rerun changes it)."""
+    emb = cfg.embedding
+    return ReuseIndex.open(
+        cfg.sink.path,
         cfg.sink.storage_options,
         model=emb.model,
         input_type=emb.input_type,

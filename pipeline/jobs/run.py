@@ -17,16 +17,18 @@ from anyio.abc import ObjectSendStream
 
 from pipeline.config import Config
 from pipeline.dataset.manifest import utc_now
-from pipeline.dataset.sink import Sink, open_sink
+from pipeline.dataset.sink import Sink, is_postgres, open_sink
 from pipeline.embed import Embedder, make_embedder
 from pipeline.embed.limits import Budget, Limiter
 from pipeline.dataset.reuse_index import ReuseIndex
-from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SourceError
-from pipeline.jobs.inputs import list_inputs, open_reuse_index
+from pipeline.dataset.self_reuse import ChainedIndex
+from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
+from pipeline.jobs.changes import Changes, apply, check_removals, compare
+from pipeline.jobs.inputs import list_source, open_own_index, open_reuse_index
 from pipeline.jobs.outcome import RunResult, first_leaf, log_commits, too_many_failed
 from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
-from pipeline.jobs.watch import note_inputs, watch_source
+from pipeline.jobs.watch import watch_source
 from pipeline.logs import LogSetup, get_logger
 from pipeline.stages.batch import Window, batch_stage
 from pipeline.stages.chunk import Chunker, chunk_stage
@@ -77,6 +79,8 @@ class Job:
         self._handle_signals = handle_signals
         self._fresh = fresh
         self._reported_model: str | None = None
+        #: inputs by what happened to them (new, changed, appended, deleted, unchanged), over all rounds
+        self.changes: dict[str, int] = {}
         self.ids = IdRegistry()
 
     async def run(self) -> RunResult:
@@ -84,38 +88,44 @@ class Job:
         cfg = self.cfg
         started_at = utc_now()
         try:
-            fs, files = await anyio.to_thread.run_sync(list_inputs, cfg)
+            fs, listed, files = await anyio.to_thread.run_sync(list_source, cfg)
         except SourceError:
             if not cfg.run.watch:
                 raise
-            fs, files = None, []  # a watcher may start before the first file lands
+            fs, listed, files = None, set(), []  # a watcher may start before the first file lands
         sink = await anyio.to_thread.run_sync(
             lambda: open_sink(cfg, started_at=started_at, metadata_fields=list(cfg.source.metadata_fields),
-                              fresh=self._fresh, on_wait=self._lease_waiting)
+                              fresh=self._fresh, on_wait=self._lease_waiting, hold_retired=not cfg.run.watch)
         )
         self.checkpoints = Checkpoints(sink.offsets())
         self.commit = Committer(sink, self.checkpoints, self.cpu, self._committed)
         try:
-            return await self._run(sink, fs, files)
+            return await self._run(sink, fs, listed, files)
         finally:  # after a bug: let go of the lease at least (a no-op after a clean close)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_close_quietly, sink)
 
-    async def _run(self, sink: Sink, fs: Any, files: list[InputFile]) -> RunResult:
+    async def _run(self, sink: Sink, fs: Any, listed: set[str], files: list[InputFile]) -> RunResult:
         cfg = self.cfg
         await anyio.to_thread.run_sync(_register_ids, self.ids, sink, limiter=self.cpu)
-        if not cfg.run.watch:
-            note_inputs(sink, files, self.progress, self.checkpoints)
+        changes = Changes()
+        if not cfg.run.watch:  # a refused mass removal stops here, before anything changed
+            changes = await anyio.to_thread.run_sync(compare, sink, fs, files, listed)
+            self._note(fs, changes)
         self.log.info("run_started", files=len(files), source=cfg.source.path, sink=cfg.sink.path,
                       provider=cfg.embedding.provider, model=cfg.embedding.model,
-                      rank=cfg.run.rank, world_size=cfg.run.world_size)
-        index: ReuseIndex | None = None
+                      rank=cfg.run.rank, world_size=cfg.run.world_size,
+                      **(changes.counts() if not cfg.run.watch else {}))
+        index: ReuseIndex | ChainedIndex | None = None
         status, code, message = "completed", EXIT_OK, None
         try:
             if cfg.run.reuse_from:
                 index = await anyio.to_thread.run_sync(open_reuse_index, cfg)
                 self.log.info("reuse_index_ready", reuse_from=cfg.run.reuse_from, rows=index.rows,
                               distinct=index.distinct)
+            # before anything leaves the dataset: changed files, and renamed ones (deleted + new)
+            if (changes.changed or (changes.deleted and changes.new)) and sink.counts.rows_embedded:
+                index = await anyio.to_thread.run_sync(self._index_itself, index)
             embedder = self._embedder or make_embedder(
                 cfg.embedding, cfg.api_key, reuse=index, on_retry=self._on_retry, budget=self.budget,
                 cpu_limiter=self.cpu, world_size=cfg.run.world_size, limiter=self._limiter,
@@ -129,7 +139,9 @@ class Job:
                     if cfg.run.watch:
                         await self._watch(sink, embedder)
                     else:
-                        await self._round(fs, files, embedder)
+                        if changes.deleted:  # a deleted file's rows leave in a commit of their own
+                            await self.commit(sink.commit)
+                        await self._round(fs, changes.to_read, embedder)
                     watchers.cancel_scope.cancel()
         except* (FatalApiError, CommitFailed) as group:
             leaf = first_leaf(group)
@@ -169,6 +181,7 @@ class Job:
             prompt_tokens=c.prompt_tokens,
             shards=self.progress.shards,
             cost_usd=round(c.total_tokens * price / 1e6, 6) if price is not None else None,
+            **self.changes,
             dataset_rows=totals.get("rows_embedded"),
             dataset_failed=totals.get("rows_failed"),
             **({"error": message} if message else {}),
@@ -187,7 +200,10 @@ class Job:
         answers_send, answers_receive = anyio.create_memory_object_stream[EmbeddedBatch | Skipped](max(4, depth * 4))
         window = Window(max(4, depth * 4))
         whole, reading = self.shutdown.round_scopes()
-        with whole:
+        # the round holds the answers' receiving end open until every task ended: a write stage
+        # that fails closes only its own clone, so an embed worker answering at that moment is
+        # cancelled with the rest instead of meeting a closed stream (BrokenResourceError)
+        with whole, answers_receive:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read, fs, files, records_send, reading)
                 tg.start_soon(partial(chunk_stage, records_receive, pieces_send, chunker=self.chunker, cpu=self.cpu))
@@ -197,7 +213,7 @@ class Job:
                     for _ in range(depth):
                         tg.start_soon(partial(embed_stage, batches_receive.clone(), answers_send.clone(),
                                               embedder=embedder, gate=self.gate))
-                tg.start_soon(partial(write_stage, answers_receive, commit=self.commit, window=window,
+                tg.start_soon(partial(write_stage, answers_receive.clone(), commit=self.commit, window=window,
                                       check=self.ids.check, on_written=lambda batch: self._written(batch, embedder)))
 
     async def _read(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Item]],
@@ -215,9 +231,32 @@ class Job:
             wake=self.shutdown.event,
             run_round=lambda fs, files: self._round(fs, files, embedder),
             commit=lambda: self.commit(sink.commit),
-            note=lambda files: note_inputs(sink, files, self.progress, self.checkpoints, restart_changed=True,
-                                           ids=self.ids),
+            note=self._note,
         )
+
+    def _index_itself(self, earlier: ReuseIndex | None) -> ReuseIndex | ChainedIndex | None:
+        """The dataset's own vectors for the chunks of changed documents that did not change."""
+        if is_postgres(self.cfg.sink.path):  # a table, not shard files: not indexed (yet)
+            return earlier
+        try:
+            own = open_own_index(self.cfg)
+        except SinkError as exc:  # not worth stopping for: those chunks are embedded again
+            self.log.warning("reuse_itself_unavailable", reason=str(exc))
+            return earlier
+        self.log.info("reuse_index_ready", reuse_from=self.cfg.sink.path, rows=own.rows, distinct=own.distinct)
+        return own if earlier is None else ChainedIndex(own, earlier)
+
+    def _note(self, fs: Any, changes: Changes) -> None:
+        """Refuse a mass removal, then tell the sink what changed and count it for ``run_finished``."""
+        remove = self.cfg.run.on_deleted == "remove"
+        if not remove:
+            changes.deleted = []
+        check_removals(changes, self.commit.sink, max_fraction=self.cfg.run.max_removed_fraction)
+        apply(self.commit.sink, fs, changes, self.checkpoints, self.progress, remove=remove)
+        for url in {inp.url for inp in changes.changed} | set(changes.deleted):
+            self.ids.forget_source(url)  # their rows leave: a new version (or another file) may take the ids
+        for name, n in changes.counts().items():
+            self.changes[name] = self.changes.get(name, 0) + n
 
     async def _heartbeat(self, sink: Sink) -> None:
         """Keep the write lease alive between commits."""

@@ -17,7 +17,9 @@ from pipeline.config import Config
 from pipeline.embed.limits import describe_budget
 from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkError, SourceError
-from pipeline.jobs.inputs import list_inputs, open_reuse_index
+from pipeline.dataset.manifest import Manifest, load_rank
+from pipeline.jobs.changes import compare
+from pipeline.jobs.inputs import list_inputs, list_source, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.logs import format_duration, redact_url
 from pipeline.sources.listing import open_source
@@ -192,6 +194,47 @@ def _check_store(fs: Any, shown: str, root: str) -> SinkCheck:
     return SinkCheck(f"sink: {shown} ({where}; write access is not checked on an object store)")
 
 
+# --------------------------------------------------------------------------- what changed
+
+
+def describe_changes(cfg: Config) -> list[str]:
+    """How the listing compares with the file dataset at ``sink.path`` (no line when there is none yet)."""
+    if cfg.sink.path.startswith(("postgresql://", "postgres://")):
+        return []
+    where = Location.open(cfg.sink.path, cfg.sink.storage_options)
+    manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
+    if manifest is None:
+        return []
+    fs, listed, mine = list_source(cfg)
+    changes = compare(ManifestView(manifest), fs, mine, listed)
+    c = changes.counts()
+    line = (f"changes since the dataset: new {c['new'] + c['resumed']:,}, changed {c['changed']:,}, "
+            f"appended {c['appended']:,}, deleted {c['deleted']:,}, unchanged {c['unchanged']:,}")
+    if c["deleted"] and cfg.run.on_deleted == "keep":
+        line += " (run.on_deleted: keep leaves the deleted files' rows)"
+    known = len(manifest.files)
+    if cfg.run.on_deleted == "remove" and known and c["deleted"] / known > cfg.run.max_removed_fraction:
+        line += (f"; a run would stop: removing {c['deleted'] / known:.0%} of the files is more than "
+                 f"run.max_removed_fraction={cfg.run.max_removed_fraction:g}")
+    return [line]
+
+
+class ManifestView:
+    """A manifest seen as the part of a sink that :func:`compare` asks (read only)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._m = manifest
+
+    def signature(self, url: str) -> str | None:
+        return self._m.files.get(url)
+
+    def signatures(self) -> dict[str, str]:
+        return dict(self._m.files)
+
+    def done_upto(self, key: str) -> int:
+        return self._m.done_upto(key)
+
+
 # --------------------------------------------------------------------------- files left out
 
 def skipped_extensions(cfg: Config) -> dict[str, int]:
@@ -225,6 +268,10 @@ def validate(cfg: Config, config_name: str) -> Report:
     except Exception:  # the listing worked a moment ago; a count is not worth failing the report for
         skipped = {}
     lines = [f"config: ok ({config_name})", *_describe_inputs(cfg, est, skipped), sink.line]
+    try:
+        lines += describe_changes(cfg)
+    except (SinkError, SourceError, OSError) as exc:  # the sink check already says what is wrong there
+        lines.append(f"changes: could not compare with the dataset ({_one_line(exc)})")
     problems = [sink.problem] if sink.problem else []
     failed = too_many_failed(cfg, {"rows_failed": est.bad_records, "rows_embedded": est.chunks})
     lines += _describe_work(cfg, est, failed is not None)

@@ -1,0 +1,97 @@
+"""Opening a dataset for a rank: its manifest, and what a crash or a lifecycle rule left behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fsspec
+
+from pipeline.dataset.manifest import Manifest, load_rank, shard_rank_seq
+from pipeline.errors import SinkError
+from pipeline.logs import get_logger
+from pipeline.storage import join
+from pipeline.types import END_OF_FILE
+
+KINDS = ("data", "errors")
+
+
+def _glob(fs: fsspec.AbstractFileSystem, root: str, pattern: str) -> list[str]:
+    return sorted(fs.glob(join(root, pattern)))
+
+
+def load_or_create(
+    fs: fsspec.AbstractFileSystem, root: str, where: str, rank: int, world_size: int,
+    model: str, input_type: str | None, embedding_type: str,
+) -> Manifest:
+    """This rank's manifest, checked against the config, or a new one for an empty place."""
+    manifest = load_rank(fs, root, rank, world_size)
+    if manifest is not None:
+        manifest.check_compatible(model, input_type, embedding_type, where=where)
+        return manifest
+    leftovers = [p for k in KINDS for p in _glob(fs, root, f"{k}/part-{rank:05d}-*")]
+    if leftovers:
+        raise SinkError(
+            f"{where} holds shard files of rank {rank} ({leftovers[0]}, ...) "
+            "but no manifest; refusing to write into it (use another sink.path)"
+        )
+    return Manifest.new(model, input_type, embedding_type)
+
+
+def forget_missing(fs: fsspec.AbstractFileSystem, root: str, where: str, rank: int, manifest: Manifest) -> None:
+    """Shards of this rank deleted from under the dataset (a lifecycle rule, a hand ``rm``): rebuild them.
+
+    Commits are a prefix of each rank's input in read order, so the first
+    missing shard and every later one of this rank leave the manifest (their
+    files are then strays), and how far each input is done is recomputed
+    from the shards that remain: the next read embeds their rows again.
+    Shards written by ``retry-failed`` carry no read position; with one of
+    them among the later shards the dataset is refused instead.
+    """
+    mine = [s for s in manifest.shards if (rs := shard_rank_seq(s["path"])) is not None and rs[0] == rank]
+    present: dict[str, int | None] = {}
+    for kind in KINDS:
+        found = fs.glob(join(root, f"{kind}/part-{rank:05d}-*"), detail=True)
+        present.update({path: info.get("size") for path, info in found.items()})
+
+    def gone(entry: dict[str, Any]) -> bool:  # missing, or not the size it was published with (cut short)
+        path = join(root, entry["path"])
+        return path not in present or entry.get("bytes") not in (None, present[path])
+
+    missing = [s for s in mine if gone(s)]
+    if not missing:
+        return
+    first = mine.index(missing[0])
+    dropped = mine[first:]
+    names = ", ".join(s["path"] for s in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    if any(s["rows"] and not s.get("marks") and s["kind"] == "data" for s in dropped):
+        raise SinkError(
+            f"{where}: {len(missing)} listed shard(s) are missing ({names}) and pipeline retry-failed "
+            "moved rows after them; restore the files, or `pipeline run --fresh` to start the dataset over"
+        )
+    kept = [s for s in manifest.shards if s not in dropped]
+    manifest.shards[:] = kept
+    manifest.progress.clear()
+    for entry in kept:
+        for key, location in (entry.get("marks") or {}).items():
+            manifest.progress[key] = max(int(location), manifest.progress.get(key, -1))
+    manifest.ends = {k: v for k, v in manifest.ends.items() if manifest.progress.get(k, 0) >= END_OF_FILE}
+    get_logger().warning(
+        "shards_missing", missing=names, count=len(missing), rebuilding_rows=sum(s["rows"] for s in dropped),
+        hint="these shards and the later ones of this rank leave the manifest; their rows are embedded again",
+    )
+
+
+def clean_up(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Manifest) -> None:
+    """Delete this rank's temp files and the shard files the manifest does not list.
+
+    Those are left by a crash between publishing a shard and saving the
+    manifest, or between retiring a shard and deleting its file.
+    """
+    listed = {join(root, s["path"]) for s in manifest.shards}
+    for kind in KINDS:
+        stray = _glob(fs, root, f"{kind}/.part-{rank:05d}-*.tmp")
+        for path in _glob(fs, root, f"{kind}/part-{rank:05d}-*"):
+            if shard_rank_seq(path) is not None and path not in listed:
+                stray.append(path)
+        for path in stray:
+            fs.rm_file(path)

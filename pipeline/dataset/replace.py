@@ -1,0 +1,142 @@
+"""Taking a source's rows out of committed shards, copy-on-write.
+
+A shard file is never edited: a shard holding rows of a source that changed
+or went away is copied without them into a new shard file, which the same
+manifest save lists in place of the old one. The old file is deleted only
+after that save; a crash in between leaves a file the manifest does not
+list, which the next start deletes. An entry knows the sources of its rows
+(``sources``: url → the records it completed); entries written before that
+field existed are asked their ``source`` column.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.dataset.manifest import Manifest, of_url
+from pipeline.dataset.shard_writer import ShardWriter
+from pipeline.dataset.shards import open_shard
+from pipeline.storage import join
+
+#: rows copied at a time (8192 float vectors of 1024 dimensions: 32 MB)
+COPY_ROWS = 8192
+
+#: a shard entry, and the entry of its copy (None when no row was left)
+Rewritten = tuple[dict[str, Any], dict[str, Any] | None]
+
+#: makes a new, empty shard of a kind with a schema (the writer's next name for that kind)
+NewShard = Callable[[str, pa.Schema], ShardWriter]
+
+
+def sources_in(
+    fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any], read: dict[str, set[str]] | None = None
+) -> set[str]:
+    """The sources whose rows shard ``entry`` holds (its ``sources``, else its ``source`` column).
+
+    ``read`` keeps what the columns said, by shard path: a shard file never changes.
+    """
+    if entry.get("sources") is not None:
+        return set(entry["sources"])
+    if read is not None and entry["path"] in read:
+        return read[entry["path"]]
+    values: set[str] = set()
+    with open_shard(fs, join(root, entry["path"])) as shard:
+        if shard.num_rows and "source" in shard.schema.names:
+            for batch in shard.iter_batches(columns=["source"]):
+                values.update(pc.unique(batch.column(0).cast(pa.string())).to_pylist())
+    values.discard(None)  # type: ignore[arg-type]
+    if read is not None:
+        read[entry["path"]] = values
+    return values
+
+
+def affected(
+    fs: fsspec.AbstractFileSystem, root: str, entries: Iterable[dict[str, Any]], urls: set[str],
+    read: dict[str, set[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """The entries among ``entries`` that hold rows (or records) of one of ``urls``."""
+    return [e for e in entries if sources_in(fs, root, e, read) & urls]
+
+
+def rewrite(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    entry: dict[str, Any],
+    urls: set[str],
+    new_shard: NewShard,
+    publish: Callable[[ShardWriter, dict[str, Any]], None],
+) -> dict[str, Any] | None:
+    """Copy shard ``entry`` without the rows of ``urls``; its new entry, or None when no row is left.
+
+    The new entry keeps the old one's accounting, less the rows and records
+    of ``urls`` (what the API was paid for those rows stays with the
+    entries that are left: it cannot be split by row).
+    """
+    removed_rows, removed_docs = 0, set()
+    writer: ShardWriter | None = None
+    kept = 0
+    try:
+        with open_shard(fs, join(root, entry["path"])) as shard:
+            schema = shard.schema.remove_metadata()
+            for batch in shard.iter_batches(batch_size=COPY_ROWS):  # vectors: a few MB at a time
+                table = pa.Table.from_batches([batch], schema=batch.schema.remove_metadata())
+                gone = pc.is_in(table.column("source").cast(pa.string()), value_set=pa.array(sorted(urls)))
+                gone = pc.fill_null(gone, False)
+                removed = table.filter(gone)
+                removed_rows += removed.num_rows
+                removed_docs.update(removed.column("doc_id").to_pylist())
+                left = table.filter(pc.invert(gone))
+                if left.num_rows:
+                    if writer is None:
+                        writer = new_shard(entry["kind"], schema)
+                    writer.append(left.cast(schema))
+                    kept += left.num_rows
+        new = _without(entry, urls, removed_docs)
+        if writer is None:
+            if not new["records"]:
+                return None
+            # records of other sources whose rows sit in the commit's other shard: keep their count
+            writer = new_shard(entry["kind"], schema)
+        new.update(path=writer.rel, rows=kept)
+        new["rows_reused"] = min(int(new.get("rows_reused", 0)), kept if new["kind"] == "data" else 0)
+        publish(writer, new)
+        return new
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+
+
+def _without(entry: dict[str, Any], urls: set[str], removed_docs: set[str]) -> dict[str, Any]:
+    """``entry``'s fields less what ``urls`` stood for (records, marks, sources)."""
+    new = dict(entry)
+    new.pop("bytes", None)  # the copy's own size is recorded once it is published
+    sources = entry.get("sources")
+    if sources is not None:
+        gone_records = sum(int(sources.get(u, 0)) for u in urls)
+        new["sources"] = {u: n for u, n in sources.items() if u not in urls}
+    else:  # written before entries knew their sources: a record per document is the best guess
+        gone_records = len(removed_docs) if entry["kind"] == "data" or int(entry.get("records", 0)) else 0
+    new["records"] = max(0, int(entry.get("records", 0)) - gone_records)
+    marks = entry.get("marks") or {}
+    new["marks"] = {k: v for k, v in marks.items() if not any(of_url(k, u) for u in urls)}
+    return new
+
+
+
+def swap(manifest: Manifest, rewritten: list[Rewritten], gone: list[str]) -> list[dict[str, Any]]:
+    """List each copy in place of its shard, forget the inputs that are ``gone``; the retired entries."""
+    shards = manifest.shards
+    for old, new in rewritten:
+        i = shards.index(old)
+        if new is None:
+            del shards[i]
+        else:
+            shards[i] = new
+    for url in gone:
+        manifest.forget(url)
+    return [old for old, _ in rewritten]

@@ -1,0 +1,286 @@
+"""Reruns follow the source: new, changed, appended, deleted and unchanged inputs (pipeline.jobs.changes)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import Config
+from pipeline.errors import PipelineError, SinkError
+from pipeline.jobs.run import Job
+from pipeline.serve.app import ServerOptions, running_server
+
+from test_jobs_run import make_config
+
+pytestmark = pytest.mark.anyio
+
+
+async def rerun(cfg: Config) -> tuple[Job, Any, dict[str, Any]]:
+    """One run of ``cfg`` against a fresh fake server: the job, its result and the server's counters."""
+    error: PipelineError | None = None
+    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
+        emb = cfg.embedding.model_copy(update={"url": server.url})
+        job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
+        with anyio.fail_after(60):
+            try:
+                result = await job.run()
+            except PipelineError as exc:  # raised outside the server's task group
+                error = exc
+        stats = server.stats.snapshot()
+    if error is not None:
+        raise error
+    return job, result, stats
+
+
+def current(tmp_path: Path) -> pa.Table:
+    """The rows a reader globbing ``data/*.parquet`` sees, by id."""
+    files = sorted((tmp_path / "out" / "data").glob("*.parquet"))
+    return ds.dataset([str(f) for f in files], format="parquet").to_table().sort_by("id")
+
+
+def listed(tmp_path: Path) -> pa.Table:
+    """The rows of the shards ``_manifest.json`` lists, by id."""
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    files = [str(tmp_path / "out" / s["path"]) for s in manifest["shards"] if s["kind"] == "data"]
+    return ds.dataset(files, format="parquet").to_table().sort_by("id")
+
+
+def check_exact(tmp_path: Path, expected: dict[str, str]) -> None:
+    """The dataset holds exactly ``expected`` (id → text), every id once, by the manifest and by a glob."""
+    for table in (listed(tmp_path), current(tmp_path)):
+        assert dict(zip(table["id"].to_pylist(), table["text"].to_pylist())) == expected
+        assert table.num_rows == len(expected)
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    totals = manifest["totals"]
+    assert totals["rows_embedded"] == len(expected)
+    assert totals["records_read"] == len(expected) + totals["rows_failed"]
+
+
+def jsonl(path: Path, docs: dict[str, str]) -> None:
+    path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
+
+
+def touch_later(path: Path) -> None:
+    """Make sure the mtime moves even on a coarse clock."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
+async def test_jsonl_edits_deletions_additions_and_appends(tmp_path: Path) -> None:
+    """A rerun replaces an edited file's rows, removes a deleted file's, adds a new one's, reads only
+    the appended lines of a grown file, skips an unchanged one, and counts each kind."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {name: {f"{name}{i}": f"{name} text {i}" for i in range(5)} for name in "abcd"}
+    for name, d in docs.items():
+        jsonl(src / f"{name}.jsonl", d)
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    docs["a"] = {"a0": "a text 0", "a1": "a edited 1", "a9": "a new 9"}  # edited: a2..a4 gone, a9 new
+    jsonl(src / "a.jsonl", docs["a"])
+    touch_later(src / "a.jsonl")
+    (src / "b.jsonl").unlink()
+    del docs["b"]
+    with open(src / "c.jsonl", "a") as f:  # appended
+        f.write(json.dumps({"id": "c5", "text": "c text 5"}) + "\n")
+    docs["c"]["c5"] = "c text 5"
+    touch_later(src / "c.jsonl")
+    docs["e"] = {"e0": "e text 0"}
+    jsonl(src / "e.jsonl", docs["e"])
+    job, result, stats = await rerun(cfg)
+    assert result.exit_code == 0
+    assert job.changes == {"new": 1, "resumed": 0, "changed": 1, "appended": 1, "deleted": 1, "unchanged": 1}
+    assert stats["inputs_embedded"] == 2 + 1 + 1  # a1 and a9 (a0 kept its vector), c5, e0
+    check_exact(tmp_path, {k: v for d in docs.values() for k, v in d.items()})
+    job, result, stats = await rerun(cfg)
+    assert stats["inputs_embedded"] == 0 and job.changes["unchanged"] == 4
+
+
+async def test_a_rewritten_jsonl_is_not_taken_for_an_append(tmp_path: Path) -> None:
+    """A file that grew but whose old bytes changed is read again whole, not appended."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"a0": "zero", "a1": "one"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    jsonl(src / "a.jsonl", {"a0": "ZERO", "a1": "one", "a2": "two"})
+    touch_later(src / "a.jsonl")
+    job, _, _ = await rerun(cfg)
+    assert job.changes["changed"] == 1 and job.changes["appended"] == 0
+    check_exact(tmp_path, {"a0": "ZERO", "a1": "one", "a2": "two"})
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "parquet"])
+async def test_other_formats_follow_edits_and_deletions(tmp_path: Path, fmt: str) -> None:
+    """Text, CSV and Parquet sources: an edited file's rows are replaced, a deleted file's removed."""
+    src = tmp_path / "in"
+    src.mkdir()
+
+    def put(name: str, texts: list[str]) -> dict[str, str]:
+        path = src / f"{name}.{fmt}"
+        if fmt == "md":
+            path.write_text(texts[0])
+            return {f"{name}.md": texts[0]}
+        ids = [f"{name}{i}" for i in range(len(texts))]
+        if fmt == "csv":
+            path.write_text("id,text\n" + "".join(f"{i},{t}\n" for i, t in zip(ids, texts)))
+        else:
+            pq.write_table(pa.table({"id": ids, "text": texts}), path)
+        touch_later(path)
+        return dict(zip(ids, texts))
+
+    expected = {**put("a", ["alpha one", "alpha two"]), **put("b", ["beta one"]), **put("c", ["gamma"])}
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    check_exact(tmp_path, expected)
+    expected = {k: v for k, v in expected.items() if not k.startswith(("a", "b"))}
+    expected.update(put("a", ["alpha ONE"]))
+    (src / f"b.{fmt}").unlink()
+    job, result, stats = await rerun(cfg)
+    assert result.exit_code == 0
+    assert job.changes["changed"] == 1 and job.changes["deleted"] == 1 and job.changes["unchanged"] == 1
+    assert stats["inputs_embedded"] == 1
+    check_exact(tmp_path, expected)
+
+
+async def test_on_deleted_keep_leaves_the_rows(tmp_path: Path) -> None:
+    """With run.on_deleted: keep, a deleted file's rows stay in the dataset."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"a0": "zero"})
+    jsonl(src / "b.jsonl", {"b0": "one"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []}, run={"on_deleted": "keep"})
+    await rerun(cfg)
+    (src / "b.jsonl").unlink()
+    await rerun(cfg)
+    check_exact(tmp_path, {"a0": "zero", "b0": "one"})
+
+
+async def test_mass_deletion_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    """A run that would remove more than run.max_removed_fraction of the files stops (exit 2, one line
+    naming the fraction and the key) and leaves the dataset as it was; raising the key lets it through."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in "abc":
+        jsonl(src / f"{name}.jsonl", {f"{name}0": name})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    before = sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
+    (src / "a.jsonl").unlink()
+    (src / "b.jsonl").unlink()
+    with pytest.raises(SinkError) as caught:
+        await rerun(cfg)
+    message = str(caught.value)
+    assert caught.value.exit_code == 2 and "\n" not in message
+    assert "2 of the dataset's 3 source files (67%)" in message and "run.max_removed_fraction=0.5" in message
+    assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == before
+    check_exact(tmp_path, {"a0": "a", "b0": "b", "c0": "c"})
+    lenient = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                          run={"max_removed_fraction": 1})
+    await rerun(lenient)
+    check_exact(tmp_path, {"c0": "c"})
+
+
+def test_the_new_run_keys_have_their_defaults() -> None:
+    """run.on_deleted defaults to remove and run.max_removed_fraction to 0.5; other values are refused."""
+    cfg = make_config(Path("/tmp"), "http://x")
+    assert cfg.run.on_deleted == "remove" and cfg.run.max_removed_fraction == 0.5
+    with pytest.raises(ValueError):
+        make_config(Path("/tmp"), "http://x", run={"on_deleted": "archive"})
+
+
+async def test_an_edited_paragraph_pays_for_its_own_chunks_only(tmp_path: Path) -> None:
+    """Editing one paragraph of a six-chunk markdown document sends one or two inputs; the others keep
+    their vectors."""
+    src = tmp_path / "in"
+    src.mkdir()
+    paragraphs = [f"Paragraph {p}. " + " ".join(f"word{p}-{k}" for k in range(20)) for p in range(6)]
+    (src / "doc.md").write_text("\n\n".join(paragraphs))
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                      chunking={"max_chars": 300})
+    _, _, first = await rerun(cfg)
+    assert first["inputs_embedded"] == 6
+    paragraphs[3] = paragraphs[3].replace("word3-7 ", "WORD ")
+    (src / "doc.md").write_text("\n\n".join(paragraphs))
+    touch_later(src / "doc.md")
+    job, result, stats = await rerun(cfg)
+    assert job.changes["changed"] == 1
+    assert 1 <= stats["inputs_embedded"] <= 2
+    table = current(tmp_path)
+    assert table.num_rows == 6 and "WORD" in "".join(table["text"].to_pylist())
+
+
+async def test_fifty_edited_records_of_a_thousand_cost_about_fifty(tmp_path: Path) -> None:
+    """Editing 50 records of a 1,000-record JSONL sends about 50 inputs, and the dataset equals the source."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {f"r{i}": f"record {i} " + " ".join(f"w{i}-{k}" for k in range(10)) for i in range(1000)}
+    jsonl(src / "a.jsonl", docs)
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    for i in range(0, 1000, 20):
+        docs[f"r{i}"] += " (edited)"
+    jsonl(src / "a.jsonl", docs)
+    touch_later(src / "a.jsonl")
+    job, result, stats = await rerun(cfg)
+    assert job.changes["changed"] == 1
+    assert stats["inputs_embedded"] == 50
+    assert result.totals["rows_embedded"] == 1000
+    check_exact(tmp_path, docs)
+
+
+async def test_a_dataset_of_the_previous_version_follows_too(tmp_path: Path) -> None:
+    """A dataset written before entries listed their sources (no ``sources``, ``ends`` or tail hashes)
+    opens, and a rerun after an edit, an append and a deletion leaves exactly the current records."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {name: {f"{name}{i}": f"{name} text {i}" for i in range(3)} for name in "abcd"}
+    for name, d in docs.items():
+        jsonl(src / f"{name}.jsonl", d)
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    path = tmp_path / "out" / "_manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("ends")
+    for entry in manifest["shards"]:
+        entry.pop("sources")
+    manifest["files"] = {url: sig.split("|")[0] for url, sig in manifest["files"].items()}
+    path.write_text(json.dumps(manifest))
+    docs["a"]["a1"] = "a edited"
+    jsonl(src / "a.jsonl", docs["a"])
+    touch_later(src / "a.jsonl")
+    with open(src / "c.jsonl", "a") as f:
+        f.write(json.dumps({"id": "c3", "text": "c text 3"}) + "\n")
+    docs["c"]["c3"] = "c text 3"
+    touch_later(src / "c.jsonl")
+    (src / "b.jsonl").unlink()
+    del docs["b"]
+    job, result, _ = await rerun(cfg)
+    assert result.exit_code == 0
+    assert job.changes["changed"] == 2 and job.changes["deleted"] == 1  # c cannot be told appended: read again
+    check_exact(tmp_path, {k: v for d in docs.values() for k, v in d.items()})
+
+
+async def test_a_renamed_file_keeps_its_ids_and_vectors(tmp_path: Path) -> None:
+    """A file renamed (deleted under one name, new under another) frees its ids for the new name, costs
+    no input (its vectors are the dataset's own) and leaves no duplicate_id error."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"x": "ex", "y": "why"})
+    jsonl(src / "keep.jsonl", {"k": "kept"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    (src / "a.jsonl").rename(src / "b.jsonl")
+    job, result, stats = await rerun(cfg)
+    assert job.changes["new"] == 1 and job.changes["deleted"] == 1
+    assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
+    check_exact(tmp_path, {"x": "ex", "y": "why", "k": "kept"})
+    assert set(current(tmp_path)["source"].to_pylist()) == {str(src / "b.jsonl"), str(src / "keep.jsonl")}

@@ -1,0 +1,108 @@
+"""Real processes following a changing source: watch mode, and SIGKILL during a replacement (pipeline.jobs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from conftest import run_cli, serve_process
+from test_signals import RECORDS, finish, start, wait_for_commits, write_job
+
+
+def expected_ids(tmp_path: Path) -> dict[str, str]:
+    """id → text of every record in the source now."""
+    out = {}
+    for path in sorted((tmp_path / "in").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            out[record["id"]] = record["text"]
+    return out
+
+
+def check_follows(tmp_path: Path) -> None:
+    """The dataset holds exactly the source's records, every id once, by the manifest and by a glob;
+    the totals match, and no file lies about that the manifest does not list."""
+    out = tmp_path / "out"
+    manifest = json.loads((out / "_manifest.json").read_text())
+    files = [str(out / s["path"]) for s in manifest["shards"] if s["kind"] == "data"]
+    want = expected_ids(tmp_path)
+    for table in (ds.dataset(files, format="parquet").to_table(columns=["id", "text"]),
+                  ds.dataset(str(out / "data"), format="parquet").to_table(columns=["id", "text"])):
+        ids = table["id"].to_pylist()
+        assert len(ids) == len(set(ids))
+        assert dict(zip(ids, table["text"].to_pylist())) == want
+    assert manifest["totals"]["rows_embedded"] == len(want) == manifest["totals"]["records_read"]
+    on_disk = {f"{p.parent.name}/{p.name}" for p in out.glob("*/part-*")}
+    assert on_disk == {s["path"] for s in manifest["shards"]}
+
+
+def edit(tmp_path: Path) -> None:
+    """Edit every 7th record of part-1 (and drop its last 10), and delete part-2."""
+    path = tmp_path / "in" / "part-1.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()][:-10]
+    for i, record in enumerate(records):
+        if i % 7 == 0:
+            record["text"] += " (edited)"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    (tmp_path / "in" / "part-2.jsonl").unlink()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_sigkill_during_a_replacement_then_rerun_is_exact(tmp_path: Path, seed: int) -> None:
+    """SIGKILL at some point of a rerun that replaces an edited file and removes a deleted one;
+    the run after it leaves exactly the current records."""
+    rng = random.Random(seed)
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "20") as url:
+        job = write_job(tmp_path, url, max_removed_fraction=1)
+        assert run_cli("run", str(job)).returncode == 0
+        edit(tmp_path)
+        proc = start(job)
+        watchdog = threading.Timer(60, proc.kill)  # a hung run ends the waits below, failing the test
+        watchdog.start()
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the comparison is done; the deletion's commit comes next
+            if "event=files_deleted" in line:
+                break
+        wait_for_commits(proc, rng.randint(0, 4))
+        proc.send_signal(signal.SIGKILL)
+        finish(proc)
+        watchdog.cancel()
+        again = run_cli("run", str(job))
+        assert again.returncode == 0, again.stderr
+    check_follows(tmp_path)
+
+
+def test_watch_follows_changes_and_deletions(tmp_path: Path) -> None:
+    """A watcher replaces an edited file's rows and removes a deleted file's, then stops on SIGTERM."""
+    with serve_process("--fake", "--dimensions", "8") as url:
+        job = write_job(tmp_path, url, watch="true", poll_interval_s=0.2, max_removed_fraction=1)
+        proc = start(job)
+        watchdog = threading.Timer(60, proc.kill)
+        watchdog.start()
+        assert proc.stderr is not None
+        wait_for_commits(proc, 1)
+        for line in proc.stderr:  # the files present at start are all committed
+            manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+            if manifest["totals"]["rows_embedded"] == RECORDS:
+                break
+        edit(tmp_path)
+        for line in proc.stderr:  # until the dataset holds the source as it is now
+            if "event=shard_committed" in line:
+                manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+                if manifest["totals"]["rows_embedded"] == len(expected_ids(tmp_path)) and \
+                        str(tmp_path / "in" / "part-2.jsonl") not in manifest["files"]:
+                    break
+        proc.send_signal(signal.SIGTERM)
+        code, err = finish(proc)
+        watchdog.cancel()
+    assert code == 143, err
+    check_follows(tmp_path)
