@@ -14,29 +14,28 @@ started); once open, a failed commit or a lost lease is :class:`CommitFailed`.
 
 from __future__ import annotations
 
-import errno
 import time
-from contextlib import nullcontext
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import fsspec
 import pyarrow as pa
 
 from pipeline.config import SinkConfig
 from pipeline.dataset.lease import Lease
-from pipeline.dataset.retrying import StoreRetry, transient
-from pipeline.dataset.manifest import Manifest, manifest_name, of_url, save_rank, utc_now
+from pipeline.dataset.ledger import Ledger
+from pipeline.dataset.manifest import Manifest, of_url, utc_now
 from pipeline.dataset.opening import KINDS, clean_up, forget_missing, load_or_create
 from pipeline.dataset.pending import Pending
 from pipeline.dataset.replace import Rewritten, affected, rewrite, swap
+from pipeline.dataset.resume_state import ResumeState
+from pipeline.dataset.retrying import StoreRetry, transient
 from pipeline.dataset.shard_writer import ShardWriter
-from pipeline.dataset.shards import open_shard
 from pipeline.dataset.tables import ERRORS_SCHEMA, RowTables
 from pipeline.errors import CommitFailed, SinkError
-from pipeline.storage import STORE_ERRORS, Location, describe, join
-from pipeline.types import Counts, EmbeddedBatch
+from pipeline.storage import Location, join
+from pipeline.types import EmbeddedBatch
 
-class DatasetWriter:
+class DatasetWriter(ResumeState):
     """Appends embedded batches to a sharded dataset and commits them with the manifest."""
 
     def __init__(
@@ -70,7 +69,6 @@ class DatasetWriter:
         self.rank = rank
         self.world_size = world_size
         self._clock = clock
-        self._lease = lease
         self._retry = retry or StoreRetry()
         where = Location.on(fs, cfg.path) if fs is not None else Location.open(cfg.path, cfg.storage_options)
         self.fs = fs = where.fs
@@ -84,12 +82,7 @@ class DatasetWriter:
         except OSError as exc:
             raise SinkError(f"cannot open the dataset at {cfg.path}: {exc}") from exc
         self._manifest = manifest
-        # Object stores: each save of this rank's manifest is conditional on the
-        # version we last saw (If-Match on its ETag; create-only when there is
-        # none), so a writer that lost the lease while paused cannot overwrite
-        # its successor's manifest even if its last lease renewal got through.
-        self._fenced = not where.local
-        self._etag: str | None = self._current_etag() if self._fenced else None
+        self._ledger = Ledger(where, rank, world_size, lease, self._retry)
         self._tables = RowTables(manifest, embedding_type=embedding_type, metadata_fields=metadata_fields,
                                  include_text=cfg.include_text, where=cfg.path)
         self._next_seq = {k: manifest.last_seq(rank, k) + 1 for k in KINDS}
@@ -115,77 +108,8 @@ class DatasetWriter:
         except CommitFailed as exc:  # nothing was started yet
             raise SinkError(str(exc)) from exc
 
-    # ------------------------------------------------------------ resume state
-
-    @property
-    def manifest(self) -> Manifest:
-        """The manifest as of the last commit (plus the current run)."""
-        return self._manifest
-
-    @property
-    def counts(self) -> Counts:
-        """The dataset's totals as of the last commit."""
-        return self._manifest.counts
-
-    def done_upto(self, key: str) -> int:
-        """How far input ``key`` is committed (a location; ``END_OF_FILE`` when whole)."""
-        return self._manifest.done_upto(key)
-
-    def signature(self, url: str) -> str | None:
-        """The signature input ``url`` had when it was last read, if it was."""
-        return self._manifest.files.get(url)
-
-    def signatures(self) -> dict[str, str]:
-        """Every input the dataset knows, with the signature it had when last read."""
-        return dict(self._manifest.files)
-
-    def set_signature(self, url: str, signature: str) -> None:
-        """Record ``url``'s signature; saved with the next commit (a changed input's: with its new rows)."""
-        if url in self._changed:
-            self._changed[url] = signature
-        else:
-            self._manifest.files[url] = signature
-
-    def restart(self, key: str, url: str) -> None:
-        """Input ``key`` changed: the next read starts at its top.
-
-        Its old rows leave in the commit that brings its first new rows (or
-        its end), together with its new signature: a reader never sees both
-        versions, and a crash before that commit finds it changed again.
-        """
-        self._manifest.restart(key, url)
-        self._changed.setdefault(url, None)
-
-    def append(self, key: str, url: str) -> bool:
-        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
-        return self._manifest.read_on(key)
-
-    def remove_sources(self, urls: list[str]) -> None:
-        """Rows whose ``source`` is one of ``urls`` leave with the next commit (inputs that are gone)."""
-        for url in urls:
-            self._removing[url] = True
-
-    def note_model(self, reported: str) -> None:
-        """Record the model the server says answered; saved with the next commit."""
-        self._manifest.reported_model = reported
-
-    def offsets(self) -> dict[str, list[list[int]]]:
-        """The seek checkpoints of big input files, as saved."""
-        return {url: [list(c) for c in cs] for url, cs in self._manifest.offsets.items()}
-
-    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
-        """Replace the seek checkpoints; saved with the next commit."""
-        self._manifest.offsets = offsets
-
-    def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
-        """The ids and sources of this rank's committed data rows, a block at a time."""
-        mine = f"part-{self.rank:05d}-"
-        for entry in self._manifest.shards:
-            if entry["kind"] != "data" or mine not in entry["path"]:
-                continue
-            with open_shard(self.fs, join(self.root, entry["path"])) as shard:
-                for block in shard.iter_batches(columns=["id", "source"]):
-                    yield block.column(0).to_pylist(), block.column(1).to_pylist()
+    def _save(self) -> None:
+        self._ledger.save(self._manifest)
 
     # ------------------------------------------------------------ writing
 
@@ -296,8 +220,7 @@ class DatasetWriter:
 
     def renew(self) -> None:
         """Keep the write lease alive between commits; :class:`CommitFailed` if it was lost."""
-        if self._lease is not None:
-            self._renew_lease()
+        self._ledger.renew()
 
     def close(self, status: str) -> None:
         """Commit what is open, record the run's end with ``status``, save, release the lease.
@@ -327,11 +250,7 @@ class DatasetWriter:
                 self._delete_held()
             except OSError:  # left for the next start's clean-up
                 pass
-            if self._lease is not None:
-                try:
-                    self._lease.release()
-                except Exception:  # a lease we cannot delete goes stale; the next run takes it
-                    pass
+            self._ledger.release()
         if error is not None:
             raise error
 
@@ -361,7 +280,7 @@ class DatasetWriter:
         """A new shard file of ``kind``, under this rank's next name for it."""
         seq = self._next_seq[kind]
         rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
-        while self._fenced and self.fs.exists(join(self.root, rel)):
+        while self._ledger.fenced and self.fs.exists(join(self.root, rel)):
             # taken by a writer that lost the lease after we opened: never overwrite it
             seq += 1
             rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
@@ -445,73 +364,3 @@ class DatasetWriter:
         held, self._held = self._held, []
         for path in held:
             self.fs.rm_file(path)
-
-    def _manifest_path(self) -> str:
-        return join(self.root, manifest_name(self.rank, self.world_size))
-
-    def _current_etag(self) -> str | None:
-        """The ETag of this rank's manifest on the store, None when there is none (or no ETag)."""
-        try:
-            return _etag_of(self.fs.info(self._manifest_path()))
-        except FileNotFoundError:
-            return None
-
-    def _save_once(self) -> None:
-        """One conditional save of this rank's manifest (see ``_fenced``); remembers the new ETag."""
-        condition: dict[str, Any] | None = None
-        if self._fenced:
-            condition = {"IfMatch": self._etag} if self._etag else {"mode": "create"}
-            if self._etag is None and self.fs.exists(self._manifest_path()):
-                condition = None  # a store without ETags: nothing to be conditional on
-        answer = save_rank(self._manifest, self.fs, self.root, self.rank, self.world_size, condition)
-        if self._fenced:
-            self._etag = _etag_of(answer) or self._current_etag()
-
-    def _renew_lease(self) -> None:
-        assert self._lease is not None
-        lease = self._lease
-        try:
-            self._retry(lease.renew, f"renewing the lease {lease.path}")
-        except SinkError as exc:
-            raise CommitFailed(str(exc)) from exc
-        except Exception as exc:  # the store's own errors (botocore, OSError), after retries
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise CommitFailed(
-                f"cannot renew the write lease {lease.path}: {reason}; what was committed is intact, "
-                "run again to resume"
-            ) from exc
-
-    def _save(self) -> None:
-        # the lease checked, then the manifest replaced, with no other writer in between
-        # (a compare-and-swap under the lease's lock on local disk; conditional PUTs on a store)
-        with self._lease.exclusive() if self._lease is not None else nullcontext():
-            self._save_checked()
-
-    def _save_checked(self) -> None:
-        if self._lease is not None:
-            self._renew_lease()
-        try:
-            self._retry(self._save_once, "saving the manifest")
-        except SinkError as exc:
-            raise CommitFailed(str(exc)) from exc
-        except STORE_ERRORS as exc:
-            if self._fenced and (isinstance(exc, FileExistsError) or getattr(exc, "errno", None) == errno.EINVAL):
-                raise CommitFailed(  # our condition failed: the manifest is not the version we last wrote
-                    f"another pipeline has written the manifest of rank {self.rank:05d} of {self.cfg.path} "
-                    "since this one last did (it took over the write lease); stopping without touching its work"
-                ) from exc
-            raise CommitFailed(
-                f"cannot save the manifest of {self.cfg.path}: {describe(exc)}; what was committed before is "
-                "intact, run again to resume"
-            ) from exc
-        except Exception as exc:  # the store's own errors, after retries
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise CommitFailed(
-                f"cannot save the manifest of {self.cfg.path}: {reason}; what was committed before is intact, "
-                "run again to resume"
-            ) from exc
-
-
-def _etag_of(answer: Any) -> str | None:
-    etag = answer.get("ETag") if isinstance(answer, dict) else None
-    return etag if isinstance(etag, str) else None

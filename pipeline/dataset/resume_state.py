@@ -1,0 +1,101 @@
+"""The file dataset's resume state, as the Sink protocol asks for it: read from and written to its manifest.
+
+How far each input is committed, the signature it had when read, seek
+checkpoints, the model that answered, which inputs changed or are gone:
+what :class:`~pipeline.dataset.writer.DatasetWriter` saves with each commit.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import fsspec
+
+from pipeline.dataset.manifest import Manifest
+from pipeline.dataset.shards import open_shard
+from pipeline.storage import join
+from pipeline.types import Counts
+
+
+class ResumeState:
+    """The resume-state half of the file sink (its writing half is the subclass)."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+    rank: int
+    _manifest: Manifest
+    #: changed inputs (url → their new signature) whose old rows leave with their first new rows
+    _changed: dict[str, str | None]
+    #: sources whose rows leave with the next commit, and whether each is gone for good
+    _removing: dict[str, bool]
+
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest as of the last commit (plus the current run)."""
+        return self._manifest
+
+    @property
+    def counts(self) -> Counts:
+        """The dataset's totals as of the last commit."""
+        return self._manifest.counts
+
+    def done_upto(self, key: str) -> int:
+        """How far input ``key`` is committed (a location; ``END_OF_FILE`` when whole)."""
+        return self._manifest.done_upto(key)
+
+    def signature(self, url: str) -> str | None:
+        """The signature input ``url`` had when it was last read, if it was."""
+        return self._manifest.files.get(url)
+
+    def signatures(self) -> dict[str, str]:
+        """Every input the dataset knows, with the signature it had when last read."""
+        return dict(self._manifest.files)
+
+    def set_signature(self, url: str, signature: str) -> None:
+        """Record ``url``'s signature; saved with the next commit (a changed input's: with its new rows)."""
+        if url in self._changed:
+            self._changed[url] = signature
+        else:
+            self._manifest.files[url] = signature
+
+    def restart(self, key: str, url: str) -> None:
+        """Input ``key`` changed: the next read starts at its top.
+
+        Its old rows leave in the commit that brings its first new rows (or
+        its end), together with its new signature: a reader never sees both
+        versions, and a crash before that commit finds it changed again.
+        """
+        self._manifest.restart(key, url)
+        self._changed.setdefault(url, None)
+
+    def append(self, key: str, url: str) -> bool:
+        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
+        return self._manifest.read_on(key)
+
+    def remove_sources(self, urls: list[str]) -> None:
+        """Rows whose ``source`` is one of ``urls`` leave with the next commit (inputs that are gone)."""
+        for url in urls:
+            self._removing[url] = True
+
+    def note_model(self, reported: str) -> None:
+        """Record the model the server says answered; saved with the next commit."""
+        self._manifest.reported_model = reported
+
+    def offsets(self) -> dict[str, list[list[int]]]:
+        """The seek checkpoints of big input files, as saved."""
+        return {url: [list(c) for c in cs] for url, cs in self._manifest.offsets.items()}
+
+    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
+        """Replace the seek checkpoints; saved with the next commit."""
+        self._manifest.offsets = offsets
+
+    def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
+        """The ids and sources of this rank's committed data rows, a block at a time."""
+        mine = f"part-{self.rank:05d}-"
+        for entry in self._manifest.shards:
+            if entry["kind"] != "data" or mine not in entry["path"]:
+                continue
+            with open_shard(self.fs, join(self.root, entry["path"])) as shard:
+                for block in shard.iter_batches(columns=["id", "source"]):
+                    yield block.column(0).to_pylist(), block.column(1).to_pylist()
