@@ -109,7 +109,7 @@ class Killed(BaseException):
 def test_a_crash_inside_a_replacement_commit_leaves_the_old_dataset(tmp_path: Path, monkeypatch) -> None:
     """Killed after the rewritten shards are published but before the manifest switched: the next open
     deletes them as strays, and the dataset is the one before, every row once."""
-    import pipeline.dataset.writer as writer_module
+    import pipeline.dataset.ledger as writer_module  # where the manifest is saved
 
     two_sources(tmp_path)
     before = rows(tmp_path)

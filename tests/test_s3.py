@@ -433,7 +433,7 @@ def test_a_paused_writer_never_clobbers_its_successor(s3: s3fs.S3FileSystem, ren
     objects = {p: s3.info(p)["ETag"] for p in s3.find(f"{bucket}/ds/data")}
     assert len(committed["shards"]) == 2
     if renewal_got_through:  # its PUT was in flight when it froze, and landed: the renewal looks fine
-        monkeypatch.setattr(first._lease, "renew", lambda: None)
+        monkeypatch.setattr(first._ledger._lease, "renew", lambda: None)
     with pytest.raises(CommitFailed, match="another pipeline|lost the write lease"):
         first.write(small_batch(1, 10))
     assert json.loads(s3.cat_file(f"{bucket}/ds/_manifest.json")) == committed
