@@ -1,7 +1,11 @@
 """Where vectors are kept, and the on-disk format of a file dataset.
 
 - :mod:`.sink`: the Sink protocol the job writes through, and :func:`~.sink.open_sink`
-- :mod:`.writer`: the file dataset as a sink (shards, then the manifest, per commit)
+- :mod:`.writer`: the file dataset as a sink (shards, then the manifest, per commit), with
+  :mod:`.resume_state` (how far each input is committed), :mod:`.ledger` (the manifest saved
+  behind the lease, conditionally on a store), :mod:`.opening` (crash leftovers, missing shards),
+  :mod:`.pending` (a commit's accounting) and :mod:`.replace` (a source's rows leaving
+  copy-on-write); :mod:`.self_reuse` indexes the dataset itself for a rerun
 - :mod:`.shard_writer`, :mod:`.tables`: one shard file being written; rows as Arrow tables
 - :mod:`.shards`: the one reader of a shard file (Parquet or Arrow IPC)
 - :mod:`.retrying`: store operations retried while the store blinks
