@@ -30,7 +30,7 @@ from pipeline.config_yaml import (
     YamlTooBig,
     apply_overrides,
     flag_of,
-    interpolate,
+    interpolate,  # noqa: F401  (part of this module's interface)
     interpolate_tree,
     is_secret,
     line_map,

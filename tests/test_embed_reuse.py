@@ -2,115 +2,27 @@
 
 from __future__ import annotations
 
-import zlib
-from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import anyio
 import numpy as np
 import pytest
 
-from pipeline.config import SinkConfig
-from pipeline.dataset import reuse_index as reuse
-from pipeline.dataset import shard_writer as sinks
-from pipeline.dataset.reuse_index import ReuseIndex
-from pipeline.dataset.writer import DatasetWriter
 from pipeline.embed.reuse import ReusingEmbedder
-from pipeline.embed.vectors import quantize
 from pipeline.errors import FatalApiError
-from pipeline.stages.chunk import make_hasher
-from pipeline.types import Batch, Chunk, EmbeddedBatch, Failure, Usage
+from pipeline.types import Batch, EmbeddedBatch, Failure, Usage
 
-MODEL = "m"
-INPUT_TYPE = "search_document"
-DIMS = 16
-SRC = "file:///in/docs.jsonl"
-
-
-@pytest.fixture(autouse=True)
-def small_sizes(monkeypatch):
-    """Tiny blocks, partitions, buffers and row groups, so small datasets exercise every path."""
-    monkeypatch.setattr(reuse, "BLOCK", 4)
-    monkeypatch.setattr(reuse, "PARTITION_ENTRIES", 16)
-    monkeypatch.setattr(reuse, "FLUSH_ENTRIES", 32)
-    monkeypatch.setattr(reuse, "SCAN_ROWS", 8)
-    monkeypatch.setattr(reuse, "READ_ROWS", 3)
-    monkeypatch.setattr(reuse, "PROBE_ROWS", 50)
-    monkeypatch.setattr(reuse, "CACHE_ROW_GROUPS", 2)
-    monkeypatch.setattr(sinks, "ROW_GROUP_ROWS", 8)
-
-
-def fake_vectors(texts: list[str], etype: str) -> np.ndarray:
-    """Deterministic vectors: the same text always gets the same vector."""
-    floats = np.array(
-        [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(DIMS) for t in texts], dtype=np.float32
-    ).reshape(len(texts), DIMS)
-    return quantize(floats, etype)
-
-
-def make_chunks(texts: list[str], etype: str = "float", model: str = MODEL, start: int = 0) -> tuple[Chunk, ...]:
-    hasher = make_hasher(model, INPUT_TYPE, etype)
-    return tuple(
-        Chunk(
-            id=f"d{start + i}",
-            doc_id=f"d{start + i}",
-            chunk_index=0,
-            text=t,
-            source=SRC,
-            location=start + i + 1,
-            content_hash=hasher(t),
-        )
-        for i, t in enumerate(texts)
-    )
-
-
-def write_dataset(
-    path: str | Path,
-    texts: list[str],
-    *,
-    etype: str = "float",
-    fmt: str = "parquet",
-    model: str = MODEL,
-    shard_rows: int = 50,
-    batch_rows: int = 10,
-    fs: Any = None,
-) -> tuple[Chunk, ...]:
-    """An earlier dataset holding ``texts``, over several shards and row groups."""
-    writer = DatasetWriter(
-        SinkConfig(path=str(path), shard_rows=shard_rows, format=fmt),
-        rank=0,
-        model=model,
-        input_type=INPUT_TYPE,
-        embedding_type=etype,
-        metadata_fields=[],
-        run_started_at="2024-01-01T00:00:00.000Z",
-        fs=fs,
-    )
-    chunks = make_chunks(texts, etype, model)
-    for seq, i in enumerate(range(0, len(chunks), batch_rows)):
-        part = chunks[i : i + batch_rows]
-        writer.write(
-            EmbeddedBatch(
-                seq=seq,
-                chunks=part,
-                vectors=fake_vectors([c.text for c in part], etype),
-                usage=Usage(requests=1, prompt_tokens=len(part), total_tokens=len(part)),
-                records=len(part),
-                marks=((SRC, i + len(part)),),
-            )
-        )
-    writer.close("completed")
-    return chunks
-
-
-def open_index(path: str | Path, etype: str = "float", **kwargs: Any) -> ReuseIndex:
-    return ReuseIndex.open(
-        str(path), {}, model=MODEL, input_type=INPUT_TYPE, embedding_type=etype, **kwargs
-    )
-
-
-def corpus(n: int, tag: str = "") -> list[str]:
-    return [f"document number {i}{tag}" for i in range(n)]
+# the same small-dataset helpers and tiny index sizes as the index's own tests
+from test_dataset_reuse_index import (  # noqa: E402
+    DIMS,
+    SRC,
+    corpus,
+    fake_vectors,
+    make_chunks,
+    open_index,
+    small_sizes,  # noqa: F401  (an autouse fixture: tiny index sizes here too)
+    write_dataset,
+)
 
 
 class FakeEmbedder:

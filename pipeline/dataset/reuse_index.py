@@ -47,7 +47,6 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from typing import Any, Self
 
-import anyio
 import fsspec
 import numpy as np
 import pyarrow as pa

@@ -23,7 +23,7 @@ import pyarrow as pa
 from pipeline.config import SinkConfig
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.ledger import Ledger
-from pipeline.dataset.manifest import Manifest, of_url, utc_now
+from pipeline.dataset.manifest import of_url, utc_now
 from pipeline.dataset.opening import KINDS, clean_up, forget_missing, load_or_create
 from pipeline.dataset.pending import Pending
 from pipeline.dataset.replace import Rewritten, affected, rewrite, swap
