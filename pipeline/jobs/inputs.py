@@ -59,22 +59,18 @@ def _sink_prefix(cfg: Config, source_fs: Any) -> str | None:
 def open_reuse_index(cfg: Config) -> ReuseIndex:
     """The index of ``run.reuse_from`` (an earlier dataset, on the sink's storage options)."""
     assert cfg.run.reuse_from is not None
-    emb = cfg.embedding
-    return ReuseIndex.open(
-        cfg.run.reuse_from,
-        cfg.sink.storage_options,
-        model=emb.model,
-        input_type=emb.input_type,
-        embedding_type=emb.embedding_type,
-        dimensions=emb.dimensions,
-    )
+    return _index_of(cfg, cfg.run.reuse_from)
 
 
 def open_own_index(cfg: Config) -> ReuseIndex:
     """The index of the dataset at ``sink.path`` itself, as it is now (before a rerun changes it)."""
+    return _index_of(cfg, cfg.sink.path)
+
+
+def _index_of(cfg: Config, path: str) -> ReuseIndex:
     emb = cfg.embedding
     return ReuseIndex.open(
-        cfg.sink.path,
+        path,
         cfg.sink.storage_options,
         model=emb.model,
         input_type=emb.input_type,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.errors import CommitFailed
 from pipeline.logs import redact_url
 
 
@@ -43,6 +44,14 @@ def log_commits(log: Any, entries: list[dict[str, Any]]) -> None:
             requests=entry.get("requests"),
             tokens=entry.get("total_tokens"),
         )
+
+
+def close_quietly(sink: Any) -> None:
+    """Close ``sink`` as failed after a bug, letting go of its lease; a no-op after a clean close."""
+    try:
+        sink.close("failed")
+    except CommitFailed:
+        pass
 
 
 def first_leaf(exc: BaseException) -> BaseException:

@@ -13,7 +13,7 @@ from pipeline.dataset.sink import open_sink
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.embed import Embedder, make_embedder
 from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, CommitFailed, FatalApiError
-from pipeline.jobs.outcome import RunResult, first_leaf, log_commits, too_many_failed
+from pipeline.jobs.outcome import RunResult, close_quietly, first_leaf, log_commits, too_many_failed
 from pipeline.logs import get_logger
 from pipeline.stages.chunk import make_hasher
 from pipeline.types import Batch, Chunk, Counts, EmbeddedBatch, Failure, Usage
@@ -42,14 +42,8 @@ async def retry_failed(cfg: Config, *, embedder: Embedder | None = None) -> RunR
         return await _retry(cfg, writer, embedder, log)
     finally:  # after a bug: let go of the lease at least (a no-op after a clean close)
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_close_quietly, writer)
+            await anyio.to_thread.run_sync(close_quietly, writer)
 
-
-def _close_quietly(writer: DatasetWriter) -> None:
-    try:
-        writer.close("failed")
-    except CommitFailed:
-        pass
 
 
 async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, log: Any) -> RunResult:

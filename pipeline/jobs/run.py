@@ -25,7 +25,7 @@ from pipeline.dataset.self_reuse import ChainedIndex
 from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
 from pipeline.jobs.changes import Changes, apply, check_removals, compare
 from pipeline.jobs.inputs import list_source, open_own_index, open_reuse_index
-from pipeline.jobs.outcome import RunResult, first_leaf, log_commits, too_many_failed
+from pipeline.jobs.outcome import RunResult, close_quietly, first_leaf, log_commits, too_many_failed
 from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
 from pipeline.jobs.watch import watch_source
@@ -103,7 +103,7 @@ class Job:
             return await self._run(sink, fs, listed, files)
         finally:  # after a bug: let go of the lease at least (a no-op after a clean close)
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_close_quietly, sink)
+                await anyio.to_thread.run_sync(close_quietly, sink)
 
     async def _run(self, sink: Sink, fs: Any, listed: set[str], files: list[InputFile]) -> RunResult:
         cfg = self.cfg
@@ -306,12 +306,6 @@ def _close(sink: Sink, status: str) -> list[dict[str, Any]]:
     finally:
         sink.close(status)
 
-
-def _close_quietly(sink: Sink) -> None:
-    try:
-        sink.close("failed")
-    except CommitFailed:
-        pass
 
 
 async def run_job(cfg: Config, **kwargs: Any) -> RunResult:
