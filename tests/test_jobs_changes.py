@@ -284,3 +284,39 @@ async def test_a_renamed_file_keeps_its_ids_and_vectors(tmp_path: Path) -> None:
     assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
     check_exact(tmp_path, {"x": "ex", "y": "why", "k": "kept"})
     assert set(current(tmp_path)["source"].to_pylist()) == {str(src / "b.jsonl"), str(src / "keep.jsonl")}
+
+
+async def test_a_watch_round_pays_for_the_edited_paragraph_only(tmp_path: Path) -> None:
+    """A watcher's round replacing an edited document takes the unchanged chunks' vectors from the
+    dataset itself (the shard files it retires stay readable until the round ends)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    paragraphs = [f"Paragraph {p}. " + " ".join(f"word{p}-{k}" for k in range(20)) for p in range(6)]
+    (src / "doc.md").write_text("\n\n".join(paragraphs))
+    (src / "other.md").write_text("Another document, never edited.")
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                      chunking={"max_chars": 300}, run={"watch": True, "poll_interval_s": 0.05})
+    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
+        emb = cfg.embedding.model_copy(update={"url": server.url})
+        job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
+
+        async def until(done: Any) -> None:
+            while not done():
+                await anyio.sleep(0.02)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(job.run)
+            with anyio.fail_after(60):
+                await until(lambda: job.changes.get("new") == 2 and job.commit.sink.counts.rows_embedded == 7)
+                shards = job.progress.shards
+                paragraphs[3] = paragraphs[3].replace("word3-7 ", "WORD ")
+                (src / "doc.md").write_text("\n\n".join(paragraphs))
+                touch_later(src / "doc.md")
+                await until(lambda: job.changes.get("changed") == 1 and job.progress.shards > shards)
+            job.shutdown.request(15)
+        stats = server.stats.snapshot()
+    assert 8 <= stats["inputs_embedded"] <= 9  # 7 at first, then the edited paragraph's one or two
+    table = current(tmp_path)
+    assert table.num_rows == 7 and "WORD" in "".join(table["text"].to_pylist())
+    assert len(list((tmp_path / "out" / "data").glob("*.parquet"))) == len(
+        [s for s in json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"] if s["kind"] == "data"])

@@ -218,6 +218,9 @@ class PostgresSink:
             self._build_index()
         return entries
 
+    def release_retired(self) -> None:
+        """Nothing to delete: a table's rows leave inside their commit."""
+
     def renew(self) -> None:
         """Check the connection (and the lock) between commits; open it again if it was lost."""
         self._check_usable()

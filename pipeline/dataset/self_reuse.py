@@ -1,56 +1,46 @@
 """Reuse over the dataset itself: a changed document's unchanged chunks keep their vectors.
 
-A rerun that replaces a document indexes the dataset's ``content_hash``
-column before it changes anything (a :class:`ReuseIndex` over ``sink.path``)
-and hands the index to the embedder, so that only the chunks whose text is
-new reach the API. The writer keeps the files it retires until it closes,
-so the index can read them all run long. With ``run.reuse_from`` as well,
-:class:`ChainedIndex` asks the dataset itself first, then the earlier one.
+A run (or a watcher's round) that replaces documents first indexes the
+vectors the sink already holds, before anything leaves it, and wraps the
+embedder for that round so that only chunks whose text is new reach the
+API. A file dataset is indexed whole (a :class:`ReuseIndex` over
+``sink.path``: the writer keeps the shard files it retires until the round
+ends, so the index can read them); a Postgres table gives the vectors of the
+changed (and, for renames, deleted) sources' rows, held in memory as
+:class:`StoredVectors`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.dataset.reuse_index import ReuseIndex
 
+class StoredVectors:
+    """Vectors by content hash, in memory: the same lookups as a :class:`ReuseIndex`."""
 
-class ChainedIndex:
-    """Two reuse indexes asked in turn: a hash missing from the first is looked up in the second."""
-
-    def __init__(self, first: ReuseIndex, second: ReuseIndex) -> None:
-        self.first = first
-        self.second = second
-        self.width = first.width or second.width
-        self.dtype = first.dtype
-        self.rows = first.rows + second.rows
-        self.distinct = first.distinct + second.distinct
+    def __init__(self, hashes: list[str], matrix: np.ndarray) -> None:
+        self._where: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            self._where.setdefault(h, i)
+        self._matrix = matrix
+        self.dtype = matrix.dtype
+        #: stored elements per vector (``dimensions / 8`` for the packed types)
+        self.width = int(matrix.shape[1]) if matrix.ndim == 2 else 0
+        self.rows = len(hashes)
+        self.distinct = len(self._where)
 
     def lookup(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Which hashes either index holds, and their vectors in order (see :meth:`ReuseIndex.lookup`)."""
-        found, stored = self.first.lookup(hashes)
-        missing = np.flatnonzero(~found)
-        if not missing.size:
-            return found, stored
-        more, extra = self.second.lookup([hashes[i] for i in missing])
-        if not more.any():
-            return found, stored
-        out = np.empty((int(found.sum()) + int(more.sum()), stored.shape[1] or extra.shape[1]), self.dtype)
-        both = found.copy()
-        both[missing[more]] = True
-        rows = np.flatnonzero(both)
-        from_first = np.isin(rows, np.flatnonzero(found))
-        out[from_first] = stored
-        out[~from_first] = extra
-        return both, out
+        """Which hashes are held, and their vectors in the order of ``hashes`` (the found ones only)."""
+        rows = [self._where.get(h, -1) for h in hashes]
+        found = np.fromiter((r >= 0 for r in rows), bool, len(rows))
+        picked = np.asarray([r for r in rows if r >= 0], dtype=np.int64)
+        return found, self._matrix[picked].reshape(len(picked), self.width)
 
     def contains(self, hashes: list[str]) -> np.ndarray:
-        """Which hashes either index holds (prefixes only, see :meth:`ReuseIndex.contains`)."""
-        return self.first.contains(hashes) | self.second.contains(hashes)
+        """Which hashes are held."""
+        return np.fromiter((h in self._where for h in hashes), bool, len(hashes))
 
     def close(self) -> None:
-        """Close both."""
-        try:
-            self.first.close()
-        finally:
-            self.second.close()
+        """Let go of the vectors."""
+        self._where = {}
+        self._matrix = self._matrix[:0]

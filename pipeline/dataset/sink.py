@@ -92,6 +92,10 @@ class Sink(Protocol):
         """Publish what was taken, with its accounting and resume marks, atomically."""
         ...
 
+    def release_retired(self) -> None:
+        """Let go of what commits replaced but an index of the sink still read (a file dataset's old shards)."""
+        ...
+
     def renew(self) -> None:
         """Keep this writer's exclusive right alive between commits."""
         ...

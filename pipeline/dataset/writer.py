@@ -218,6 +218,10 @@ class DatasetWriter(ResumeState):
             self._delete_held()
         return entries + [new for _, new in rewritten if new is not None]
 
+    def release_retired(self) -> None:
+        """Delete the files of shards commits retired while ``hold_retired`` kept them (an index read them)."""
+        self._delete_held()
+
     def renew(self) -> None:
         """Keep the write lease alive between commits; :class:`CommitFailed` if it was lost."""
         self._ledger.renew()

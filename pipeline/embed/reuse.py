@@ -18,6 +18,7 @@ from pipeline.types import Batch, EmbeddedBatch, Usage
 
 if TYPE_CHECKING:
     from pipeline.dataset.reuse_index import ReuseIndex
+    from pipeline.dataset.self_reuse import StoredVectors
     from pipeline.embed import Embedder
 
 
@@ -34,11 +35,14 @@ class ReusingEmbedder:
     """
 
     def __init__(
-        self, inner: Embedder, index: ReuseIndex, *, limiter: anyio.CapacityLimiter | None = None
+        self, inner: Embedder, index: ReuseIndex | StoredVectors, *, limiter: anyio.CapacityLimiter | None = None,
+        where: str = "run.reuse_from: the earlier dataset",
     ) -> None:
         self.inner = inner
         self.index = index
         self._limiter = limiter
+        #: what ``index`` is, for errors
+        self.where = where
 
     @property
     def dimensions(self) -> int | None:
@@ -78,7 +82,7 @@ class ReusingEmbedder:
         # every answer, reused or not: one batch of the other width would mix widths in the dataset
         if self.index.width and len(answer.chunks) and fresh.shape[1] != self.index.width:
             raise FatalApiError(
-                f"run.reuse_from: the earlier dataset holds vectors {self.index.width} wide, "
+                f"{self.where} holds vectors {self.index.width} wide, "
                 f"the API now returns {fresh.shape[1]}; refusing to mix them"
             )
         if not reused:
@@ -108,4 +112,6 @@ class ReusingEmbedder:
             kept.append(c)
         pool = np.concatenate([stored, fresh.astype(self.index.dtype, copy=False).reshape(-1, stored.shape[1])])
         vectors = pool[np.asarray(pick, dtype=np.int64)]
-        return EmbeddedBatch.answering(batch, tuple(kept), vectors, answer.usage, answer.failures, reused=reused)
+        # an inner ReusingEmbedder (run.reuse_from under the dataset's own vectors) counts its own
+        return EmbeddedBatch.answering(batch, tuple(kept), vectors, answer.usage, answer.failures,
+                                       reused=reused + answer.reused)

@@ -21,7 +21,8 @@ from pipeline.dataset.sink import Sink, is_postgres, open_sink
 from pipeline.embed import Embedder, make_embedder
 from pipeline.embed.limits import Budget, Limiter
 from pipeline.dataset.reuse_index import ReuseIndex
-from pipeline.dataset.self_reuse import ChainedIndex
+from pipeline.dataset.self_reuse import StoredVectors
+from pipeline.embed.reuse import ReusingEmbedder
 from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
 from pipeline.jobs.changes import Changes, apply, check_removals, compare
 from pipeline.jobs.inputs import list_source, open_own_index, open_reuse_index
@@ -29,7 +30,7 @@ from pipeline.jobs.outcome import RunResult, close_quietly, first_leaf, log_comm
 from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
 from pipeline.jobs.watch import watch_source
-from pipeline.logs import LogSetup, get_logger
+from pipeline.logs import LogSetup, get_logger, redact_url
 from pipeline.stages.batch import Window, batch_stage
 from pipeline.stages.chunk import Chunker, chunk_stage
 from pipeline.stages.embed import SendGate, embed_stage
@@ -95,7 +96,7 @@ class Job:
             fs, listed, files = None, set(), []  # a watcher may start before the first file lands
         sink = await anyio.to_thread.run_sync(
             lambda: open_sink(cfg, started_at=started_at, metadata_fields=list(cfg.source.metadata_fields),
-                              fresh=self._fresh, on_wait=self._lease_waiting, hold_retired=not cfg.run.watch)
+                              fresh=self._fresh, on_wait=self._lease_waiting, hold_retired=True)
         )
         self.checkpoints = Checkpoints(sink.offsets())
         self.commit = Committer(sink, self.checkpoints, self.cpu, self._committed)
@@ -116,18 +117,15 @@ class Job:
                       provider=cfg.embedding.provider, model=cfg.embedding.model,
                       rank=cfg.run.rank, world_size=cfg.run.world_size,
                       **(changes.counts() if not cfg.run.watch else {}))
-        index: ReuseIndex | ChainedIndex | None = None
+        earlier: ReuseIndex | None = None
         status, code, message = "completed", EXIT_OK, None
         try:
             if cfg.run.reuse_from:
-                index = await anyio.to_thread.run_sync(open_reuse_index, cfg)
-                self.log.info("reuse_index_ready", reuse_from=cfg.run.reuse_from, rows=index.rows,
-                              distinct=index.distinct)
-            # before anything leaves the dataset: changed files, and renamed ones (deleted + new)
-            if (changes.changed or (changes.deleted and changes.new)) and sink.counts.rows_embedded:
-                index = await anyio.to_thread.run_sync(self._index_itself, index)
+                earlier = await anyio.to_thread.run_sync(open_reuse_index, cfg)
+                self.log.info("reuse_index_ready", reuse_from=cfg.run.reuse_from, rows=earlier.rows,
+                              distinct=earlier.distinct)
             embedder = self._embedder or make_embedder(
-                cfg.embedding, cfg.api_key, reuse=index, on_retry=self._on_retry, budget=self.budget,
+                cfg.embedding, cfg.api_key, reuse=earlier, on_retry=self._on_retry, budget=self.budget,
                 cpu_limiter=self.cpu, world_size=cfg.run.world_size, limiter=self._limiter,
             )
             async with embedder:  # type: ignore[attr-defined]
@@ -139,16 +137,14 @@ class Job:
                     if cfg.run.watch:
                         await self._watch(sink, embedder)
                     else:
-                        if changes.deleted:  # a deleted file's rows leave in a commit of their own
-                            await self.commit(sink.commit)
-                        await self._round(fs, changes.to_read, embedder)
+                        await self._update(fs, changes, embedder)
                     watchers.cancel_scope.cancel()
         except* (FatalApiError, CommitFailed) as group:
             leaf = first_leaf(group)
             status, code, message = "failed", leaf.exit_code, str(leaf)  # type: ignore[attr-defined]
         finally:
-            if index is not None:
-                index.close()
+            if earlier is not None:
+                earlier.close()
         if status == "completed" and self.shutdown.exit_code is not None:
             status, code = "interrupted", self.shutdown.exit_code
         elif status == "completed" and self.gate.budget_spent:
@@ -229,22 +225,59 @@ class Job:
             sink,
             keep_going=lambda: self.shutdown.requested is None and not self.gate.closed,
             wake=self.shutdown.event,
-            run_round=lambda fs, files: self._round(fs, files, embedder),
-            commit=lambda: self.commit(sink.commit),
+            update=lambda fs, changes: self._update(fs, changes, embedder),
             note=self._note,
         )
 
-    def _index_itself(self, earlier: ReuseIndex | None) -> ReuseIndex | ChainedIndex | None:
-        """The dataset's own vectors for the chunks of changed documents that did not change."""
-        if is_postgres(self.cfg.sink.path):  # a table, not shard files: not indexed (yet)
-            return earlier
+    async def _update(self, fs: Any, changes: Changes, embedder: Embedder) -> None:
+        """Bring the sink up to ``changes`` (noted already): remove the deleted, read the rest, commit.
+
+        A deleted file's rows leave in a commit of their own. Before anything
+        leaves, the vectors the sink holds for changed documents (and, when
+        files were also added, for deleted ones: renames) are indexed, so that
+        their chunks whose text did not change are not paid for again.
+        """
+        sink = self.commit.sink
+        own = None
+        if changes.changed or (changes.deleted and changes.new):
+            own = await anyio.to_thread.run_sync(self._own_vectors, changes, limiter=self.cpu)
         try:
-            own = open_own_index(self.cfg)
+            if changes.deleted:
+                await self.commit(sink.commit)
+            if changes.to_read and fs is not None:
+                where = f"sink.path {redact_url(self.cfg.sink.path)}"
+                this_round = embedder if own is None else ReusingEmbedder(embedder, own, limiter=self.cpu,
+                                                                          where=where)
+                await self._round(fs, changes.to_read, this_round)
+                # commit now: a watcher's next listing must see these files as done, and it may then sleep long
+                await self.commit(sink.commit)
+        finally:
+            if own is not None:
+                own.close()
+                with anyio.CancelScope(shield=True):  # the files the index read, retired meanwhile
+                    await anyio.to_thread.run_sync(sink.release_retired, limiter=self.cpu)
+
+    def _own_vectors(self, changes: Changes) -> ReuseIndex | StoredVectors | None:
+        """The sink's own vectors for the chunks of changed (or renamed) documents; None when it has none."""
+        cfg = self.cfg
+        if not self.commit.sink.counts.rows_embedded:
+            return None
+        try:
+            if is_postgres(cfg.sink.path):
+                from pipeline.dataset.postgres_reuse import stored_vectors  # psycopg only for this sink
+
+                sources = {inp.url for inp in changes.changed} | (set(changes.deleted) if changes.new else set())
+                own = stored_vectors(cfg.sink.path, cfg.sink.table, cfg.embedding.embedding_type, sources,
+                                     rank=cfg.run.rank)
+            else:
+                own = open_own_index(cfg)
         except SinkError as exc:  # not worth stopping for: those chunks are embedded again
             self.log.warning("reuse_itself_unavailable", reason=str(exc))
-            return earlier
-        self.log.info("reuse_index_ready", reuse_from=self.cfg.sink.path, rows=own.rows, distinct=own.distinct)
-        return own if earlier is None else ChainedIndex(own, earlier)
+            return None
+        if own is not None:
+            self.log.info("reuse_index_ready", reuse_from=redact_url(cfg.sink.path), rows=own.rows,
+                          distinct=own.distinct)
+        return own
 
     def _note(self, fs: Any, changes: Changes) -> None:
         """Refuse a mass removal, then tell the sink what changed and count it for ``run_finished``."""

@@ -20,7 +20,6 @@ from pipeline.errors import SourceError
 from pipeline.jobs.changes import Changes, compare, known_inputs
 from pipeline.jobs.inputs import list_source
 from pipeline.logs import get_logger
-from pipeline.types import InputFile
 
 FIRST_SETTLE_S = 5.0  # the first settle check comes soon, whatever the poll interval
 
@@ -31,15 +30,15 @@ async def watch_source(
     *,
     keep_going: Callable[[], bool],
     wake: anyio.Event,
-    run_round: Callable[[Any, list[InputFile]], Awaitable[None]],
-    commit: Callable[[], Awaitable[None]],
+    update: Callable[[Any, Changes], Awaitable[None]],
     note: Callable[[Any, Changes], None],
 ) -> None:
-    """List, compare the settled inputs with the dataset, remove and read what changed, commit; until told to stop.
+    """List, compare the settled inputs with the dataset, bring it up to date; until told to stop.
 
     ``note(fs, changes)`` tells the sink what changed (and may refuse a
-    mass removal) before the round; ``wake`` ends a sleep between listings
-    early (a signal).
+    mass removal); ``update(fs, changes)`` then removes what is gone, reads
+    what changed and commits; ``wake`` ends a sleep between listings early
+    (a signal).
     """
     log = get_logger()
     previous: dict[str, tuple[int | None, str | None]] = {}
@@ -66,13 +65,7 @@ async def watch_source(
             note(fs, changes)  # with run.on_deleted: keep, the deleted are left alone
         if changes.to_read or changes.deleted:
             log.info("watch_found", **changes.counts())
-            if changes.deleted:
-                await commit()  # a deleted file's rows leave in a commit of their own
-            if changes.to_read and fs is not None:
-                await run_round(fs, changes.to_read)
-                # commit now: the next listing must see these files as done, and
-                # a watcher may then sleep for a long time
-                await commit()
+            await update(fs, changes)
         with anyio.move_on_after(wait):
             await wake.wait()
         wait = cfg.run.poll_interval_s
