@@ -214,6 +214,7 @@ async def test_an_edited_paragraph_pays_for_its_own_chunks_only(tmp_path: Path) 
     job, result, stats = await rerun(cfg)
     assert job.changes["changed"] == 1
     assert 1 <= stats["inputs_embedded"] <= 2
+    assert job.progress.fields()["reused"] == 6 - stats["inputs_embedded"]  # run_finished says so
     table = current(tmp_path)
     assert table.num_rows == 6 and "WORD" in "".join(table["text"].to_pylist())
 

@@ -63,6 +63,8 @@ class Progress:
         return {
             "records": c.records_read,
             "rows": c.rows_embedded,
+            # rows whose vector came from the dataset itself or run.reuse_from, not from the API
+            **({"reused": c.rows_reused} if c.rows_reused else {}),
             "failed": c.rows_failed,
             "requests": c.requests,
             "retries": c.retries,
