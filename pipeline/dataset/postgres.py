@@ -2,10 +2,12 @@
 
 :class:`PostgresSink` keeps the batches it is handed in memory (a bounded
 amount) and commits them in one transaction: removals of rows whose source
-changed or went away, the rows (binary ``COPY`` straight into the table, or,
+changed or went away (a changed input's old rows leave in the commit that
+brings its first new rows, before they are copied in), the rows (binary ``COPY`` straight into the table, or,
 when an id is already there, through a temporary table with ``ON CONFLICT
 (id) DO UPDATE``), the error rows, the resume state of every input touched and
-the commit's accounting row. A SIGKILL at any moment leaves the transaction
+the commit's accounting row; the state rows of inputs that went away are
+deleted in the commit that removes their rows. A SIGKILL at any moment leaves the transaction
 done or not done; the next run resumes from the state table.
 
 A session advisory lock on (table, rank) keeps a second writer out. A
@@ -29,10 +31,10 @@ from psycopg import sql
 from pipeline.config import Config, SinkConfig
 from pipeline.dataset import postgres_rows as rows_
 from pipeline.dataset import postgres_schema as schema
-from pipeline.dataset.manifest import utc_now
+from pipeline.dataset.manifest import of_url, utc_now
 from pipeline.dataset.postgres_schema import Names
 from pipeline.dataset.postgres_session import Session, connect, reason
-from pipeline.dataset.postgres_state import Made, ResumeState, landed_commit, load_counts, open_tables
+from pipeline.dataset.postgres_state import Made, ResumeState, Saved, landed_commit, load_counts, open_tables
 from pipeline.dataset.tables import BASE_COLUMNS
 from pipeline.embed.vectors import is_packed
 from pipeline.errors import CommitFailed, SinkError
@@ -52,6 +54,8 @@ class _Pending:
     batches: list[EmbeddedBatch] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     marks: dict[str, int] = field(default_factory=dict)
+    #: key → the location of the last record of these batches' rows
+    last: dict[str, int] = field(default_factory=dict)
     nbytes: int = 0
     rows: int = 0
     started_at: str | None = None
@@ -64,6 +68,9 @@ class _Pending:
         self.rows += len(batch.chunks)
         for key, location in batch.marks:
             self.marks[key] = max(location, self.marks.get(key, -1))
+        for item in (*batch.chunks, *batch.failures):
+            key = item.source + item.part
+            self.last[key] = max(item.location, self.last.get(key, -1))
         if self.opened_at is None:
             self.opened_at, self.started_at = now, utc_now()
 
@@ -105,7 +112,10 @@ class PostgresSink:
         self._index_on_commit = build_index_on_commit
         self._clock = clock
         self._pending = _Pending()
+        #: sources whose rows (and error rows) leave at the start of the next commit
         self._removals: set[str] = set()
+        #: changed inputs (url → their new signature) whose old rows leave with their first new rows
+        self._changed: dict[str, str | None] = {}
         self._failed: BaseException | None = None
         self._closed = False
         self._busy = threading.Lock()  # the heartbeat's renew() may come while a commit runs
@@ -149,13 +159,30 @@ class PostgresSink:
         """The signature input ``url`` had when it was last read, if it was."""
         return self._state.files.get(url)
 
+    def signatures(self) -> dict[str, str]:
+        """Every input this rank read (and did not see go), with the signature it had when last read."""
+        return dict(self._state.files)
+
     def set_signature(self, url: str, signature: str) -> None:
-        """Record ``url``'s signature with the next commit."""
-        self._state.set_signature(url, signature)
+        """Record ``url``'s signature with the next commit (a changed input's: with its first new rows)."""
+        if url in self._changed:
+            self._changed[url] = signature
+        else:
+            self._state.set_signature(url, signature)
 
     def restart(self, key: str, url: str) -> None:
-        """Input ``key`` changed: the next read starts at its top (saved with the next commit)."""
+        """Input ``key`` changed: the next read starts at its top.
+
+        Its old rows leave in the commit that brings its first new rows (or
+        its end), together with its new signature: a reader never sees both
+        versions, and a crash before that commit finds it changed again.
+        """
         self._state.restart(key, url)
+        self._changed.setdefault(url, None)
+
+    def append(self, key: str, url: str) -> bool:
+        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
+        return self._state.read_on(key)
 
     def offsets(self) -> dict[str, list[list[int]]]:
         """The seek checkpoints of big input files, as saved."""
@@ -181,12 +208,15 @@ class PostgresSink:
                 yield [r[0] for r in rows], [r[1] for r in rows]
 
     def remove_sources(self, urls: list[str]) -> None:
-        """The rows (and error rows) whose ``source`` is one of ``urls`` leave with the next commit.
+        """Inputs ``urls`` are gone: their rows, error rows and state rows leave with the next commit.
 
         They are deleted at the start of that commit's transaction: rows the
         commit itself brings stay.
         """
         self._removals.update(urls)
+        for url in urls:
+            self._changed.pop(url, None)
+            self._state.forget(url)
 
     # ------------------------------------------------------------ writing
 
@@ -195,10 +225,22 @@ class PostgresSink:
         self._check_usable()
         committed: list[dict[str, Any]] = []
         for batch in batches:
+            if self._changed:
+                self._replace_touched(batch)
             self._pending.add(batch, self._clock())
             if self._pending.rows >= self.cfg.shard_rows or self._pending.nbytes >= MAX_PENDING_BYTES:
                 committed += self._commit()
         return committed + self.commit_if_due()
+
+    def _replace_touched(self, batch: EmbeddedBatch) -> None:
+        """A batch brings the first new rows (or the end) of changed inputs: their old rows leave with it."""
+        touched = {c.source for c in batch.chunks} | {f.source for f in batch.failures}
+        for url in list(self._changed):
+            if url in touched or any(of_url(key, url) for key, _ in batch.marks):
+                signature = self._changed.pop(url)
+                self._removals.add(url)
+                if signature is not None:
+                    self._state.set_signature(url, signature)
 
     def commit_due(self) -> bool:
         """Whether pending work has waited ``sink.shard_seconds`` (no I/O)."""
@@ -271,7 +313,7 @@ class PostgresSink:
             return []
         token = uuid.uuid4()
         self._check_dimensions(pending.batches)
-        progress, state = self._state.after(pending.marks)
+        state = self._state.after(pending.marks, pending.last)
         removals = sorted(self._removals)
         tries = [0]
 
@@ -288,7 +330,7 @@ class PostgresSink:
             # the rows of this commit are lost to this process; later marks would claim them
             self._failed = exc
             raise
-        self._state.committed(progress)
+        self._state.committed(state)
         self._removals.clear()
         self._pending = _Pending()
         c = pending.counts
@@ -307,8 +349,7 @@ class PostgresSink:
                     raise SinkError(f"{self.where} holds {self.dimensions}-dimensional vectors; "
                                     f"the API now returns {dims} dimensions, refusing to mix them")
 
-    def _transaction(self, token: uuid.UUID, pending: _Pending, state: list[tuple[Any, ...]],
-                     removals: list[str]) -> dict[str, Any]:
+    def _transaction(self, token: uuid.UUID, pending: _Pending, state: Saved, removals: list[str]) -> dict[str, Any]:
         """One commit, all or nothing (see the module docstring)."""
         n, conn = self.names, self.conn
         batches = [b for b in pending.batches if b.chunks]
