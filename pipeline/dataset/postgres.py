@@ -31,10 +31,11 @@ from psycopg import sql
 from pipeline.config import Config, SinkConfig
 from pipeline.dataset import postgres_rows as rows_
 from pipeline.dataset import postgres_schema as schema
-from pipeline.dataset.manifest import of_url, utc_now
+from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.postgres_schema import Names
 from pipeline.dataset.postgres_session import Session, connect, reason
-from pipeline.dataset.postgres_state import Made, ResumeState, Saved, landed_commit, load_counts, open_tables
+from pipeline.dataset.postgres_state import (Made, ResumeState, Saved, SinkState, landed_commit, load_counts,
+                                             open_tables)
 from pipeline.dataset.tables import BASE_COLUMNS
 from pipeline.embed.vectors import is_packed
 from pipeline.errors import CommitFailed, SinkError
@@ -75,8 +76,8 @@ class _Pending:
             self.opened_at, self.started_at = now, utc_now()
 
 
-class PostgresSink:
-    """One rank's writer into ``sink.table``; see the module docstring."""
+class PostgresSink(SinkState):
+    """One rank's writer into ``sink.table``; see the module docstring (its resume state: :class:`SinkState`)."""
 
     def __init__(
         self,
@@ -112,9 +113,7 @@ class PostgresSink:
         self._index_on_commit = build_index_on_commit
         self._clock = clock
         self._pending = _Pending()
-        #: sources whose rows (and error rows) leave at the start of the next commit
         self._removals: set[str] = set()
-        #: changed inputs (url → their new signature) whose old rows leave with their first new rows
         self._changed: dict[str, str | None] = {}
         self._failed: BaseException | None = None
         self._closed = False
@@ -144,57 +143,7 @@ class PostgresSink:
         """The current connection (a new one after the database went away)."""
         return self.session.conn
 
-    # ------------------------------------------------------------ resume state (the Sink protocol)
-
-    @property
-    def counts(self) -> Counts:
-        """This rank's totals as of the last commit (rows: those in the table)."""
-        return self._counts
-
-    def done_upto(self, key: str) -> int:
-        """How far input ``key`` is committed (a location; ``END_OF_FILE`` when whole)."""
-        return self._state.progress.get(key, 0)
-
-    def signature(self, url: str) -> str | None:
-        """The signature input ``url`` had when it was last read, if it was."""
-        return self._state.files.get(url)
-
-    def signatures(self) -> dict[str, str]:
-        """Every input this rank read (and did not see go), with the signature it had when last read."""
-        return dict(self._state.files)
-
-    def set_signature(self, url: str, signature: str) -> None:
-        """Record ``url``'s signature with the next commit (a changed input's: with its first new rows)."""
-        if url in self._changed:
-            self._changed[url] = signature
-        else:
-            self._state.set_signature(url, signature)
-
-    def restart(self, key: str, url: str) -> None:
-        """Input ``key`` changed: the next read starts at its top.
-
-        Its old rows leave in the commit that brings its first new rows (or
-        its end), together with its new signature: a reader never sees both
-        versions, and a crash before that commit finds it changed again.
-        """
-        self._state.restart(key, url)
-        self._changed.setdefault(url, None)
-
-    def append(self, key: str, url: str) -> bool:
-        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
-        return self._state.read_on(key)
-
-    def offsets(self) -> dict[str, list[list[int]]]:
-        """The seek checkpoints of big input files, as saved."""
-        return {url: [list(c) for c in cs] for url, cs in self._state.offsets.items()}
-
-    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
-        """Replace the seek checkpoints; saved with the next commit."""
-        self._state.set_offsets(offsets)
-
-    def note_model(self, reported: str) -> None:
-        """The model the server says answered: logged; the table records the configured one."""
-        self._reported_model = reported
+    # ------------------------------------------------------------ the table's rows
 
     def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
         """The ids and sources of the table's rows, a block at a time (a server-side cursor)."""
@@ -206,17 +155,6 @@ class PostgresSink:
             cursor.execute(sql.SQL("SELECT id, source FROM {}").format(self.names.data))
             while rows := cursor.fetchmany(50_000):
                 yield [r[0] for r in rows], [r[1] for r in rows]
-
-    def remove_sources(self, urls: list[str]) -> None:
-        """Inputs ``urls`` are gone: their rows, error rows and state rows leave with the next commit.
-
-        They are deleted at the start of that commit's transaction: rows the
-        commit itself brings stay.
-        """
-        self._removals.update(urls)
-        for url in urls:
-            self._changed.pop(url, None)
-            self._state.forget(url)
 
     # ------------------------------------------------------------ writing
 
@@ -231,16 +169,6 @@ class PostgresSink:
             if self._pending.rows >= self.cfg.shard_rows or self._pending.nbytes >= MAX_PENDING_BYTES:
                 committed += self._commit()
         return committed + self.commit_if_due()
-
-    def _replace_touched(self, batch: EmbeddedBatch) -> None:
-        """A batch brings the first new rows (or the end) of changed inputs: their old rows leave with it."""
-        touched = {c.source for c in batch.chunks} | {f.source for f in batch.failures}
-        for url in list(self._changed):
-            if url in touched or any(of_url(key, url) for key, _ in batch.marks):
-                signature = self._changed.pop(url)
-                self._removals.add(url)
-                if signature is not None:
-                    self._state.set_signature(url, signature)
 
     def commit_due(self) -> bool:
         """Whether pending work has waited ``sink.shard_seconds`` (no I/O)."""

@@ -6,7 +6,8 @@ with (a config with others is refused, as the file dataset refuses it);
 input, how far it is committed, its signature, its seek checkpoints and,
 once it is whole, the location of its last record (to read on after it when
 it grows). A commit writes only the state rows it changed, and deletes those
-of inputs that are gone.
+of inputs that are gone. :class:`SinkState` is the sink's resume-state half:
+what the job asks and tells it between commits.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pipeline.dataset import postgres_schema as schema
 from pipeline.dataset.manifest import of_url
 from pipeline.dataset.postgres_schema import Names
 from pipeline.errors import SinkError
-from pipeline.types import END_OF_FILE, Counts
+from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch
 
 #: ``{table}_state``'s column of ends, added to tables made before it
 END_COLUMN = "end_location"
@@ -221,3 +222,89 @@ class ResumeState:
         self.progress, self.ends = saved.progress, saved.ends
         self.dirty.clear()
         self.gone.difference_update(saved.gone)
+
+
+class SinkState:
+    """The resume-state half of :class:`~pipeline.dataset.postgres.PostgresSink`, as the Sink protocol asks for it.
+
+    Changes wait in memory for the sink's next commit, which writes them
+    with its rows (its writing half is the subclass).
+    """
+
+    _state: ResumeState
+    _counts: Counts
+    #: sources whose rows (and error rows) leave at the start of the next commit
+    _removals: set[str]
+    #: changed inputs (url → their new signature) whose old rows leave with their first new rows
+    _changed: dict[str, str | None]
+
+    @property
+    def counts(self) -> Counts:
+        """This rank's totals as of the last commit (rows: those in the table)."""
+        return self._counts
+
+    def done_upto(self, key: str) -> int:
+        """How far input ``key`` is committed (a location; ``END_OF_FILE`` when whole)."""
+        return self._state.progress.get(key, 0)
+
+    def signature(self, url: str) -> str | None:
+        """The signature input ``url`` had when it was last read, if it was."""
+        return self._state.files.get(url)
+
+    def signatures(self) -> dict[str, str]:
+        """Every input this rank read (and did not see go), with the signature it had when last read."""
+        return dict(self._state.files)
+
+    def set_signature(self, url: str, signature: str) -> None:
+        """Record ``url``'s signature with the next commit (a changed input's: with its first new rows)."""
+        if url in self._changed:
+            self._changed[url] = signature
+        else:
+            self._state.set_signature(url, signature)
+
+    def restart(self, key: str, url: str) -> None:
+        """Input ``key`` changed: the next read starts at its top.
+
+        Its old rows leave in the commit that brings its first new rows (or
+        its end), together with its new signature: a reader never sees both
+        versions, and a crash before that commit finds it changed again.
+        """
+        self._state.restart(key, url)
+        self._changed.setdefault(url, None)
+
+    def append(self, key: str, url: str) -> bool:
+        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
+        return self._state.read_on(key)
+
+    def offsets(self) -> dict[str, list[list[int]]]:
+        """The seek checkpoints of big input files, as saved."""
+        return {url: [list(c) for c in cs] for url, cs in self._state.offsets.items()}
+
+    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
+        """Replace the seek checkpoints; saved with the next commit."""
+        self._state.set_offsets(offsets)
+
+    def note_model(self, reported: str) -> None:
+        """The model the server says answered: logged; the table records the configured one."""
+        self._reported_model = reported
+
+    def remove_sources(self, urls: list[str]) -> None:
+        """Inputs ``urls`` are gone: their rows, error rows and state rows leave with the next commit.
+
+        They are deleted at the start of that commit's transaction: rows the
+        commit itself brings stay.
+        """
+        self._removals.update(urls)
+        for url in urls:
+            self._changed.pop(url, None)
+            self._state.forget(url)
+
+    def _replace_touched(self, batch: EmbeddedBatch) -> None:
+        """A batch brings the first new rows (or the end) of changed inputs: their old rows leave with it."""
+        touched = {c.source for c in batch.chunks} | {f.source for f in batch.failures}
+        for url in list(self._changed):
+            if url in touched or any(of_url(key, url) for key, _ in batch.marks):
+                signature = self._changed.pop(url)
+                self._removals.add(url)
+                if signature is not None:
+                    self._state.set_signature(url, signature)
