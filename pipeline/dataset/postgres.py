@@ -2,13 +2,14 @@
 
 :class:`PostgresSink` keeps the batches it is handed in memory (a bounded
 amount) and commits them in one transaction: removals of rows whose source
-changed or went away (a changed input's old rows leave in the commit that
-brings its first new rows, before they are copied in), the rows (binary ``COPY`` straight into the table, or,
-when an id is already there, through a temporary table with ``ON CONFLICT
-(id) DO UPDATE``), the error rows, the resume state of every input touched and
-the commit's accounting row; the state rows of inputs that went away are
-deleted in the commit that removes their rows. A SIGKILL at any moment leaves the transaction
-done or not done; the next run resumes from the state table.
+went away, or changed (a changed input's old rows leave in the commit that
+brings its first new rows, before those are copied in, so an id the new
+version keeps is not lost), the rows (binary ``COPY`` straight into the
+table, or, when an id is already there, through a temporary table with ``ON
+CONFLICT (id) DO UPDATE``), the error rows, the resume state of every input
+touched (the state rows of inputs that went away deleted) and the commit's
+accounting row. A SIGKILL at any moment leaves the transaction done or not
+done; the next run resumes from the state table.
 
 A session advisory lock on (table, rank) keeps a second writer out. A
 connection lost mid-run is opened again (and the lock taken again); a commit
@@ -291,7 +292,7 @@ class PostgresSink(SinkState):
                     columns = rows_.make_table(cur, n, self.embedding_type, self.dimensions, self.cfg.include_text,
                                                self._metadata_fields)
                 columns = rows_.fit_metadata(cur, n, columns, self._metadata_fields, batches)
-            if removals:
+            if removals:  # before the rows: a row this commit brings with an old id must stay
                 cur.execute(sql.SQL("DELETE FROM {t} WHERE source = ANY(%s)").format(t=n.data), (removals,))
                 removed = max(cur.rowcount, 0)
                 cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s)").format(e=n.errors), (removals,))
