@@ -220,7 +220,8 @@ async def test_a_changed_file_spanning_many_commits_keeps_every_new_row(postgres
 @pytest.mark.anyio
 async def test_other_formats_follow_edits_and_deletions(postgres_url: str, table: str, tmp_path: Path,
                                                         fmt: str) -> None:
-    """Text, CSV and Parquet sources: an edited file's rows are replaced, a deleted file's removed."""
+    """Text, CSV and Parquet sources: an edited file's rows are replaced, a deleted file's removed, a new
+    file's added."""
     src = tmp_path / "in"
     src.mkdir()
 
@@ -244,11 +245,12 @@ async def test_other_formats_follow_edits_and_deletions(postgres_url: str, table
     check_exact(postgres_url, table, tmp_path, expected, result.totals)
     expected = {k: v for k, v in expected.items() if not k.startswith(("a", "b"))}
     expected.update(put("a", ["alpha ONE"]))
+    expected.update(put("d", ["delta"]))
     (src / f"b.{fmt}").unlink()
     job, result, stats = await rerun(cfg)
     assert result.exit_code == 0
-    assert job.changes["changed"] == 1 and job.changes["deleted"] == 1 and job.changes["unchanged"] == 1
-    assert stats["inputs_embedded"] == 1
+    assert job.changes == {"new": 1, "resumed": 0, "changed": 1, "appended": 0, "deleted": 1, "unchanged": 1}
+    assert stats["inputs_embedded"] == 2
     check_exact(postgres_url, table, tmp_path, expected, result.totals)
 
 
