@@ -323,6 +323,45 @@ async def test_a_table_of_the_previous_version_follows_too(postgres_url: str, ta
     check_exact(postgres_url, table, tmp_path, docs, result.totals)
 
 
+@pytest.mark.anyio
+async def test_two_ranks_each_follow_their_own_files(postgres_url: str, table: str, tmp_path: Path) -> None:
+    """world_size 2 on one table: each rank replaces, appends and removes the files it owns, and drops only
+    its own state rows; the table ends with exactly the current records."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {name: {f"{name}{i}": f"{name} text {i}" for i in range(3)} for name in "abcdef"}
+    for name, d in docs.items():
+        jsonl(src / f"{name}.jsonl", d)
+
+    def ranks() -> list[Config]:
+        return [pg_config(tmp_path, postgres_url, table, run={"world_size": 2, "rank": r, "max_removed_fraction": 1})
+                for r in (0, 1)]
+
+    for cfg in ranks():
+        await rerun(cfg)
+    owners = {key: rank for rank, key in query(postgres_url, f'SELECT rank, key FROM "{table}_state"')}
+    assert set(owners.values()) == {0, 1}
+    docs["a"]["a1"] = "a edited"
+    jsonl(src / "a.jsonl", docs["a"])
+    touch_later(src / "a.jsonl")
+    with open(src / "c.jsonl", "a") as f:
+        f.write(json.dumps({"id": "c3", "text": "c text 3"}) + "\n")
+    docs["c"]["c3"] = "c text 3"
+    touch_later(src / "c.jsonl")
+    for name in "be":
+        (src / f"{name}.jsonl").unlink()
+        del docs[name]
+    changes: dict[str, int] = {}
+    for cfg in ranks():
+        job, result, _ = await rerun(cfg)
+        assert result.exit_code == 0
+        changes = {k: changes.get(k, 0) + v for k, v in job.changes.items()}
+    assert changes == {"new": 0, "resumed": 0, "changed": 1, "appended": 1, "deleted": 2, "unchanged": 2}
+    assert table_rows(postgres_url, table) == {k: v for d in docs.values() for k, v in d.items()}
+    state = {key: rank for rank, key in query(postgres_url, f'SELECT rank, key FROM "{table}_state"')}
+    assert state == {k: r for k, r in owners.items() if Path(k).exists()}
+
+
 # --------------------------------------------------------------------------- real processes
 
 
