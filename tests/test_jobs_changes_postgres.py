@@ -298,15 +298,18 @@ async def test_mass_deletion_is_refused_before_anything_changes(postgres_url: st
 
 @pytest.mark.anyio
 async def test_a_table_of_the_previous_version_follows_too(postgres_url: str, table: str, tmp_path: Path) -> None:
-    """A state table without the column of ends (made before it) opens; a grown file, whose end is
-    unknown, is read again whole, and the table ends exact."""
+    """Tables without the column of ends and of writers (made before them) open; a grown file, whose end
+    is unknown, is read again whole, its rows of no writer replaced, and the table ends exact."""
     src = tmp_path / "in"
     src.mkdir()
     docs = {f"a{i}": f"text {i}" for i in range(3)}
     jsonl(src / "a.jsonl", docs)
+    jsonl(src / "b.jsonl", {"b0": "other"})
     cfg = pg_config(tmp_path, postgres_url, table)
     await rerun(cfg)
     query(postgres_url, f'ALTER TABLE "{table}_state" DROP COLUMN end_location')
+    query(postgres_url, f'ALTER TABLE "{table}" DROP COLUMN writer_rank')
+    docs["b0"] = "other"
     with open(src / "a.jsonl", "a") as f:
         f.write(json.dumps({"id": "a3", "text": "text 3"}) + "\n")
     docs["a3"] = "text 3"
@@ -314,6 +317,8 @@ async def test_a_table_of_the_previous_version_follows_too(postgres_url: str, ta
     job, result, stats = await rerun(cfg)
     assert job.changes["changed"] == 1 and job.changes["appended"] == 0 and stats["inputs_embedded"] == 4
     check_exact(postgres_url, table, tmp_path, docs, result.totals)
+    assert sorted(query(postgres_url, f'SELECT id, writer_rank FROM "{table}" ORDER BY id')) == [
+        ("a0", 0), ("a1", 0), ("a2", 0), ("a3", 0), ("b0", None)]
     with open(src / "a.jsonl", "a") as f:  # the end is known again
         f.write(json.dumps({"id": "a4", "text": "text 4"}) + "\n")
     docs["a4"] = "text 4"
@@ -360,6 +365,37 @@ async def test_two_ranks_each_follow_their_own_files(postgres_url: str, table: s
     assert table_rows(postgres_url, table) == {k: v for d in docs.values() for k, v in d.items()}
     state = {key: rank for rank, key in query(postgres_url, f'SELECT rank, key FROM "{table}_state"')}
     assert state == {k: r for k, r in owners.items() if Path(k).exists()}
+
+
+@pytest.mark.anyio
+async def test_a_changed_file_split_between_two_ranks_keeps_every_row(postgres_url: str, table: str,
+                                                                       tmp_path: Path) -> None:
+    """A file cut into pieces that two ranks share, edited: each rank replaces only the rows it wrote, so
+    the rank that runs second does not delete what the first copied in."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {f"r{i}": f"record {i} " + "x" * 40 for i in range(60)}
+    jsonl(src / "a.jsonl", docs)
+
+    def ranks() -> list[Config]:
+        out = []
+        for r in (0, 1):
+            cfg = pg_config(tmp_path, postgres_url, table, run={"world_size": 2, "rank": r})
+            out.append(cfg.model_copy(update={"source": cfg.source.model_copy(update={"split_bytes": 600})}))
+        return out
+
+    for cfg in ranks():
+        await rerun(cfg)
+    assert {r for r, in query(postgres_url, f'SELECT DISTINCT writer_rank FROM "{table}"')} == {0, 1}
+    docs["r5"] = "edited"
+    jsonl(src / "a.jsonl", docs)
+    touch_later(src / "a.jsonl")
+    totals = 0
+    for cfg in ranks():
+        job, result, _ = await rerun(cfg)
+        assert job.changes["changed"] == 1
+        totals += result.totals["rows_embedded"]
+    assert table_rows(postgres_url, table) == docs and totals == len(docs)
 
 
 # --------------------------------------------------------------------------- real processes

@@ -2,14 +2,14 @@
 
 :class:`PostgresSink` keeps the batches it is handed in memory (a bounded
 amount) and commits them in one transaction: removals of rows whose source
-went away, or changed (a changed input's old rows leave in the commit that
-brings its first new rows, before those are copied in, so an id the new
-version keeps is not lost), the rows (binary ``COPY`` straight into the
-table, or, when an id is already there, through a temporary table with ``ON
-CONFLICT (id) DO UPDATE``), the error rows, the resume state of every input
-touched (the state rows of inputs that went away deleted) and the commit's
-accounting row. A SIGKILL at any moment leaves the transaction done or not
-done; the next run resumes from the state table.
+went away, or changed (a changed input's old rows, those its rank wrote,
+leave in the commit that brings its first new rows, before those are copied
+in, so an id the new version keeps is not lost), the rows (binary ``COPY``
+straight into the table, or, when an id is already there, through a
+temporary table with ``ON CONFLICT (id) DO UPDATE``), the error rows, the
+resume state of every input touched (the state rows of inputs that went away
+deleted) and the commit's accounting row. A SIGKILL at any moment leaves the
+transaction done or not done; the next run resumes from the state table.
 
 A session advisory lock on (table, rank) keeps a second writer out. A
 connection lost mid-run is opened again (and the lock taken again); a commit
@@ -35,8 +35,8 @@ from pipeline.dataset import postgres_schema as schema
 from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.postgres_schema import Names
 from pipeline.dataset.postgres_session import Session, connect, reason
-from pipeline.dataset.postgres_state import (Made, ResumeState, Saved, SinkState, landed_commit, load_counts,
-                                             open_tables)
+from pipeline.dataset.postgres_state import (WRITER_COLUMN, WRITER_SETTING, Made, ResumeState, Saved, SinkState,
+                                             add_writer_column, landed_commit, load_counts, open_tables)
 from pipeline.dataset.tables import BASE_COLUMNS
 from pipeline.embed.vectors import is_packed
 from pipeline.errors import CommitFailed, SinkError
@@ -77,6 +77,35 @@ class _Pending:
             self.opened_at, self.started_at = now, utc_now()
 
 
+@dataclass(frozen=True)
+class _Removals:
+    """The sources whose rows a commit deletes first: inputs that went away (every rank's rows of them) and
+    changed inputs (this rank's rows of them: another rank may be copying in new rows of other pieces)."""
+
+    gone: list[str]
+    replaced: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.gone or self.replaced)
+
+    def delete(self, cur: psycopg.Cursor[Any], n: Names, rank: int) -> tuple[int, int]:
+        """Delete them (in the commit's transaction): how many rows and error rows left."""
+        rows = errors = 0
+        if self.gone:
+            cur.execute(sql.SQL("DELETE FROM {t} WHERE source = ANY(%s)").format(t=n.data), (self.gone,))
+            rows += max(cur.rowcount, 0)
+            cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s)").format(e=n.errors), (self.gone,))
+            errors += max(cur.rowcount, 0)
+        if self.replaced:  # rows of an earlier version have no writer: any rank's replacement takes them
+            cur.execute(sql.SQL("DELETE FROM {t} WHERE source = ANY(%s) AND ({w} = %s OR {w} IS NULL)").format(
+                t=n.data, w=sql.Identifier(WRITER_COLUMN)), (self.replaced, rank))
+            rows += max(cur.rowcount, 0)
+            cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s) AND rank = %s").format(e=n.errors),
+                        (self.replaced, rank))
+            errors += max(cur.rowcount, 0)
+        return rows, errors
+
+
 class PostgresSink(SinkState):
     """One rank's writer into ``sink.table``; see the module docstring (its resume state: :class:`SinkState`)."""
 
@@ -103,7 +132,7 @@ class PostgresSink(SinkState):
 
         ``fresh`` drops the tables first, once the lock is held (``--fresh``).
         """
-        clash = [f for f in metadata_fields if f in BASE_COLUMNS]
+        clash = [f for f in metadata_fields if f in BASE_COLUMNS or f == WRITER_COLUMN]
         if clash:
             raise SinkError(f"source.metadata_fields: {clash[0]!r} is also a dataset column; rename it in the source")
         self.cfg, self.rank, self.embedding_type = cfg, rank, embedding_type
@@ -116,6 +145,7 @@ class PostgresSink(SinkState):
         self._pending = _Pending()
         self._removals: set[str] = set()
         self._changed: dict[str, str | None] = {}
+        self._replacing: set[str] = set()
         self._failed: BaseException | None = None
         self._closed = False
         self._busy = threading.Lock()  # the heartbeat's renew() may come while a commit runs
@@ -238,12 +268,12 @@ class PostgresSink(SinkState):
 
     def _commit_pending(self) -> list[dict[str, Any]]:
         pending = self._pending
-        if not pending.batches and not pending.marks and not self._state.dirty and not self._removals:
+        if not (pending.batches or pending.marks or self._state.dirty or self._removals or self._replacing):
             return []
         token = uuid.uuid4()
         self._check_dimensions(pending.batches)
         state = self._state.after(pending.marks, pending.last)
-        removals = sorted(self._removals)
+        removals = _Removals(sorted(self._removals), sorted(self._replacing))
         tries = [0]
 
         def once() -> dict[str, Any]:
@@ -261,6 +291,7 @@ class PostgresSink(SinkState):
             raise
         self._state.committed(state)
         self._removals.clear()
+        self._replacing.clear()
         self._pending = _Pending()
         c = pending.counts
         self._counts += Counts(c.records_read, entry["rows"] - entry["replaced"] - entry["removed"], c.rows_reused,
@@ -278,12 +309,12 @@ class PostgresSink(SinkState):
                     raise SinkError(f"{self.where} holds {self.dimensions}-dimensional vectors; "
                                     f"the API now returns {dims} dimensions, refusing to mix them")
 
-    def _transaction(self, token: uuid.UUID, pending: _Pending, state: Saved, removals: list[str]) -> dict[str, Any]:
+    def _transaction(self, token: uuid.UUID, pending: _Pending, state: Saved, removals: _Removals) -> dict[str, Any]:
         """One commit, all or nothing (see the module docstring)."""
         n, conn = self.names, self.conn
         batches = [b for b in pending.batches if b.chunks]
         failures = [f for b in pending.batches for f in b.failures]
-        removed = errors_removed = replaced = 0
+        replaced = 0
         columns = self._columns
         with conn.transaction(), conn.cursor() as cur:
             if batches:
@@ -291,15 +322,18 @@ class PostgresSink(SinkState):
                     assert self.dimensions is not None
                     columns = rows_.make_table(cur, n, self.embedding_type, self.dimensions, self.cfg.include_text,
                                                self._metadata_fields)
+                    add_writer_column(cur, n)
                 columns = rows_.fit_metadata(cur, n, columns, self._metadata_fields, batches)
-            if removals:  # before the rows: a row this commit brings with an old id must stay
-                cur.execute(sql.SQL("DELETE FROM {t} WHERE source = ANY(%s)").format(t=n.data), (removals,))
-                removed = max(cur.rowcount, 0)
-                cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s)").format(e=n.errors), (removals,))
-                errors_removed = max(cur.rowcount, 0)
+            # before the rows: a row this commit brings with an old id must stay
+            removed, errors_removed = removals.delete(cur, n, self.rank) if removals else (0, 0)
             if batches:
                 assert columns is not None
+                cur.execute("SELECT set_config(%s, %s, true)", (WRITER_SETTING, str(self.rank)))  # the rows' writer
                 replaced = rows_.insert_rows(cur, n, columns, batches)
+                if replaced:  # rows that took the place of another rank's are this rank's now
+                    cur.execute(sql.SQL("UPDATE {t} SET {w} = %s WHERE id = ANY(%s) AND {w} IS DISTINCT FROM %s")
+                                .format(t=n.data, w=sql.Identifier(WRITER_COLUMN)),
+                                (self.rank, [c.id for b in batches for c in b.chunks], self.rank))
             if failures:
                 rows_.copy_errors(cur, n, self.rank, failures)
             self._state.save(cur, state)

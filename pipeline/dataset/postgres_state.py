@@ -27,6 +27,9 @@ from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch
 
 #: ``{table}_state``'s column of ends, added to tables made before it
 END_COLUMN = "end_location"
+#: ``{table}``'s column of the rank that wrote each row (NULL: written before it), and the setting its default reads
+WRITER_COLUMN = "writer_rank"
+WRITER_SETTING = "pipeline.rank"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ def open_tables(conn: psycopg.Connection[Any], names: Names, rank: int, made: Ma
         else:
             _check(Made(row[0], row[1], row[2], row[3] if row[3] is not None else made.chunking), made, where)
             dimensions = row[4]
+            if dimensions is not None:  # {table} is there
+                add_writer_column(conn, names)
         conn.execute(sql.SQL("UPDATE {r} SET status = 'unfinished' WHERE rank = %s AND status = 'running'")
                      .format(r=names.runs), (rank,))
         run = conn.execute(sql.SQL("INSERT INTO {r} (rank, started_at, status) VALUES (%s, %s, 'running') "
@@ -73,6 +78,19 @@ def _add_end_column(conn: psycopg.Connection[Any], names: Names) -> None:
     if found is None:  # looked up first: ALTER TABLE locks the table even when the column is there
         conn.execute(sql.SQL("ALTER TABLE {s} ADD COLUMN IF NOT EXISTS {c} bigint").format(
             s=names.state, c=sql.Identifier(END_COLUMN)))
+
+
+def add_writer_column(conn: Any, names: Names) -> None:
+    """Give ``{table}`` its column of the rank that wrote each row, filled by a default from the commit's
+    ``pipeline.rank`` setting (rows of an earlier version: NULL). A changed input's old rows are only its
+    rank's: another rank may hold pieces of the same file, and copy in their new rows first."""
+    found = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                         "AND table_name = %s AND column_name = %s", (names.table, WRITER_COLUMN)).fetchone()
+    if found is None:
+        column = sql.Identifier(WRITER_COLUMN)
+        conn.execute(sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} int").format(t=names.data, c=column))
+        conn.execute(sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT nullif(current_setting({s}, true), '')::int")
+                     .format(t=names.data, c=column, s=sql.Literal(WRITER_SETTING)))
 
 
 def _check(theirs: Made, mine: Made, where: str) -> None:
@@ -237,6 +255,8 @@ class SinkState:
     _removals: set[str]
     #: changed inputs (url → their new signature) whose old rows leave with their first new rows
     _changed: dict[str, str | None]
+    #: changed inputs whose old rows (this rank's) leave at the start of the next commit
+    _replacing: set[str]
 
     @property
     def counts(self) -> Counts:
@@ -305,6 +325,6 @@ class SinkState:
         for url in list(self._changed):
             if url in touched or any(of_url(key, url) for key, _ in batch.marks):
                 signature = self._changed.pop(url)
-                self._removals.add(url)
+                self._replacing.add(url)
                 if signature is not None:
                     self._state.set_signature(url, signature)
