@@ -11,8 +11,9 @@ import json
 import random
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psycopg
 import pyarrow as pa
@@ -444,28 +445,44 @@ def test_sigkill_during_a_replacement_then_rerun_is_exact(postgres_url: str, tab
     assert rows == len(expected_ids(tmp_path))
 
 
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 def test_watch_follows_changes_and_deletions(postgres_url: str, table: str, tmp_path: Path) -> None:
     """A watcher into Postgres replaces an edited file's rows and removes a deleted file's (and its state
     row), then stops on SIGTERM."""
+    gone = str(tmp_path / "in" / "part-2.jsonl")
+
+    def follows() -> bool:
+        return dict(query(postgres_url, f"SELECT id, text FROM {table}")) == expected_ids(tmp_path) and \
+            not query(postgres_url, f"SELECT 1 FROM {table}_state WHERE key = %s", gone)
+
     with serve_process("--fake", "--dimensions", "8") as url:
         job = pg_job(tmp_path, url, postgres_url, table, watch="true", poll_interval_s=0.2, max_removed_fraction=1)
         proc = start(job)
-        watchdog = threading.Timer(90, proc.kill)
-        watchdog.start()
+        lines: list[str] = []
         assert proc.stderr is not None
-        for line in proc.stderr:  # the files present at start are all committed
-            if "event=shard_committed" in line and query(postgres_url, f"SELECT count(*) FROM {table}") == [(RECORDS,)]:
-                break
-        edit(tmp_path)
-        gone = str(tmp_path / "in" / "part-2.jsonl")
-        for line in proc.stderr:  # until the table holds the source as it is now
-            if "event=shard_committed" in line and \
-                    dict(query(postgres_url, f"SELECT id, text FROM {table}")) == expected_ids(tmp_path) and \
-                    not query(postgres_url, f"SELECT 1 FROM {table}_state WHERE key = %s", gone):
-                break
-        proc.send_signal(signal.SIGTERM)
-        code, err = finish(proc)
-        watchdog.cancel()
+        drain = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
+        drain.start()
+        try:
+            wait_until(lambda: query(postgres_url, "SELECT to_regclass(%s)", table) != [(None,)] and
+                       query(postgres_url, f"SELECT count(*) FROM {table}") == [(RECORDS,)], "the first load")
+            edit(tmp_path)
+            wait_until(follows, "the table to follow the edit and the deletion")
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+            drain.join(timeout=10)
+            for pipe in (proc.stdout, proc.stderr):
+                assert pipe is not None
+                pipe.close()
+    err = "".join(lines)
     assert code == 143, err
     assert "deleted=1" in err and "changed=1" in err
     check_table_follows(tmp_path, postgres_url, table)
