@@ -2,11 +2,14 @@
 
 :class:`PostgresSink` keeps the batches it is handed in memory (a bounded
 amount) and commits them in one transaction: removals of rows whose source
-changed or went away, the rows (binary ``COPY`` straight into the table, or,
-when an id is already there, through a temporary table with ``ON CONFLICT
-(id) DO UPDATE``), the error rows, the resume state of every input touched and
-the commit's accounting row. A SIGKILL at any moment leaves the transaction
-done or not done; the next run resumes from the state table.
+went away, or changed (a changed input's old rows, those its rank wrote,
+leave in the commit that brings its first new rows, before those are copied
+in, so an id the new version keeps is not lost), the rows (binary ``COPY``
+straight into the table, or, when an id is already there, through a
+temporary table with ``ON CONFLICT (id) DO UPDATE``), the error rows, the
+resume state of every input touched (the state rows of inputs that went away
+deleted) and the commit's accounting row. A SIGKILL at any moment leaves the
+transaction done or not done; the next run resumes from the state table.
 
 A session advisory lock on (table, rank) keeps a second writer out. A
 connection lost mid-run is opened again (and the lock taken again); a commit
@@ -32,7 +35,8 @@ from pipeline.dataset import postgres_schema as schema
 from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.postgres_schema import Names
 from pipeline.dataset.postgres_session import Session, connect, reason
-from pipeline.dataset.postgres_state import Made, ResumeState, landed_commit, load_counts, open_tables
+from pipeline.dataset.postgres_state import (WRITER_COLUMN, WRITER_SETTING, Made, ResumeState, Saved, SinkState,
+                                             add_writer_column, landed_commit, load_counts, open_tables)
 from pipeline.dataset.tables import BASE_COLUMNS
 from pipeline.embed.vectors import is_packed
 from pipeline.errors import CommitFailed, SinkError
@@ -52,6 +56,8 @@ class _Pending:
     batches: list[EmbeddedBatch] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     marks: dict[str, int] = field(default_factory=dict)
+    #: key → the location of the last record of these batches' rows
+    last: dict[str, int] = field(default_factory=dict)
     nbytes: int = 0
     rows: int = 0
     started_at: str | None = None
@@ -64,12 +70,44 @@ class _Pending:
         self.rows += len(batch.chunks)
         for key, location in batch.marks:
             self.marks[key] = max(location, self.marks.get(key, -1))
+        for item in (*batch.chunks, *batch.failures):
+            key = item.source + item.part
+            self.last[key] = max(item.location, self.last.get(key, -1))
         if self.opened_at is None:
             self.opened_at, self.started_at = now, utc_now()
 
 
-class PostgresSink:
-    """One rank's writer into ``sink.table``; see the module docstring."""
+@dataclass(frozen=True)
+class _Removals:
+    """The sources whose rows a commit deletes first: inputs that went away (every rank's rows of them) and
+    changed inputs (this rank's rows of them: another rank may be copying in new rows of other pieces)."""
+
+    gone: list[str]
+    replaced: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.gone or self.replaced)
+
+    def delete(self, cur: psycopg.Cursor[Any], n: Names, rank: int) -> tuple[int, int]:
+        """Delete them (in the commit's transaction): how many rows and error rows left."""
+        rows = errors = 0
+        if self.gone:
+            cur.execute(sql.SQL("DELETE FROM {t} WHERE source = ANY(%s)").format(t=n.data), (self.gone,))
+            rows += max(cur.rowcount, 0)
+            cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s)").format(e=n.errors), (self.gone,))
+            errors += max(cur.rowcount, 0)
+        if self.replaced:  # rows of an earlier version have no writer: any rank's replacement takes them
+            cur.execute(sql.SQL("DELETE FROM {t} WHERE source = ANY(%s) AND ({w} = %s OR {w} IS NULL)").format(
+                t=n.data, w=sql.Identifier(WRITER_COLUMN)), (self.replaced, rank))
+            rows += max(cur.rowcount, 0)
+            cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s) AND rank = %s").format(e=n.errors),
+                        (self.replaced, rank))
+            errors += max(cur.rowcount, 0)
+        return rows, errors
+
+
+class PostgresSink(SinkState):
+    """One rank's writer into ``sink.table``; see the module docstring (its resume state: :class:`SinkState`)."""
 
     def __init__(
         self,
@@ -94,7 +132,7 @@ class PostgresSink:
 
         ``fresh`` drops the tables first, once the lock is held (``--fresh``).
         """
-        clash = [f for f in metadata_fields if f in BASE_COLUMNS]
+        clash = [f for f in metadata_fields if f in BASE_COLUMNS or f == WRITER_COLUMN]
         if clash:
             raise SinkError(f"source.metadata_fields: {clash[0]!r} is also a dataset column; rename it in the source")
         self.cfg, self.rank, self.embedding_type = cfg, rank, embedding_type
@@ -106,6 +144,8 @@ class PostgresSink:
         self._clock = clock
         self._pending = _Pending()
         self._removals: set[str] = set()
+        self._changed: dict[str, str | None] = {}
+        self._replacing: set[str] = set()
         self._failed: BaseException | None = None
         self._closed = False
         self._busy = threading.Lock()  # the heartbeat's renew() may come while a commit runs
@@ -134,40 +174,7 @@ class PostgresSink:
         """The current connection (a new one after the database went away)."""
         return self.session.conn
 
-    # ------------------------------------------------------------ resume state (the Sink protocol)
-
-    @property
-    def counts(self) -> Counts:
-        """This rank's totals as of the last commit (rows: those in the table)."""
-        return self._counts
-
-    def done_upto(self, key: str) -> int:
-        """How far input ``key`` is committed (a location; ``END_OF_FILE`` when whole)."""
-        return self._state.progress.get(key, 0)
-
-    def signature(self, url: str) -> str | None:
-        """The signature input ``url`` had when it was last read, if it was."""
-        return self._state.files.get(url)
-
-    def set_signature(self, url: str, signature: str) -> None:
-        """Record ``url``'s signature with the next commit."""
-        self._state.set_signature(url, signature)
-
-    def restart(self, key: str, url: str) -> None:
-        """Input ``key`` changed: the next read starts at its top (saved with the next commit)."""
-        self._state.restart(key, url)
-
-    def offsets(self) -> dict[str, list[list[int]]]:
-        """The seek checkpoints of big input files, as saved."""
-        return {url: [list(c) for c in cs] for url, cs in self._state.offsets.items()}
-
-    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
-        """Replace the seek checkpoints; saved with the next commit."""
-        self._state.set_offsets(offsets)
-
-    def note_model(self, reported: str) -> None:
-        """The model the server says answered: logged; the table records the configured one."""
-        self._reported_model = reported
+    # ------------------------------------------------------------ the table's rows
 
     def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
         """The ids and sources of the table's rows, a block at a time (a server-side cursor)."""
@@ -180,14 +187,6 @@ class PostgresSink:
             while rows := cursor.fetchmany(50_000):
                 yield [r[0] for r in rows], [r[1] for r in rows]
 
-    def remove_sources(self, urls: list[str]) -> None:
-        """The rows (and error rows) whose ``source`` is one of ``urls`` leave with the next commit.
-
-        They are deleted at the start of that commit's transaction: rows the
-        commit itself brings stay.
-        """
-        self._removals.update(urls)
-
     # ------------------------------------------------------------ writing
 
     def write_many(self, batches: Sequence[EmbeddedBatch]) -> list[dict[str, Any]]:
@@ -195,6 +194,8 @@ class PostgresSink:
         self._check_usable()
         committed: list[dict[str, Any]] = []
         for batch in batches:
+            if self._changed:
+                self._replace_touched(batch)
             self._pending.add(batch, self._clock())
             if self._pending.rows >= self.cfg.shard_rows or self._pending.nbytes >= MAX_PENDING_BYTES:
                 committed += self._commit()
@@ -270,12 +271,12 @@ class PostgresSink:
 
     def _commit_pending(self) -> list[dict[str, Any]]:
         pending = self._pending
-        if not pending.batches and not pending.marks and not self._state.dirty and not self._removals:
+        if not (pending.batches or pending.marks or self._state.dirty or self._removals or self._replacing):
             return []
         token = uuid.uuid4()
         self._check_dimensions(pending.batches)
-        progress, state = self._state.after(pending.marks)
-        removals = sorted(self._removals)
+        state = self._state.after(pending.marks, pending.last)
+        removals = _Removals(sorted(self._removals), sorted(self._replacing))
         tries = [0]
 
         def once() -> dict[str, Any]:
@@ -291,8 +292,9 @@ class PostgresSink:
             # the rows of this commit are lost to this process; later marks would claim them
             self._failed = exc
             raise
-        self._state.committed(progress)
+        self._state.committed(state)
         self._removals.clear()
+        self._replacing.clear()
         self._pending = _Pending()
         c = pending.counts
         self._counts += Counts(c.records_read, entry["rows"] - entry["replaced"] - entry["removed"], c.rows_reused,
@@ -310,13 +312,12 @@ class PostgresSink:
                     raise SinkError(f"{self.where} holds {self.dimensions}-dimensional vectors; "
                                     f"the API now returns {dims} dimensions, refusing to mix them")
 
-    def _transaction(self, token: uuid.UUID, pending: _Pending, state: list[tuple[Any, ...]],
-                     removals: list[str]) -> dict[str, Any]:
+    def _transaction(self, token: uuid.UUID, pending: _Pending, state: Saved, removals: _Removals) -> dict[str, Any]:
         """One commit, all or nothing (see the module docstring)."""
         n, conn = self.names, self.conn
         batches = [b for b in pending.batches if b.chunks]
         failures = [f for b in pending.batches for f in b.failures]
-        removed = errors_removed = replaced = 0
+        replaced = 0
         columns = self._columns
         with conn.transaction(), conn.cursor() as cur:
             if batches:
@@ -324,15 +325,18 @@ class PostgresSink:
                     assert self.dimensions is not None
                     columns = rows_.make_table(cur, n, self.embedding_type, self.dimensions, self.cfg.include_text,
                                                self._metadata_fields)
+                    add_writer_column(cur, n)
                 columns = rows_.fit_metadata(cur, n, columns, self._metadata_fields, batches)
-            if removals:
-                cur.execute(sql.SQL("DELETE FROM {t} WHERE source = ANY(%s)").format(t=n.data), (removals,))
-                removed = max(cur.rowcount, 0)
-                cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s)").format(e=n.errors), (removals,))
-                errors_removed = max(cur.rowcount, 0)
+            # before the rows: a row this commit brings with an old id must stay
+            removed, errors_removed = removals.delete(cur, n, self.rank) if removals else (0, 0)
             if batches:
                 assert columns is not None
+                cur.execute("SELECT set_config(%s, %s, true)", (WRITER_SETTING, str(self.rank)))  # the rows' writer
                 replaced = rows_.insert_rows(cur, n, columns, batches)
+                if replaced:  # rows that took the place of another rank's are this rank's now
+                    cur.execute(sql.SQL("UPDATE {t} SET {w} = %s WHERE id = ANY(%s) AND {w} IS DISTINCT FROM %s")
+                                .format(t=n.data, w=sql.Identifier(WRITER_COLUMN)),
+                                (self.rank, [c.id for b in batches for c in b.chunks], self.rank))
             if failures:
                 rows_.copy_errors(cur, n, self.rank, failures)
             self._state.save(cur, state)

@@ -3,13 +3,16 @@
 ``{table}_meta`` says which model, types and chunking the table was made
 with (a config with others is refused, as the file dataset refuses it);
 ``{table}_runs`` records every run; ``{table}_state`` holds, per rank and
-input, how far it is committed, its signature and its seek checkpoints. A
-commit writes only the state rows it changed.
+input, how far it is committed, its signature, its seek checkpoints and,
+once it is whole, the location of its last record (to read on after it when
+it grows). A commit writes only the state rows it changed, and deletes those
+of inputs that are gone. :class:`SinkState` is the sink's resume-state half:
+what the job asks and tells it between commits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -17,9 +20,16 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pipeline.dataset import postgres_schema as schema
+from pipeline.dataset.manifest import of_url
 from pipeline.dataset.postgres_schema import Names
 from pipeline.errors import SinkError
-from pipeline.types import Counts
+from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch
+
+#: ``{table}_state``'s column of ends, added to tables made before it
+END_COLUMN = "end_location"
+#: ``{table}``'s column of the rank that wrote each row (NULL: written before it), and the setting its default reads
+WRITER_COLUMN = "writer_rank"
+WRITER_SETTING = "pipeline.rank"
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ def open_tables(conn: psycopg.Connection[Any], names: Names, rank: int, made: Ma
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (names.lock_key(-1)[0],))  # one creator at a time
         for ddl in schema.side_tables(names):
             conn.execute(ddl)
+        _add_end_column(conn, names)
         row = conn.execute(sql.SQL("SELECT model, input_type, embedding_type, chunking, dimensions FROM {m}")
                            .format(m=names.meta)).fetchone()
         if row is None:
@@ -50,12 +61,36 @@ def open_tables(conn: psycopg.Connection[Any], names: Names, rank: int, made: Ma
         else:
             _check(Made(row[0], row[1], row[2], row[3] if row[3] is not None else made.chunking), made, where)
             dimensions = row[4]
+            if dimensions is not None:  # {table} is there
+                add_writer_column(conn, names)
         conn.execute(sql.SQL("UPDATE {r} SET status = 'unfinished' WHERE rank = %s AND status = 'running'")
                      .format(r=names.runs), (rank,))
         run = conn.execute(sql.SQL("INSERT INTO {r} (rank, started_at, status) VALUES (%s, %s, 'running') "
                                    "RETURNING n").format(r=names.runs), (rank, started_at)).fetchone()
     assert run is not None
     return dimensions, int(run[0])
+
+
+def _add_end_column(conn: psycopg.Connection[Any], names: Names) -> None:
+    """Give a state table made by an earlier version its column of ends (its inputs' ends are unknown)."""
+    found = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                         "AND table_name = %s AND column_name = %s", (f"{names.table}_state", END_COLUMN)).fetchone()
+    if found is None:  # looked up first: ALTER TABLE locks the table even when the column is there
+        conn.execute(sql.SQL("ALTER TABLE {s} ADD COLUMN IF NOT EXISTS {c} bigint").format(
+            s=names.state, c=sql.Identifier(END_COLUMN)))
+
+
+def add_writer_column(conn: Any, names: Names) -> None:
+    """Give ``{table}`` its column of the rank that wrote each row, filled by a default from the commit's
+    ``pipeline.rank`` setting (rows of an earlier version: NULL). A changed input's old rows are only its
+    rank's: another rank may hold pieces of the same file, and copy in their new rows first."""
+    found = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                         "AND table_name = %s AND column_name = %s", (names.table, WRITER_COLUMN)).fetchone()
+    if found is None:
+        column = sql.Identifier(WRITER_COLUMN)
+        conn.execute(sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} int").format(t=names.data, c=column))
+        conn.execute(sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT nullif(current_setting({s}, true), '')::int")
+                     .format(t=names.data, c=column, s=sql.Literal(WRITER_SETTING)))
 
 
 def _check(theirs: Made, mine: Made, where: str) -> None:
@@ -95,8 +130,19 @@ def load_counts(conn: psycopg.Connection[Any], names: Names, rank: int) -> Count
     return Counts(*(int(x) for x in row)) if row else Counts()
 
 
+@dataclass
+class Saved:
+    """What one commit makes of the resume state: the progress and ends after it, the rows it writes,
+    and the inputs whose rows it deletes."""
+
+    progress: dict[str, int]
+    ends: dict[str, int]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+
+
 class ResumeState:
-    """How far each input is committed, its signature and seek checkpoints; changes wait for a commit."""
+    """How far each input is committed, its signature, checkpoints and end; changes wait for a commit."""
 
     def __init__(self, conn: psycopg.Connection[Any], names: Names, rank: int) -> None:
         """Load this rank's rows of ``{table}_state``."""
@@ -104,16 +150,22 @@ class ResumeState:
         self.progress: dict[str, int] = {}
         self.files: dict[str, str] = {}
         self.offsets: dict[str, list[list[int]]] = {}
+        #: input key → the location of its last record, once the whole input is committed
+        self.ends: dict[str, int] = {}
         self.dirty: set[str] = set()
-        cur = conn.execute(sql.SQL("SELECT key, location, signature, offsets FROM {s} WHERE rank = %s")
-                           .format(s=names.state), (rank,))
-        for key, location, signature, offsets in cur:
+        #: urls of inputs that are gone: their state rows (and their pieces') leave with the next commit
+        self.gone: set[str] = set()
+        cur = conn.execute(sql.SQL("SELECT key, location, signature, offsets, {e} FROM {s} WHERE rank = %s")
+                           .format(s=names.state, e=sql.Identifier(END_COLUMN)), (rank,))
+        for key, location, signature, offsets, end in cur:
             if location is not None:
                 self.progress[key] = int(location)
             if signature is not None:
                 self.files[key] = signature
             if offsets is not None:
                 self.offsets[key] = [[int(a), int(b)] for a, b in offsets]
+            if end is not None:
+                self.ends[key] = int(end)
 
     def set_signature(self, url: str, signature: str) -> None:
         """``url``'s signature, saved with the next commit."""
@@ -122,10 +174,27 @@ class ResumeState:
             self.dirty.add(url)
 
     def restart(self, key: str, url: str) -> None:
-        """Forget how far ``key`` was read and ``url``'s checkpoints (saved with the next commit)."""
+        """Forget how far ``key`` was read, its end and ``url``'s checkpoints (saved with the next commit)."""
         self.progress.pop(key, None)
+        self.ends.pop(key, None)
         self.offsets.pop(url, None)
         self.dirty.update((key, url))
+
+    def read_on(self, key: str) -> bool:
+        """Input ``key`` only grew: its next read starts after its last record; False when that is unknown."""
+        if key not in self.ends:
+            return False
+        self.progress[key] = self.ends.pop(key)
+        self.dirty.add(key)
+        return True
+
+    def forget(self, url: str) -> None:
+        """Input ``url`` is gone: its state (and its pieces') is dropped now, its rows with the next commit."""
+        for kept in (self.progress, self.files, self.offsets, self.ends):
+            for key in [k for k in kept if of_url(k, url)]:
+                del kept[key]
+        self.dirty = {k for k in self.dirty if not of_url(k, url)}
+        self.gone.add(url)
 
     def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
         """Replace the checkpoints; the inputs whose checkpoints changed are saved with the next commit."""
@@ -134,24 +203,128 @@ class ResumeState:
                 self.dirty.add(url)
         self.offsets = {url: [list(c) for c in cs] for url, cs in offsets.items()}
 
-    def after(self, marks: dict[str, int]) -> tuple[dict[str, int], list[tuple[Any, ...]]]:
-        """The progress once ``marks`` are committed, and the state rows that commit writes."""
-        progress = dict(self.progress)
+    def after(self, marks: dict[str, int], last: dict[str, int]) -> Saved:
+        """The state once ``marks`` are committed (``last``: the location of their rows' last record, by key).
+
+        An input reaching ``END_OF_FILE`` keeps the location of its last
+        record as its end, as the file dataset's manifest does.
+        """
+        progress, ends = dict(self.progress), dict(self.ends)
         for key, location in marks.items():
-            progress[key] = max(location, progress.get(key, -1))
+            before = progress.get(key, -1)
+            if location > before:
+                progress[key] = location
+                if location >= END_OF_FILE:
+                    ends[key] = max(last.get(key, 0), before)
         rows = [(self.rank, k, progress.get(k), self.files.get(k),
-                 Jsonb(self.offsets[k]) if k in self.offsets else None) for k in sorted(self.dirty | set(marks))]
-        return progress, rows
+                 Jsonb(self.offsets[k]) if k in self.offsets else None, ends.get(k))
+                for k in sorted(self.dirty | set(marks))]
+        return Saved(progress, ends, rows, sorted(self.gone))
 
-    def save(self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> None:
-        """Write state rows (in the commit's transaction)."""
-        if rows:
+    def save(self, cur: psycopg.Cursor[Any], saved: Saved) -> None:
+        """Delete the state rows of the gone inputs, then write the changed ones (in the commit's transaction)."""
+        if saved.gone:
+            cur.execute(sql.SQL(
+                "DELETE FROM {s} WHERE rank = %s AND EXISTS (SELECT 1 FROM unnest(%s::text[]) AS u(url) "
+                "WHERE key = u.url OR left(key, length(u.url) + 1) = u.url || '#')").format(s=self.names.state),
+                (self.rank, saved.gone))
+        if saved.rows:
             cur.executemany(sql.SQL(
-                "INSERT INTO {s} (rank, key, location, signature, offsets) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (rank, key) DO UPDATE SET location = EXCLUDED.location, "
-                "signature = EXCLUDED.signature, offsets = EXCLUDED.offsets").format(s=self.names.state), rows)
+                "INSERT INTO {s} (rank, key, location, signature, offsets, {e}) VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (rank, key) DO UPDATE SET location = EXCLUDED.location, signature = EXCLUDED.signature, "
+                "offsets = EXCLUDED.offsets, {e} = EXCLUDED.{e}").format(s=self.names.state,
+                                                                          e=sql.Identifier(END_COLUMN)), saved.rows)
 
-    def committed(self, progress: dict[str, int]) -> None:
+    def committed(self, saved: Saved) -> None:
         """The commit that carried :meth:`after`'s rows went through."""
-        self.progress = progress
+        self.progress, self.ends = saved.progress, saved.ends
         self.dirty.clear()
+        self.gone.difference_update(saved.gone)
+
+
+class SinkState:
+    """The resume-state half of :class:`~pipeline.dataset.postgres.PostgresSink`, as the Sink protocol asks for it.
+
+    Changes wait in memory for the sink's next commit, which writes them
+    with its rows (its writing half is the subclass).
+    """
+
+    _state: ResumeState
+    _counts: Counts
+    #: sources whose rows (and error rows) leave at the start of the next commit
+    _removals: set[str]
+    #: changed inputs (url → their new signature) whose old rows leave with their first new rows
+    _changed: dict[str, str | None]
+    #: changed inputs whose old rows (this rank's) leave at the start of the next commit
+    _replacing: set[str]
+
+    @property
+    def counts(self) -> Counts:
+        """This rank's totals as of the last commit (rows: those in the table)."""
+        return self._counts
+
+    def done_upto(self, key: str) -> int:
+        """How far input ``key`` is committed (a location; ``END_OF_FILE`` when whole)."""
+        return self._state.progress.get(key, 0)
+
+    def signature(self, url: str) -> str | None:
+        """The signature input ``url`` had when it was last read, if it was."""
+        return self._state.files.get(url)
+
+    def signatures(self) -> dict[str, str]:
+        """Every input this rank read (and did not see go), with the signature it had when last read."""
+        return dict(self._state.files)
+
+    def set_signature(self, url: str, signature: str) -> None:
+        """Record ``url``'s signature with the next commit (a changed input's: with its first new rows)."""
+        if url in self._changed:
+            self._changed[url] = signature
+        else:
+            self._state.set_signature(url, signature)
+
+    def restart(self, key: str, url: str) -> None:
+        """Input ``key`` changed: the next read starts at its top.
+
+        Its old rows leave in the commit that brings its first new rows (or
+        its end), together with its new signature: a reader never sees both
+        versions, and a crash before that commit finds it changed again.
+        """
+        self._state.restart(key, url)
+        self._changed.setdefault(url, None)
+
+    def append(self, key: str, url: str) -> bool:
+        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
+        return self._state.read_on(key)
+
+    def offsets(self) -> dict[str, list[list[int]]]:
+        """The seek checkpoints of big input files, as saved."""
+        return {url: [list(c) for c in cs] for url, cs in self._state.offsets.items()}
+
+    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
+        """Replace the seek checkpoints; saved with the next commit."""
+        self._state.set_offsets(offsets)
+
+    def note_model(self, reported: str) -> None:
+        """The model the server says answered: logged; the table records the configured one."""
+        self._reported_model = reported
+
+    def remove_sources(self, urls: list[str]) -> None:
+        """Inputs ``urls`` are gone: their rows, error rows and state rows leave with the next commit.
+
+        They are deleted at the start of that commit's transaction: rows the
+        commit itself brings stay.
+        """
+        self._removals.update(urls)
+        for url in urls:
+            self._changed.pop(url, None)
+            self._state.forget(url)
+
+    def _replace_touched(self, batch: EmbeddedBatch) -> None:
+        """A batch brings the first new rows (or the end) of changed inputs: their old rows leave with it."""
+        touched = {c.source for c in batch.chunks} | {f.source for f in batch.failures}
+        for url in list(self._changed):
+            if url in touched or any(of_url(key, url) for key, _ in batch.marks):
+                signature = self._changed.pop(url)
+                self._replacing.add(url)
+                if signature is not None:
+                    self._state.set_signature(url, signature)

@@ -104,10 +104,7 @@ class Known(Protocol):
 
 
 def known_inputs(sink: Any) -> dict[str, str]:
-    """The inputs ``sink`` holds rows of, with their signatures; empty for a sink that cannot say.
-
-    (The Postgres sink does not list them yet: with it, deleted inputs are not noticed.)
-    """
+    """The inputs ``sink`` holds rows of, with their signatures; empty for a sink that cannot say."""
     signatures = getattr(sink, "signatures", None)
     return signatures() if signatures is not None else {}
 
@@ -153,9 +150,8 @@ def apply(sink: Sink, fs: Any, changes: Changes, checkpoints: Checkpoints, progr
           *, remove: bool) -> None:
     """Tell the sink what changed: new signatures, inputs to read again or on, rows to remove."""
     log = get_logger()
-    append = getattr(sink, "append", None)  # (the Postgres sink cannot read on yet)
     for inp in list(changes.appended):
-        if append is None or not append(inp.key, inp.url):  # its last record is not known: read it whole again
+        if not sink.append(inp.key, inp.url):  # its last record is not known: read it whole again
             changes.appended.remove(inp)
             changes.changed.append(inp)
     for inp in changes.changed:
