@@ -179,3 +179,26 @@ def test_validate_counts_the_changes_since_the_dataset(tmp_path: Path) -> None:
     shown = run_cli("validate", str(job))
     assert shown.returncode == 0, shown.stderr
     assert "changes since the dataset: new 1, changed 0, appended 1, deleted 1, unchanged 1" in shown.stdout
+
+
+def test_a_postgres_sink_is_checked_without_writing(postgres_url: str, tmp_path: Path) -> None:
+    """validate connects to a Postgres sink (it used to refuse every one: "Protocol not known"), says
+    whether the table is there, and after a run compares the listing with the table's state."""
+    table = "validate_" + os.urandom(4).hex()
+    sets = ["--set", f"sink.path={postgres_url}", "--set", f"sink.table={table}"]
+    before = run_cli("validate", SAMPLE, *sets)
+    assert before.returncode == 0, before.stdout + before.stderr
+    assert f"(table {table} will be created)" in before.stdout
+    assert "changes since the dataset" not in before.stdout
+    assert run_cli("run", SAMPLE, *sets).returncode == 0
+    after = run_cli("validate", SAMPLE, *sets)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert f"(table {table} is there: a run resumes it)" in after.stdout
+    assert "changes since the dataset: new 0, changed 0, appended 0, deleted 0, unchanged 1" in after.stdout
+
+
+def test_an_unreachable_postgres_sink_is_one_line_without_the_password() -> None:
+    shown = run_cli("validate", SAMPLE, "--set", "sink.path=postgresql://u:hunter2@127.0.0.1:1/db")
+    assert shown.returncode == 2
+    assert "sink.path postgresql://***@127.0.0.1:1/db: cannot connect" in shown.stderr
+    assert "hunter2" not in shown.stdout + shown.stderr and "Traceback" not in shown.stderr

@@ -18,6 +18,7 @@ from pipeline.embed.limits import describe_budget
 from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkError, SourceError
 from pipeline.dataset.manifest import Manifest, load_rank
+from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.jobs.changes import compare
 from pipeline.jobs.inputs import list_inputs, list_source, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
@@ -145,6 +146,8 @@ def check_sink(cfg: Config) -> SinkCheck:
     access cannot be known.
     """
     shown = cfg.sink.path
+    if is_postgres(shown):
+        return _check_postgres(cfg)
     try:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
     except SinkError as exc:  # unknown protocol, missing backend, bad storage option
@@ -194,29 +197,84 @@ def _check_store(fs: Any, shown: str, root: str) -> SinkCheck:
     return SinkCheck(f"sink: {shown} ({where}; write access is not checked on an object store)")
 
 
+def _check_postgres(cfg: Config) -> SinkCheck:
+    """Connect (nothing is created) and say whether ``sink.table`` is there."""
+    import psycopg
+
+    from pipeline.dataset.postgres_session import reason
+
+    shown, table = redact_url(cfg.sink.path), cfg.sink.table
+    try:
+        with psycopg.connect(cfg.sink.path, connect_timeout=10, autocommit=True) as conn:
+            there = conn.execute("SELECT to_regclass(%s)", [psycopg.sql.Identifier(table).as_string(conn)]).fetchone()
+            vector = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+    except psycopg.Error as exc:
+        return _refused(shown, f"cannot connect: {reason(exc, cfg.sink.path)}")
+    if vector is None:
+        return _refused(shown, "the pgvector extension is not available on this server")
+    what = f"table {table} is there: a run resumes it" if there and there[0] else f"table {table} will be created"
+    return SinkCheck(f"sink: {shown} ({what})")
+
+
 # --------------------------------------------------------------------------- what changed
 
 
 def describe_changes(cfg: Config) -> list[str]:
     """How the listing compares with the file dataset at ``sink.path`` (no line when there is none yet)."""
-    if cfg.sink.path.startswith(("postgresql://", "postgres://")):
-        return []
-    where = Location.open(cfg.sink.path, cfg.sink.storage_options)
-    manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
-    if manifest is None:
+    if is_postgres(cfg.sink.path):
+        view: Any = _postgres_view(cfg)
+    else:
+        where = Location.open(cfg.sink.path, cfg.sink.storage_options)
+        manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
+        view = ManifestView(manifest) if manifest is not None else None
+    if view is None:
         return []
     fs, listed, mine = list_source(cfg)
-    changes = compare(ManifestView(manifest), fs, mine, listed)
+    changes = compare(view, fs, mine, listed)
     c = changes.counts()
     line = (f"changes since the dataset: new {c['new'] + c['resumed']:,}, changed {c['changed']:,}, "
             f"appended {c['appended']:,}, deleted {c['deleted']:,}, unchanged {c['unchanged']:,}")
     if c["deleted"] and cfg.run.on_deleted == "keep":
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
-    known = len(manifest.files)
+    known = len(view.signatures())
     if cfg.run.on_deleted == "remove" and known and c["deleted"] / known > cfg.run.max_removed_fraction:
         line += (f"; a run would stop: removing {c['deleted'] / known:.0%} of the files is more than "
                  f"run.max_removed_fraction={cfg.run.max_removed_fraction:g}")
     return [line]
+
+
+class StateView:
+    """A Postgres sink's resume state seen as the part of a sink that :func:`compare` asks (read only)."""
+
+    def __init__(self, files: dict[str, str], progress: dict[str, int]) -> None:
+        self._files, self._progress = files, progress
+
+    def signature(self, url: str) -> str | None:
+        return self._files.get(url)
+
+    def signatures(self) -> dict[str, str]:
+        return dict(self._files)
+
+    def done_upto(self, key: str) -> int:
+        return self._progress.get(key, 0)
+
+
+def _postgres_view(cfg: Config) -> StateView | None:
+    """This rank's rows of ``{table}_state``; None when there is no table (or it cannot be read)."""
+    import psycopg
+
+    from pipeline.dataset.postgres_schema import Names
+    from pipeline.dataset.postgres_state import ResumeState
+
+    try:
+        with psycopg.connect(cfg.sink.path, connect_timeout=10, autocommit=True) as conn:
+            name = psycopg.sql.Identifier(f"{cfg.sink.table}_state").as_string(conn)
+            if conn.execute("SELECT to_regclass(%s)", [name]).fetchone() in (None, (None,)):
+                return None
+            state = ResumeState(conn, Names(cfg.sink.table), cfg.run.rank)
+    except psycopg.Error:  # the sink line says what is wrong with the database
+        return None
+    return StateView(state.files, state.progress)
 
 
 class ManifestView:
