@@ -17,7 +17,9 @@ from pipeline.config import Config
 from pipeline.embed.limits import describe_budget
 from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkError, SourceError
-from pipeline.dataset.manifest import Manifest, load_rank
+from pipeline.dataset import state_files
+from pipeline.dataset.manifest import load_rank
+from pipeline.dataset.state import State
 from pipeline.jobs.changes import compare
 from pipeline.jobs.inputs import list_inputs, list_source, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
@@ -205,34 +207,35 @@ def describe_changes(cfg: Config) -> list[str]:
     manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
     if manifest is None:
         return []
+    state = state_files.load(where.fs, where.root, manifest)
     fs, listed, mine = list_source(cfg)
-    changes = compare(ManifestView(manifest), fs, mine, listed)
+    changes = compare(StateView(state), fs, mine, listed)
     c = changes.counts()
     line = (f"changes since the dataset: new {c['new'] + c['resumed']:,}, changed {c['changed']:,}, "
             f"appended {c['appended']:,}, deleted {c['deleted']:,}, unchanged {c['unchanged']:,}")
     if c["deleted"] and cfg.run.on_deleted == "keep":
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
-    known = len(manifest.files)
+    known = len(state.files)
     if cfg.run.on_deleted == "remove" and known and c["deleted"] / known > cfg.run.max_removed_fraction:
         line += (f"; a run would stop: removing {c['deleted'] / known:.0%} of the files is more than "
                  f"run.max_removed_fraction={cfg.run.max_removed_fraction:g}")
     return [line]
 
 
-class ManifestView:
-    """A manifest seen as the part of a sink that :func:`compare` asks (read only)."""
+class StateView:
+    """A dataset's resume state seen as the part of a sink that :func:`compare` asks (read only)."""
 
-    def __init__(self, manifest: Manifest) -> None:
-        self._m = manifest
+    def __init__(self, state: State) -> None:
+        self._s = state
 
     def signature(self, url: str) -> str | None:
-        return self._m.files.get(url)
+        return self._s.files.get(url)
 
     def signatures(self) -> dict[str, str]:
-        return dict(self._m.files)
+        return dict(self._s.files)
 
     def done_upto(self, key: str) -> int:
-        return self._m.done_upto(key)
+        return self._s.done_upto(key)
 
 
 # --------------------------------------------------------------------------- files left out
