@@ -202,8 +202,10 @@ def persist(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Any, 
     state: State | None = manifest.state
     if state is None or not (state.whole or state.dirty or state.dirty_shards):
         return []
-    files: list[dict[str, Any]] = manifest.state_files
-    held: dict[str, tuple[set[str], set[str]]] = manifest.state_held
+    files: list[dict[str, Any]] = list(manifest.state_files)
+    held = dict(manifest.state_held)
+    # never a name listed before: a retired file is deleted after the save
+    seq = 1 + max((rs[1] for f in files if (rs := rank_seq(f["path"])) is not None and rs[0] == rank), default=-1)
     names, shards = set(state.dirty), set(state.dirty_shards)
     changed = sum(f["rows"] for f in files[1:]) + len(names) + len(shards)
     retired: list[dict[str, Any]] = []
@@ -220,8 +222,6 @@ def persist(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Any, 
             shards |= old_shards
             retired.append(gone)
     table = to_table(state, names, shards)
-    listed = manifest.state_files
-    seq = 1 + max((rs[1] for f in listed if (rs := rank_seq(f["path"])) is not None and rs[0] == rank), default=-1)
     rel, size = _write(fs, root, rank, seq, table, fenced)
     item = {"path": rel, "rows": table.num_rows, "bytes": size}
     if files:
