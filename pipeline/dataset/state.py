@@ -164,16 +164,6 @@ class State:
         self.dirty_shards = set()
         self.whole = False
 
-    def apply_input(self, name: str, row: dict[str, Any]) -> None:
-        """Take one input row as read from a state file (a later row of a name replaces the earlier)."""
-        for table, column in ((self.progress, "progress"), (self.ends, "end"),
-                              (self.files, "signature"), (self.offsets, "offsets")):
-            value = None if row["deleted"] else row[column]
-            if value is None:
-                table.pop(name, None)
-            else:
-                table[name] = value
-
     def apply_shard(self, path: str, deleted: bool, sources: dict[str, int] | None, marks: dict[str, int]) -> None:
         """Take one shard row as read from a state file (``sources`` None: unknown, asked of its rows)."""
         self.sources.pop(path, None)

@@ -25,14 +25,19 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.dataset.state import State
 from pipeline.errors import SinkError
 from pipeline.storage import is_local, join
+from pipeline.types import END_OF_FILE
 
 STATE_DIR = "_state"
 STATE_NAME = re.compile(r"part-(\d{5})-(\d{6,})\.parquet$")
+#: rows read (and written) at a time
+ROW_GROUP = 65_536
+SHARD_GROUP = 64
 #: never more files than this in a rank's list (they merge sooner, as a rule)
 MAX_FILES = 24
 
@@ -64,72 +69,131 @@ def rank_seq(path: str) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- tables
 
 
-def _pairs(values: dict[str, int] | None) -> list[dict[str, Any]] | None:
-    return None if values is None else [{"name": k, "value": v} for k, v in values.items()]
+def _pairs(values: dict[str, int] | None) -> dict[str, list[Any]] | None:
+    return None if values is None else {"name": list(values), "value": list(values.values())}
+
+
+def _pairs_array(rows: list[dict[str, list[Any]] | None]) -> pa.Array:
+    """A list<struct<name, value>> array built from flat columns (not a Python dict per pair)."""
+    offsets, names, values, valid = [0], [], [], []
+    for row in rows:
+        if row is not None:
+            names += row["name"]
+            values += row["value"]
+        offsets.append(len(names))
+        valid.append(row is not None)
+    items = pa.StructArray.from_arrays([pa.array(names, pa.string()), pa.array(values, pa.int64())],
+                                       names=["name", "value"])
+    mask = pa.array([not v for v in valid], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), items, mask=mask).cast(_PAIRS)
 
 
 def to_table(state: State, names: set[str], shards: set[str]) -> pa.Table:
     """The rows of ``names`` (inputs) and ``shards`` as ``state`` holds them now (absent: ``deleted``)."""
-    cols: dict[str, list[Any]] = {f.name: [] for f in SCHEMA}
-    for name in sorted(names):
-        present = name in state.progress or name in state.ends or name in state.files or name in state.offsets
-        for col, value in (("name", name), ("shard", False), ("deleted", not present),
-                           ("progress", state.progress.get(name)), ("end", state.ends.get(name)),
-                           ("signature", state.files.get(name)), ("offsets", state.offsets.get(name)),
-                           ("sources", None), ("marks", None)):
-            cols[col].append(value)
-    for path in sorted(shards):
-        present = path in state.sources or path in state.marks
-        for col, value in (("name", path), ("shard", True), ("deleted", not present), ("progress", None),
-                           ("end", None), ("signature", None), ("offsets", None),
-                           ("sources", _pairs(state.sources.get(path))), ("marks", _pairs(state.marks.get(path)))):
-            cols[col].append(value)
-    return pa.table({k: pa.array(v, type=SCHEMA.field(k).type) for k, v in cols.items()}, schema=SCHEMA)
+    inputs, paths = sorted(names), sorted(shards)
+    n, k = len(inputs), len(paths)
+    p, e, f, o = state.progress, state.ends, state.files, state.offsets
+    columns = {
+        "name": inputs + paths,
+        "shard": [False] * n + [True] * k,
+        "deleted": [not (x in p or x in e or x in f or x in o) for x in inputs]
+        + [not (x in state.sources or x in state.marks) for x in paths],
+        "progress": [p.get(x) for x in inputs] + [None] * k,
+        "end": [e.get(x) for x in inputs] + [None] * k,
+        "signature": [f.get(x) for x in inputs] + [None] * k,
+        "offsets": [o.get(x) for x in inputs] + [None] * k,
+    }
+    arrays = {c: pa.array(v, type=SCHEMA.field(c).type) for c, v in columns.items()}
+    arrays["sources"] = _pairs_array([None] * n + [_pairs(state.sources.get(x)) for x in paths])
+    arrays["marks"] = _pairs_array([None] * n + [_pairs(state.marks.get(x)) for x in paths])
+    return pa.table(arrays, schema=SCHEMA)
 
 
-def _grouped(column: pa.ChunkedArray) -> list[dict[str, int] | None]:
-    """A list<struct<name, value>> column as dicts, flattened once rather than a dict per pair."""
-    out: list[dict[str, int] | None] = []
-    for chunk in column.chunks:
-        flat = chunk.flatten()
-        names = flat.field("name").to_pylist()
-        values = flat.field("value").to_pylist()
-        offsets = chunk.offsets.to_pylist()
-        valid = chunk.is_valid().to_pylist()
-        base = offsets[0] if offsets else 0
-        for i, ok in enumerate(valid):
-            a, b = offsets[i] - base, offsets[i + 1] - base
-            out.append(dict(zip(names[a:b], values[a:b])) if ok else None)
-    return out
+def _grouped(column: pa.Array, canon: dict[str, str]) -> list[dict[str, int] | None]:
+    """A list<struct<name, value>> column as dicts, flattened once rather than a dict per pair.
+
+    A name found in ``canon`` is that same string object: one per input, whichever dicts hold it.
+    """
+    flat = column.flatten()
+    keys = [canon.get(x, x) for x in flat.field("name").to_pylist()]
+    values = [END_OF_FILE if v == END_OF_FILE else v for v in flat.field("value").to_pylist()]
+    offsets = column.offsets.to_pylist()
+    base = offsets[0] if offsets else 0
+    return [dict(zip(keys[offsets[i] - base:offsets[i + 1] - base], values[offsets[i] - base:offsets[i + 1] - base]))
+            if ok else None for i, ok in enumerate(column.is_valid().to_pylist())]
+
+
+class _Reader:
+    """Takes the rows of one state file into a :class:`State`, a batch at a time (they hold the inputs first)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.inputs: set[str] = set()
+        self.shards: set[str] = set()
+        self._canon: dict[str, str] | None = None
+
+    def batch(self, batch: pa.RecordBatch) -> None:
+        names = batch.column("name").to_pylist()
+        shard = batch.column("shard").to_pylist()
+        deleted = batch.column("deleted").to_pylist()
+        if not any(shard):
+            self._inputs(batch, names, deleted)
+        elif all(shard):
+            self._shards(batch, names, deleted)
+        else:
+            mask = pa.array(shard, pa.bool_())
+            self.batch(batch.filter(pc.invert(mask)))
+            self.batch(batch.filter(mask))
+
+    def _inputs(self, batch: pa.RecordBatch, names: list[str], deleted: list[bool]) -> None:
+        state = self.state
+        for column, held in zip(("progress", "end", "signature", "offsets"),
+                                (state.progress, state.ends, state.files, state.offsets)):
+            values = batch.column(column).to_pylist()
+            if any(deleted):
+                values = [None if d else v for v, d in zip(values, deleted)]
+            if column in ("progress", "end"):  # one object for the commonest value, not one per input
+                values = [END_OF_FILE if v == END_OF_FILE else v for v in values]
+            held.update({n: v for n, v in zip(names, values) if v is not None})
+            for name in [n for n, v in zip(names, values) if v is None and n in held]:
+                del held[name]
+        self.inputs.update(names)
+
+    def _shards(self, batch: pa.RecordBatch, paths: list[str], deleted: list[bool]) -> None:
+        if self._canon is None:
+            self._canon = {x: x for x in self.state.progress}
+            self._canon.update((x, x) for x in self.state.files if x not in self._canon)
+        sources = _grouped(batch.column("sources"), self._canon)
+        marks = _grouped(batch.column("marks"), self._canon)
+        for path, d, src, mk in zip(paths, deleted, sources, marks):
+            self.state.apply_shard(path, d, src, mk or {})
+        self.shards.update(paths)
 
 
 def apply_table(state: State, table: pa.Table) -> tuple[set[str], set[str]]:
     """Take the rows of one state file, in order; the input names and shard paths it held."""
-    names = table.column("name").to_pylist()
-    shard = table.column("shard").to_pylist()
-    deleted = table.column("deleted").to_pylist()
-    inputs = [i for i, s in enumerate(shard) if not s]
-    if inputs:
-        cols = {c: table.column(c).to_pylist() for c in ("progress", "end", "signature", "offsets")}
-        for i in inputs:
-            state.apply_input(names[i], {"deleted": deleted[i], **{c: v[i] for c, v in cols.items()}})
-    if len(inputs) < len(names):
-        sources, marks = _grouped(table.column("sources")), _grouped(table.column("marks"))
-        for i, s in enumerate(shard):
-            if s:
-                state.apply_shard(names[i], deleted[i], sources[i], marks[i] or {})
-    return {names[i] for i in inputs}, {names[i] for i, s in enumerate(shard) if s}
+    reader = _Reader(state)
+    for batch in table.to_batches():
+        reader.batch(batch)
+    return reader.inputs, reader.shards
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_file(fs: fsspec.AbstractFileSystem, root: str, rel: str) -> pa.Table:
-    """One listed state file; ``SinkError`` naming it when it is missing or unreadable."""
+def read_file(fs: fsspec.AbstractFileSystem, root: str, rel: str, state: State) -> tuple[set[str], set[str]]:
+    """Take one listed state file into ``state``, a row group at a time; the input names and shards it held.
+
+    ``SinkError`` naming the file when it is missing or unreadable.
+    """
     path = join(root, rel)
+    reader = _Reader(state)
     try:
         with fs.open(path, "rb") as f:
-            return pq.read_table(f, schema=SCHEMA)
+            file = pq.ParquetFile(f)
+            for group in range(file.num_row_groups):  # one at a time: a few MB of Arrow memory
+                for batch in file.read_row_group(group).to_batches():
+                    reader.batch(batch)
     except FileNotFoundError as exc:
         raise SinkError(
             f"{path} is listed in the manifest but missing; restore it, or `pipeline run --fresh` "
@@ -137,6 +201,7 @@ def read_file(fs: fsspec.AbstractFileSystem, root: str, rel: str) -> pa.Table:
         ) from exc
     except (OSError, pa.ArrowException) as exc:
         raise SinkError(f"cannot read the resume state {path}: {exc}") from exc
+    return reader.inputs, reader.shards
 
 
 def load(fs: fsspec.AbstractFileSystem, root: str, manifest: Any) -> State:
@@ -155,9 +220,11 @@ def load(fs: fsspec.AbstractFileSystem, root: str, manifest: Any) -> State:
         return state
     written: dict[str, tuple[set[str], set[str]]] = {}
     for n, item in enumerate(manifest.state_files):
-        held = apply_table(state, read_file(fs, root, item["path"]))
+        held = read_file(fs, root, item["path"], state)
         if n:  # the first file is a snapshot, the later ones what changed since
             written[item["path"]] = held
+        del held
+    pa.default_memory_pool().release_unused()
     state.clean()
     manifest.state = state
     manifest.state_held = written
@@ -171,7 +238,11 @@ def _write(fs: fsspec.AbstractFileSystem, root: str, rank: int, seq: int, table:
            fenced: bool) -> tuple[str, int]:
     """Write ``table`` as a new state file (never over another); its path and size."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    shards = pc.sum(table.column("shard").cast(pa.int64())).as_py() or 0
+    with pq.ParquetWriter(buf, SCHEMA, compression="zstd") as writer:
+        writer.write_table(table.slice(0, table.num_rows - shards), row_group_size=ROW_GROUP)
+        # a shard row holds a pair per source of its rows: fewer of them to a group
+        writer.write_table(table.slice(table.num_rows - shards), row_group_size=SHARD_GROUP)
     data = buf.getvalue()
     while True:
         rel = state_path(rank, seq)
