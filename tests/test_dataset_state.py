@@ -230,3 +230,21 @@ def test_state_files_round_trip_every_field(tmp_path: Path) -> None:
     again = state_files.load(fs, str(tmp_path), m)
     assert again.progress == {"b#bytes=0-9": 5} and again.files == {} and again.ends == {}
     assert list(again.marks) == ["data/part-00000-000000.parquet"]
+
+
+def test_every_rank_keeps_its_own_state_files_and_a_reader_sees_them_all(tmp_path: Path) -> None:
+    from pipeline.config import SinkConfig
+    from pipeline.dataset.writer import DatasetWriter
+
+    for rank in (0, 1):
+        w = DatasetWriter(SinkConfig(path=str(tmp_path)), rank=rank, model="m", input_type="search_document",
+                          embedding_type="float", metadata_fields=[], run_started_at="2024-01-01T00:00:00.000Z",
+                          world_size=2)
+        write_docs(w, range(rank * 10, rank * 10 + 3), seq=0)
+        w.close("completed")
+        assert all(f"part-{rank:05d}-" in f["path"] for f in w.manifest.state_files)
+    merged = json.loads((tmp_path / "_manifest.json").read_text())
+    assert sorted(Path(f["path"]).name[:10] for f in merged["state"]) == ["part-00000", "part-00001"]
+    state = read_state(tmp_path)
+    assert sorted(state.files) == sorted(url(i) for i in (0, 1, 2, 10, 11, 12))
+    assert len(state.sources) == 2
