@@ -38,6 +38,9 @@ Scenarios and their targets:
   under 450 MB at 400k and within 1.5x of the 40k peak.
 - resume: killed twice (SIGKILL, then SIGTERM), rerun to the end.
 - many-files, rerun-changes: see scripts/bench_follow.py.
+- state-size: `_manifest.json` and `_state/` for a million one-document
+  source objects (synthetic), opening them, a commit of 10 changes: see
+  scripts/bench_state.py.
 - pg-load: 1024-d float rows into a local Postgres (pgserver) through the
   Postgres sink, and through the README's old per-row text snippet, same
   server and rows; target at least 20,000 rows/s for the sink.
@@ -603,6 +606,9 @@ SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
 from bench_follow import many_files, rerun_changes  # noqa: E402
 
 SCENARIOS.update({"many-files": many_files, "rerun-changes": rerun_changes})
+from bench_state import state_size  # noqa: E402
+
+SCENARIOS["state-size"] = state_size
 DEFAULT_RECORDS = {
     "overhead": 60_000,
     "local": 60_000,
@@ -616,6 +622,7 @@ DEFAULT_RECORDS = {
     "resume": 10_000,
     "many-files": 30_000,
     "rerun-changes": 20_000,
+    "state-size": 1_000_000,
     "pg-load": 100_000,
     "ray": 60_000,
 }

@@ -31,7 +31,7 @@ def entry(path: str, kind: str = "data", rows: int = 10, **more) -> dict:
     base = {
         "path": path, "kind": kind, "rows": rows, "requests": 1, "retries": 0,
         "prompt_tokens": 5, "total_tokens": 5, "started_at": "a", "finished_at": "b",
-        "records": rows, "rows_reused": 0, "marks": {},
+        "records": rows, "rows_reused": 0,
     }
     return {**base, **more}
 
@@ -65,9 +65,9 @@ def test_new_save_load_round_trip(tmp_path, local):
     text = (tmp_path / "_manifest.json").read_text()
     assert text.startswith('{\n  "dimensions": 1024,')
     data = json.loads(text)
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["totals"]["rows_embedded"] == 10
-    assert data["progress"] == {"s3://b/a.jsonl": 7}
+    assert data["state"] == [] and "progress" not in data  # the state is in _state/ files (state_files.persist)
     assert Manifest.load(local, str(tmp_path)) == m
     assert not (tmp_path / "_manifest.json.tmp").exists()
 
@@ -104,8 +104,8 @@ def test_load_corrupt_names_the_file(tmp_path, local):
 
 def test_load_rejects_unknown_format_version(tmp_path, local):
     """A manifest of another format_version is refused rather than misread."""
-    (tmp_path / "_manifest.json").write_text('{"format_version": 2, "model": "m", "embedding_type": "float"}')
-    with pytest.raises(SinkError, match="format_version 2"):
+    (tmp_path / "_manifest.json").write_text('{"format_version": 3, "model": "m", "embedding_type": "float"}')
+    with pytest.raises(SinkError, match="format_version 3 .*--fresh"):
         Manifest.load(local, str(tmp_path))
 
 
@@ -136,7 +136,7 @@ def test_progress_keeps_the_max_mark_per_file():
     m = Manifest.new("m", None, "float")
     m.add_commit([], [("a", 5), ("b", 2)])
     m.add_commit([], {"a": 3, "c": 1})
-    assert m.progress == {"a": 5, "b": 2, "c": 1}
+    assert m.loaded.progress == {"a": 5, "b": 2, "c": 1}
 
 
 def test_check_compatible_refuses_another_model():

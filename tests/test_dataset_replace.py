@@ -9,6 +9,7 @@ import pyarrow.dataset as ds
 from pipeline.dataset.manifest import Manifest
 from pipeline.types import END_OF_FILE, EmbeddedBatch
 
+from state_helpers import state_of
 from test_dataset_writer import make_batch, make_writer
 
 A = "file:///in/a.jsonl"
@@ -51,7 +52,8 @@ def test_removed_source_leaves_in_its_own_commit(tmp_path: Path) -> None:
     assert rows(tmp_path) == [(B, "d10"), (B, "d11")]
     assert m.totals["rows_embedded"] == 2 and m.totals["rows_failed"] == 0
     assert m.totals["records_read"] == 2
-    assert A not in m.files and A not in m.progress and m.files[B] == "1:y"
+    state = state_of(m)
+    assert A not in state.files and A not in state.progress and state.files[B] == "1:y"
     w.close("completed")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [m.shards[0]["path"].split("/")[1]]
     assert not list((tmp_path / "errors").iterdir())
@@ -94,7 +96,7 @@ def test_legacy_entries_without_sources_are_read(tmp_path: Path) -> None:
     two_sources(tmp_path)
     w = make_writer(tmp_path)
     for entry in w.manifest.shards:
-        entry.pop("sources")
+        state_of(w.manifest).sources.pop(entry["path"])
     w.remove_sources([B])
     w.commit()
     assert rows(tmp_path) == [(A, "d0"), (A, "d1"), (A, "d2")]

@@ -25,6 +25,7 @@ from pipeline.types import Chunk, EmbeddedBatch, Failure, Usage
 from pipeline.embed.vectors import DTYPES, is_packed
 
 from conftest import FakeClock
+from state_helpers import read_state, state_of
 
 SRC = "file:///in/docs.jsonl"
 
@@ -305,16 +306,16 @@ def test_errors_shard_committed_with_data_shard(tmp_path):
     entries = w.commit()
     assert [(e["kind"], e["rows"]) for e in entries] == [("data", 8), ("errors", 3)]
     data, errors = entries
-    assert data["marks"] == {SRC: 15} and errors["marks"] == {}
+    assert state_of(w.manifest).marks == {data["path"]: {SRC: 15}, errors["path"]: {}}
     assert data["records"] == 11 and errors["records"] == 0
     assert data["requests"] == 2 and errors["requests"] == 0
-    assert w.manifest.progress == {SRC: 15}
+    assert state_of(w.manifest).progress == {SRC: 15}
     table = pq.read_table(tmp_path / errors["path"])
     assert table.schema.remove_metadata() == ERRORS_SCHEMA
     assert table.column("status").to_pylist() == [400, None, 400]
     assert table.column("text").to_pylist() == ["bad text", None, "bad text"]
     saved = Manifest.load(fsspec.filesystem("file"), str(tmp_path))
-    assert saved is not None and saved.progress == {SRC: 15}
+    assert saved is not None and read_state(tmp_path).progress == {SRC: 15}
     assert [s["path"] for s in saved.shards] == [e["path"] for e in entries]
 
 
@@ -323,7 +324,7 @@ def test_errors_only_commit_carries_the_accounting(tmp_path):
     w = make_writer(tmp_path)
     entries = w.write(make_batch(0, 0, failures=3)) + w.commit()
     assert [(e["kind"], e["rows"], e["records"]) for e in entries] == [("errors", 3, 3)]
-    assert entries[0]["marks"] == {SRC: 3}
+    assert state_of(w.manifest).marks[entries[0]["path"]] == {SRC: 3}
     assert w.manifest.totals["records_read"] == 3
 
 
@@ -343,7 +344,7 @@ def test_marks_only_batch_advances_progress(tmp_path):
                           marks=(("file:///in/empty.jsonl", 0), ("file:///in/blank.jsonl", 7)))
     w.write(empty)
     assert w.commit() == []
-    assert w.manifest.progress == {"file:///in/empty.jsonl": 0, "file:///in/blank.jsonl": 7}
+    assert state_of(w.manifest).progress == {"file:///in/empty.jsonl": 0, "file:///in/blank.jsonl": 7}
     assert w.manifest.shards == []
 
 
@@ -359,7 +360,7 @@ def test_shard_metadata_equals_manifest_entry(tmp_path):
         assert shard_meta(tmp_path / entry["path"]) == {k: v for k, v in entry.items() if k != "bytes"}
         assert entry["bytes"] == (tmp_path / entry["path"]).stat().st_size
         assert set(entry) >= {"path", "kind", "rows", "requests", "prompt_tokens", "total_tokens",
-                              "retries", "started_at", "finished_at", "records", "rows_reused", "marks"}
+                              "retries", "started_at", "finished_at", "records", "rows_reused"}
 
 
 def test_totals_add_up(tmp_path):
@@ -442,7 +443,7 @@ def test_crash_leaves_only_committed_shards(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["part-00000-000000.parquet"]
     assert list((tmp_path / "errors").iterdir()) == []
     assert data_paths(w2.manifest) == ["data/part-00000-000000.parquet"]
-    assert w2.manifest.progress == {SRC: 5}
+    assert state_of(w2.manifest).progress == {SRC: 5}
     assert [r["status"] for r in w2.manifest.runs] == ["unfinished", "running"]
     assert ds.dataset(tmp_path / "data", format="parquet").count_rows() == 5
 
@@ -530,8 +531,10 @@ def test_memory_filesystem(memfs):
     w = make_writer("memory://ds", fs=memfs, shard_rows=10)
     for seq in range(3):
         w.write(make_batch(seq, 6, start=10 * seq, failures=1))
-    # open shards live in local temp files, never half-uploaded
-    assert sorted(memfs.find("/ds")) == [
+    # open shards live in local temp files, never half-uploaded; the resume state is listed by the manifest
+    listed = {"/ds/" + f["path"] for f in w.manifest.state_files}
+    assert {p for p in memfs.find("/ds/_state")} == listed and listed
+    assert sorted(p for p in memfs.find("/ds") if "/_state/" not in p) == [
         "/ds/_manifest.json",
         "/ds/data/part-00000-000000.parquet",
         "/ds/data/part-00000-000001.parquet",

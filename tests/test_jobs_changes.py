@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import Config
+from state_helpers import as_format_1
 from pipeline.errors import PipelineError, SinkError
 from pipeline.jobs.run import Job
 from pipeline.serve.app import ServerOptions, running_server
@@ -249,7 +250,7 @@ async def test_a_dataset_of_the_previous_version_follows_too(tmp_path: Path) -> 
     cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
     await rerun(cfg)
     path = tmp_path / "out" / "_manifest.json"
-    manifest = json.loads(path.read_text())
+    manifest = as_format_1(tmp_path / "out")
     manifest.pop("ends")
     for entry in manifest["shards"]:
         entry.pop("sources")

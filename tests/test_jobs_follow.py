@@ -13,6 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from conftest import run_cli, serve_process
+from state_helpers import read_state
 from test_signals import RECORDS, finish, start, wait_for_commits, write_job
 
 
@@ -40,7 +41,7 @@ def check_follows(tmp_path: Path) -> None:
         assert dict(zip(ids, table["text"].to_pylist())) == want
     assert manifest["totals"]["rows_embedded"] == len(want) == manifest["totals"]["records_read"]
     on_disk = {f"{p.parent.name}/{p.name}" for p in out.glob("*/part-*")}
-    assert on_disk == {s["path"] for s in manifest["shards"]}
+    assert on_disk == {s["path"] for s in manifest["shards"]} | {f["path"] for f in manifest["state"]}
 
 
 def edit(tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_watch_follows_changes_and_deletions(tmp_path: Path) -> None:
             if "event=shard_committed" in line:
                 manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
                 if manifest["totals"]["rows_embedded"] == len(expected_ids(tmp_path)) and \
-                        str(tmp_path / "in" / "part-2.jsonl") not in manifest["files"]:
+                        str(tmp_path / "in" / "part-2.jsonl") not in read_state(tmp_path / "out").files:
                     break
         proc.send_signal(signal.SIGTERM)
         code, err = finish(proc)

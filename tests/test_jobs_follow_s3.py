@@ -39,4 +39,4 @@ def test_rerun_on_s3_follows_edits_appends_and_deletions(s3: s3fs.S3FileSystem, 
     assert texts == {**{f"b-{i}": f"b record {i}" for i in range(21)}, "n0.md": "NOTE 0", "n2.md": "note 2"}
     assert manifest["totals"]["rows_embedded"] == 23 == manifest["totals"]["records_read"]
     names = {p[len(f"{bucket}/out/"):] for p in s3.find(f"{bucket}/out")}
-    assert names == {"_manifest.json", *(s["path"] for s in manifest["shards"])}
+    assert names == {"_manifest.json", *(s["path"] for s in manifest["shards"]), *(f["path"] for f in manifest["state"])}

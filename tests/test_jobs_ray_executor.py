@@ -75,7 +75,7 @@ def check_exact(root: Path, good: set[str]) -> dict[str, Any]:
     assert len(ids) == len(set(ids))
     assert set(ids) == good
     on_disk = {f"{p.parent.name}/{p.name}" for p in (root / "out").glob("*/part-*")}
-    assert on_disk == {s["path"] for s in manifest["shards"]}
+    assert on_disk == {s["path"] for s in manifest["shards"]} | {f["path"] for f in manifest["state"]}
     return manifest
 
 

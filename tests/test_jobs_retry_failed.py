@@ -37,6 +37,7 @@ async def test_retry_failed_moves_successes_to_data(tmp_path: Path) -> None:
     assert result.totals["rows_embedded"] == 300 and result.totals["rows_failed"] == 2
     assert result.totals["prompt_tokens"] == stats["prompt_tokens"]
     assert result.totals["requests"] == first.totals["requests"] + stats["requests"]
-    listed = {s["path"] for s in json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"]}
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    listed = {s["path"] for s in manifest["shards"]} | {f["path"] for f in manifest["state"]}
     on_disk = {f"{p.parent.name}/{p.name}" for p in (tmp_path / "out").glob("*/part-*")}
     assert listed == on_disk  # the replaced errors shards are gone from disk too

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import Config
+from state_helpers import read_state
 from pipeline.jobs.run import run_job
 from pipeline.serve.app import ServerOptions, running_server
 
@@ -297,7 +298,7 @@ async def test_four_workers_share_one_big_file(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)) == 5000
     assert stats["duplicate_inputs_embedded"] == 0
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    pieces = [k for k in manifest["progress"] if "#" in k]
+    pieces = [k for k in read_state(tmp_path / "out").progress if "#" in k]
     assert len(pieces) > 8  # both files were cut into pieces
     ranks = {s["path"][len("data/part-"):][:5] for s in manifest["shards"]}
     assert ranks == {"00000", "00001", "00002", "00003"}
@@ -394,7 +395,8 @@ async def test_a_deleted_shard_is_rebuilt_by_the_next_run(tmp_path: Path) -> Non
     ids = data["id"].to_pylist()
     assert len(ids) == len(set(ids)) == 1500
     assert second.totals["rows_embedded"] == 1500 and second.totals["records_read"] == lines + 502
-    listed = {s["path"] for s in json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"]}
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    listed = {s["path"] for s in manifest["shards"]} | {f["path"] for f in manifest["state"]}
     on_disk = {f"{p.parent.name}/{p.name}" for p in (tmp_path / "out").glob("*/part-*")}
     assert listed == on_disk
 

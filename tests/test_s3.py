@@ -23,6 +23,7 @@ import s3fs
 from moto.server import ThreadedMotoServer
 
 from conftest import ROOT, pipeline_cmd, run_cli, serve_process
+from state_helpers import read_state
 from pipeline.config import SinkConfig, SourceConfig
 from pipeline.errors import CommitFailed, SinkError
 from pipeline.dataset.manifest import utc_now
@@ -209,12 +210,14 @@ def test_run_s3_to_s3_every_record_once(first_run: dict[str, Any]) -> None:
     assert (error["error_type"], error["source"], error["location"]) == (
         "invalid_json", f"s3://{bucket}/docs/2024/a.jsonl.gz", 101)
     assert manifest["runs"][-1]["status"] == "completed"
-    assert all(location > 0 for location in manifest["progress"].values())
-    assert set(manifest["progress"]) == {f"s3://{p}" for p in s3.find(f"{bucket}/docs")}
+    progress = read_state(f"{bucket}/out", s3).progress
+    assert all(location > 0 for location in progress.values())
+    assert set(progress) == {f"s3://{p}" for p in s3.find(f"{bucket}/docs")}
     # the lease is released, and nothing but the dataset was written
     assert s3.find(f"{bucket}/out/_locks") == []
     names = [p[len(f"{bucket}/out/"):] for p in s3.find(f"{bucket}/out")]
-    assert sorted(names) == sorted(["_manifest.json", *(s["path"] for s in manifest["shards"])])
+    assert sorted(names) == sorted(["_manifest.json", *(s["path"] for s in manifest["shards"]),
+                                    *(f["path"] for f in manifest["state"])])
 
 
 def test_inspect_reads_an_s3_dataset(first_run: dict[str, Any]) -> None:
@@ -378,7 +381,7 @@ def test_failed_multipart_upload_leaves_no_object(s3: s3fs.S3FileSystem, monkeyp
     assert s3.find(f"{bucket}/ds/data") == []
     assert s3.list_multipart_uploads(bucket) == []
     manifest = json.loads(s3.cat_file(f"{bucket}/ds/_manifest.json"))
-    assert manifest["shards"] == [] and manifest["progress"] == {}
+    assert manifest["shards"] == [] and read_state(f"{bucket}/ds", s3).progress == {}
 
 
 def test_multipart_shard_is_whole_once_listed(s3: s3fs.S3FileSystem, monkeypatch: pytest.MonkeyPatch) -> None:

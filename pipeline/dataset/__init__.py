@@ -9,7 +9,9 @@
 - :mod:`.shard_writer`, :mod:`.tables`: one shard file being written; rows as Arrow tables
 - :mod:`.shards`: the one reader of a shard file (Parquet or Arrow IPC)
 - :mod:`.retrying`: store operations retried while the store blinks
-- :mod:`.manifest`: ``_manifest.json``, the ledger (shards, totals, runs, resume state)
+- :mod:`.manifest`: ``_manifest.json``, the ledger (shards, totals, runs, the state files)
+- :mod:`.state`, :mod:`.state_files`: the per-input resume state, and its ``_state/`` Parquet files
+  (one per commit, with what it changed; merged now and then)
 - :mod:`.lease`: one writer per rank
 - :mod:`.reuse_index`: the content-hash index of an earlier dataset (``run.reuse_from``)
 - :mod:`.inspect`: ``pipeline inspect``'s view, checked against the files

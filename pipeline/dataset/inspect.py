@@ -9,6 +9,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.dataset import state_files
 from pipeline.dataset.manifest import MANIFEST, load_dataset_manifest
 from pipeline.dataset.shards import open_shard, read_shard_footer
 from pipeline.storage import join
@@ -40,6 +41,8 @@ def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
         except (OSError, pa.ArrowException, orjson.JSONDecodeError) as exc:
             problems.append(f"{entry['path']}: unreadable ({exc})")
         else:
+            if meta is not None:  # shards of format 1 carry their sources and marks too (now in _state/)
+                meta = {k: v for k, v in meta.items() if k not in ("sources", "marks")}
             check["file_rows"] = rows
             check["metadata_matches"] = meta == own
             if rows != entry.get("rows"):
@@ -60,7 +63,9 @@ def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
         "shards": shards,
         "data_shards": sum(1 for s in manifest.shards if s["kind"] == "data"),
         "error_shards": sum(1 for s in manifest.shards if s["kind"] == "errors"),
-        "files_in_progress": len(manifest.progress),
+        "files_in_progress": len(state_files.load(fs, root, manifest).progress),
+        "state_files": len(manifest.state_files),
+        "state_bytes": sum(f["bytes"] for f in manifest.state_files),
         "problems": problems,
         "ok": not problems,
     }

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.manifest import Manifest, manifest_name, save_rank
 from pipeline.dataset.retrying import StoreRetry
+from pipeline.dataset.state_files import persist
 from pipeline.errors import CommitFailed, SinkError
 from pipeline.storage import STORE_ERRORS, Location, describe, join
 
@@ -38,10 +39,17 @@ class Ledger:
         self._etag: str | None = self._current_etag() if self.fenced else None
 
     def save(self, manifest: Manifest) -> None:
-        """Save ``manifest`` as this rank's, if the lease is still ours; :class:`CommitFailed` otherwise."""
+        """Save ``manifest`` as this rank's, if the lease is still ours; :class:`CommitFailed` otherwise.
+
+        What changed in its resume state is written first (a file the save
+        lists); state files the save no longer lists are deleted after it.
+        """
+        retired: list[str] = []
         with self._lease.exclusive() if self._lease is not None else nullcontext():
             self.renew()
             try:
+                retired = self._retry(lambda: persist(self._where.fs, self._where.root, self._rank, manifest,
+                                                      fenced=self.fenced), "writing the resume state")
                 self._retry(lambda: self._save_once(manifest), "saving the manifest")
             except SinkError as exc:
                 raise CommitFailed(str(exc)) from exc
@@ -55,6 +63,11 @@ class Ledger:
                     f"cannot save the manifest of {self._where.url}: {describe(exc)}; what was committed before "
                     "is intact, run again to resume"
                 ) from exc
+        for path in retired:  # listed nowhere now; a crash before this leaves files the next start deletes
+            try:
+                self._where.fs.rm_file(path)
+            except (OSError, *STORE_ERRORS):
+                pass
 
     def renew(self) -> None:
         """Heartbeat the lease (retried while the store blinks); :class:`CommitFailed` when it is lost."""

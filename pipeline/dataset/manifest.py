@@ -1,12 +1,16 @@
 """The dataset's ledger: ``_manifest.json``.
 
 The manifest names every committed shard with its accounting (rows, requests,
-tokens, the records it completed and how far each input file is done), the
-runs that wrote them, and how far each input file is committed (``progress``,
-what a re-run resumes from). A shard file exists before the manifest lists
-it, so a reader that goes by the manifest never sees a half-written shard.
-``totals`` are always recomputed from the shard entries, so they match the
-files.
+tokens, the records it completed), the runs that wrote them, and the files
+of the resume state (``state``): how far each input is committed, the
+signature it had, which shards hold its rows (see :mod:`state`). A shard
+file exists before the manifest lists it, so a reader that goes by the
+manifest never sees a half-written shard. ``totals`` are always recomputed
+from the shard entries, so they match the files.
+
+A manifest of format 1 kept that state in itself (``progress``, ``files``,
+``offsets``, ``ends``, and ``sources`` and ``marks`` in its shard entries);
+it opens, and the next save writes its state to files.
 
 With ``world_size > 1`` each rank keeps its own part in
 ``_manifests/{rank:05d}.json``; :func:`merge` combines the parts.
@@ -25,11 +29,14 @@ import fsspec
 import orjson
 import pyarrow as pa
 
+from pipeline.dataset.state import State, of_url  # noqa: F401 (of_url: for the modules that import it here)
 from pipeline.errors import SinkError
 from pipeline.storage import is_local, join
-from pipeline.types import END_OF_FILE, Counts, Mark
+from pipeline.types import Counts, Mark
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the previous format, whose state is taken in on open
+LEGACY_VERSIONS = (1,)
 MANIFEST = "_manifest.json"
 RANK_MANIFESTS = "_manifests"
 
@@ -48,11 +55,6 @@ def shard_rank_seq(path: str) -> tuple[int, int] | None:
     """The (rank, seq) in a shard path, or None when it is not a shard name."""
     m = SHARD_NAME.search(path)
     return (int(m.group(1)), int(m.group(2))) if m else None
-
-
-def of_url(key: str, url: str) -> bool:
-    """Whether resume key ``key`` is input ``url`` or one of its pieces (``url#bytes=...``)."""
-    return key == url or (key.startswith(url) and key[len(url)] == "#")
 
 
 def manifest_name(rank: int = 0, world_size: int = 1) -> str:
@@ -86,22 +88,23 @@ class Manifest:
     dimensions: int | None = None
     shards: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
-    progress: dict[str, int] = field(default_factory=dict)
     #: columns of ``data/`` as ``{"name", "type"}``; every shard's schema casts to it
     schema: list[dict[str, str]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     #: the ``chunking`` section the dataset was cut with (a rerun with another is refused)
     chunking: dict[str, Any] | None = None
-    #: input file url → its signature (size and mtime or ETag) when it was last read
-    files: dict[str, str] = field(default_factory=dict)
-    #: input file url → ``[lines before, byte offset]`` checkpoints, to resume big files by seeking
-    offsets: dict[str, list[list[int]]] = field(default_factory=dict)
     #: the model the server says answered (``model`` of its answers), when it said
     reported_model: str | None = None
-    #: input key → the location of its last record, once the whole input is done (to read on after it)
-    ends: dict[str, int] = field(default_factory=dict)
+    #: the resume state's files, oldest first: ``{"path", "rows", "bytes"}`` (see :mod:`state_files`)
+    state_files: list[dict[str, Any]] = field(default_factory=list)
     #: keys this version does not know, kept so that saving does not drop them
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the resume state in memory; None until :func:`state_files.load` reads it
+    state: State | None = field(default_factory=State, repr=False, compare=False)
+    #: what the files after the first hold (input names, shard paths), for merging them
+    state_held: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict, repr=False, compare=False)
+    #: the ranks' manifests this one was merged from
+    parts: list[Manifest] = field(default_factory=list, repr=False, compare=False)
 
     # ------------------------------------------------------------ construction
 
@@ -116,9 +119,10 @@ class Manifest:
         if not isinstance(data, dict):
             raise SinkError(f"{where}: not a pipeline manifest (expected a JSON object)")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION and version not in LEGACY_VERSIONS:
             raise SinkError(
-                f"{where}: format_version {version!r} is not supported (this pipeline writes {FORMAT_VERSION})"
+                f"{where}: format_version {version!r} is not supported (this pipeline writes {FORMAT_VERSION}); "
+                "use another sink.path, or `pipeline run --fresh` to start the dataset over"
             )
         try:
             known = {
@@ -128,22 +132,23 @@ class Manifest:
                 "dimensions": data.get("dimensions"),
                 "shards": [dict(s) for s in data.get("shards") or []],
                 "runs": [dict(r) for r in data.get("runs") or []],
-                "progress": {str(k): int(v) for k, v in (data.get("progress") or {}).items()},
                 "schema": [dict(c) for c in data.get("schema") or []],
                 "chunking": dict(data["chunking"]) if data.get("chunking") is not None else None,
-                "files": {str(k): str(v) for k, v in (data.get("files") or {}).items()},
-                "offsets": {str(k): [[int(n), int(o)] for n, o in v] for k, v in (data.get("offsets") or {}).items()},
                 "reported_model": str(data["reported_model"]) if data.get("reported_model") else None,
-                "ends": {str(k): int(v) for k, v in (data.get("ends") or {}).items()},
+                "state_files": [{"path": str(f["path"]), "rows": int(f["rows"]), "bytes": int(f.get("bytes", 0))}
+                                for f in data.get("state") or []],
             }
-        except (KeyError, TypeError, ValueError) as exc:
+            for entry in known["shards"]:
+                if not isinstance(entry.get("path"), str) or entry.get("kind") not in ("data", "errors"):
+                    raise SinkError(f"{where}: malformed shard entry {entry!r}")
+            state = State.from_legacy(data, known["shards"]) if version in LEGACY_VERSIONS else None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SinkError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
-        for entry in known["shards"]:
-            if not isinstance(entry.get("path"), str) or entry.get("kind") not in ("data", "errors"):
-                raise SinkError(f"{where}: malformed shard entry {entry!r}")
-        skip = set(known) | {"format_version", "totals"}
+        if state is None and not known["state_files"]:
+            state = State()  # nothing to read
+        skip = set(known) | {"format_version", "totals", "state", "progress", "files", "offsets", "ends"}
         extra = {k: v for k, v in data.items() if k not in skip}
-        return cls(**known, extra=extra)
+        return cls(**known, extra=extra, state=state)
 
     @classmethod
     def load(cls, fs: fsspec.AbstractFileSystem, root: str, name: str = MANIFEST) -> Manifest | None:
@@ -176,30 +181,16 @@ class Manifest:
         """:attr:`counts` by name, as ``_manifest.json`` shows them."""
         return self.counts.as_dict()
 
+    @property
+    def loaded(self) -> State:
+        """The resume state; it must have been loaded (:func:`state_files.load`)."""
+        if self.state is None:
+            raise RuntimeError("the manifest's resume state was not loaded (state_files.load)")
+        return self.state
+
     def done_upto(self, key: str) -> int:
         """How far input ``key`` (a file url, plus its piece) is committed: a location, 0 if not started."""
-        return self.progress.get(key, 0)
-
-    def restart(self, key: str, url: str) -> None:
-        """Input ``key`` changed: read it again from the top, forgetting its checkpoints."""
-        self.progress.pop(key, None)
-        self.ends.pop(key, None)
-        self.offsets.pop(url, None)
-
-    def read_on(self, key: str) -> bool:
-        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
-        if key not in self.ends:
-            return False
-        self.progress[key] = self.ends.pop(key)
-        return True
-
-    def forget(self, url: str) -> None:
-        """Input ``url`` is gone: drop its signature, checkpoints and the progress of its every piece."""
-        self.files.pop(url, None)
-        self.offsets.pop(url, None)
-        for key in [k for k in self.progress if of_url(k, url)]:
-            self.progress.pop(key, None)
-            self.ends.pop(key, None)
+        return self.loaded.done_upto(key)
 
     def last_seq(self, rank: int, kind: str) -> int:
         """The highest shard seq of ``kind`` committed by ``rank``, or -1."""
@@ -212,8 +203,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (with ``totals``)."""
-        optional = {"chunking": self.chunking, "files": self.files, "offsets": self.offsets,
-                    "reported_model": self.reported_model, "ends": self.ends}
+        optional = {"chunking": self.chunking, "reported_model": self.reported_model}
         return {
             **self.extra,
             **{k: v for k, v in optional.items() if v},
@@ -226,7 +216,7 @@ class Manifest:
             "shards": self.shards,
             "totals": self.totals,
             "runs": self.runs,
-            "progress": self.progress,
+            "state": self.state_files,
         }
 
     def to_json(self) -> bytes:
@@ -269,16 +259,11 @@ class Manifest:
         """Record the shards of one commit and how far each input file is now done.
 
         An input reaching ``END_OF_FILE`` keeps the location of its last
-        record in :attr:`ends` (``last`` holds this commit's, by key).
+        record (``last`` holds this commit's, by key; see :meth:`State.advance`).
         """
         self.shards.extend(entries)
         items = marks.items() if isinstance(marks, dict) else marks
-        for url, location in items:
-            before = self.progress.get(url, -1)
-            if location > before:
-                self.progress[url] = int(location)
-                if location >= END_OF_FILE:
-                    self.ends[url] = max((last or {}).get(url, 0), before)
+        self.loaded.advance(items, last)
         if schema is not None:
             self.schema = merge_schema(self.schema, describe_schema(schema))
 
@@ -405,18 +390,17 @@ def merge(manifests: Iterable[Manifest]) -> Manifest:
         raise ValueError("merge() needs at least one manifest")
     first = parts[0]
     out = Manifest.new(first.model, first.input_type, first.embedding_type)
+    out.state, out.parts = None, parts  # read from the parts' files when asked (state_files.load)
     for part in parts:
         out.check_compatible(part.model, part.input_type, part.embedding_type)
         if part.dimensions is not None:
             out.set_dimensions(part.dimensions)
-        out.add_commit(part.shards, part.progress)
+        out.shards.extend(part.shards)
         out.schema = merge_schema(out.schema, part.schema)
         out.runs.extend(part.runs)
         out.chunking = out.chunking or part.chunking
         out.reported_model = out.reported_model or part.reported_model
-        out.files.update(part.files)
-        out.offsets.update(part.offsets)
-        out.ends.update(part.ends)
+        out.state_files.extend(part.state_files)
         for key, value in part.extra.items():
             out.extra.setdefault(key, value)
     out.shards.sort(key=lambda s: s["path"])

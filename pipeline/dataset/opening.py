@@ -6,11 +6,11 @@ from typing import Any
 
 import fsspec
 
+from pipeline.dataset import state_files
 from pipeline.dataset.manifest import Manifest, load_rank, shard_rank_seq
 from pipeline.errors import SinkError
 from pipeline.logs import get_logger
 from pipeline.storage import join
-from pipeline.types import END_OF_FILE
 
 KINDS = ("data", "errors")
 
@@ -23,10 +23,11 @@ def load_or_create(
     fs: fsspec.AbstractFileSystem, root: str, where: str, rank: int, world_size: int,
     model: str, input_type: str | None, embedding_type: str,
 ) -> Manifest:
-    """This rank's manifest, checked against the config, or a new one for an empty place."""
+    """This rank's manifest (with its resume state), checked against the config, or a new one for an empty place."""
     manifest = load_rank(fs, root, rank, world_size)
     if manifest is not None:
         manifest.check_compatible(model, input_type, embedding_type, where=where)
+        state_files.load(fs, root, manifest)
         return manifest
     leftovers = [p for k in KINDS for p in _glob(fs, root, f"{k}/part-{rank:05d}-*")]
     if leftovers:
@@ -63,18 +64,17 @@ def forget_missing(fs: fsspec.AbstractFileSystem, root: str, where: str, rank: i
     first = mine.index(missing[0])
     dropped = mine[first:]
     names = ", ".join(s["path"] for s in missing[:3]) + (", ..." if len(missing) > 3 else "")
-    if any(s["rows"] and not s.get("marks") and s["kind"] == "data" for s in dropped):
+    state = manifest.loaded
+    if any(s["rows"] and not state.marks.get(s["path"]) and s["kind"] == "data" for s in dropped):
         raise SinkError(
             f"{where}: {len(missing)} listed shard(s) are missing ({names}) and pipeline retry-failed "
             "moved rows after them; restore the files, or `pipeline run --fresh` to start the dataset over"
         )
     kept = [s for s in manifest.shards if s not in dropped]
     manifest.shards[:] = kept
-    manifest.progress.clear()
-    for entry in kept:
-        for key, location in (entry.get("marks") or {}).items():
-            manifest.progress[key] = max(int(location), manifest.progress.get(key, -1))
-    manifest.ends = {k: v for k, v in manifest.ends.items() if manifest.progress.get(k, 0) >= END_OF_FILE}
+    state.rebuild_progress([s["path"] for s in kept])
+    for entry in dropped:
+        state.drop_shard(entry["path"])
     get_logger().warning(
         "shards_missing", missing=names, count=len(missing), rebuilding_rows=sum(s["rows"] for s in dropped),
         hint="these shards and the later ones of this rank leave the manifest; their rows are embedded again",
@@ -82,11 +82,12 @@ def forget_missing(fs: fsspec.AbstractFileSystem, root: str, where: str, rank: i
 
 
 def clean_up(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Manifest) -> None:
-    """Delete this rank's temp files and the shard files the manifest does not list.
+    """Delete this rank's temp files and the shard and state files the manifest does not list.
 
-    Those are left by a crash between publishing a shard and saving the
-    manifest, or between retiring a shard and deleting its file.
+    Those are left by a crash between publishing a shard (or writing a state
+    file) and saving the manifest, or between retiring one and deleting it.
     """
+    state_files.clean_up(fs, root, rank, manifest)
     listed = {join(root, s["path"]) for s in manifest.shards}
     for kind in KINDS:
         stray = _glob(fs, root, f"{kind}/.part-{rank:05d}-*.tmp")

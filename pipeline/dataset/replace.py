@@ -4,9 +4,9 @@ A shard file is never edited: a shard holding rows of a source that changed
 or went away is copied without them into a new shard file, which the same
 manifest save lists in place of the old one. The old file is deleted only
 after that save; a crash in between leaves a file the manifest does not
-list, which the next start deletes. An entry knows the sources of its rows
-(``sources``: url → the records it completed); entries written before that
-field existed are asked their ``source`` column.
+list, which the next start deletes. The resume state knows the sources of
+each shard's rows (url → the records it completed, see :mod:`state`); shards
+written before entries knew them are asked their ``source`` column.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from pipeline.dataset.manifest import Manifest, of_url
 from pipeline.dataset.shard_writer import ShardWriter
 from pipeline.dataset.shards import open_shard
+from pipeline.dataset.state import State
 from pipeline.storage import join
 
 #: rows copied at a time (8192 float vectors of 1024 dimensions: 32 MB)
@@ -33,14 +34,16 @@ NewShard = Callable[[str, pa.Schema], ShardWriter]
 
 
 def sources_in(
-    fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any], read: dict[str, set[str]] | None = None
-) -> set[str]:
-    """The sources whose rows shard ``entry`` holds (its ``sources``, else its ``source`` column).
+    fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any], state: State,
+    read: dict[str, set[str]] | None = None,
+) -> set[str] | dict[str, int]:
+    """The sources whose rows shard ``entry`` holds (as the state says, else its ``source`` column).
 
     ``read`` keeps what the columns said, by shard path: a shard file never changes.
     """
-    if entry.get("sources") is not None:
-        return set(entry["sources"])
+    known = state.sources_of(entry["path"])
+    if known is not None:
+        return known
     if read is not None and entry["path"] in read:
         return read[entry["path"]]
     values: set[str] = set()
@@ -55,11 +58,16 @@ def sources_in(
 
 
 def affected(
-    fs: fsspec.AbstractFileSystem, root: str, entries: Iterable[dict[str, Any]], urls: set[str],
+    fs: fsspec.AbstractFileSystem, root: str, entries: Iterable[dict[str, Any]], urls: set[str], state: State,
     read: dict[str, set[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """The entries among ``entries`` that hold rows (or records) of one of ``urls``."""
-    return [e for e in entries if sources_in(fs, root, e, read) & urls]
+    out = []
+    for e in entries:
+        sources = sources_in(fs, root, e, state, read)
+        if any(u in sources for u in urls):
+            out.append(e)
+    return out
 
 
 def rewrite(
@@ -69,12 +77,14 @@ def rewrite(
     urls: set[str],
     new_shard: NewShard,
     publish: Callable[[ShardWriter, dict[str, Any]], None],
+    state: State,
 ) -> dict[str, Any] | None:
     """Copy shard ``entry`` without the rows of ``urls``; its new entry, or None when no row is left.
 
     The new entry keeps the old one's accounting, less the rows and records
     of ``urls`` (what the API was paid for those rows stays with the
-    entries that are left: it cannot be split by row).
+    entries that are left: it cannot be split by row); the state learns the
+    copy's sources and marks (the old shard's, less those of ``urls``).
     """
     removed_rows, removed_docs = 0, set()
     writer: ShardWriter | None = None
@@ -95,7 +105,7 @@ def rewrite(
                         writer = new_shard(entry["kind"], schema)
                     writer.append(left.cast(schema))
                     kept += left.num_rows
-        new = _without(entry, urls, removed_docs)
+        new, sources, marks = _without(entry, urls, removed_docs, state)
         if writer is None:
             if not new["records"]:
                 return None
@@ -104,6 +114,7 @@ def rewrite(
         new.update(path=writer.rel, rows=kept)
         new["rows_reused"] = min(int(new.get("rows_reused", 0)), kept if new["kind"] == "data" else 0)
         publish(writer, new)
+        state.add_shard(writer.rel, sources, marks)
         return new
     except BaseException:
         if writer is not None:
@@ -111,32 +122,37 @@ def rewrite(
         raise
 
 
-def _without(entry: dict[str, Any], urls: set[str], removed_docs: set[str]) -> dict[str, Any]:
-    """``entry``'s fields less what ``urls`` stood for (records, marks, sources)."""
+def _without(
+    entry: dict[str, Any], urls: set[str], removed_docs: set[str], state: State
+) -> tuple[dict[str, Any], dict[str, int] | None, dict[str, int]]:
+    """``entry``'s fields less what ``urls`` stood for (records); the copy's sources and marks."""
     new = dict(entry)
     new.pop("bytes", None)  # the copy's own size is recorded once it is published
-    sources = entry.get("sources")
+    sources = state.sources_of(entry["path"])
     if sources is not None:
         gone_records = sum(int(sources.get(u, 0)) for u in urls)
-        new["sources"] = {u: n for u, n in sources.items() if u not in urls}
+        kept = {u: n for u, n in sources.items() if u not in urls}
     else:  # written before entries knew their sources: a record per document is the best guess
         gone_records = len(removed_docs) if entry["kind"] == "data" or int(entry.get("records", 0)) else 0
+        kept = None  # and the copy's are not known either
     new["records"] = max(0, int(entry.get("records", 0)) - gone_records)
-    marks = entry.get("marks") or {}
-    new["marks"] = {k: v for k, v in marks.items() if not any(of_url(k, u) for u in urls)}
-    return new
+    marks = state.marks.get(entry["path"]) or {}
+    kept_marks = {k: v for k, v in marks.items() if not any(of_url(k, u) for u in urls)}
+    return new, kept, kept_marks
 
 
 
 def swap(manifest: Manifest, rewritten: list[Rewritten], gone: list[str]) -> list[dict[str, Any]]:
     """List each copy in place of its shard, forget the inputs that are ``gone``; the retired entries."""
     shards = manifest.shards
+    state = manifest.loaded
     for old, new in rewritten:
         i = shards.index(old)
+        state.drop_shard(old["path"])
         if new is None:
             del shards[i]
         else:
             shards[i] = new
     for url in gone:
-        manifest.forget(url)
+        state.forget(url)
     return [old for old, _ in rewritten]

@@ -1,4 +1,4 @@
-"""The file dataset's resume state, as the Sink protocol asks for it: read from and written to its manifest.
+"""The file dataset's resume state, as the Sink protocol asks for it: kept in ``_state/`` files the manifest lists.
 
 How far each input is committed, the signature it had when read, seek
 checkpoints, the model that answered, which inputs changed or are gone:
@@ -13,6 +13,7 @@ import fsspec
 
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import open_shard
+from pipeline.dataset.state import State
 from pipeline.storage import join
 from pipeline.types import Counts
 
@@ -44,20 +45,25 @@ class ResumeState:
         """How far input ``key`` is committed (a location; ``END_OF_FILE`` when whole)."""
         return self._manifest.done_upto(key)
 
+    @property
+    def state(self) -> State:
+        """The resume state as of the last commit, plus what this run changed since."""
+        return self._manifest.loaded
+
     def signature(self, url: str) -> str | None:
         """The signature input ``url`` had when it was last read, if it was."""
-        return self._manifest.files.get(url)
+        return self.state.files.get(url)
 
     def signatures(self) -> dict[str, str]:
         """Every input the dataset knows, with the signature it had when last read."""
-        return dict(self._manifest.files)
+        return dict(self.state.files)
 
     def set_signature(self, url: str, signature: str) -> None:
         """Record ``url``'s signature; saved with the next commit (a changed input's: with its new rows)."""
         if url in self._changed:
             self._changed[url] = signature
         else:
-            self._manifest.files[url] = signature
+            self.state.set_signature(url, signature)
 
     def restart(self, key: str, url: str) -> None:
         """Input ``key`` changed: the next read starts at its top.
@@ -66,12 +72,12 @@ class ResumeState:
         its end), together with its new signature: a reader never sees both
         versions, and a crash before that commit finds it changed again.
         """
-        self._manifest.restart(key, url)
+        self.state.restart(key, url)
         self._changed.setdefault(url, None)
 
     def append(self, key: str, url: str) -> bool:
         """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
-        return self._manifest.read_on(key)
+        return self.state.read_on(key)
 
     def remove_sources(self, urls: list[str]) -> None:
         """Rows whose ``source`` is one of ``urls`` leave with the next commit (inputs that are gone)."""
@@ -84,11 +90,11 @@ class ResumeState:
 
     def offsets(self) -> dict[str, list[list[int]]]:
         """The seek checkpoints of big input files, as saved."""
-        return {url: [list(c) for c in cs] for url, cs in self._manifest.offsets.items()}
+        return {url: [list(c) for c in cs] for url, cs in self.state.offsets.items()}
 
     def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
-        """Replace the seek checkpoints; saved with the next commit."""
-        self._manifest.offsets = offsets
+        """Replace the seek checkpoints; saved with the next commit (the changed ones)."""
+        self.state.set_offsets(offsets)
 
     def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
         """The ids and sources of this rank's committed data rows, a block at a time."""

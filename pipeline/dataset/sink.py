@@ -128,7 +128,7 @@ def open_sink(
     """This rank's sink, holding its lease, refusing a dataset made with other settings.
 
     ``fresh`` deletes an existing dataset at ``sink.path`` first (its
-    shards, manifests and errors; only with ``world_size: 1``). A
+    shards, manifests, resume state and errors; only with ``world_size: 1``). A
     ``postgresql://`` path is a :class:`~pipeline.dataset.postgres.PostgresSink`.
     ``hold_retired`` keeps shard files a commit replaced until the file
     sink closes (an index of the dataset opened at the start still reads them).
@@ -156,7 +156,7 @@ def _open_writer(
     if fresh:
         if cfg.run.world_size != 1:
             raise SinkError("--fresh deletes the whole dataset; use it with world_size 1 only")
-        for name in ("_manifest.json", "_manifests", "data", "errors"):
+        for name in ("_manifest.json", "_manifests", "_state", "data", "errors"):
             if fs.exists(f"{root}/{name}"):
                 fs.rm(f"{root}/{name}", recursive=True)
     chunking = cfg.chunking.model_dump()

@@ -190,6 +190,7 @@ class DatasetWriter(ResumeState):
             )
             if old is not None:
                 self._manifest.shards.remove(old)
+                self.state.drop_shard(old["path"])
                 retired.append(old)
             retired += self._swap(rewritten, removing)
             self._open.clear()
@@ -322,14 +323,14 @@ class DatasetWriter(ResumeState):
             entry["bytes"] = shard.size  # in the manifest only, as for any shard
 
         return [
-            (old, rewrite(self.fs, self.root, old, urls, self._new_shard, publish))
-            for old in affected(self.fs, self.root, self._manifest.shards, urls, self._sources_read)
+            (old, rewrite(self.fs, self.root, old, urls, self._new_shard, publish, self.state))
+            for old in affected(self.fs, self.root, self._manifest.shards, urls, self.state, self._sources_read)
         ]
 
     def _swap(self, rewritten: list[Rewritten], removing: dict[str, bool]) -> list[dict[str, Any]]:
         """List the rewritten shards in place of the old ones; the old entries, now retired."""
         retired = swap(self._manifest, rewritten, [url for url, gone in removing.items() if gone])
-        self._manifest.files.update(self._new_signatures)
+        self.state.set_signatures(self._new_signatures)
         self._new_signatures = {}
         return retired
 
@@ -343,6 +344,7 @@ class DatasetWriter(ResumeState):
             if shard is None:
                 continue
             counts = self._pending.entry_fields(kind, owner=kind == owner)
+            sources, marks = counts.pop("sources"), counts.pop("marks")  # in the resume state
             entry = {
                 "path": shard.rel,
                 "kind": kind,
@@ -354,6 +356,7 @@ class DatasetWriter(ResumeState):
             shard.publish(entry, self._retry)
             # in the manifest only (the file cannot hold its own size): a run checks it at start
             entry["bytes"] = shard.size
+            self.state.add_shard(shard.rel, sources, marks)
             entries.append(entry)
         return entries
 

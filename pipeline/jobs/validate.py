@@ -17,8 +17,10 @@ from pipeline.config import Config
 from pipeline.embed.limits import describe_budget
 from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkError, SourceError
-from pipeline.dataset.manifest import Manifest, load_rank
+from pipeline.dataset import state_files
+from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.postgres_schema import is_postgres
+from pipeline.dataset.state import State
 from pipeline.jobs.changes import compare
 from pipeline.jobs.inputs import list_inputs, list_source, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
@@ -220,23 +222,23 @@ def _check_postgres(cfg: Config) -> SinkCheck:
 
 
 def describe_changes(cfg: Config) -> list[str]:
-    """How the listing compares with the file dataset at ``sink.path`` (no line when there is none yet)."""
+    """How the listing compares with the dataset or table at ``sink.path`` (no line when there is none yet)."""
     if is_postgres(cfg.sink.path):
-        view: Any = _postgres_view(cfg)
+        state = _postgres_state(cfg)
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
-        view = ManifestView(manifest) if manifest is not None else None
-    if view is None:
+        state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
+    if state is None:
         return []
     fs, listed, mine = list_source(cfg)
-    changes = compare(view, fs, mine, listed)
+    changes = compare(StateView(state), fs, mine, listed)
     c = changes.counts()
     line = (f"changes since the dataset: new {c['new'] + c['resumed']:,}, changed {c['changed']:,}, "
             f"appended {c['appended']:,}, deleted {c['deleted']:,}, unchanged {c['unchanged']:,}")
     if c["deleted"] and cfg.run.on_deleted == "keep":
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
-    known = len(view.signatures())
+    known = len(state.files)
     if cfg.run.on_deleted == "remove" and known and c["deleted"] / known > cfg.run.max_removed_fraction:
         line += (f"; a run would stop: removing {c['deleted'] / known:.0%} of the files is more than "
                  f"run.max_removed_fraction={cfg.run.max_removed_fraction:g}")
@@ -244,22 +246,22 @@ def describe_changes(cfg: Config) -> list[str]:
 
 
 class StateView:
-    """A Postgres sink's resume state seen as the part of a sink that :func:`compare` asks (read only)."""
+    """A dataset's resume state seen as the part of a sink that :func:`compare` asks (read only)."""
 
-    def __init__(self, files: dict[str, str], progress: dict[str, int]) -> None:
-        self._files, self._progress = files, progress
+    def __init__(self, state: State) -> None:
+        self._s = state
 
     def signature(self, url: str) -> str | None:
-        return self._files.get(url)
+        return self._s.files.get(url)
 
     def signatures(self) -> dict[str, str]:
-        return dict(self._files)
+        return dict(self._s.files)
 
     def done_upto(self, key: str) -> int:
-        return self._progress.get(key, 0)
+        return self._s.done_upto(key)
 
 
-def _postgres_view(cfg: Config) -> StateView | None:
+def _postgres_state(cfg: Config) -> State | None:
     """This rank's rows of ``{table}_state``; None when there is no table (or it cannot be read)."""
     import psycopg
 
@@ -271,26 +273,12 @@ def _postgres_view(cfg: Config) -> StateView | None:
             name = psycopg.sql.Identifier(f"{cfg.sink.table}_state").as_string(conn)
             if conn.execute("SELECT to_regclass(%s)", [name]).fetchone() in (None, (None,)):
                 return None
-            state = ResumeState(conn, Names(cfg.sink.table), cfg.run.rank)
+            table = ResumeState(conn, Names(cfg.sink.table), cfg.run.rank)
     except psycopg.Error:  # the sink line says what is wrong with the database
         return None
-    return StateView(state.files, state.progress)
-
-
-class ManifestView:
-    """A manifest seen as the part of a sink that :func:`compare` asks (read only)."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self._m = manifest
-
-    def signature(self, url: str) -> str | None:
-        return self._m.files.get(url)
-
-    def signatures(self) -> dict[str, str]:
-        return dict(self._m.files)
-
-    def done_upto(self, key: str) -> int:
-        return self._m.done_upto(key)
+    state = State()
+    state.files, state.progress, state.ends = table.files, table.progress, table.ends
+    return state
 
 
 # --------------------------------------------------------------------------- files left out

@@ -1,0 +1,190 @@
+"""Per-input resume state, kept in Parquet files under ``_state/`` rather than in ``_manifest.json``.
+
+How far each input key is committed (``progress``, ``end``), the signature
+each input file had when read, its seek checkpoints (``offsets``), and for
+each shard the sources of its rows (url → records it completed) and the
+resume marks it carries: state that grows with the number of inputs. Each
+commit writes one file holding only what changed (:mod:`state_files`), and
+the manifest save lists it, so the switch of ``_manifest.json`` publishes
+the rows and the state together. Loading reads the listed files in order;
+the last row of a name wins, a ``deleted`` row drops it.
+
+:class:`State` is that state in memory, with what changed since it was last
+written (see :attr:`State.dirty`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from pipeline.types import END_OF_FILE
+
+
+def of_url(key: str, url: str) -> bool:
+    """Whether resume key ``key`` is input ``url`` or one of its pieces (``url#bytes=...``)."""
+    return key == url or (key.startswith(url) and key[len(url)] == "#")
+
+
+class State:
+    """The resume state of one rank's inputs (or of a whole dataset, when loaded for reading)."""
+
+    def __init__(self) -> None:
+        #: input key → the location its commits reach (``END_OF_FILE`` once whole)
+        self.progress: dict[str, int] = {}
+        #: input key → the location of its last record, once the whole input is done (to read on after it)
+        self.ends: dict[str, int] = {}
+        #: input file url → its signature (size and mtime or ETag) when it was last read
+        self.files: dict[str, str] = {}
+        #: input file url → ``[lines before, byte offset]`` checkpoints, to resume big files by seeking
+        self.offsets: dict[str, list[list[int]]] = {}
+        #: shard path → the sources of its rows, with the records each completed there
+        self.sources: dict[str, dict[str, int]] = {}
+        #: shard path → the resume marks of its commit (input key → location)
+        self.marks: dict[str, dict[str, int]] = {}
+        #: input names and shard paths changed since the state was last written
+        self.dirty: set[str] = set()
+        self.dirty_shards: set[str] = set()
+        #: everything must be written again (a dataset of the previous format, or a rebuild)
+        self.whole = False
+
+    # ------------------------------------------------------------ inputs
+
+    def done_upto(self, key: str) -> int:
+        """How far input ``key`` (a file url, plus its piece) is committed: a location, 0 if not started."""
+        return self.progress.get(key, 0)
+
+    def set_signature(self, url: str, signature: str) -> None:
+        """Record the signature input ``url`` had when read."""
+        if self.files.get(url) != signature:
+            self.files[url] = signature
+            self.dirty.add(url)
+
+    def set_signatures(self, signatures: dict[str, str]) -> None:
+        """:meth:`set_signature` for each."""
+        for url, signature in signatures.items():
+            self.set_signature(url, signature)
+
+    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
+        """Replace the seek checkpoints (only those that changed become dirty)."""
+        for url in [u for u in self.offsets if u not in offsets]:
+            del self.offsets[url]
+            self.dirty.add(url)
+        for url, checkpoints in offsets.items():
+            value = [[int(n), int(o)] for n, o in checkpoints]
+            if self.offsets.get(url) != value:
+                self.offsets[url] = value
+                self.dirty.add(url)
+
+    def restart(self, key: str, url: str) -> None:
+        """Input ``key`` changed: read it again from the top, forgetting its checkpoints."""
+        for table, name in ((self.progress, key), (self.ends, key), (self.offsets, url)):
+            if table.pop(name, None) is not None:
+                self.dirty.add(name)
+
+    def read_on(self, key: str) -> bool:
+        """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
+        if key not in self.ends:
+            return False
+        self.progress[key] = self.ends.pop(key)
+        self.dirty.add(key)
+        return True
+
+    def forget(self, url: str) -> None:
+        """Input ``url`` is gone: drop its signature, checkpoints and the progress of its every piece."""
+        self.files.pop(url, None)
+        self.offsets.pop(url, None)
+        self.dirty.add(url)
+        for key in [k for k in self.progress if of_url(k, url)]:
+            self.progress.pop(key, None)
+            self.ends.pop(key, None)
+            self.dirty.add(key)
+
+    def advance(self, marks: Iterable[tuple[str, int]], last: dict[str, int] | None = None) -> None:
+        """Record how far each input key is now committed.
+
+        A key reaching ``END_OF_FILE`` keeps the location of its last record
+        in :attr:`ends` (``last`` holds this commit's, by key).
+        """
+        for key, location in marks:
+            before = self.progress.get(key, -1)
+            if location > before:
+                self.progress[key] = int(location)
+                self.dirty.add(key)
+                if location >= END_OF_FILE:
+                    self.ends[key] = max((last or {}).get(key, 0), before)
+
+    # ------------------------------------------------------------ shards
+
+    def add_shard(self, path: str, sources: dict[str, int] | None, marks: dict[str, int]) -> None:
+        """Shard ``path`` holds rows (or records) of ``sources`` (None: unknown) and carries resume ``marks``."""
+        if sources is not None:
+            self.sources[path] = dict(sources)
+        self.marks[path] = dict(marks)
+        self.dirty_shards.add(path)
+
+    def drop_shard(self, path: str) -> None:
+        """Shard ``path`` left the dataset."""
+        self.sources.pop(path, None)
+        self.marks.pop(path, None)
+        self.dirty_shards.add(path)
+
+    def sources_of(self, path: str) -> dict[str, int] | None:
+        """The sources of shard ``path``'s rows (url → records), None when the state does not know them."""
+        return self.sources.get(path)
+
+    def rebuild_progress(self, kept: list[str]) -> None:
+        """Only the shards ``kept`` remain: how far each input is done is what their marks say."""
+        before = set(self.progress)
+        self.progress = {}
+        for path in kept:
+            for key, location in (self.marks.get(path) or {}).items():
+                self.progress[key] = max(int(location), self.progress.get(key, -1))
+        self.ends = {k: v for k, v in self.ends.items() if self.progress.get(k, 0) >= END_OF_FILE}
+        self.dirty |= before | set(self.progress)
+
+    # ------------------------------------------------------------ rows
+
+    def names(self) -> set[str]:
+        """Every input name the state holds something of."""
+        return set(self.progress) | set(self.ends) | set(self.files) | set(self.offsets)
+
+    def shard_paths(self) -> set[str]:
+        """Every shard the state holds sources or marks of."""
+        return set(self.sources) | set(self.marks)
+
+    def update(self, other: State) -> None:
+        """Take in everything ``other`` holds (another rank's state)."""
+        for mine, theirs in ((self.progress, other.progress), (self.ends, other.ends), (self.files, other.files),
+                             (self.offsets, other.offsets), (self.sources, other.sources), (self.marks, other.marks)):
+            mine.update(theirs)
+
+    def clean(self) -> None:
+        """Everything is written: nothing is dirty any more."""
+        self.dirty = set()
+        self.dirty_shards = set()
+        self.whole = False
+
+    def apply_shard(self, path: str, deleted: bool, sources: dict[str, int] | None, marks: dict[str, int]) -> None:
+        """Take one shard row as read from a state file (``sources`` None: unknown, asked of its rows)."""
+        self.sources.pop(path, None)
+        self.marks.pop(path, None)
+        if not deleted:
+            if sources is not None:
+                self.sources[path] = sources
+            self.marks[path] = marks
+
+    @classmethod
+    def from_legacy(cls, data: dict[str, Any], shards: list[dict[str, Any]]) -> State:
+        """The state a manifest of the previous format held in its own fields (written whole next)."""
+        state = cls()
+        state.progress = {str(k): int(v) for k, v in (data.get("progress") or {}).items()}
+        state.files = {str(k): str(v) for k, v in (data.get("files") or {}).items()}
+        state.offsets = {str(k): [[int(n), int(o)] for n, o in v] for k, v in (data.get("offsets") or {}).items()}
+        state.ends = {str(k): int(v) for k, v in (data.get("ends") or {}).items()}
+        for entry in shards:
+            sources, marks = entry.pop("sources", None), entry.pop("marks", None) or {}
+            if sources is not None:  # entries from before they knew their sources: the state does not either
+                state.sources[entry["path"]] = {str(k): int(v) for k, v in sources.items()}
+            state.marks[entry["path"]] = {str(k): int(v) for k, v in marks.items()}
+        state.whole = True
+        return state

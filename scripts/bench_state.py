@@ -1,0 +1,137 @@
+"""Benchmark scenario of the resume state's size (registered in scripts/bench.py as ``state-size``).
+
+- state-size: a synthetic dataset of N source objects of one document each
+  (~80-character s3:// urls, an ETag-like signature, one shard per 1,000
+  objects), its state written whole as a first commit would: the size of
+  `_manifest.json` and of `_state/`, then, in a fresh process, the time and
+  peak RSS to open it (manifest and state), and what one commit that changes
+  10 objects writes (its state file and the manifest).
+
+    python scripts/bench.py state-size                 # 1,000,000 objects
+    python scripts/bench.py state-size --records 100000
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: objects per shard (shard_seconds commits of a crawl, rather than shard_rows' 100,000)
+PER_SHARD = 1_000
+
+
+def _url(i: int) -> str:
+    return f"s3://example-corpus-bucket/crawl/2024-05-17/segment-{i // 10_000:05d}/doc-{i:09d}.json"
+
+
+def _build(root: Path, objects: int) -> dict[str, Any]:
+    """Write the synthetic dataset's manifest and state (whole, as the first save of a migrated one)."""
+    import fsspec
+
+    from pipeline.dataset import state_files
+    from pipeline.dataset.manifest import Manifest
+    from pipeline.types import END_OF_FILE
+
+    fs = fsspec.filesystem("file")
+    m = Manifest.new("bench", "search_document", "float")
+    m.dimensions = 1024
+    state = m.loaded
+    for s in range(0, objects, PER_SHARD):
+        path = f"data/part-00000-{s // PER_SHARD:06d}.parquet"
+        urls = [_url(i) for i in range(s, min(objects, s + PER_SHARD))]
+        m.shards.append({"path": path, "kind": "data", "rows": len(urls), "requests": 8, "retries": 0,
+                         "prompt_tokens": 120 * len(urls), "total_tokens": 120 * len(urls),
+                         "records": len(urls), "rows_reused": 0, "started_at": "2024-05-17T10:00:00.000Z",
+                         "finished_at": "2024-05-17T10:05:00.000Z", "bytes": 4_300_000})
+        state.add_shard(path, {u: 1 for u in urls}, {u: END_OF_FILE for u in urls})
+        state.advance([(u, END_OF_FILE) for u in urls], {u: 1 for u in urls})
+        for i, u in enumerate(urls):
+            state.files[u] = f'"{(s + i) * 2654435761 % 16**32:032x}"'
+    state.dirty |= set(state.files)
+    m.start_run("2024-05-17T10:00:00.000Z")
+    started = time.perf_counter()
+    state_files.persist(fs, str(root), 0, m)
+    m.save(fs, str(root))
+    return {"write_s": round(time.perf_counter() - started, 2)}
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS (VmHWM: ru_maxrss would count the parent's, kept across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(root: Path) -> None:
+    """Open the dataset as a writer would, then commit a change of 10 objects; print figures as JSON."""
+    import fsspec
+
+    from pipeline.dataset import state_files
+    from pipeline.dataset.manifest import Manifest
+    from pipeline.types import END_OF_FILE
+
+    fs = fsspec.filesystem("file")
+    rss_before = _peak_mb()
+    started = time.perf_counter()
+    m = Manifest.load(fs, str(root))
+    state = state_files.load(fs, str(root), m)
+    load_s = time.perf_counter() - started
+    rss_loaded = _peak_mb()
+    objects = len(state.files)
+    started = time.perf_counter()
+    seq = len(m.shards)
+    path = f"data/part-00000-{seq:06d}.parquet"
+    changed = [_url(i) for i in range(0, objects, objects // 10)][:10]
+    for u in changed:
+        state.set_signature(u, '"changed"')
+        state.restart(u, u)
+    m.shards.append({**m.shards[-1], "path": path, "rows": 10})
+    state.add_shard(path, {u: 1 for u in changed}, {u: END_OF_FILE for u in changed})
+    state.advance([(u, END_OF_FILE) for u in changed], {u: 1 for u in changed})
+    before = {f["path"] for f in m.state_files}
+    state_files.persist(fs, str(root), 0, m)
+    m.save(fs, str(root))
+    commit_s = time.perf_counter() - started
+    new = [f for f in m.state_files if f["path"] not in before]
+    print(json.dumps({
+        "objects": objects,
+        "load_s": round(load_s, 2),
+        "rss_before_load_mb": round(rss_before),
+        "peak_rss_loaded_mb": round(rss_loaded),
+        "commit10_s": round(commit_s, 3),
+        "commit10_state_bytes": sum(f["bytes"] for f in new),
+        "commit10_state_rows": sum(f["rows"] for f in new),
+        "commit10_manifest_bytes": (root / "_manifest.json").stat().st_size,
+    }))
+
+
+def state_size(work: Path, records: int) -> Any:
+    """The manifest and the state of ``records`` one-document source objects; opening them; a commit of 10."""
+    bench = sys.modules.get("__main__") if hasattr(sys.modules.get("__main__"), "SCENARIOS") else __import__("bench")
+    root = work / "ds"
+    root.mkdir()
+    built = _build(root, records)
+    manifest_bytes = (root / "_manifest.json").stat().st_size
+    state_bytes = sum(p.stat().st_size for p in (root / "_state").iterdir())
+    out = subprocess.run([sys.executable, __file__, "--child", str(root)], capture_output=True, text=True,
+                         check=False)
+    child = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-300:]}
+    return bench.Row("state-size", {
+        "objects": records,
+        "shards": -(-records // PER_SHARD),
+        "manifest_kb": round(manifest_bytes / 1024),
+        "state_mb": round(state_bytes / 2**20, 1),
+        **built,
+        **{k: v for k, v in child.items() if k != "objects"},
+    })
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    _child(Path(sys.argv[2]))
