@@ -202,3 +202,30 @@ def test_an_unreachable_postgres_sink_is_one_line_without_the_password() -> None
     assert shown.returncode == 2
     assert "sink.path postgresql://***@127.0.0.1:1/db: cannot connect" in shown.stderr
     assert "hunter2" not in shown.stdout + shown.stderr and "Traceback" not in shown.stderr
+
+
+def test_after_a_run_validate_counts_what_a_rerun_would_pay(tmp_path: Path) -> None:
+    """Once a dataset is there, the tokens and requests are those of what changed: unchanged files are not
+    opened, a grown JSONL file counts its new lines only, and an edited file's unchanged chunks keep their
+    vectors (the sink itself is indexed, as a run does)."""
+    records = [{"id": f"r{i}", "text": f"record number {i} " + "word " * 30} for i in range(200)]
+    job = write_job(tmp_path, records)
+    (tmp_path / "in" / "other.jsonl").write_text(json.dumps({"id": "o1", "text": "untouched"}) + "\n")
+    (tmp_path / "in" / "grows.jsonl").write_text(json.dumps({"id": "g1", "text": "first line"}) + "\n")
+    assert run_cli("run", str(job)).returncode == 0
+    records[7]["text"] = "an edited record"
+    (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with open(tmp_path / "in" / "grows.jsonl", "a") as f:
+        f.write(json.dumps({"id": "g2", "text": "a second line"}) + "\n")
+    for name in ("docs.jsonl", "grows.jsonl"):  # the mtime moves even on a coarse clock
+        st = (tmp_path / "in" / name).stat()
+        os.utime(tmp_path / "in" / name, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    shown = run_cli("validate", str(job))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    out = shown.stdout
+    assert "changes since the dataset: new 0, changed 1, appended 1, deleted 0, unchanged 1" in out
+    assert "a run reads 2 input(s) of them (1 unchanged, not opened): 201 chunks" in out  # 200 + g2
+    assert "reusable from the sink itself (changed documents' unchanged chunks): 199 chunks" in out
+    assert "requests: 1 (batch_size 96)" in out
+    paid = int(out.split("estimated tokens: ")[1].split()[0].replace(",", ""))
+    assert 0 < paid < 30  # the edited record and the appended line, not 200 records

@@ -13,6 +13,8 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from pipeline.config import Config
 from pipeline.embed.limits import describe_budget
 from pipeline.embed.tokens import estimate_tokens
@@ -22,7 +24,7 @@ from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.state import State
 from pipeline.jobs.changes import compare
-from pipeline.jobs.inputs import list_inputs, list_source, open_reuse_index
+from pipeline.jobs.inputs import list_inputs, list_source, open_own_index, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.logs import format_duration, redact_url
 from pipeline.sources.listing import open_source
@@ -50,30 +52,51 @@ class Estimate:
     by_error: dict[str, int] = field(default_factory=dict)
 
 
-def estimate(cfg: Config) -> Estimate:
-    """Read every input, count records and chunks, estimate tokens, requests, time, cost.
+@dataclass
+class Reading:
+    """What a run would read of a source the sink already holds: its new, changed and grown inputs."""
 
-    With ``run.reuse_from``, chunks the earlier dataset already holds are
-    counted apart: they cost no token and no request.
+    fs: Any
+    files: list[InputFile]
+    #: input key → the location a run reads on after (a resumed or appended input)
+    after: dict[str, int]
+    #: inputs a run would not open
+    unchanged: int
+    #: whether the vectors of changed documents' unchanged chunks come from the sink itself
+    changed: bool
+
+
+def estimate(cfg: Config, reading: Reading | None = None) -> Estimate:
+    """Read every input (or only what ``reading`` says a run reads), count records and chunks, estimate
+    tokens, requests, time, cost.
+
+    With ``run.reuse_from``, and for a rerun's changed documents with the
+    sink itself, chunks whose vector is already stored are counted apart:
+    they cost no token and no request.
     """
-    fs, files = list_inputs(cfg)
+    if reading is None:
+        fs, files = list_inputs(cfg)
+        reading = Reading(fs, files, {}, 0, False)
+    fs, files = reading.fs, reading.files
     emb = cfg.embedding
     chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type)
     est = Estimate(files=files)
-    index = open_reuse_index(cfg) if cfg.run.reuse_from else None
+    indexes = [open_reuse_index(cfg)] if cfg.run.reuse_from else []
+    if reading.changed and (own := _own_vectors(cfg, files)) is not None:
+        indexes.append(own)
     pending: list[tuple[str, int]] = []  # (content hash, tokens) waiting for a reuse lookup
 
     def settle() -> None:
-        if index is not None and pending:
-            found = index.contains([h for h, _ in pending])
+        if indexes and pending:
+            found = np.logical_or.reduce([index.contains([h for h, _ in pending]) for index in indexes])
             est.reusable_chunks += int(found.sum())
             est.reusable_tokens += sum(t for (_, t), hit in zip(pending, found) if hit)
         pending.clear()
 
     try:
-        _count(cfg, fs, files, chunker, est, pending, settle)
+        _count(cfg, fs, files, chunker, est, pending, settle, reading.after)
     finally:
-        if index is not None:
+        for index in indexes:
             index.close()
     est.tokens -= est.reusable_tokens
     est.requests = math.ceil((est.chunks - est.reusable_chunks) / emb.batch_size)
@@ -89,10 +112,10 @@ def estimate(cfg: Config) -> Estimate:
 
 
 def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: Estimate,
-           pending: list[tuple[str, int]], settle: Callable[[], None]) -> None:
-    """Read every file, counting records, failures, chunks and estimated tokens."""
+           pending: list[tuple[str, int]], settle: Callable[[], None], after: dict[str, int]) -> None:
+    """Read every file (after the location ``after`` gives), counting records, failures, chunks and tokens."""
     for inp in files:
-        for item in file_items(cfg.source, fs, inp, 0):
+        for item in file_items(cfg.source, fs, inp, after.get(inp.key, 0)):
             if isinstance(item, FileEnd):
                 continue
             if isinstance(item, Failure):
@@ -115,6 +138,19 @@ def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: 
                 if len(pending) >= 4096:
                     settle()
     settle()
+
+
+def _own_vectors(cfg: Config, files: list[InputFile]) -> Any:
+    """The sink's own vectors, as a run would use them for changed documents; None when unavailable."""
+    try:
+        if is_postgres(cfg.sink.path):
+            from pipeline.dataset.postgres_reuse import stored_vectors
+
+            return stored_vectors(cfg.sink.path, cfg.sink.table, cfg.embedding.embedding_type,
+                                  {inp.url for inp in files}, rank=cfg.run.rank)
+        return open_own_index(cfg)
+    except SinkError:  # a run would embed them again, and say so
+        return None
 
 
 # --------------------------------------------------------------------------- the sink
@@ -221,8 +257,9 @@ def _check_postgres(cfg: Config) -> SinkCheck:
 # --------------------------------------------------------------------------- what changed
 
 
-def describe_changes(cfg: Config) -> list[str]:
-    """How the listing compares with the dataset or table at ``sink.path`` (no line when there is none yet)."""
+def describe_changes(cfg: Config) -> tuple[list[str], Reading | None]:
+    """How the listing compares with the dataset or table at ``sink.path``, and what a run would read
+    (no line and None when there is none yet)."""
     if is_postgres(cfg.sink.path):
         state = _postgres_state(cfg)
     else:
@@ -230,7 +267,7 @@ def describe_changes(cfg: Config) -> list[str]:
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
         state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
     if state is None:
-        return []
+        return [], None
     fs, listed, mine = list_source(cfg)
     changes = compare(StateView(state), fs, mine, listed)
     c = changes.counts()
@@ -242,7 +279,10 @@ def describe_changes(cfg: Config) -> list[str]:
     if cfg.run.on_deleted == "remove" and known and c["deleted"] / known > cfg.run.max_removed_fraction:
         line += (f"; a run would stop: removing {c['deleted'] / known:.0%} of the files is more than "
                  f"run.max_removed_fraction={cfg.run.max_removed_fraction:g}")
-    return [line]
+    after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
+    after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
+    reading = Reading(fs, changes.to_read, after, changes.unchanged, bool(changes.changed))
+    return [line], reading
 
 
 class StateView:
@@ -314,13 +354,20 @@ def validate(cfg: Config, config_name: str) -> Report:
     except Exception:  # the listing worked a moment ago; a count is not worth failing the report for
         skipped = {}
     lines = [f"config: ok ({config_name})", *_describe_inputs(cfg, est, skipped), sink.line]
+    reading = None
     try:
-        lines += describe_changes(cfg)
+        changes, reading = describe_changes(cfg)
+        lines += changes
     except (SinkError, SourceError, OSError) as exc:  # the sink check already says what is wrong there
         lines.append(f"changes: could not compare with the dataset ({_one_line(exc)})")
     problems = [sink.problem] if sink.problem else []
     failed = too_many_failed(cfg, {"rows_failed": est.bad_records, "rows_embedded": est.chunks})
-    lines += _describe_work(cfg, est, failed is not None)
+    lines += _describe_records(cfg, est, failed is not None)
+    if reading is not None:  # a rerun pays for what changed only
+        est = estimate(cfg, reading)
+        lines.append(f"a run reads {len({f.url for f in est.files}):,} input(s) of them "
+                     f"({reading.unchanged:,} unchanged, not opened): {est.chunks:,} chunks")
+    lines += _describe_work(cfg, est, reading)
     if failed is not None:
         rows = est.bad_records + est.chunks
         problems.append(f"{est.bad_records:,} of {rows:,} rows would fail, more than "
@@ -349,8 +396,7 @@ def _describe_inputs(cfg: Config, est: Estimate, skipped: dict[str, int]) -> lis
     return lines
 
 
-def _describe_work(cfg: Config, est: Estimate, too_many_failed: bool) -> list[str]:
-    emb = cfg.embedding
+def _describe_records(cfg: Config, est: Estimate, too_many_failed: bool) -> list[str]:
     lines = [f"records: {est.records:,} ({est.bad_records:,} unusable"
              + (": " + ", ".join(f"{k} {v}" for k, v in sorted(est.by_error.items())) if est.by_error else "")
              + ")"]
@@ -360,10 +406,19 @@ def _describe_work(cfg: Config, est: Estimate, too_many_failed: bool) -> list[st
     lines.append(f"unusable share: {share:.2%} of {rows:,} rows ({verdict} run.max_failed_fraction "
                  f"{cfg.run.max_failed_fraction:g}" + ("; a run would exit 1)" if too_many_failed else ")"))
     lines.append(f"chunks: {est.chunks:,} ({est.chars:,} characters)")
-    if cfg.run.reuse_from:
-        lines.append(f"reusable from {cfg.run.reuse_from}: {est.reusable_chunks:,} chunks "
+    return lines
+
+
+def _describe_work(cfg: Config, est: Estimate, reading: Reading | None) -> list[str]:
+    emb = cfg.embedding
+    lines = []
+    stores = [str(cfg.run.reuse_from)] if cfg.run.reuse_from else []
+    if reading is not None and reading.changed:
+        stores.append("the sink itself (changed documents' unchanged chunks)")
+    if stores:
+        lines.append(f"reusable from {' and '.join(stores)}: {est.reusable_chunks:,} chunks "
                      f"({est.reusable_tokens:,} estimated tokens not spent)")
-    lines.append(f"estimated tokens: {est.tokens:,}" + (" (after reuse)" if cfg.run.reuse_from else ""))
+    lines.append(f"estimated tokens: {est.tokens:,}" + (" (after reuse)" if stores else ""))
     if cfg.run.max_tokens is not None and est.tokens > cfg.run.max_tokens:
         lines.append(f"budget: run.max_tokens={cfg.run.max_tokens:,} stops the run before it is done")
     lines.append(f"requests: {est.requests:,} (batch_size {emb.batch_size})")
