@@ -39,6 +39,8 @@ from pipeline.config_yaml import (
 from pipeline.errors import ConfigError
 from pipeline.logs import redact_url
 
+#: the model ``provider: local`` runs (it ships inside the wordllama wheel)
+LOCAL_MODEL = "wordllama-l2-supercat-256"
 DEFAULT_MODEL = "cohere-embed-multilingual"
 MAX_CHARS = 2048
 MAX_BATCH = 96
@@ -115,6 +117,14 @@ class EmbeddingConfig(_Section):
             # never echo the value: a store URL carries its password
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_model(cls, data: Any) -> Any:
+        """``provider: local`` names its packaged model unless told otherwise (not the endpoint's default)."""
+        if isinstance(data, dict) and data.get("provider") == "local" and data.get("model") in (None, ""):
+            return {**data, "model": LOCAL_MODEL}
+        return data
 
     @model_validator(mode="after")
     def _http_needs_url(self) -> EmbeddingConfig:
@@ -350,6 +360,8 @@ def load_config(
         embedding = data["embedding"] = {}
     if isinstance(embedding, dict):
         for key, var in (("url", "EMBEDDING_URL"), ("api_key", "EMBEDDING_KEY"), ("model", "EMBEDDING_MODEL_ID")):
+            if key == "model" and embedding.get("provider") == "local":
+                continue  # the packaged model answers, whatever the endpoint's model id is
             if embedding.get(key) in (None, "") and env.get(var):
                 embedding[key] = env[var]
     try:

@@ -47,6 +47,16 @@ def test_env_fills_missing_endpoint(tmp_path: Path) -> None:
     assert cfg.embedding.url == "https://h" and cfg.embedding.model == "m1"
 
 
+def test_the_local_provider_names_its_own_model(tmp_path: Path) -> None:
+    """provider: local without a model records the packaged wordllama model, not the endpoint's default
+    (nor EMBEDDING_MODEL_ID, the endpoint's model on Heroku); a model it is given is kept."""
+    text = "source: {path: a.jsonl}\nembedding: {provider: local}\nsink: {path: out}\n"
+    cfg = load_config(write(tmp_path, text), env={"EMBEDDING_MODEL_ID": "cohere-embed-multilingual"})
+    assert cfg.embedding.model == "wordllama-l2-supercat-256"
+    named = text.replace("{provider: local}", "{provider: local, model: mine}")
+    assert load_config(write(tmp_path, named)).embedding.model == "mine"
+
+
 def test_missing_url_names_key(tmp_path: Path) -> None:
     """Without a URL for provider http, the error names embedding.url and the env var."""
     with pytest.raises(ConfigError, match=r"embedding.*EMBEDDING_URL"):

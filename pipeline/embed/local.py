@@ -17,12 +17,13 @@ import numpy as np
 
 from pipeline.config import EmbeddingConfig
 from pipeline.embed import vectors
+from pipeline.config import LOCAL_MODEL
 from pipeline.embed.limits import Budget
 from pipeline.embed.tokens import estimate_tokens
 from pipeline.types import Batch, EmbeddedBatch, Usage
 
 DIMENSIONS = 256
-MODEL_NAME = "wordllama-l2-supercat-256"
+MODEL_NAME = LOCAL_MODEL
 
 
 class LocalModel:
