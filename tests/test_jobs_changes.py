@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from structlog.testing import capture_logs
 
 from pipeline.config import Config
 from state_helpers import as_format_1
@@ -163,6 +164,25 @@ async def test_on_deleted_keep_leaves_the_rows(tmp_path: Path) -> None:
     (src / "b.jsonl").unlink()
     await rerun(cfg)
     check_exact(tmp_path, {"a0": "zero", "b0": "one"})
+
+
+async def test_a_shard_copied_without_a_deleted_file_is_logged_as_rewritten(tmp_path: Path) -> None:
+    """The copy of a shard without a deleted file's rows is ``shard_rewritten`` (naming the shard it
+    replaces), not ``shard_committed`` with the old shard's requests and tokens, as if paid again."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"a0": "zero"})
+    jsonl(src / "b.jsonl", {"b0": "one"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                      run={"max_removed_fraction": 1})
+    await rerun(cfg)
+    (src / "b.jsonl").unlink()
+    with capture_logs() as logs:
+        await rerun(cfg)
+    events = [e for e in logs if e["event"] in ("shard_committed", "shard_rewritten")]
+    assert [e["event"] for e in events] == ["shard_rewritten"]
+    assert events[0]["rewritten_from"] == "data/part-00000-000000.parquet" and events[0]["rows"] == 1
+    check_exact(tmp_path, {"a0": "zero"})
 
 
 async def test_mass_deletion_is_refused_before_anything_changes(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def rewrite(
                 return None
             # records of other sources whose rows sit in the commit's other shard: keep their count
             writer = new_shard(entry["kind"], schema)
-        new.update(path=writer.rel, rows=kept)
+        new.update(path=writer.rel, rows=kept, rewritten_from=entry["path"])
         new["rows_reused"] = min(int(new.get("rows_reused", 0)), kept if new["kind"] == "data" else 0)
         publish(writer, new)
         state.add_shard(writer.rel, sources, marks)

@@ -35,8 +35,12 @@ def too_many_failed(cfg: Config, totals: dict[str, int]) -> str | None:
 
 
 def log_commits(log: Any, entries: list[dict[str, Any]]) -> None:
-    """One ``shard_committed`` line per committed shard."""
+    """One ``shard_committed`` line per committed shard (``shard_rewritten`` for a copy without removed rows)."""
     for entry in entries:
+        if entry.get("rewritten_from"):  # its accounting is the old shard's: nothing was paid again
+            log.info("shard_rewritten", path=entry.get("path"), rewritten_from=entry["rewritten_from"],
+                     rows=entry.get("rows"))
+            continue
         log.info(
             "shard_committed",
             path=entry.get("path"),
