@@ -7,7 +7,9 @@ import posixpath
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.reuse_index import ReuseIndex
+from pipeline.dataset.self_reuse import StoredVectors
 from pipeline.errors import SinkError, SourceError
 from pipeline.logs import get_logger
 from pipeline.sources.listing import assign, open_source
@@ -65,6 +67,21 @@ def open_reuse_index(cfg: Config) -> ReuseIndex:
 def open_own_index(cfg: Config) -> ReuseIndex:
     """The index of the dataset at ``sink.path`` itself, as it is now (before a rerun changes it)."""
     return _index_of(cfg, cfg.sink.path)
+
+
+def open_own_vectors(cfg: Config, sources: set[str]) -> ReuseIndex | StoredVectors | None:
+    """The sink's own vectors for the chunks of the documents of ``sources`` (changed, or renamed).
+
+    A file dataset is indexed whole (a chunk's text may sit in another
+    document); a Postgres table gives the rows of ``sources`` back. None when
+    there are none; ``SinkError`` when they cannot be read.
+    """
+    if is_postgres(cfg.sink.path):
+        from pipeline.dataset.postgres_reuse import stored_vectors  # psycopg only for this sink
+
+        return stored_vectors(cfg.sink.path, cfg.sink.table, cfg.embedding.embedding_type, sources,
+                              rank=cfg.run.rank)
+    return open_own_index(cfg)
 
 
 def _index_of(cfg: Config, path: str) -> ReuseIndex:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.errors import CommitFailed
-from pipeline.logs import redact_url
+from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, CommitFailed
+from pipeline.jobs.progress import Progress
+from pipeline.logs import get_logger, redact_url
 
 
 @dataclass
@@ -48,6 +49,30 @@ def log_commits(log: Any, entries: list[dict[str, Any]]) -> None:
             requests=entry.get("requests"),
             tokens=entry.get("total_tokens"),
         )
+
+
+def finish(cfg: Config, totals: dict[str, int], progress: Progress, changes: dict[str, int], status: str,
+           code: int, message: str | None) -> RunResult:
+    """Check ``max_failed_fraction`` against the dataset's ``totals``, log ``run_finished``, and say how
+    the run ended."""
+    if code == EXIT_OK and (too_many := too_many_failed(cfg, totals)):
+        code, message = EXIT_TOO_MANY_FAILED, too_many
+    price = cfg.embedding.usd_per_million_tokens
+    c = progress.counts
+    get_logger().info(
+        "run_finished",
+        status=status,
+        exit_code=code,
+        **progress.fields(),
+        prompt_tokens=c.prompt_tokens,
+        shards=progress.shards,
+        cost_usd=round(c.total_tokens * price / 1e6, 6) if price is not None else None,
+        **changes,
+        dataset_rows=totals.get("rows_embedded"),
+        dataset_failed=totals.get("rows_failed"),
+        **({"error": message} if message else {}),
+    )
+    return RunResult(status=status, exit_code=code, totals=totals, message=message)
 
 
 def close_quietly(sink: Any) -> None:

@@ -17,16 +17,16 @@ from anyio.abc import ObjectSendStream
 
 from pipeline.config import Config
 from pipeline.dataset.manifest import utc_now
-from pipeline.dataset.sink import Sink, is_postgres, open_sink
+from pipeline.dataset.sink import Sink, open_sink
 from pipeline.embed import Embedder, make_embedder
 from pipeline.embed.limits import Budget, Limiter
 from pipeline.dataset.reuse_index import ReuseIndex
 from pipeline.dataset.self_reuse import StoredVectors
 from pipeline.embed.reuse import ReusingEmbedder
-from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
+from pipeline.errors import EXIT_OK, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
 from pipeline.jobs.changes import Changes, apply, check_removals, compare
-from pipeline.jobs.inputs import list_source, open_own_index, open_reuse_index
-from pipeline.jobs.outcome import RunResult, close_quietly, first_leaf, log_commits, too_many_failed
+from pipeline.jobs.inputs import list_source, open_own_vectors, open_reuse_index
+from pipeline.jobs.outcome import RunResult, close_quietly, finish, first_leaf, log_commits
 from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
 from pipeline.jobs.watch import watch_source
@@ -159,30 +159,7 @@ class Job:
             except CommitFailed as exc:
                 if code == EXIT_OK or message is None:
                     status, code, message = "failed", exc.exit_code, str(exc)
-        return self._finished(sink, status, code, message)
-
-    def _finished(self, sink: Sink, status: str, code: int, message: str | None) -> RunResult:
-        """Check ``max_failed_fraction``, log ``run_finished``, and say how the run ended."""
-        cfg = self.cfg
-        totals = sink.counts.as_dict()
-        if code == EXIT_OK and (too_many := too_many_failed(cfg, totals)):
-            code, message = EXIT_TOO_MANY_FAILED, too_many
-        price = cfg.embedding.usd_per_million_tokens
-        c = self.progress.counts
-        self.log.info(
-            "run_finished",
-            status=status,
-            exit_code=code,
-            **self.progress.fields(),
-            prompt_tokens=c.prompt_tokens,
-            shards=self.progress.shards,
-            cost_usd=round(c.total_tokens * price / 1e6, 6) if price is not None else None,
-            **self.changes,
-            dataset_rows=totals.get("rows_embedded"),
-            dataset_failed=totals.get("rows_failed"),
-            **({"error": message} if message else {}),
-        )
-        return RunResult(status=status, exit_code=code, totals=totals, message=message)
+        return finish(self.cfg, sink.counts.as_dict(), self.progress, self.changes, status, code, message)
 
     async def _round(self, fs: Any, files: list[InputFile], embedder: Embedder) -> None:
         """One pass of the stages over ``files``, drained or cut short by a signal."""
@@ -259,23 +236,16 @@ class Job:
 
     def _own_vectors(self, changes: Changes) -> ReuseIndex | StoredVectors | None:
         """The sink's own vectors for the chunks of changed (or renamed) documents; None when it has none."""
-        cfg = self.cfg
         if not self.commit.sink.counts.rows_embedded:
             return None
+        sources = {inp.url for inp in changes.changed} | (set(changes.deleted) if changes.new else set())
         try:
-            if is_postgres(cfg.sink.path):
-                from pipeline.dataset.postgres_reuse import stored_vectors  # psycopg only for this sink
-
-                sources = {inp.url for inp in changes.changed} | (set(changes.deleted) if changes.new else set())
-                own = stored_vectors(cfg.sink.path, cfg.sink.table, cfg.embedding.embedding_type, sources,
-                                     rank=cfg.run.rank)
-            else:
-                own = open_own_index(cfg)
+            own = open_own_vectors(self.cfg, sources)
         except SinkError as exc:  # not worth stopping for: those chunks are embedded again
             self.log.warning("reuse_itself_unavailable", reason=str(exc))
             return None
         if own is not None:
-            self.log.info("reuse_index_ready", reuse_from=redact_url(cfg.sink.path), rows=own.rows,
+            self.log.info("reuse_index_ready", reuse_from=redact_url(self.cfg.sink.path), rows=own.rows,
                           distinct=own.distinct)
         return own
 

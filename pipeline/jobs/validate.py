@@ -24,7 +24,7 @@ from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.state import State
 from pipeline.jobs.changes import compare
-from pipeline.jobs.inputs import list_inputs, list_source, open_own_index, open_reuse_index
+from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.logs import format_duration, redact_url
 from pipeline.sources.listing import open_source
@@ -143,12 +143,7 @@ def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: 
 def _own_vectors(cfg: Config, files: list[InputFile]) -> Any:
     """The sink's own vectors, as a run would use them for changed documents; None when unavailable."""
     try:
-        if is_postgres(cfg.sink.path):
-            from pipeline.dataset.postgres_reuse import stored_vectors
-
-            return stored_vectors(cfg.sink.path, cfg.sink.table, cfg.embedding.embedding_type,
-                                  {inp.url for inp in files}, rank=cfg.run.rank)
-        return open_own_index(cfg)
+        return open_own_vectors(cfg, {inp.url for inp in files})
     except SinkError:  # a run would embed them again, and say so
         return None
 
