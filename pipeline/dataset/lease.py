@@ -22,7 +22,7 @@ hard-linked into place, which fails if a lease is there) and each heartbeat
 replaces it by a rename, so a crash cannot leave it torn. Every
 read-then-write of the lease, and each manifest save with the check of the
 lease before it, happens under an exclusive ``flock`` on a lock file beside
-it (:meth:`Lease.exclusive`): a compare-and-swap, so a writer paused between
+it (:meth:`Lease.exclusive`, a :class:`FileLock`): a compare-and-swap, so a writer paused between
 its check and its write (SIGSTOP, a frozen machine) holds off its successor
 instead of overwriting it. On object stores
 the create is a conditional PUT where the store supports one; elsewhere the
@@ -74,6 +74,50 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class FileLock:
+    """A re-entrant ``flock`` on a lock file beside ``path`` (local disk), and a mutex for this process's threads."""
+
+    def __init__(self, path: str, *, local: bool, shown: str) -> None:
+        self.path, self.local, self.shown = path, local, shown
+        self._mutex = threading.RLock()  # the heartbeat thread and the commit thread take turns
+        self._fd: int | None = None
+        self._depth = 0
+
+    @contextmanager
+    def held(self, wait_s: float) -> Iterator[None]:
+        """Hold it, waiting up to ``wait_s`` for another process to let go (``SinkError`` then)."""
+        with self._mutex:
+            if self._depth == 0 and self.local:
+                self._fd = self._take(wait_s)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    os.close(self._fd)
+                    self._fd = None
+
+    def _take(self, wait_s: float) -> int:
+        directory, name = self.path.rsplit("/", 1)
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(f"{directory}/.{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise SinkError(
+                        f"the lock beside {self.shown} stayed held for {wait_s:.0f}s by another process "
+                        "(paused, or stuck in a write); refusing to write at the same time"
+                    ) from None
+                time.sleep(0.05)
+
+
 class Lease:
     """The right to write one rank of a dataset."""
 
@@ -99,9 +143,7 @@ class Lease:
         #: on an object store, the ETag of the lease as we last wrote it: renewals are
         #: conditional on it (If-Match), so a writer that lost the lease can never overwrite it
         self._etag: str | None = None
-        self._mutex = threading.RLock()  # the heartbeat thread and the commit thread take turns
-        self._lock_fd: int | None = None
-        self._depth = 0
+        self._lock = FileLock(self.path, local=self._local, shown=self.url)
         #: the last heartbeat value seen in another's lease, and when it was first seen
         self._seen: tuple[tuple[str, float], float] | None = None
 
@@ -110,8 +152,6 @@ class Lease:
         """Where the lease is, as messages print it."""
         return redact_url(self.path if self._local else self.fs.unstrip_protocol(self.path))
 
-    # ------------------------------------------------------------ the local compare-and-swap
-
     @contextmanager
     def exclusive(self, wait_s: float = 60.0) -> Iterator[None]:
         """Hold the lease's lock (local disk): no other process reads-then-writes it meanwhile.
@@ -119,36 +159,8 @@ class Lease:
         Re-entrant within this process. On an object store it only orders this
         process's own threads: there, conditional writes do the same job.
         """
-        with self._mutex:
-            if self._depth == 0 and self._local:
-                self._lock_fd = self._take_lock(wait_s)
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                if self._depth == 0 and self._lock_fd is not None:
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                    os.close(self._lock_fd)
-                    self._lock_fd = None
-
-    def _take_lock(self, wait_s: float) -> int:
-        directory, name = self.path.rsplit("/", 1)
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(f"{directory}/.{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise SinkError(
-                        f"the lock beside {self.url} stayed held for {wait_s:.0f}s by another process "
-                        "(paused, or stuck in a write); refusing to write at the same time"
-                    ) from None
-                time.sleep(0.05)
+        with self._lock.held(wait_s):
+            yield
 
     # ------------------------------------------------------------ reading
 
