@@ -5,8 +5,10 @@
   :mod:`.resume_state` (how far each input is committed), :mod:`.ledger` (the manifest saved
   behind the lease, conditionally on a store), :mod:`.opening` (crash leftovers, missing shards),
   :mod:`.pending` (a commit's accounting) and :mod:`.replace` (a source's rows leaving
-  copy-on-write); :mod:`.self_reuse` indexes the dataset itself for a rerun
-- :mod:`.shard_writer`, :mod:`.tables`: one shard file being written; rows as Arrow tables
+  copy-on-write); :mod:`.self_reuse` and :mod:`.postgres_reuse` give a sink's own vectors to a
+  rerun's changed documents
+- :mod:`.open_shards`, :mod:`.shard_writer`, :mod:`.tables`: the shards a commit will publish and
+  their names; one shard file being written; rows as Arrow tables
 - :mod:`.shards`: the one reader of a shard file (Parquet or Arrow IPC)
 - :mod:`.retrying`: store operations retried while the store blinks
 - :mod:`.manifest`: ``_manifest.json``, the ledger (shards, totals, runs, the state files)

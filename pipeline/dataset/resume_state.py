@@ -13,9 +13,9 @@ import fsspec
 
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import open_shard
-from pipeline.dataset.state import State
+from pipeline.dataset.state import State, of_url
 from pipeline.storage import join
-from pipeline.types import Counts
+from pipeline.types import Counts, EmbeddedBatch
 
 
 class ResumeState:
@@ -29,6 +29,8 @@ class ResumeState:
     _changed: dict[str, str | None]
     #: sources whose rows leave with the next commit, and whether each is gone for good
     _removing: dict[str, bool]
+    #: new signatures of changed inputs, saved with the commit that removes their old rows
+    _new_signatures: dict[str, str]
 
 
     @property
@@ -105,3 +107,13 @@ class ResumeState:
             with open_shard(self.fs, join(self.root, entry["path"])) as shard:
                 for block in shard.iter_batches(columns=["id", "source"]):
                     yield block.column(0).to_pylist(), block.column(1).to_pylist()
+
+    def _replace_touched(self, batch: EmbeddedBatch) -> None:
+        """A batch brings the first new rows (or the end) of changed inputs: their old rows leave now."""
+        touched = {c.source for c in batch.chunks} | {f.source for f in batch.failures}
+        for url in list(self._changed):
+            if url in touched or any(of_url(key, url) for key, _ in batch.marks):
+                signature = self._changed.pop(url)
+                self._removing.setdefault(url, False)
+                if signature is not None:
+                    self._new_signatures[url] = signature

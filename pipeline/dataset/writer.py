@@ -23,8 +23,9 @@ import pyarrow as pa
 from pipeline.config import SinkConfig
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.ledger import Ledger
-from pipeline.dataset.manifest import of_url, utc_now
+from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.opening import KINDS, clean_up, forget_missing, load_or_create
+from pipeline.dataset.open_shards import OpenShards
 from pipeline.dataset.pending import Pending
 from pipeline.dataset.replace import Rewritten, affected, rewrite, swap
 from pipeline.dataset.resume_state import ResumeState
@@ -73,8 +74,6 @@ class DatasetWriter(ResumeState):
         where = Location.on(fs, cfg.path) if fs is not None else Location.open(cfg.path, cfg.storage_options)
         self.fs = fs = where.fs
         self.root = where.root
-        self._ext = ".arrow" if cfg.format == "arrow" else ".parquet"
-        self._compression = None if cfg.compression in (None, "none") else cfg.compression
         try:
             manifest = load_or_create(fs, self.root, cfg.path, rank, world_size, model, input_type, embedding_type)
             forget_missing(fs, self.root, cfg.path, rank, manifest)
@@ -85,9 +84,12 @@ class DatasetWriter(ResumeState):
         self._ledger = Ledger(where, rank, world_size, lease, self._retry)
         self._tables = RowTables(manifest, embedding_type=embedding_type, metadata_fields=metadata_fields,
                                  include_text=cfg.include_text, where=cfg.path)
-        self._next_seq = {k: manifest.last_seq(rank, k) + 1 for k in KINDS}
-        self._open: dict[str, ShardWriter] = {}
-        self._opened_at: float | None = None
+        self._shards = OpenShards(
+            fs, self.root, shown=cfg.path, rank=rank, next_seq={k: manifest.last_seq(rank, k) + 1 for k in KINDS},
+            fmt=cfg.format, compression=None if cfg.compression in (None, "none") else cfg.compression,
+            dictionary_fields=["doc_id", "source", *self._tables.metadata_fields],
+            fenced=lambda: self._ledger.fenced, clock=clock,
+        )
         self._pending = Pending()
         self._replacing: dict[str, Any] | None = None
         #: changed inputs (url → their new signature) whose old rows leave with their first new rows
@@ -122,7 +124,7 @@ class DatasetWriter(ResumeState):
         never both in the dataset twice nor missing from it.
         """
         self._check_usable()
-        if self._open:
+        if self._shards.files:
             self.commit()
         self._replacing = old
 
@@ -132,16 +134,17 @@ class DatasetWriter(ResumeState):
         committed: list[dict[str, Any]] = []
         data = self._tables.data(batch) if batch.chunks else None
         errors = self._tables.errors(batch.failures) if batch.failures else None
-        if self._must_roll("data", data) or self._must_roll("errors", errors):
+        shards, limit = self._shards, self.cfg.shard_rows
+        if shards.must_roll("data", data, limit) or shards.must_roll("errors", errors, limit):
             committed += self.commit()
         if self._changed:
             self._replace_touched(batch)
         if data is not None:
-            self._shard("data", data.schema).append(data)
+            shards.open("data", data.schema).append(data)
         if errors is not None:
-            self._shard("errors", ERRORS_SCHEMA).append(errors)
+            shards.open("errors", ERRORS_SCHEMA).append(errors)
         self._pending.add(batch)
-        if self._replacing is None and any(s.rows >= self.cfg.shard_rows for s in self._open.values()):
+        if self._replacing is None and any(s.rows >= limit for s in shards.files.values()):
             committed += self.commit()
         return committed
 
@@ -162,7 +165,8 @@ class DatasetWriter(ResumeState):
         No I/O, only the clock: the job asks from the event loop and hops to
         a worker thread for :meth:`commit_if_due` only when it says yes.
         """
-        return self._opened_at is not None and self._clock() - self._opened_at >= self.cfg.shard_seconds
+        opened_at = self._shards.opened_at
+        return opened_at is not None and self._clock() - opened_at >= self.cfg.shard_seconds
 
     def commit_if_due(self) -> list[dict[str, Any]]:
         """Commit when the open shard has been open for ``shard_seconds`` or more."""
@@ -174,7 +178,8 @@ class DatasetWriter(ResumeState):
     def commit(self) -> list[dict[str, Any]]:
         """Publish the open data and errors shards together, then save the manifest once."""
         self._check_usable()
-        if not self._open and not self._pending.marks and self._replacing is None and not self._removing:
+        open_ = self._shards.files
+        if not open_ and not self._pending.marks and self._replacing is None and not self._removing:
             return []
         old, self._replacing = self._replacing, None
         removing, self._removing = self._removing, {}
@@ -185,7 +190,7 @@ class DatasetWriter(ResumeState):
             self._manifest.add_commit(
                 entries,
                 self._pending.marks,
-                schema=self._open["data"].schema if "data" in self._open else None,
+                schema=open_["data"].schema if "data" in open_ else None,
                 last=self._pending.last,
             )
             if old is not None:
@@ -193,8 +198,7 @@ class DatasetWriter(ResumeState):
                 self.state.drop_shard(old["path"])
                 retired.append(old)
             retired += self._swap(rewritten, removing)
-            self._open.clear()
-            self._opened_at = None
+            self._shards.published()
             if entries:
                 self._pending = Pending()
             else:  # only marks: any counts wait for the next shard
@@ -205,7 +209,7 @@ class DatasetWriter(ResumeState):
             # rows of this commit are lost to this process; later marks would
             # then claim them, so the writer refuses any further batch
             self._failed = exc
-            self._discard()
+            self._shards.discard()
             if isinstance(exc, (OSError, pa.ArrowException)) or transient(exc):  # the store's, after retries
                 reason = " ".join(str(exc).split()) or type(exc).__name__
                 raise CommitFailed(
@@ -242,7 +246,7 @@ class DatasetWriter(ResumeState):
                     self.commit()
                 except CommitFailed as exc:
                     error = exc
-            self._discard()
+            self._shards.discard()
             self._closed = True
             self._run["finished_at"] = utc_now()
             self._run["status"] = "failed" if self._failed is not None else status
@@ -259,7 +263,7 @@ class DatasetWriter(ResumeState):
         if error is not None:
             raise error
 
-    # ------------------------------------------------------------ shards
+    # ------------------------------------------------------------ checks
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -267,49 +271,7 @@ class DatasetWriter(ResumeState):
         if self._failed is not None:
             raise CommitFailed(f"an earlier commit to {self.cfg.path} failed: {self._failed}")
 
-    def _must_roll(self, kind: str, table: pa.Table | None) -> bool:
-        shard = self._open.get(kind)
-        if shard is None or table is None:
-            return False
-        return shard.rows + table.num_rows > self.cfg.shard_rows or table.schema != shard.schema
-
-    def _shard(self, kind: str, schema: pa.Schema) -> ShardWriter:
-        shard = self._open.get(kind)
-        if shard is None:
-            shard = self._open[kind] = self._new_shard(kind, schema)
-            if self._opened_at is None:
-                self._opened_at = self._clock()
-        return shard
-
-    def _new_shard(self, kind: str, schema: pa.Schema) -> ShardWriter:
-        """A new shard file of ``kind``, under this rank's next name for it."""
-        seq = self._next_seq[kind]
-        rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
-        while self._ledger.fenced and self.fs.exists(join(self.root, rel)):
-            # taken by a writer that lost the lease after we opened: never overwrite it
-            seq += 1
-            rel = f"{kind}/part-{self.rank:05d}-{seq:06d}{self._ext}"
-        self._next_seq[kind] = seq + 1
-        dictionary: list[str] | bool = True
-        if kind == "data":  # not worth it for unique strings and vectors
-            dictionary = ["doc_id", "source", *self._tables.metadata_fields]
-        try:
-            return ShardWriter(self.fs, self.root, rel, schema, fmt=self.cfg.format,
-                               compression=self._compression, dictionary=dictionary)
-        except (OSError, pa.ArrowException) as exc:
-            raise CommitFailed(f"cannot create {join(self.cfg.path, rel)}: {exc}") from exc
-
     # ------------------------------------------------------------ replacing sources
-
-    def _replace_touched(self, batch: EmbeddedBatch) -> None:
-        """A batch brings the first new rows (or the end) of changed inputs: their old rows leave now."""
-        touched = {c.source for c in batch.chunks} | {f.source for f in batch.failures}
-        for url in list(self._changed):
-            if url in touched or any(of_url(key, url) for key, _ in batch.marks):
-                signature = self._changed.pop(url)
-                self._removing.setdefault(url, False)
-                if signature is not None:
-                    self._new_signatures[url] = signature
 
     def _rewrite_without(self, urls: set[str]) -> list[Rewritten]:
         """Copies of the listed shards that hold rows of ``urls``, without them: (old entry, new or None)."""
@@ -323,7 +285,7 @@ class DatasetWriter(ResumeState):
             entry["bytes"] = shard.size  # in the manifest only, as for any shard
 
         return [
-            (old, rewrite(self.fs, self.root, old, urls, self._new_shard, publish, self.state))
+            (old, rewrite(self.fs, self.root, old, urls, self._shards.new, publish, self.state))
             for old in affected(self.fs, self.root, self._manifest.shards, urls, self.state, self._sources_read)
         ]
 
@@ -338,9 +300,9 @@ class DatasetWriter(ResumeState):
         """Publish the open shards; the data shard carries the batches' accounting."""
         finished_at = utc_now()
         entries = []
-        owner = "data" if "data" in self._open else "errors"
+        owner = "data" if "data" in self._shards.files else "errors"
         for kind in KINDS:
-            shard = self._open.get(kind)
+            shard = self._shards.files.get(kind)
             if shard is None:
                 continue
             counts = self._pending.entry_fields(kind, owner=kind == owner)
@@ -359,12 +321,6 @@ class DatasetWriter(ResumeState):
             self.state.add_shard(shard.rel, sources, marks)
             entries.append(entry)
         return entries
-
-    def _discard(self) -> None:
-        for shard in self._open.values():
-            shard.discard()
-        self._open.clear()
-        self._opened_at = None
 
     def _delete_held(self) -> None:
         """Delete the files of retired shards (the manifest no longer lists them)."""
