@@ -117,7 +117,8 @@ class Ahead(Generic[T]):
         return not inp.part and inp.size is not None and inp.size <= self._small
 
     def _fetchable(self, inp: InputFile) -> bool:
-        return self._ahead > 0 and not self._local and self._small_whole(inp)
+        # (an empty object is opened as before: a range request on it would be refused)
+        return self._ahead > 0 and not self._local and self._small_whole(inp) and bool(inp.size)
 
     def _top_up(self) -> None:
         """Look at waiting files until ``ahead`` fetches are under way (or their bytes are at the bound)."""
@@ -136,7 +137,8 @@ class Ahead(Generic[T]):
     def _submit(self, inp: InputFile) -> Future[bytes]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._ahead, thread_name_prefix="fetch")
-        return self._pool.submit(self._fs.cat_file, inp.path)
+        # start=0: one ranged GET, where s3fs would first ask for the size of a whole object
+        return self._pool.submit(self._fs.cat_file, inp.path, start=0)
 
 
 def _read_local(path: str) -> bytes:

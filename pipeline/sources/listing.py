@@ -80,8 +80,27 @@ def open_source(
     See :func:`list_files`. Raises :class:`~pipeline.errors.SourceError` when
     the filesystem cannot be made, the path cannot be listed or nothing matches.
     """
-    location = Location.open(cfg.path, cfg.storage_options, role="source.path")
+    location = Location.open(cfg.path, source_options(cfg.path, cfg.storage_options), role="source.path")
     return location.fs, list_files(location, cfg, skipped)
+
+
+#: connections to S3 a source may hold: botocore's default (10) would cap the small objects fetched ahead
+S3_CONNECTIONS = 64
+
+
+def source_options(path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``source.storage_options``, with room for the objects fetched at once on S3 unless set.
+
+    Small objects are fetched many at a time (:mod:`pipeline.sources.fetch`);
+    on S3 each needs a connection of its own, and botocore keeps 10.
+    """
+    if not path.startswith(("s3://", "s3a://")):
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    if "max_pool_connections" in config:
+        return options
+    config["max_pool_connections"] = S3_CONNECTIONS
+    return {**options, "config_kwargs": config}
 
 
 def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | None = None) -> list[InputFile]:
