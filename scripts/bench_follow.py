@@ -11,6 +11,11 @@
   request bounds that figure on a small machine, so the run is repeated
   with the objects' GETs answered by the middleware itself (same latency,
   listing still by moto): `s3_fast_get_objects_per_s`.
+- many-listed: N objects (a million by default) of a synthetic S3-like
+  store listed as an S3 source and compared with a dataset that knows none,
+  in a process of their own: peak RSS, taken a page at a time (`paged_*`,
+  what the pipeline does) and gathered whole as s3fs's `find` does
+  (`find_*`). Target: under 300 MB at a million.
 - rerun-changes: a corpus embedded once, then 10% of its documents edited
   (one JSONL file of records and a folder of .md files, each with 10% of its
   records or files edited) and run again; `paid_per_changed` = inputs sent
@@ -217,3 +222,76 @@ def rerun_changes(work: Path, records: int) -> Any:
         "exit": max(first.returncode, again.returncode),
     })
     return bench.Row("rerun-changes", figures)
+
+
+def many_listed(work: Path, records: int) -> Any:
+    """``records`` objects of a synthetic S3-like store listed and compared with an empty dataset, in a
+    process of their own: its peak RSS, against the same listing gathered whole as s3fs's ``find`` does."""
+    bench = _bench()
+    figures: dict[str, Any] = {"objects": records}
+    for how in ("paged", "find"):
+        m = bench.measure([sys.executable, str(Path(__file__).resolve()), "listing", str(records), how], work)
+        if m.returncode != 0:
+            return bench.Row("many-listed", {**figures, "exit": m.returncode})
+        figures.update({f"{how}_{k}": v for k, v in json.loads(m.stdout.strip().splitlines()[-1]).items()})
+        figures[f"{how}_peak_rss_mb"] = round(m.max_rss_mb)
+    return bench.Row("many-listed", {**figures, "exit": 0})
+
+
+def _listing(objects: int, how: str) -> dict[str, Any]:
+    """List ``objects`` synthetic objects as an S3 source (a page at a time, or whole with ``find``), then
+    compare them with a dataset that knows none; the seconds each took."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import fsspec.asyn
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from pipeline.config import SourceConfig
+    from pipeline.jobs.changes import compare
+    from pipeline.sources.listing import list_files
+    from pipeline.storage import Location
+
+    def info(i: int) -> dict[str, Any]:  # what list_objects_v2 says of an object, as s3fs hands it on
+        name = f"bucket/corpus/2024/{i // 1000:04d}/doc-{i:08d}.md"
+        return {"Key": name, "name": name, "type": "file", "size": 1200 + i % 500, "Size": 1200 + i % 500,
+                "ETag": f'"{i:032x}"', "LastModified": "2024-01-01T00:00:00+00:00", "StorageClass": "STANDARD"}
+
+    class Store(MemoryFileSystem):  # type: ignore[misc]
+        protocol = ("s3", "s3a") if how == "paged" else "memory"
+        loop = fsspec.asyn.get_loop()
+
+        def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+            return {"name": path, "type": "directory", "size": 0}
+
+        def find(self, path: str, *args: Any, detail: bool = False, **kwargs: Any) -> Any:
+            return {info(i)["name"]: info(i) for i in range(objects)}
+
+        def invalidate_cache(self, path: str | None = None) -> None:
+            pass
+
+        def split_path(self, path: str) -> tuple[str, str, None]:
+            bucket, _, key = path.partition("/")
+            return bucket, key, None
+
+        async def _iterdir(self, bucket: str, prefix: str = "", delimiter: str = "/") -> Any:
+            for start in range(0, objects, 1000):
+                for entry in [info(i) for i in range(start, min(objects, start + 1000))]:  # one page
+                    yield entry
+
+    class Unknown:
+        def signature(self, url: str) -> None:
+            return None
+
+        def done_upto(self, key: str) -> int:
+            return 0
+
+    fs = Store(skip_instance_cache=True)
+    started = time.perf_counter()
+    files = list_files(Location.on(fs, "bucket/corpus"), SourceConfig(path="s3://bucket/corpus"))
+    listed = time.perf_counter()
+    changes = compare(Unknown(), fs, files, {f.url for f in files})  # type: ignore[arg-type]
+    assert len(changes.new) == objects
+    return {"list_s": round(listed - started, 1), "compare_s": round(time.perf_counter() - listed, 1)}
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["listing"]:
+    print(json.dumps(_listing(int(sys.argv[2]), sys.argv[3])))
