@@ -37,7 +37,7 @@ Scenarios and their targets:
 - memory: peak RSS at 40k and 400k records with shard_rows 20,000; target
   under 450 MB at 400k and within 1.5x of the 40k peak.
 - resume: killed twice (SIGKILL, then SIGTERM), rerun to the end.
-- many-files, rerun-changes: see scripts/bench_follow.py.
+- many-files, many-listed, rerun-changes: see scripts/bench_follow.py.
 - state-size: `_manifest.json` and `_state/` for a million one-document
   source objects (synthetic), opening them, a commit of 10 changes: see
   scripts/bench_state.py.
@@ -603,9 +603,9 @@ SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "ray": ray_tasks,
 }
 # scenarios of a dataset that follows its source (scripts/bench_follow.py)
-from bench_follow import many_files, rerun_changes  # noqa: E402
+from bench_follow import many_files, many_listed, rerun_changes  # noqa: E402
 
-SCENARIOS.update({"many-files": many_files, "rerun-changes": rerun_changes})
+SCENARIOS.update({"many-files": many_files, "many-listed": many_listed, "rerun-changes": rerun_changes})
 from bench_state import state_size  # noqa: E402
 
 SCENARIOS["state-size"] = state_size
@@ -621,6 +621,7 @@ DEFAULT_RECORDS = {
     "memory": 400_000,  # and a tenth of it
     "resume": 10_000,
     "many-files": 30_000,
+    "many-listed": 1_000_000,
     "rerun-changes": 20_000,
     "state-size": 1_000_000,
     "pg-load": 100_000,

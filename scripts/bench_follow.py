@@ -2,7 +2,20 @@
 
 - many-files: N one-document .md files against the same N documents in one
   JSONL file, local disk, fake server; `wall_ratio` = files / jsonl, target
-  at most 1.5. Also the manifest's size after the files run.
+  at most 1.5. Also the manifest's size after the files run. Then the same
+  documents (at most S3_OBJECTS of them) as objects in moto's S3 server, run
+  in this process behind a WSGI middleware that sleeps S3_LATENCY_MS before
+  answering each request (listing pages, GETs); `s3_objects_per_s` = objects
+  ÷ the whole run's wall time (start-up, listing and embedding included),
+  target at least 500. The sink stays on local disk. moto's own cost per
+  request bounds that figure on a small machine, so the run is repeated
+  with the objects' GETs answered by the middleware itself (same latency,
+  listing still by moto): `s3_fast_get_objects_per_s`.
+- many-listed: N objects (a million by default) of a synthetic S3-like
+  store listed as an S3 source and compared with a dataset that knows none,
+  in a process of their own: peak RSS, taken a page at a time (`paged_*`,
+  what the pipeline does) and gathered whole as s3fs's `find` does
+  (`find_*`). Target: under 300 MB at a million.
 - rerun-changes: a corpus embedded once, then 10% of its documents edited
   (one JSONL file of records and a folder of .md files, each with 10% of its
   records or files edited) and run again; `paid_per_changed` = inputs sent
@@ -13,9 +26,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
+
+S3_OBJECTS = 10_000  # objects of the S3 case (uploading to moto costs time too)
+S3_LATENCY_MS = 30.0  # added to every request the S3 server answers
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
 
 
 def _bench() -> Any:
@@ -49,6 +77,7 @@ def many_files(work: Path, records: int) -> Any:
     with bench.serve("--fake", "--dimensions", "256") as url:
         one = bench.run_pipeline(_config(work, "one", corpus, url))
         many = bench.run_pipeline(_config(work, "many", folder, url))
+        s3 = _many_objects(work, docs[:S3_OBJECTS], url)
     manifest = work / "many-out" / "_manifest.json"
     return bench.Row("many-files", {
         "files": records,
@@ -57,8 +86,102 @@ def many_files(work: Path, records: int) -> Any:
         "wall_ratio": round(many.wall_s / one.wall_s, 2),
         "files_peak_rss_mb": round(many.max_rss_mb),
         "manifest_kb": round(manifest.stat().st_size / 1024) if manifest.exists() else None,
-        "exit": max(one.returncode, many.returncode),
+        "s3_objects": s3["objects"],
+        "s3_latency_ms": S3_LATENCY_MS,
+        "s3_wall_s": round(s3["run"].wall_s, 2),
+        "s3_objects_per_s": round(s3["objects"] / s3["run"].wall_s),
+        "s3_requests": s3["requests"],
+        "s3_peak_rss_mb": round(s3["run"].max_rss_mb),
+        "s3_fast_get_objects_per_s": round(s3["objects"] / s3["fast"].wall_s),
+        "s3_fast_get_requests": s3["fast_requests"],
+        "exit": max(one.returncode, many.returncode, s3["run"].returncode, s3["fast"].returncode),
     })
+
+
+class _Latency:
+    """WSGI middleware: every request waits ``delay_s`` before it is answered (the server runs a thread
+    per request, so requests wait side by side, as on a real store far away).
+
+    With ``objects`` (path → bytes) set, a plain GET of one of them is answered from there instead of
+    by moto, whose own cost per request (tens of ms of CPU on a loaded 2-core machine) would otherwise
+    be what the benchmark measures.
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.delay_s = 0.0
+        self.requests = 0
+        self.objects: dict[str, bytes] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if self.delay_s:
+            self.requests += 1
+            time.sleep(self.delay_s)
+        data = self.objects.get(environ.get("PATH_INFO", ""))
+        if (data is None or environ["REQUEST_METHOD"] != "GET"
+                or environ.get("QUERY_STRING", "") not in ("", "x-id=GetObject")
+                or environ.get("HTTP_RANGE", "bytes=0-") != "bytes=0-"):
+            return self.app(environ, start_response)
+        ranged = "HTTP_RANGE" in environ
+        headers = [("Content-Type", "binary/octet-stream"), ("Content-Length", str(len(data))),
+                   ("ETag", '"0"'), ("Last-Modified", "Tue, 01 Dec 2026 00:00:00 GMT")]
+        if ranged:
+            headers.append(("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}"))
+        start_response("206 Partial Content" if ranged else "200 OK", headers)
+        return [data]
+
+
+@contextmanager
+def _moto_with_latency() -> Iterator[tuple[str, _Latency]]:
+    """moto's S3 server on a loopback port in a thread, behind :class:`_Latency`; the AWS_* environment
+    (inherited by `pipeline run`) points at it."""
+    import logging
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = _Latency(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    saved = dict(os.environ)
+    os.environ.update({**FAKE_AWS, "AWS_ENDPOINT_URL": url})
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        os.environ.pop(name, None)
+    try:
+        yield url, app
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.shutdown()
+        thread.join()
+
+
+def _many_objects(work: Path, docs: list[str], url: str) -> dict[str, Any]:
+    """``docs`` as one-document objects in S3 behind a latency, read by `pipeline run` into a local dataset."""
+    import s3fs
+
+    bench = _bench()
+    with _moto_with_latency() as (_, latency):
+        s3 = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+        s3.mkdir("bench")
+        s3.pipe({f"bench/notes/d{i:07d}.md": text.encode() for i, text in enumerate(docs)})
+        config = work / "s3.yaml"
+        bench.write_config(config, "s3://bench/notes", work / "s3-out",  # type: ignore[arg-type]
+                           {"url": url, "model": "bench", "concurrency": bench.CONCURRENCY,
+                            "encoding_format": "base64"})
+        latency.delay_s = S3_LATENCY_MS / 1000
+        run = bench.run_pipeline(config)
+        requests, latency.requests = latency.requests, 0
+        # again, the objects' GETs answered by the middleware: what the pipeline does when the store is fast
+        latency.objects = {f"/bench/notes/d{i:07d}.md": text.encode() for i, text in enumerate(docs)}
+        shutil.rmtree(work / "s3-out")
+        fast = bench.run_pipeline(config)
+        latency.delay_s = 0.0
+    return {"objects": len(docs), "run": run, "requests": requests, "fast": fast,
+            "fast_requests": latency.requests}
 
 
 def rerun_changes(work: Path, records: int) -> Any:
@@ -99,3 +222,76 @@ def rerun_changes(work: Path, records: int) -> Any:
         "exit": max(first.returncode, again.returncode),
     })
     return bench.Row("rerun-changes", figures)
+
+
+def many_listed(work: Path, records: int) -> Any:
+    """``records`` objects of a synthetic S3-like store listed and compared with an empty dataset, in a
+    process of their own: its peak RSS, against the same listing gathered whole as s3fs's ``find`` does."""
+    bench = _bench()
+    figures: dict[str, Any] = {"objects": records}
+    for how in ("paged", "find"):
+        m = bench.measure([sys.executable, str(Path(__file__).resolve()), "listing", str(records), how], work)
+        if m.returncode != 0:
+            return bench.Row("many-listed", {**figures, "exit": m.returncode})
+        figures.update({f"{how}_{k}": v for k, v in json.loads(m.stdout.strip().splitlines()[-1]).items()})
+        figures[f"{how}_peak_rss_mb"] = round(m.max_rss_mb)
+    return bench.Row("many-listed", {**figures, "exit": 0})
+
+
+def _listing(objects: int, how: str) -> dict[str, Any]:
+    """List ``objects`` synthetic objects as an S3 source (a page at a time, or whole with ``find``), then
+    compare them with a dataset that knows none; the seconds each took."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import fsspec.asyn
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from pipeline.config import SourceConfig
+    from pipeline.jobs.changes import compare
+    from pipeline.sources.listing import list_files
+    from pipeline.storage import Location
+
+    def info(i: int) -> dict[str, Any]:  # what list_objects_v2 says of an object, as s3fs hands it on
+        name = f"bucket/corpus/2024/{i // 1000:04d}/doc-{i:08d}.md"
+        return {"Key": name, "name": name, "type": "file", "size": 1200 + i % 500, "Size": 1200 + i % 500,
+                "ETag": f'"{i:032x}"', "LastModified": "2024-01-01T00:00:00+00:00", "StorageClass": "STANDARD"}
+
+    class Store(MemoryFileSystem):  # type: ignore[misc]
+        protocol = ("s3", "s3a") if how == "paged" else "memory"
+        loop = fsspec.asyn.get_loop()
+
+        def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+            return {"name": path, "type": "directory", "size": 0}
+
+        def find(self, path: str, *args: Any, detail: bool = False, **kwargs: Any) -> Any:
+            return {info(i)["name"]: info(i) for i in range(objects)}
+
+        def invalidate_cache(self, path: str | None = None) -> None:
+            pass
+
+        def split_path(self, path: str) -> tuple[str, str, None]:
+            bucket, _, key = path.partition("/")
+            return bucket, key, None
+
+        async def _iterdir(self, bucket: str, prefix: str = "", delimiter: str = "/") -> Any:
+            for start in range(0, objects, 1000):
+                for entry in [info(i) for i in range(start, min(objects, start + 1000))]:  # one page
+                    yield entry
+
+    class Unknown:
+        def signature(self, url: str) -> None:
+            return None
+
+        def done_upto(self, key: str) -> int:
+            return 0
+
+    fs = Store(skip_instance_cache=True)
+    started = time.perf_counter()
+    files = list_files(Location.on(fs, "bucket/corpus"), SourceConfig(path="s3://bucket/corpus"))
+    listed = time.perf_counter()
+    changes = compare(Unknown(), fs, files, {f.url for f in files})  # type: ignore[arg-type]
+    assert len(changes.new) == objects
+    return {"list_s": round(listed - started, 1), "compare_s": round(time.perf_counter() - listed, 1)}
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["listing"]:
+    print(json.dumps(_listing(int(sys.argv[2]), sys.argv[3])))

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import fsspec.asyn
+import fsspec.implementations.memory
 import orjson
 import pytest
 
@@ -219,3 +221,56 @@ def test_assign_shares_files_and_pieces_out_once_and_stably(tmp_path: Path) -> N
     assert len(set(pieces)) == len(pieces) and all(shares)
     reordered = assign(fs, list(reversed(files)), 1, 3, 600)
     assert sorted(p.key for p in reordered) == sorted(p.key for p in shares[1])
+
+
+class _PagedStore(fsspec.implementations.memory.MemoryFileSystem):
+    """An S3-like store that lists a page at a time (``_iterdir``, as s3fs does) and refuses ``find``."""
+
+    protocol = ("s3", "s3a")
+    pages = 0
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(skip_instance_cache=True)
+        self.keys = keys
+        self.loop = fsspec.asyn.get_loop()
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        return path.split("://", 1)[-1].strip("/")
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        return {"name": path, "type": "directory", "size": 0}
+
+    def find(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the whole tree was gathered")
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        pass
+
+    def split_path(self, path: str) -> tuple[str, str, None]:
+        bucket, _, key = path.partition("/")
+        return bucket, key, None
+
+    async def _iterdir(self, bucket: str, prefix: str = "", delimiter: str = "/") -> Any:
+        assert delimiter == "" and prefix == "docs/"
+        for start in range(0, len(self.keys), 3):
+            self.pages += 1
+            for key in self.keys[start:start + 3]:
+                yield {"name": f"{bucket}/{key}", "type": "file", "size": len(key), "ETag": f'"{key}"'}
+
+
+def test_s3_listing_is_taken_a_page_at_a_time() -> None:
+    """Below an S3 prefix, objects come a page at a time into input files (never one dict of them all);
+    folder markers and hidden or unknown files are left out, the rest sorted by path."""
+    from pipeline.sources.listing import list_files
+    from pipeline.storage import Location
+
+    keys = ["docs/b.md", "docs/a.jsonl", "docs/sub/", "docs/sub/c.txt", "docs/_hidden.md", "docs/x.bin",
+            "docs/sub/d.md"]
+    fs = _PagedStore(keys)
+    skipped: dict[str, int] = {}
+    files = list_files(Location.on(fs, "s3://bkt/docs", role="source.path"), SourceConfig(path="s3://bkt/docs"),
+                       skipped)
+    assert [f.rel_path for f in files] == ["a.jsonl", "b.md", "sub/c.txt", "sub/d.md"]
+    assert files[1].url == "s3://bkt/docs/b.md" and files[1].mtime == '"docs/b.md"' and files[1].size == 9
+    assert skipped == {".bin": 1} and fs.pages == 3

@@ -65,3 +65,21 @@ async def test_stage_flushes_partial_batch_after_linger() -> None:
             await send_in.aclose()
             rest = [b async for b in receive_out]
         assert [c.doc_id for b in rest for c in b.chunks] == ["b", "c"]
+
+
+def test_a_whole_file_record_that_fills_a_batch_takes_its_file_end_along() -> None:
+    """A text file's record (location 0) that fills a batch waits for its file's end: a batch marking the
+    file "done up to 0" alone would read, after a commit and a kill, as a file not started."""
+    b = Batcher(2)
+    out = list(b.add((chunk("a", source="a.md", location=0),)))
+    out += list(b.add(FileEnd("a.md")))
+    out += list(b.add((chunk("b", source="b.md", location=0),)))
+    assert out == []  # full, held for b.md's end
+    out += list(b.add(FileEnd("b.md")))
+    out += list(b.add((chunk("c", source="c.md", location=0),)))
+    out += list(b.add((chunk("d", source="d.md", location=0),)))
+    out += list(b.add((chunk("e", source="e.jsonl", location=1),)))  # not d.md's end: the held batch goes first
+    out.append(b.flush())
+    assert [dict(x.marks) for x in out] == [{"a.md": END_OF_FILE, "b.md": END_OF_FILE}, {"c.md": 0, "d.md": 0},
+                                            {"e.jsonl": 1}]
+    assert [x.records for x in out] == [2, 2, 1]

@@ -14,7 +14,7 @@ from pipeline.config import SourceConfig
 from pipeline.jobs.progress import Progress
 from pipeline.sources.listing import open_source
 from pipeline.stages.read import Checkpoints, read_stage
-from pipeline.types import FileEnd, Record
+from pipeline.types import END_OF_FILE, Failure, FileEnd, Record
 
 pytestmark = pytest.mark.anyio
 
@@ -45,3 +45,73 @@ async def test_progress_moves_inside_one_big_file(tmp_path: Path, name: str) -> 
     assert records == 20_000
     assert any(0 < f < 1 for f in fractions)  # it moved while the file was being read
     assert progress.reading[files[0].key] == files[0].size  # every byte of the file, as listed
+
+
+class _Denying:
+    """``fs`` whose GETs of ``denied`` are refused (an object the credentials may not read)."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, denied: str) -> None:
+        self._fs = fs
+        self._denied = denied
+        self.fetched: list[str] = []
+
+    def cat_file(self, path: str, **kwargs: object) -> bytes:
+        self.fetched.append(path)
+        if path.endswith(self._denied):
+            raise PermissionError(13, "Access Denied")
+        return self._fs.cat_file(path, **kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._fs, name)
+
+
+async def read_everything(files: list, fs: object, cfg: SourceConfig, done: dict[str, int] | None = None,
+                          ) -> tuple[list[list], list]:
+    blocks: list[list] = []
+    started: list = []
+    send, receive = anyio.create_memory_object_stream[list](1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: read_stage(files, send, cfg=cfg, fs=fs, done_upto=lambda key: (done or {}).get(key, 0),
+                                         checkpoints=Checkpoints(), cpu=anyio.CapacityLimiter(1),
+                                         on_file=started.append))
+        with anyio.fail_after(60), receive:
+            async for block in receive:
+                blocks.append(block)
+    return blocks, started
+
+
+async def test_many_small_objects_come_in_listing_order_a_block_for_many(memfs: fsspec.AbstractFileSystem) -> None:
+    """Small objects, fetched side by side, still come out in listing order, each record before its
+    file's end; a block carries many files; files done earlier are neither fetched nor started."""
+    for i in range(1500):
+        memfs.pipe_file(f"/notes/n{i:04d}.md", f"note {i}".encode())
+    cfg = SourceConfig(path="memory://notes")
+    fs, files = open_source(cfg)
+    wrapped = _Denying(fs, denied="(none)")
+    done = {f.key: END_OF_FILE for f in files[:100]}
+    blocks, started = await read_everything(files, wrapped, cfg, done)
+    items = [item for block in blocks for item in block]
+    expected = []
+    for f in files[100:]:
+        expected += [("record", f.rel_path), ("end", f.key)]
+    assert [("record", i.doc_id) if isinstance(i, Record) else ("end", i.url) for i in items] == expected
+    assert [i.text for i in items if isinstance(i, Record)][:2] == ["note 100", "note 101"]
+    assert len(blocks) < 1400 / 100  # hundreds of files a block, not one
+    assert started == files[100:]
+    assert sorted(wrapped.fetched) == [f.path for f in files[100:]]
+
+
+async def test_an_unreadable_object_among_many_fails_alone(memfs: fsspec.AbstractFileSystem) -> None:
+    """An object that cannot be read ends in one failure row naming it; the objects around it are read."""
+    for i in range(200):
+        memfs.pipe_file(f"/notes/n{i:04d}.md", f"note {i}".encode())
+    cfg = SourceConfig(path="memory://notes")
+    fs, files = open_source(cfg)
+    blocks, _ = await read_everything(files, _Denying(fs, denied="n0042.md"), cfg)
+    items = [item for block in blocks for item in block]
+    records = [i.doc_id for i in items if isinstance(i, Record)]
+    assert records == [f"n{i:04d}.md" for i in range(200) if i != 42]
+    failures = [i for i in items if isinstance(i, Failure)]
+    assert len(failures) == 1 and failures[0].error_type == "unreadable_file"
+    assert failures[0].message == f"cannot open {files[42].url}: permission denied"
+    assert sum(isinstance(i, FileEnd) for i in items) == 200

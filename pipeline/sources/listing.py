@@ -13,9 +13,10 @@ import hashlib
 import posixpath
 import re
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
+import fsspec.asyn
 import pyarrow.parquet as pq
 
 from pipeline.config import SourceConfig
@@ -80,8 +81,27 @@ def open_source(
     See :func:`list_files`. Raises :class:`~pipeline.errors.SourceError` when
     the filesystem cannot be made, the path cannot be listed or nothing matches.
     """
-    location = Location.open(cfg.path, cfg.storage_options, role="source.path")
+    location = Location.open(cfg.path, source_options(cfg.path, cfg.storage_options), role="source.path")
     return location.fs, list_files(location, cfg, skipped)
+
+
+#: connections to S3 a source may hold: botocore's default (10) would cap the small objects fetched ahead
+S3_CONNECTIONS = 64
+
+
+def source_options(path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``source.storage_options``, with room for the objects fetched at once on S3 unless set.
+
+    Small objects are fetched many at a time (:mod:`pipeline.sources.fetch`);
+    on S3 each needs a connection of its own, and botocore keeps 10.
+    """
+    if not path.startswith(("s3://", "s3a://")):
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    if "max_pool_connections" in config:
+        return options
+    config["max_pool_connections"] = S3_CONNECTIONS
+    return {**options, "config_kwargs": config}
 
 
 def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | None = None) -> list[InputFile]:
@@ -105,18 +125,26 @@ def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | 
         location.invalidate(_glob_base(root) if pattern else root)
         # a path that exists as written is used as written, wildcards or not (``docs [2024]``)
         info = _info_if_exists(fs, root) if pattern else fs.info(root)
+        entries: list[tuple[str, dict[str, Any]]] | None = None  # None: every file below root
         if info is None:
             base = _glob_base(root)
             listing = fs.glob(root, detail=True)
             entries = [(path, meta) for path, meta in listing.items() if meta.get("type") != "directory"]
         elif info.get("type") == "directory":
             base = root
-            entries = list(fs.find(root, detail=True).items())
         else:
-            base = posixpath.dirname(root)
+            base, single = posixpath.dirname(root), True
             entries = [(info.get("name", root), info)]
-            single = True
-    files = [f for path, info in entries if (f := _input_file(location, cfg, path, info, base, single, skipped))]
+        files: list[InputFile] = []
+
+        def add(path: str, meta: dict[str, Any]) -> None:
+            if (inp := _input_file(location, cfg, path, meta, base, single, skipped)) is not None:
+                files.append(inp)
+
+        if entries is None:
+            _each_below(fs, root, add)
+        for path, meta in entries or ():
+            add(path, meta)
     if not files:
         raise SourceError(f"no input files match source.path: {location.shown}")
     files.sort(key=lambda f: f.path)
@@ -154,6 +182,40 @@ def _input_file(
         rel_path=rel,
         mtime=_mtime(info),
     )
+
+
+def _each_below(fs: fsspec.AbstractFileSystem, root: str, each: Callable[[str, dict[str, Any]], None]) -> None:
+    """``each(path, info)`` for every file below directory ``root``.
+
+    On S3 the listing is streamed a page (1,000 keys) at a time, each entry
+    handed over as it comes: s3fs's ``find`` would first gather every key's
+    info dict (and cache the tree besides), twice the memory of the input
+    files made from them. Elsewhere ``find`` lists the whole tree.
+    """
+    if not _pages(fs):
+        for path, info in fs.find(root, detail=True).items():
+            each(path, info)
+        return
+    bucket, key, _ = fs.split_path(root)
+    prefix = key.rstrip("/") + "/" if key else ""
+
+    async def walk() -> None:
+        async for info in fs._iterdir(bucket, prefix=prefix, delimiter=""):
+            if info.get("type") != "directory" and not info["name"].endswith("/"):  # not a folder marker
+                each(info["name"], info)
+
+    fsspec.asyn.sync(fs.loop, walk)
+
+
+def _pages(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` lists a page at a time (s3fs's ``_iterdir``; not a version-aware store)."""
+    return (hasattr(fs, "_iterdir") and hasattr(fs, "split_path") and "s3" in _protocols(fs)
+            and not getattr(fs, "version_aware", False))
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def _info_if_exists(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:

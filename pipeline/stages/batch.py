@@ -50,6 +50,10 @@ class Batcher:
         self._failures: list[Failure] = []
         self._records = 0
         self._marks: dict[str, int] = {}
+        # full, but held for the end of the file whose record at location 0 filled it: a mark of 0
+        # ("done up to 0") reads like "not started", so a commit between that record and its file's
+        # end would have a rerun read (and pay for) the record again
+        self._held = False
 
     @property
     def pending(self) -> bool:
@@ -60,12 +64,16 @@ class Batcher:
         """Add one record's outcome; yield every batch it fills."""
         if isinstance(piece, FileEnd):
             self.mark(piece.url, END_OF_FILE)
+            if self._held:
+                yield self.flush()
             return
+        if self._held:
+            yield self.flush()
         if isinstance(piece, Failure):
             self._failures.append(piece)
             self._complete(piece.source + piece.part, piece.location)
             if len(self._failures) >= self.max_failures:
-                yield self.flush()
+                yield from self._full(piece.location)
             return
         last = len(piece) - 1
         for i, chunk in enumerate(piece):
@@ -73,7 +81,14 @@ class Batcher:
             if i == last:
                 self._complete(chunk.source + chunk.part, chunk.location)
             if len(self._chunks) >= self.batch_size:
-                yield self.flush()
+                yield from self._full(chunk.location if i == last else None)
+
+    def _full(self, completed_at: int | None) -> Iterable[Batch]:
+        """The batch is full: out it goes, unless the record just completed is a whole file's (location 0)."""
+        if completed_at == 0:
+            self._held = True
+        else:
+            yield self.flush()
 
     def mark(self, url: str, location: int) -> None:
         """Say that ``url`` is done up to ``location`` (e.g. at the end of a file)."""
@@ -94,6 +109,7 @@ class Batcher:
         )
         self.seq += 1
         self._chunks, self._failures, self._records, self._marks = [], [], 0, {}
+        self._held = False
         return batch
 
 

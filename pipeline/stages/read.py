@@ -1,7 +1,8 @@
 """Read: stream the records of the input files, in blocks, from where each was committed.
 
-Blocking reads and parsing run in worker threads; a block of records makes
-one hop to the event loop. A file that breaks midway ends in one failure,
+Blocking reads and parsing run in worker threads; a block of records (of
+one file or of many small ones) makes one hop to the event loop, and small
+files are fetched a few at a time ahead of the one being parsed. A file that breaks midway ends in one failure,
 and every file ends with a :class:`FileEnd`, so the writer knows when a file
 is whole.
 """
@@ -9,6 +10,7 @@ is whole.
 from __future__ import annotations
 
 import threading
+from functools import partial
 from itertools import islice
 from typing import Any, Callable, Iterator
 
@@ -18,10 +20,12 @@ from anyio.abc import ObjectSendStream
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
 from pipeline.logs import get_logger
+from pipeline.sources.fetch import AHEAD, Ahead
 from pipeline.sources.readers import read_records
 from pipeline.types import END_OF_FILE, Failure, FileEnd, InputFile, Record
 
 READ_BLOCK = 512  # records per hop between the reader thread and the event loop
+PLAN_AHEAD = 2 * READ_BLOCK  # files handed to the reader thread ahead of what it read (> a block of files)
 
 #: what the read stage sends: a block of a file's records, failures and ends
 Item = Record | Failure | FileEnd
@@ -62,6 +66,8 @@ class Checkpoints:
 
     def best(self, url: str, after: int) -> tuple[int, int] | None:
         """The checkpoint to resume ``url`` after line ``after`` from, if any."""
+        if url not in self._by_url:  # most files: no lock to take
+            return None
         with self._lock:
             found = [c for c in self._by_url.get(url, []) if 0 < c[0] <= after]
         return (found[-1][0], found[-1][1]) if found else None
@@ -153,8 +159,46 @@ class _CountingFS:
         return getattr(self._fs, name)
 
 
-def _take(iterator: Iterator[Item], n: int) -> list[Item]:
-    return list(islice(iterator, n))
+class _Reader:
+    """The read stage's thread side: the items of the planned files, a block at a time, in their order."""
+
+    def __init__(self, cfg: SourceConfig, fs: Any, on_bytes: Callable[[InputFile, int], None] | None,
+                 ahead: int) -> None:
+        self._cfg = cfg
+        self._files: Ahead[tuple[int, dict[str, Any]]] = Ahead(fs, ahead=ahead)
+        self._on_bytes = on_bytes
+        self._current: Iterator[Item] | None = None
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def plan(self, inp: InputFile, after: int, seeking: dict[str, Any]) -> None:
+        """Read ``inp`` after location ``after`` once the files planned before it are read."""
+        self._files.plan(inp, (after, seeking))
+
+    def take(self, n: int) -> tuple[list[Item], list[InputFile]]:
+        """Up to ``n`` items, from as many planned files as they take, and the files started meanwhile."""
+        block: list[Item] = []
+        started: list[InputFile] = []
+        while len(block) < n:
+            if self._current is None:
+                planned = self._files.next()
+                if planned is None:
+                    break
+                inp, (after, seeking), source = planned
+                if self._on_bytes is not None:
+                    source = _CountingFS(source, partial(self._on_bytes, inp))
+                self._current = file_items(self._cfg, source, inp, after, **seeking)
+                started.append(inp)
+            had = len(block)
+            block.extend(islice(self._current, n - had))
+            if len(block) - had < n - had:  # the file is done
+                self._current = None
+        return block, started
+
+    def close(self) -> None:
+        """Stop fetching ahead."""
+        self._files.close()
 
 
 async def read_stage(
@@ -168,25 +212,39 @@ async def read_stage(
     cpu: anyio.CapacityLimiter,
     on_file: Callable[[InputFile], None] = lambda _: None,
     on_bytes: Callable[[InputFile, int], None] | None = None,
+    ahead: int = AHEAD,
 ) -> None:
     """Send every record of ``files`` after what ``done_upto`` says is committed, a block at a time.
 
-    ``on_bytes(inp, n)`` hears of the bytes read inside each file, as they are read (from its thread).
+    A block holds the items of as many files as it takes, in order. The
+    small files among the next few are fetched ``ahead`` at a time (see
+    :mod:`pipeline.sources.fetch`) while earlier ones are parsed.
+    ``on_bytes(inp, n)`` hears of the bytes read inside each file, as they are
+    read (from its thread); ``on_file(inp)`` of each file as its reading starts.
     """
     log = get_logger()
-    async with send:
-        for inp in files:
-            after = done_upto(inp.key)
-            if after >= END_OF_FILE:
-                continue  # committed whole by an earlier run
-            on_file(inp)
-            seeking: dict[str, Any] = {}
-            if not inp.part:  # whole files: resume by seeking to a checkpoint
-                seeking = {"seek": checkpoints.best(inp.url, after), "on_checkpoint": checkpoints.recorder(inp.url)}
-            if after:
-                log.info("file_resumed", file=inp.key, after=after,
-                         seek_offset=(seeking.get("seek") or (None, None))[1])
-            source = fs if on_bytes is None else _CountingFS(fs, lambda n, inp=inp: on_bytes(inp, n))
-            iterator = file_items(cfg, source, inp, after, **seeking)
-            while block := await anyio.to_thread.run_sync(_take, iterator, READ_BLOCK, limiter=cpu):
+    reader = _Reader(cfg, fs, on_bytes, ahead)
+    todo = iter(files)
+    try:
+        async with send:
+            while True:
+                while len(reader) < PLAN_AHEAD and (inp := next(todo, None)) is not None:
+                    after = done_upto(inp.key)
+                    if after >= END_OF_FILE:
+                        continue  # committed whole by an earlier run
+                    seeking: dict[str, Any] = {}
+                    if not inp.part:  # whole files: resume by seeking to a checkpoint
+                        seeking = {"seek": checkpoints.best(inp.url, after),
+                                   "on_checkpoint": checkpoints.recorder(inp.url)}
+                    if after:
+                        log.info("file_resumed", file=inp.key, after=after,
+                                 seek_offset=(seeking.get("seek") or (None, None))[1])
+                    reader.plan(inp, after, seeking)
+                block, started = await anyio.to_thread.run_sync(reader.take, READ_BLOCK, limiter=cpu)
+                for inp in started:
+                    on_file(inp)
+                if not block:
+                    break
                 await send.send(block)
+    finally:
+        reader.close()
