@@ -342,3 +342,41 @@ async def test_a_watch_round_pays_for_the_edited_paragraph_only(tmp_path: Path) 
     assert table.num_rows == 7 and "WORD" in "".join(table["text"].to_pylist())
     assert len(list((tmp_path / "out" / "data").glob("*.parquet"))) == len(
         [s for s in json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"] if s["kind"] == "data"])
+
+
+async def test_a_half_written_last_line_is_read_again_once_completed(tmp_path: Path) -> None:
+    """A JSONL file read while its writer was mid-line: once the line is completed (and more appended),
+    the file is read again whole, not read on after its last location, so the record is not lost and
+    its invalid_json error row goes."""
+    src = tmp_path / "in"
+    src.mkdir()
+    path = src / "p.jsonl"
+    path.write_text('{"id": "x1", "text": "first"}\n{"id": "x2", "te')
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    _, first, _ = await rerun(cfg)
+    assert first.totals["rows_failed"] == 1
+    with open(path, "a") as f:
+        f.write('xt": "second, now complete"}\n{"id": "x3", "text": "third"}\n')
+    touch_later(path)
+    job, result, stats = await rerun(cfg)
+    assert job.changes["changed"] == 1 and job.changes["appended"] == 0
+    assert result.exit_code == 0 and result.totals["rows_failed"] == 0
+    check_exact(tmp_path, {"x1": "first", "x2": "second, now complete", "x3": "third"})
+    assert stats["inputs_embedded"] == 2  # x1 keeps its vector
+
+
+async def test_a_line_glued_to_a_last_line_without_newline_is_not_lost_silently(tmp_path: Path) -> None:
+    """Appending to a file whose last line had no newline glues two records into one invalid line: the
+    file is read again and that line is an error row, not skipped as if it were already read."""
+    src = tmp_path / "in"
+    src.mkdir()
+    path = src / "n.jsonl"
+    path.write_text('{"id": "x1", "text": "first"}\n{"id": "x2", "text": "second"}')
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    with open(path, "a") as f:
+        f.write('{"id": "x3", "text": "glued"}\n')
+    touch_later(path)
+    job, result, _ = await rerun(cfg)
+    assert job.changes["changed"] == 1
+    assert result.totals["rows_failed"] == 1 and result.totals["rows_embedded"] == 1

@@ -36,14 +36,18 @@ def appendable(inp: InputFile) -> bool:
     return inp.format == "jsonl" and inp.compression is None and not inp.part and inp.size is not None
 
 
-def tail_hash(fs: Any, inp: InputFile, end: int) -> str:
-    """SHA-256 (hex, 16 digits) of the ``TAIL_BYTES`` of ``inp`` before byte ``end``."""
+def _tail(fs: Any, inp: InputFile, end: int) -> bytes:
+    """The ``TAIL_BYTES`` of ``inp`` before byte ``end``."""
     start = max(0, end - TAIL_BYTES)
     try:
-        data = fs.cat_file(inp.path, start=start, end=end) if end else b""
+        return fs.cat_file(inp.path, start=start, end=end) if end else b""
     except OSError as exc:
         raise SourceError(f"cannot read {inp.url}: {exc}") from exc
-    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def tail_hash(fs: Any, inp: InputFile, end: int) -> str:
+    """SHA-256 (hex, 16 digits) of the ``TAIL_BYTES`` of ``inp`` before byte ``end``."""
+    return hashlib.sha256(_tail(fs, inp, end)).hexdigest()[:16]
 
 
 def full_signature(fs: Any, inp: InputFile) -> str:
@@ -64,7 +68,10 @@ def only_grew(fs: Any, inp: InputFile, known: str) -> bool:
         return False
     if (inp.size or 0) <= old_size:
         return False
-    return tail_hash(fs, inp, old_size) == tail
+    before = _tail(fs, inp, old_size)
+    # a last line without its newline was cut short (a writer mid-line): what follows may complete it,
+    # so the file is read again whole, its half line's error row replaced
+    return before.endswith(b"\n") and hashlib.sha256(before).hexdigest()[:16] == tail
 
 
 @dataclass
