@@ -18,6 +18,7 @@ from pipeline.config import Config
 from state_helpers import as_format_1
 from pipeline.errors import PipelineError, SinkError
 from pipeline.jobs.run import Job
+from pipeline.jobs.validate import validate
 from pipeline.serve.app import ServerOptions, running_server
 
 from test_jobs_run import make_config
@@ -201,13 +202,34 @@ async def test_mass_deletion_is_refused_before_anything_changes(tmp_path: Path) 
         await rerun(cfg)
     message = str(caught.value)
     assert caught.value.exit_code == 2 and "\n" not in message
-    assert "2 of the dataset's 3 source files (67%)" in message and "run.max_removed_fraction=0.5" in message
+    assert "2 of the dataset's 3 source files (67% of the files" in message and "run.max_removed_fraction=0.5" in message
     assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == before
     check_exact(tmp_path, {"a0": "a", "b0": "b", "c0": "c"})
     lenient = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
                           run={"max_removed_fraction": 1})
     await rerun(lenient)
     check_exact(tmp_path, {"c0": "c"})
+
+
+async def test_a_typo_that_drops_the_few_big_files_is_refused_by_records(tmp_path: Path) -> None:
+    """Most source files still listed, but the ones gone hold most records (a glob typo, `*.md` for
+    the whole folder): refused by the share of records, and `pipeline validate` exits 2 saying so."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {f"r{i}": f"record {i}" for i in range(60)}
+    jsonl(src / "big.jsonl", docs)
+    for i in range(4):
+        (src / f"note{i}.md").write_text(f"note {i}")
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    typo = cfg.model_copy(update={"source": cfg.source.model_copy(update={"path": str(src / "*.md")})})
+    report = validate(typo, "job.yaml")
+    assert report.exit_code == 2 and any("a run would stop" in line for line in report.lines)
+    with pytest.raises(SinkError) as caught:
+        await rerun(typo)
+    message = str(caught.value)
+    assert "1 of the dataset's 5 source files (20% of the files, 94% of the records)" in message
+    assert current(tmp_path).num_rows == 64
 
 
 def test_the_new_run_keys_have_their_defaults() -> None:

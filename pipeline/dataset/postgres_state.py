@@ -242,6 +242,16 @@ class ResumeState:
         self.gone.difference_update(saved.gone)
 
 
+def share_of(conn: psycopg.Connection[Any], names: Names, urls: list[str]) -> float:
+    """The share of the table's rows whose source is one of ``urls`` (0 when there is no table)."""
+    name = sql.Identifier(names.table).as_string(conn)
+    if not urls or conn.execute("SELECT to_regclass(%s)", [name]).fetchone() in (None, (None,)):
+        return 0.0
+    row = conn.execute(sql.SQL("SELECT count(*) FILTER (WHERE source = ANY(%s)), count(*) FROM {t}")
+                       .format(t=names.data), (urls,)).fetchone()
+    return row[0] / row[1] if row and row[1] else 0.0
+
+
 class SinkState:
     """The resume-state half of :class:`~pipeline.dataset.postgres.PostgresSink`, as the Sink protocol asks for it.
 
@@ -307,6 +317,10 @@ class SinkState:
     def note_model(self, reported: str) -> None:
         """The model the server says answered: logged; the table records the configured one."""
         self._reported_model = reported
+
+    def share_of(self, urls: list[str]) -> float:
+        """The share of the table's rows whose source is one of ``urls``."""
+        return share_of(self.conn, self.names, urls)  # type: ignore[attr-defined]
 
     def remove_sources(self, urls: list[str]) -> None:
         """Inputs ``urls`` are gone: their rows, error rows and state rows leave with the next commit.

@@ -81,6 +81,10 @@ class ResumeState:
         """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""
         return self.state.read_on(key)
 
+    def share_of(self, urls: list[str]) -> float:
+        """The share of the dataset's records whose source is one of ``urls``."""
+        return self.state.share_of(urls)
+
     def remove_sources(self, urls: list[str]) -> None:
         """Rows whose ``source`` is one of ``urls`` leave with the next commit (inputs that are gone)."""
         for url in urls:

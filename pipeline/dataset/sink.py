@@ -64,6 +64,10 @@ class Sink(Protocol):
         """Seek checkpoints of big input files."""
         ...
 
+    def share_of(self, urls: list[str]) -> float:
+        """The share of the dataset's records (a table's rows) whose source is one of ``urls``."""
+        ...
+
     def remove_sources(self, urls: list[str]) -> None:
         """The rows whose ``source`` is one of ``urls`` leave with the next commit."""
         ...

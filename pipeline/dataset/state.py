@@ -128,6 +128,17 @@ class State:
         self.marks.pop(path, None)
         self.dirty_shards.add(path)
 
+    def share_of(self, urls: list[str]) -> float:
+        """The share of the dataset's records whose source is one of ``urls`` (0 when shards do not say)."""
+        wanted = set(urls)
+        total = part = 0
+        for sources in self.sources.values():
+            for url, records in sources.items():
+                total += records
+                if url in wanted:
+                    part += records
+        return part / total if total else 0.0
+
     def sources_of(self, path: str) -> dict[str, int] | None:
         """The sources of shard ``path``'s rows (url → records), None when the state does not know them."""
         return self.sources.get(path)

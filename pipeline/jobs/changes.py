@@ -141,16 +141,45 @@ def compare(sink: Known, fs: Any, mine: list[InputFile], listed: set[str]) -> Ch
     return out
 
 
+def removal_refused(known: int, removed: int, records_share: float, max_fraction: float) -> str | None:
+    """Why removing ``removed`` of ``known`` source files (``records_share`` of the records) is refused."""
+    files_share = removed / known if known else 0.0
+    if max(files_share, records_share) <= max_fraction:
+        return None
+    return (
+        f"this run would remove the rows of {removed} of the dataset's {known} source files "
+        f"({files_share:.0%} of the files, {records_share:.0%} of the records), more than "
+        f"run.max_removed_fraction={max_fraction:g}; check source.path, or --set run.max_removed_fraction=1 "
+        "to allow it"
+    )
+
+
+def renamed(changes: Changes, signatures: dict[str, str]) -> bool:
+    """Whether the new inputs hold at least as many bytes as the deleted ones did (moved or renamed files,
+    not a listing that lost them)."""
+    def size(signature: str) -> int:
+        head = signature.partition(TAIL)[0].split(":", 1)[0]
+        return int(head) if head.isdigit() else 0
+
+    gone = sum(size(signatures.get(url, "")) for url in changes.deleted)
+    return sum(inp.size or 0 for inp in {f.url: f for f in changes.new}.values()) >= gone > 0
+
+
+def records_share(changes: Changes, sink: Any, signatures: dict[str, str]) -> float:
+    """The share of the sink's records the deleted inputs hold; 0 when new inputs make up for them."""
+    return 0.0 if renamed(changes, signatures) else sink.share_of(changes.deleted)
+
+
 def check_removals(changes: Changes, sink: Sink, *, max_fraction: float) -> None:
-    """Refuse (``SinkError``, exit 2) a run that would remove more than ``max_fraction`` of the inputs."""
-    known = len(known_inputs(sink))
-    removed = len(changes.deleted)
-    if known and removed / known > max_fraction:
-        raise SinkError(
-            f"this run would remove the rows of {removed} of the dataset's {known} source files "
-            f"({removed / known:.0%}), more than run.max_removed_fraction={max_fraction:g}; "
-            "check source.path, or --set run.max_removed_fraction=1 to allow it"
-        )
+    """Refuse (``SinkError``, exit 2) a run that would remove more than ``max_fraction`` of the source
+    files, or of the records (a typo matching the many small files but not the few big ones)."""
+    if not changes.deleted:
+        return
+    known = known_inputs(sink)
+    share = records_share(changes, sink, known)
+    refused = removal_refused(len(known), len(changes.deleted), share, max_fraction)
+    if refused:
+        raise SinkError(refused)
 
 
 def apply(sink: Sink, fs: Any, changes: Changes, checkpoints: Checkpoints, progress: Progress,

@@ -23,7 +23,7 @@ from pipeline.dataset import state_files
 from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.state import State
-from pipeline.jobs.changes import compare
+from pipeline.jobs.changes import compare, removal_refused, renamed
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.logs import format_duration, redact_url
@@ -252,9 +252,9 @@ def _check_postgres(cfg: Config) -> SinkCheck:
 # --------------------------------------------------------------------------- what changed
 
 
-def describe_changes(cfg: Config) -> tuple[list[str], Reading | None]:
-    """How the listing compares with the dataset or table at ``sink.path``, and what a run would read
-    (no line and None when there is none yet)."""
+def describe_changes(cfg: Config) -> tuple[list[str], Reading | None, str | None]:
+    """How the listing compares with the dataset or table at ``sink.path``, what a run would read, and
+    why a run would refuse to start (the mass-deletion guard); no line and None when there is none yet."""
     if is_postgres(cfg.sink.path):
         state = _postgres_state(cfg)
     else:
@@ -262,7 +262,7 @@ def describe_changes(cfg: Config) -> tuple[list[str], Reading | None]:
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
         state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
     if state is None:
-        return [], None
+        return [], None, None
     fs, listed, mine = list_source(cfg)
     changes = compare(StateView(state), fs, mine, listed)
     c = changes.counts()
@@ -270,14 +270,17 @@ def describe_changes(cfg: Config) -> tuple[list[str], Reading | None]:
             f"appended {c['appended']:,}, deleted {c['deleted']:,}, unchanged {c['unchanged']:,}")
     if c["deleted"] and cfg.run.on_deleted == "keep":
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
-    known = len(state.files)
-    if cfg.run.on_deleted == "remove" and known and c["deleted"] / known > cfg.run.max_removed_fraction:
-        line += (f"; a run would stop: removing {c['deleted'] / known:.0%} of the files is more than "
-                 f"run.max_removed_fraction={cfg.run.max_removed_fraction:g}")
+    refused = None
+    if cfg.run.on_deleted == "remove" and changes.deleted:
+        share = 0.0 if renamed(changes, state.files) else (
+            _postgres_share(cfg, changes.deleted) if is_postgres(cfg.sink.path) else state.share_of(changes.deleted))
+        refused = removal_refused(len(state.files), len(changes.deleted), share, cfg.run.max_removed_fraction)
+        if refused:
+            line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
     reading = Reading(fs, changes.to_read, after, changes.unchanged, bool(changes.changed))
-    return [line], reading
+    return [line], reading, refused
 
 
 class StateView:
@@ -294,6 +297,20 @@ class StateView:
 
     def done_upto(self, key: str) -> int:
         return self._s.done_upto(key)
+
+
+def _postgres_share(cfg: Config, urls: list[str]) -> float:
+    """The share of the table's rows whose source is one of ``urls``."""
+    import psycopg
+
+    from pipeline.dataset.postgres_schema import Names
+    from pipeline.dataset.postgres_state import share_of
+
+    try:
+        with psycopg.connect(cfg.sink.path, connect_timeout=10, autocommit=True) as conn:
+            return share_of(conn, Names(cfg.sink.table), urls)
+    except psycopg.Error:  # the sink line says what is wrong with the database
+        return 0.0
 
 
 def _postgres_state(cfg: Config) -> State | None:
@@ -349,13 +366,13 @@ def validate(cfg: Config, config_name: str) -> Report:
     except Exception:  # the listing worked a moment ago; a count is not worth failing the report for
         skipped = {}
     lines = [f"config: ok ({config_name})", *_describe_inputs(cfg, est, skipped), sink.line]
-    reading = None
+    reading, refused = None, None
     try:
-        changes, reading = describe_changes(cfg)
+        changes, reading, refused = describe_changes(cfg)
         lines += changes
     except (SinkError, SourceError, OSError) as exc:  # the sink check already says what is wrong there
         lines.append(f"changes: could not compare with the dataset ({_one_line(exc)})")
-    problems = [sink.problem] if sink.problem else []
+    problems = [p for p in (sink.problem, refused) if p]
     failed = too_many_failed(cfg, {"rows_failed": est.bad_records, "rows_embedded": est.chunks})
     lines += _describe_records(cfg, est, failed is not None)
     if reading is not None:  # a rerun pays for what changed only
@@ -367,7 +384,7 @@ def validate(cfg: Config, config_name: str) -> Report:
         rows = est.bad_records + est.chunks
         problems.append(f"{est.bad_records:,} of {rows:,} rows would fail, more than "
                         f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}: a run would exit 1")
-    code = EXIT_CONFIG if sink.problem else EXIT_TOO_MANY_FAILED if failed else EXIT_OK
+    code = EXIT_CONFIG if sink.problem or refused else EXIT_TOO_MANY_FAILED if failed else EXIT_OK
     # every URL printed is masked: a key passed to a proxy as https://user:KEY@host must not show
     return Report([redact_url(line) for line in lines], [redact_url(p) for p in problems], code)
 
