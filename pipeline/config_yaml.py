@@ -94,6 +94,32 @@ def _check_size(root: yaml.Node) -> None:
     measure(root, 1)
 
 
+def _check_duplicates(root: yaml.Node) -> None:
+    """Refuse a mapping that gives a key twice: YAML keeps the last silently (a second ``run:`` block
+    would drop every key of the first)."""
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None,
+                            f"{key.value}: given twice (first on line {first[key.value] + 1}); YAML would keep "
+                            "only this one: merge the two into one",
+                            key.start_mark)
+                    first[key.value] = key.start_mark.line
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+
+
 def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
     """The data of a YAML document and its composed node, refusing alias bombs before building anything."""
     loader = yaml.SafeLoader(text)
@@ -102,6 +128,7 @@ def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
         if node is None:
             return None, None
         _check_size(node)
+        _check_duplicates(node)
         return loader.construct_document(node), node
     except RecursionError:
         raise YamlTooBig(f"YAML nested deeper than {MAX_YAML_DEPTH} levels") from None

@@ -270,3 +270,17 @@ def test_set_under_a_secret_is_not_echoed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path, ["embedding.api_key.x=TOPSECRET"], env={"EMBEDDING_KEY": "k", "EMBEDDING_URL": "http://h"})
     assert "api_key is not a section" in str(info.value) and "TOPSECRET" not in str(info.value)
+
+
+def test_a_section_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    """A second `run:` block would silently replace the first (YAML keeps the last key): refused, naming
+    both lines."""
+    text = ("source: {path: a.jsonl}\nembedding: {provider: local}\nrun:\n  on_deleted: keep\n"
+            "sink: {path: out}\nrun:\n  poll_interval_s: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert str(info.value) == (f"{tmp_path / 'job.yaml'}:6: invalid YAML: run: given twice (first on line 3); "
+                               "YAML would keep only this one: merge the two into one")
+    nested = "source: {path: a.jsonl, path: b.jsonl}\nembedding: {provider: local}\nsink: {path: out}\n"
+    with pytest.raises(ConfigError, match="path: given twice"):
+        load_config(write(tmp_path, nested))
