@@ -229,3 +229,17 @@ def test_after_a_run_validate_counts_what_a_rerun_would_pay(tmp_path: Path) -> N
     assert "requests: 1 (batch_size 96)" in out
     paid = int(out.split("estimated tokens: ")[1].split()[0].replace(",", ""))
     assert 0 < paid < 30  # the edited record and the appended line, not 200 records
+
+
+def test_a_sink_inside_another_dataset_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """sink.path under a dataset's folder (out/ds/data) would put a second dataset's files among the first
+    one's shards: validate and run refuse it in one line (exit 2), and nothing is written there."""
+    first = tmp_path / "ds"
+    assert run_cli("run", SAMPLE, "--set", f"sink.path={first}").returncode == 0
+    before = sorted(p.relative_to(first) for p in first.rglob("*"))
+    inner = first / "data" / "more"
+    for command in ("validate", "run"):
+        shown = run_cli(command, SAMPLE, "--set", f"sink.path={inner}")
+        assert shown.returncode == 2, shown.stdout + shown.stderr
+        assert f"is inside the dataset at {first}" in shown.stderr and "Traceback" not in shown.stderr
+    assert sorted(p.relative_to(first) for p in first.rglob("*")) == before

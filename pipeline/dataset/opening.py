@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 import fsspec
@@ -17,6 +18,25 @@ KINDS = ("data", "errors")
 
 def _glob(fs: fsspec.AbstractFileSystem, root: str, pattern: str) -> list[str]:
     return sorted(fs.glob(join(root, pattern)))
+
+
+def enclosing_dataset(fs: fsspec.AbstractFileSystem, root: str, levels: int = 3) -> str | None:
+    """The dataset (a folder with ``_manifest.json``) that holds ``root`` within ``levels`` folders up, if any.
+
+    A sink at ``out/ds/data`` would put a second dataset's files among the
+    first one's shards: every reader of ``out/ds/data`` then sees both.
+    """
+    parent = posixpath.dirname(root.rstrip("/"))
+    for _ in range(levels):
+        if not parent or parent in ("/", "."):
+            return None
+        if fs.exists(join(parent, "_manifest.json")):
+            return parent
+        up = posixpath.dirname(parent)
+        if up == parent:
+            return None
+        parent = up
+    return None
 
 
 def load_or_create(

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from pipeline.config import Config
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.manifest import load_rank
+from pipeline.dataset.opening import enclosing_dataset
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.errors import SinkError
@@ -142,6 +143,7 @@ def open_sink(
 
         return open_postgres_sink(cfg, started_at=started_at, metadata_fields=metadata_fields, fresh=fresh,
                                   on_wait=on_wait)
+    _refuse_nested(cfg)
     lease = take_lease(cfg, on_wait)
     try:
         writer = _open_writer(cfg, lease, started_at, metadata_fields, fresh)
@@ -150,6 +152,18 @@ def open_sink(
     except BaseException:
         lease.release()
         raise
+
+
+def _refuse_nested(cfg: Config) -> None:
+    """``SinkError`` when ``sink.path`` lies inside another dataset (before anything is written there)."""
+    where = Location.open(cfg.sink.path, cfg.sink.storage_options)
+    with where.errors(f"cannot look at {where.shown}", catch=(Exception,)):
+        outer = enclosing_dataset(where.fs, where.root)
+    if outer is not None:
+        raise SinkError(
+            f"sink.path {where.shown} is inside the dataset at {Location.on(where.fs, outer).shown}: its files "
+            "would mix with that dataset's shards for every reader; use a path outside it"
+        )
 
 
 def _open_writer(

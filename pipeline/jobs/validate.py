@@ -21,6 +21,7 @@ from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkError, SourceError
 from pipeline.dataset import state_files
 from pipeline.dataset.manifest import load_rank
+from pipeline.dataset.opening import enclosing_dataset
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.state import State
 from pipeline.jobs.changes import compare, removal_refused, renamed
@@ -185,6 +186,13 @@ def check_sink(cfg: Config) -> SinkCheck:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
     except SinkError as exc:  # unknown protocol, missing backend, bad storage option
         return SinkCheck(f"sink: {redact_url(shown)}: refused", redact_url(str(exc)))
+    try:
+        outer = enclosing_dataset(where.fs, where.root)
+    except Exception:  # the store's own errors: the checks below say what is wrong
+        outer = None
+    if outer is not None:
+        return _refused(redact_url(shown), f"is inside the dataset at {Location.on(where.fs, outer).shown}: its "
+                        "files would mix with that dataset's shards for every reader; use a path outside it")
     if where.local:
         return _check_local(shown, os.path.abspath(where.root))
     return _check_store(where.fs, shown, where.root)
