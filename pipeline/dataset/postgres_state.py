@@ -20,8 +20,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pipeline.dataset import postgres_schema as schema
-from pipeline.dataset.manifest import of_url
 from pipeline.dataset.postgres_schema import Names
+from pipeline.dataset.state import State, of_url
 from pipeline.errors import SinkError
 from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch
 
@@ -141,18 +141,14 @@ class Saved:
     gone: list[str] = field(default_factory=list)
 
 
-class ResumeState:
-    """How far each input is committed, its signature, checkpoints and end; changes wait for a commit."""
+class ResumeState(State):
+    """How far each input is committed, its signature, checkpoints and end (the file dataset's
+    :class:`~pipeline.dataset.state.State`, read from and saved to ``{table}_state``); changes wait for a commit."""
 
     def __init__(self, conn: psycopg.Connection[Any], names: Names, rank: int) -> None:
         """Load this rank's rows of ``{table}_state``."""
+        super().__init__()
         self.names, self.rank = names, rank
-        self.progress: dict[str, int] = {}
-        self.files: dict[str, str] = {}
-        self.offsets: dict[str, list[list[int]]] = {}
-        #: input key → the location of its last record, once the whole input is committed
-        self.ends: dict[str, int] = {}
-        self.dirty: set[str] = set()
         #: urls of inputs that are gone: their state rows (and their pieces') leave with the next commit
         self.gone: set[str] = set()
         cur = conn.execute(sql.SQL("SELECT key, location, signature, offsets, {e} FROM {s} WHERE rank = %s")
@@ -167,41 +163,14 @@ class ResumeState:
             if end is not None:
                 self.ends[key] = int(end)
 
-    def set_signature(self, url: str, signature: str) -> None:
-        """``url``'s signature, saved with the next commit."""
-        if self.files.get(url) != signature:
-            self.files[url] = signature
-            self.dirty.add(url)
-
-    def restart(self, key: str, url: str) -> None:
-        """Forget how far ``key`` was read, its end and ``url``'s checkpoints (saved with the next commit)."""
-        self.progress.pop(key, None)
-        self.ends.pop(key, None)
-        self.offsets.pop(url, None)
-        self.dirty.update((key, url))
-
-    def read_on(self, key: str) -> bool:
-        """Input ``key`` only grew: its next read starts after its last record; False when that is unknown."""
-        if key not in self.ends:
-            return False
-        self.progress[key] = self.ends.pop(key)
-        self.dirty.add(key)
-        return True
-
     def forget(self, url: str) -> None:
-        """Input ``url`` is gone: its state (and its pieces') is dropped now, its rows with the next commit."""
-        for kept in (self.progress, self.files, self.offsets, self.ends):
-            for key in [k for k in kept if of_url(k, url)]:
-                del kept[key]
+        """Input ``url`` is gone: its state (and its pieces') is dropped now, its rows with the next commit.
+
+        Its keys are not written again (no row to upsert): the commit deletes them.
+        """
+        super().forget(url)
         self.dirty = {k for k in self.dirty if not of_url(k, url)}
         self.gone.add(url)
-
-    def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
-        """Replace the checkpoints; the inputs whose checkpoints changed are saved with the next commit."""
-        for url in set(offsets) | set(self.offsets):
-            if offsets.get(url) != self.offsets.get(url):
-                self.dirty.add(url)
-        self.offsets = {url: [list(c) for c in cs] for url, cs in offsets.items()}
 
     def after(self, marks: dict[str, int], last: dict[str, int]) -> Saved:
         """The state once ``marks`` are committed (``last``: the location of their rows' last record, by key).
@@ -275,7 +244,7 @@ class SinkState:
 
     def done_upto(self, key: str) -> int:
         """How far input ``key`` is committed (a location; ``END_OF_FILE`` when whole)."""
-        return self._state.progress.get(key, 0)
+        return self._state.done_upto(key)
 
     def signature(self, url: str) -> str | None:
         """The signature input ``url`` had when it was last read, if it was."""

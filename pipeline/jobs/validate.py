@@ -333,12 +333,9 @@ def _postgres_state(cfg: Config) -> State | None:
             name = psycopg.sql.Identifier(f"{cfg.sink.table}_state").as_string(conn)
             if conn.execute("SELECT to_regclass(%s)", [name]).fetchone() in (None, (None,)):
                 return None
-            table = ResumeState(conn, Names(cfg.sink.table), cfg.run.rank)
+            return ResumeState(conn, Names(cfg.sink.table), cfg.run.rank)  # a State read from the table
     except psycopg.Error:  # the sink line says what is wrong with the database
         return None
-    state = State()
-    state.files, state.progress, state.ends = table.files, table.progress, table.ends
-    return state
 
 
 # --------------------------------------------------------------------------- files left out
