@@ -9,7 +9,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import zstandard
 
@@ -19,18 +18,7 @@ from pipeline.sources.listing import open_source, split_for_workers
 from pipeline.sources.readers import read_records
 from pipeline.types import Failure, Record
 
-
-def jsonl(*objs: Any) -> bytes:
-    return b"".join((o if isinstance(o, bytes) else orjson.dumps(o)) + b"\n" for o in objs)
-
-
-def read_all(path: str | Path, **cfg: Any) -> list[Record | Failure]:
-    source = SourceConfig(path=str(path), **cfg)
-    fs, files = open_source(source)
-    out: list[Record | Failure] = []
-    for inp in files:
-        out.extend(read_records(source, fs, inp))
-    return out
+from source_helpers import jsonl, read_all
 
 
 def test_jsonl_records_ids_and_metadata(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 import fsspec
 import fsspec.asyn
 import fsspec.implementations.memory
-import orjson
 import pytest
 
 from pipeline.config import SourceConfig
@@ -22,18 +21,7 @@ from pipeline.sources.listing import assign, detect_format, open_source, split_f
 from pipeline.sources.readers import read_records
 from pipeline.types import Failure, InputFile, Record
 
-
-def jsonl(*objs: Any) -> bytes:
-    return b"".join((o if isinstance(o, bytes) else orjson.dumps(o)) + b"\n" for o in objs)
-
-
-def read_all(path: str | Path, **cfg: Any) -> list[Record | Failure]:
-    source = SourceConfig(path=str(path), **cfg)
-    fs, files = open_source(source)
-    out: list[Record | Failure] = []
-    for inp in files:
-        out.extend(read_records(source, fs, inp))
-    return out
+from source_helpers import jsonl, read_all
 
 
 @pytest.fixture

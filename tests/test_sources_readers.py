@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
 from pipeline.config import SourceConfig
@@ -14,18 +12,7 @@ from pipeline.sources.listing import open_source
 from pipeline.sources.readers import read_records
 from pipeline.types import Failure, Record
 
-
-def jsonl(*objs: Any) -> bytes:
-    return b"".join((o if isinstance(o, bytes) else orjson.dumps(o)) + b"\n" for o in objs)
-
-
-def read_all(path: str | Path, **cfg: Any) -> list[Record | Failure]:
-    source = SourceConfig(path=str(path), **cfg)
-    fs, files = open_source(source)
-    out: list[Record | Failure] = []
-    for inp in files:
-        out.extend(read_records(source, fs, inp))
-    return out
+from source_helpers import jsonl, read_all
 
 
 def test_file_removed_after_listing_raises_source_error(tmp_path: Path) -> None:

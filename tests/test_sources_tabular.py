@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -18,14 +17,7 @@ from pipeline.sources.listing import open_source
 from pipeline.sources.readers import read_records
 from pipeline.types import Failure, Record
 
-
-def read_all(path: str | Path, **cfg: Any) -> list[Record | Failure]:
-    source = SourceConfig(path=str(path), **cfg)
-    fs, files = open_source(source)
-    out: list[Record | Failure] = []
-    for inp in files:
-        out.extend(read_records(source, fs, inp))
-    return out
+from source_helpers import read_all
 
 
 def sample_table() -> pa.Table:
