@@ -119,6 +119,25 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             server.cleanup()
 
 
+#: a Postgres sink's tables: ``{sink.table}`` and its side tables
+PG_SUFFIXES = ("", "_errors", "_commits", "_state", "_runs", "_meta")
+
+
+@pytest.fixture
+def table(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
+    """A Postgres table name of this test's own (the server is shared by the session), dropped afterwards
+    with its side tables."""
+    import hashlib
+
+    import psycopg
+
+    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
+    yield name
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for suffix in PG_SUFFIXES:
+            conn.execute(f'DROP TABLE IF EXISTS "{name}{suffix}"')
+
+
 @contextmanager
 def redis_process(port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """A real ``redis-server`` on a free loopback port (or ``port``), persisting nothing; yields its URL and process."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -22,16 +21,6 @@ from pipeline.errors import CommitFailed, SinkError
 from pipeline.types import END_OF_FILE, Chunk, EmbeddedBatch, Failure, Usage
 
 CHUNKING = {"strategy": "split", "max_chars": 2048, "overlap_chars": 0}
-
-
-@pytest.fixture
-def table(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
-    """A table name of this test's own (the server is shared by the session)."""
-    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
-    yield name
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for suffix in ("", "_errors", "_commits", "_state", "_runs", "_meta"):
-            conn.execute(f'DROP TABLE IF EXISTS "{name}{suffix}"')
 
 
 def open_sink(url: str, table: str, etype: str = "float", **kw: Any) -> PostgresSink:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli, serve_process
 from pipeline.dataset import postgres_rows
-from test_dataset_postgres import batch, floats, job_yaml, open_sink, query, table, write_inputs  # noqa: F401 (fixture)
+from test_dataset_postgres import batch, floats, job_yaml, open_sink, query, write_inputs
 
 
 def vectors_of(url: str, table: str) -> dict[str, np.ndarray]:

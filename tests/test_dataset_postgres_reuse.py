@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Iterator
+
 
 import numpy as np
 import psycopg
@@ -19,15 +18,6 @@ from test_jobs_changes import rerun, touch_later
 from test_jobs_run import make_config
 
 TYPES = ["float", "int8", "uint8", "binary", "ubinary"]
-
-
-@pytest.fixture
-def table(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
-    name = "r_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
-    yield name
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for suffix in ("", "_errors", "_commits", "_state", "_runs", "_meta"):
-            conn.execute(f'DROP TABLE IF EXISTS "{name}{suffix}"')
 
 
 @pytest.mark.parametrize("etype", TYPES)

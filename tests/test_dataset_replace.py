@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from pipeline.dataset.manifest import Manifest
 from pipeline.types import END_OF_FILE, EmbeddedBatch
 
 from state_helpers import state_of

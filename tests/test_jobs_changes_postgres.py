@@ -6,16 +6,14 @@ real processes killed mid-replacement and watching.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,30 +23,13 @@ from pipeline.config import Config
 from pipeline.errors import SinkError
 from pipeline.types import END_OF_FILE
 
-from test_dataset_postgres import batch, floats, open_sink
+from test_dataset_postgres import batch, floats, open_sink, query
 from test_jobs_changes import jsonl, rerun, touch_later
 from test_jobs_follow import edit, expected_ids
 from test_jobs_run import make_config
 from test_signals import RECORDS, finish, start, wait_for_commits, write_job
 
 
-SUFFIXES = ("", "_errors", "_commits", "_state", "_runs", "_meta")
-
-
-@pytest.fixture
-def table(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
-    """A table name of this test's own (the server is shared by the session)."""
-    name = "c_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
-    yield name
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for suffix in SUFFIXES:
-            conn.execute(f'DROP TABLE IF EXISTS "{name}{suffix}"')
-
-
-def query(url: str, text: str, *args: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(text, args or None)
-        return cur.fetchall() if cur.description else []
 
 
 def pg_config(tmp_path: Path, url: str, table: str, *, shard_rows: int = 200, **sections: dict[str, Any]) -> Config:

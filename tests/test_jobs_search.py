@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pytest
 
@@ -21,16 +19,6 @@ from pipeline.jobs.search import BIT_DISTANCES, _distances, _vector_version
 TOPICS = ["the harbour at dawn with fishing boats", "a recipe for lemon tart with meringue",
           "quarterly revenue grew by twelve percent", "the mountain trail was covered in snow",
           "how to configure a reverse proxy for https", "the orchestra played a symphony by Brahms"]
-
-
-@pytest.fixture
-def table(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
-    """A table name of this test's own, dropped afterwards."""
-    name = "s_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
-    yield name
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for suffix in ("", "_errors", "_commits", "_state", "_runs", "_meta"):
-            conn.execute(f'DROP TABLE IF EXISTS "{name}{suffix}"')
 
 
 def write_job(tmp_path: Path, sink: str, table: str = "embeddings") -> Path:
