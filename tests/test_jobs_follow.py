@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import threading
+import urllib.request
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -106,4 +107,53 @@ def test_watch_follows_changes_and_deletions(tmp_path: Path) -> None:
         code, err = finish(proc)
         watchdog.cancel()
     assert code == 143, err
+    check_follows(tmp_path)
+
+
+def edit_every_7th(path: Path) -> int:
+    """Edit every 7th record of the JSONL file at ``path`` (its mtime moves on); how many were edited."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, record in enumerate(records):
+        if i % 7 == 0:
+            record["text"] += " (edited)"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    return len(range(0, len(records), 7))
+
+
+def inputs_embedded(url: str, reset: bool = False) -> int:
+    """What ``pipeline serve`` at ``url`` embedded so far (then zero its counters when ``reset``)."""
+    stats = json.loads(urllib.request.urlopen(f"{url}/stats").read())
+    if reset:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/stats/reset", method="POST")).read()
+    return int(stats["inputs_embedded"])
+
+
+def test_sigint_during_a_replacement_then_rerun_pays_only_for_changed_chunks(tmp_path: Path) -> None:
+    """Ctrl-C while an edited file's rows are being replaced; the rerun still sends only its edited records
+    (the shards its old rows were retired from are kept until the file is whole again)."""
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "150") as url:
+        job = write_job(tmp_path, url)
+        assert run_cli("run", str(job)).returncode == 0
+        edited = edit_every_7th(tmp_path / "in" / "part-1.jsonl")
+        inputs_embedded(url, reset=True)
+        proc = start(job)
+        watchdog = threading.Timer(60, proc.kill)
+        watchdog.start()
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "event=file_changed" in line:
+                break
+        wait_for_commits(proc, 2)  # the old rows left with the first new ones
+        proc.send_signal(signal.SIGINT)
+        code, err = finish(proc)
+        watchdog.cancel()
+        assert code == 130, err
+        first = inputs_embedded(url, reset=True)
+        assert first < edited  # cut short: some of the file is left for the rerun
+        again = run_cli("run", str(job))
+        assert again.returncode == 0, again.stderr
+        assert "resumed=1" in again.stderr
+        assert inputs_embedded(url) <= edited - first
     check_follows(tmp_path)

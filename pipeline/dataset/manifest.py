@@ -97,6 +97,10 @@ class Manifest:
     reported_model: str | None = None
     #: the resume state's files, oldest first: ``{"path", "rows", "bytes"}`` (see :mod:`state_files`)
     state_files: list[dict[str, Any]] = field(default_factory=list)
+    #: data shards that left ``shards`` when a changed input's old rows were replaced, kept until its new
+    #: rows are whole (``{"path", "kind", "rows", "inputs": {url: [keys]}}``): a run cut short in between
+    #: leaves the rest of the input's unchanged chunks to the next run, which takes their vectors from these
+    retired: list[dict[str, Any]] = field(default_factory=list)
     #: keys this version does not know, kept so that saving does not drop them
     extra: dict[str, Any] = field(default_factory=dict)
     #: the resume state in memory; None until :func:`state_files.load` reads it
@@ -137,6 +141,7 @@ class Manifest:
                 "reported_model": str(data["reported_model"]) if data.get("reported_model") else None,
                 "state_files": [{"path": str(f["path"]), "rows": int(f["rows"]), "bytes": int(f.get("bytes", 0))}
                                 for f in data.get("state") or []],
+                "retired": [dict(s) for s in data.get("retired") or []],
             }
             for entry in known["shards"]:
                 if not isinstance(entry.get("path"), str) or entry.get("kind") not in ("data", "errors"):
@@ -203,7 +208,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (with ``totals``)."""
-        optional = {"chunking": self.chunking, "reported_model": self.reported_model}
+        optional = {"chunking": self.chunking, "reported_model": self.reported_model, "retired": self.retired}
         return {
             **self.extra,
             **{k: v for k, v in optional.items() if v},
@@ -401,6 +406,7 @@ def merge(manifests: Iterable[Manifest]) -> Manifest:
         out.chunking = out.chunking or part.chunking
         out.reported_model = out.reported_model or part.reported_model
         out.state_files.extend(part.state_files)
+        out.retired.extend(part.retired)
         for key, value in part.extra.items():
             out.extra.setdefault(key, value)
     out.shards.sort(key=lambda s: s["path"])

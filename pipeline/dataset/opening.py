@@ -106,9 +106,10 @@ def clean_up(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Mani
 
     Those are left by a crash between publishing a shard (or writing a state
     file) and saving the manifest, or between retiring one and deleting it.
+    Retired shards the manifest keeps for an unfinished replacement stay.
     """
     state_files.clean_up(fs, root, rank, manifest)
-    listed = {join(root, s["path"]) for s in manifest.shards}
+    listed = {join(root, s["path"]) for s in [*manifest.shards, *manifest.retired]}
     for kind in KINDS:
         stray = _glob(fs, root, f"{kind}/.part-{rank:05d}-*.tmp")
         for path in _glob(fs, root, f"{kind}/part-{rank:05d}-*"):

@@ -22,6 +22,7 @@ from pipeline.dataset.shard_writer import ShardWriter
 from pipeline.dataset.shards import open_shard
 from pipeline.dataset.state import State
 from pipeline.storage import join
+from pipeline.types import END_OF_FILE
 
 #: rows copied at a time (8192 float vectors of 1024 dimensions: 32 MB)
 COPY_ROWS = 8192
@@ -156,3 +157,34 @@ def swap(manifest: Manifest, rewritten: list[Rewritten], gone: list[str]) -> lis
     for url in gone:
         state.forget(url)
     return [old for old, _ in rewritten]
+
+
+def keep_for_reuse(manifest: Manifest, held: list[tuple[dict[str, Any], dict[str, list[str]]]]) -> list[dict[str, Any]]:
+    """List retired data shards in ``manifest.retired``, each with the changed inputs (url → resume keys)
+    whose old rows it held; the entries kept (their files must stay)."""
+    kept = []
+    for entry, inputs in held:
+        if entry["kind"] == "data" and inputs:
+            manifest.retired.append({"path": entry["path"], "kind": "data", "rows": int(entry.get("rows", 0)),
+                                     "inputs": inputs})
+            kept.append(entry)
+    return kept
+
+
+def release_replaced(manifest: Manifest, pending: Iterable[str]) -> list[dict[str, Any]]:
+    """Take out of ``manifest.retired`` the shards whose inputs are all whole again (or gone); those entries.
+
+    An input is whole when every resume key it was restarted with is committed
+    to its end and it was not restarted since (``pending``: changed inputs whose
+    new rows have not come yet).
+    """
+    state, waiting = manifest.loaded, set(pending)
+
+    def whole(url: str, keys: list[str]) -> bool:
+        if url not in state.files:  # gone from the source meanwhile
+            return True
+        return url not in waiting and all(state.done_upto(k) >= END_OF_FILE for k in keys)
+
+    done = [r for r in manifest.retired if all(whole(u, ks) for u, ks in r["inputs"].items())]
+    manifest.retired[:] = [r for r in manifest.retired if r not in done]
+    return done

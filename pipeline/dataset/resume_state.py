@@ -31,6 +31,8 @@ class ResumeState:
     _removing: dict[str, bool]
     #: new signatures of changed inputs, saved with the commit that removes their old rows
     _new_signatures: dict[str, str]
+    #: changed inputs → the resume keys they were restarted with
+    _restarted: dict[str, set[str]]
 
 
     @property
@@ -76,6 +78,7 @@ class ResumeState:
         """
         self.state.restart(key, url)
         self._changed.setdefault(url, None)
+        self._restarted.setdefault(url, set()).add(key)
 
     def append(self, key: str, url: str) -> bool:
         """Input ``key`` only grew at its end: read on after its last record; False when that is unknown."""

@@ -358,8 +358,13 @@ def _check_reusable(
 def _build(
     fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, embedding_type: str, directory: str
 ) -> ReuseIndex:
-    """Scan every data shard's hashes into the key and row files in ``directory``; the index on them."""
+    """Scan every data shard's hashes into the key and row files in ``directory``; the index on them.
+
+    The retired shards the manifest keeps for an unfinished replacement are
+    indexed too (those still there): they hold the vectors of the rest of it.
+    """
     entries = [s for s in manifest.shards if s["kind"] == "data"]
+    entries += [s for s in manifest.retired if fs.exists(join(root, s["path"]))]
     listed = sum(int(s.get("rows", 0)) for s in entries)
     row_dtype = np.dtype(np.uint32 if listed < 2**31 else np.uint64)
     bits = min(16, max(0, int(np.ceil(np.log2(max(listed, 1) / PARTITION_ENTRIES)))))

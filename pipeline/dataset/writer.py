@@ -27,7 +27,7 @@ from pipeline.dataset.manifest import utc_now
 from pipeline.dataset.opening import KINDS, clean_up, forget_missing, load_or_create
 from pipeline.dataset.open_shards import OpenShards
 from pipeline.dataset.pending import Pending
-from pipeline.dataset.replace import Rewritten, affected, rewrite, swap
+from pipeline.dataset.replace import Rewritten, affected, keep_for_reuse, release_replaced, rewrite, sources_in, swap
 from pipeline.dataset.resume_state import ResumeState
 from pipeline.dataset.retrying import StoreRetry, transient
 from pipeline.dataset.shard_writer import ShardWriter
@@ -97,6 +97,8 @@ class DatasetWriter(ResumeState):
         #: sources whose rows leave with the next commit, and whether each is gone for good
         self._removing: dict[str, bool] = {}
         self._new_signatures: dict[str, str] = {}
+        #: changed inputs → the resume keys they were restarted with (whole again once all are committed)
+        self._restarted: dict[str, set[str]] = {}
         #: keep the files of retired shards until close (an index opened at the start reads them)
         self.hold_retired = False
         self._held: list[str] = []
@@ -197,7 +199,10 @@ class DatasetWriter(ResumeState):
                 self._manifest.shards.remove(old)
                 self.state.drop_shard(old["path"])
                 retired.append(old)
+            held = self._replaced_by_shard(rewritten, removing)
             retired += self._swap(rewritten, removing)
+            kept = keep_for_reuse(self._manifest, held)
+            retired = [e for e in retired if e not in kept] + release_replaced(self._manifest, self._changed)
             self._shards.published()
             if entries:
                 self._pending = Pending()
@@ -288,6 +293,23 @@ class DatasetWriter(ResumeState):
             (old, rewrite(self.fs, self.root, old, urls, self._shards.new, publish, self.state))
             for old in affected(self.fs, self.root, self._manifest.shards, urls, self.state, self._sources_read)
         ]
+
+    def _replaced_by_shard(
+        self, rewritten: list[Rewritten], removing: dict[str, bool]
+    ) -> list[tuple[dict[str, Any], dict[str, list[str]]]]:
+        """Each rewritten shard, with the changed inputs (url → resume keys) whose old rows it held."""
+        changed = {url: sorted(self._restarted.pop(url, None) or {url}) for url, gone in removing.items() if not gone}
+        if not changed:
+            return []
+        out = []
+        for old, _ in rewritten:
+            sources = sources_in(self.fs, self.root, old, self.state, self._sources_read)
+            out.append((old, {url: keys for url, keys in changed.items() if url in sources}))
+        return out
+
+    def replacing(self) -> set[str]:
+        """Inputs whose replacement a run left unfinished: the shards of their old rows are kept for reuse."""
+        return {url for r in self._manifest.retired for url in r["inputs"]}
 
     def _swap(self, rewritten: list[Rewritten], removing: dict[str, bool]) -> list[dict[str, Any]]:
         """List the rewritten shards in place of the old ones; the old entries, now retired."""

@@ -211,12 +211,13 @@ class Job:
 
         A deleted file's rows leave in a commit of their own. Before anything
         leaves, the vectors the sink holds for changed documents (and, when
-        files were also added, for deleted ones: renames) are indexed, so that
-        their chunks whose text did not change are not paid for again.
+        files were also added, for deleted ones: renames; and the retired
+        shards of a replacement an earlier run left unfinished) are indexed, so
+        that their chunks whose text did not change are not paid for again.
         """
         sink = self.commit.sink
         own = None
-        if changes.changed or (changes.deleted and changes.new):
+        if changes.changed or (changes.deleted and changes.new) or _resumes_replacement(sink, changes):
             own = await anyio.to_thread.run_sync(self._own_vectors, changes, limiter=self.cpu)
         try:
             if changes.deleted:
@@ -295,6 +296,12 @@ class Job:
     def _lease_waiting(self, current: dict[str, Any]) -> None:
         self.log.warning("lease_waiting", held_by_host=current.get("host"), held_by_pid=current.get("pid"),
                          wait_s=self.cfg.run.shutdown_grace_s + 10)
+
+
+def _resumes_replacement(sink: Sink, changes: Changes) -> bool:
+    """Whether ``changes`` read on an input whose replacement an earlier run left unfinished."""
+    replacing = getattr(sink, "replacing", None)  # a file dataset keeps the retired shards of those
+    return bool(replacing and changes.resumed and {inp.url for inp in changes.resumed} & replacing())
 
 
 def _register_ids(ids: IdRegistry, sink: Sink) -> None:
