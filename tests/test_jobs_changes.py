@@ -167,6 +167,26 @@ async def test_on_deleted_keep_leaves_the_rows(tmp_path: Path) -> None:
     check_exact(tmp_path, {"a0": "zero", "b0": "one"})
 
 
+async def test_on_deleted_keep_counts_the_deleted_file_as_validate_does(tmp_path: Path) -> None:
+    """With run.on_deleted: keep, run_finished counts a deleted file (deleted=1 kept=1) as validate does."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"a0": "zero"})
+    jsonl(src / "b.jsonl", {"b0": "one"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []}, run={"on_deleted": "keep"})
+    await rerun(cfg)
+    (src / "b.jsonl").unlink()
+    shown = validate(cfg, "job.yaml")
+    assert any("deleted 1, kept 1, unchanged 1" in line for line in shown.lines), shown.lines
+    with capture_logs() as logs:
+        job, _, _ = await rerun(cfg)
+    finished = next(e for e in logs if e["event"] == "run_finished")
+    started = next(e for e in logs if e["event"] == "run_started")
+    assert finished["deleted"] == started["deleted"] == 1 and finished["kept"] == started["kept"] == 1
+    assert job.changes["deleted"] == 1 and job.changes["kept"] == 1
+    check_exact(tmp_path, {"a0": "zero", "b0": "one"})
+
+
 async def test_a_shard_copied_without_a_deleted_file_is_logged_as_rewritten(tmp_path: Path) -> None:
     """The copy of a shard without a deleted file's rows is ``shard_rewritten`` (naming the shard it
     replaces), not ``shard_committed`` with the old shard's requests and tokens, as if paid again."""
@@ -351,7 +371,8 @@ async def test_a_watch_round_pays_for_the_edited_paragraph_only(tmp_path: Path) 
         async with anyio.create_task_group() as tg:
             tg.start_soon(job.run)
             with anyio.fail_after(60):
-                await until(lambda: job.changes.get("new") == 2 and job.commit.sink.counts.rows_embedded == 7)
+                await until(lambda: job.changes.get("new") == 2 and job.commit.sink.counts.rows_embedded == 7
+                            and job.progress.shards >= 1)  # the commit is counted once its callback ran
                 shards = job.progress.shards
                 paragraphs[3] = paragraphs[3].replace("word3-7 ", "WORD ")
                 (src / "doc.md").write_text("\n\n".join(paragraphs))

@@ -82,6 +82,8 @@ class Job:
         self._reported_model: str | None = None
         #: inputs by what happened to them (new, changed, appended, deleted, unchanged), over all rounds
         self.changes: dict[str, int] = {}
+        #: deleted inputs left in the dataset (``run.on_deleted: keep``), counted once over all rounds
+        self._kept: set[str] = set()
         self.ids = IdRegistry()
 
     async def run(self) -> RunResult:
@@ -109,14 +111,13 @@ class Job:
     async def _run(self, sink: Sink, fs: Any, listed: set[str], files: list[InputFile]) -> RunResult:
         cfg = self.cfg
         await anyio.to_thread.run_sync(_register_ids, self.ids, sink, limiter=self.cpu)
-        changes = Changes()
+        changes, counts = Changes(), {}
         if not cfg.run.watch:  # a refused mass removal stops here, before anything changed
             changes = await anyio.to_thread.run_sync(compare, sink, fs, files, listed)
-            self._note(fs, changes)
+            counts = self._note(fs, changes)
         self.log.info("run_started", files=len(files), source=cfg.source.path, sink=cfg.sink.path,
                       provider=cfg.embedding.provider, model=cfg.embedding.model,
-                      rank=cfg.run.rank, world_size=cfg.run.world_size,
-                      **(changes.counts() if not cfg.run.watch else {}))
+                      rank=cfg.run.rank, world_size=cfg.run.world_size, **counts)
         earlier: ReuseIndex | None = None
         status, code, message = "completed", EXIT_OK, None
         try:
@@ -250,17 +251,33 @@ class Job:
                           distinct=own.distinct)
         return own
 
-    def _note(self, fs: Any, changes: Changes) -> None:
-        """Refuse a mass removal, then tell the sink what changed and count it for ``run_finished``."""
+    def _note(self, fs: Any, changes: Changes) -> dict[str, int]:
+        """Refuse a mass removal, then tell the sink what changed and count it for ``run_finished``; the
+        counts of this comparison.
+
+        With ``run.on_deleted: keep`` the deleted inputs are counted (``deleted``,
+        and ``kept`` among them, as ``pipeline validate`` says) and left alone; a
+        watcher meets them again every round, and counts each once.
+        """
         remove = self.cfg.run.on_deleted == "remove"
+        kept = [] if remove else changes.deleted
         if not remove:
             changes.deleted = []
         check_removals(changes, self.commit.sink, max_fraction=self.cfg.run.max_removed_fraction)
         apply(self.commit.sink, fs, changes, self.checkpoints, self.progress, remove=remove)
         for url in {inp.url for inp in changes.changed} | set(changes.deleted):
             self.ids.forget_source(url)  # their rows leave: a new version (or another file) may take the ids
+        counts = changes.counts()
+        if kept:
+            counts["deleted"] += len(kept)
+            counts["kept"] = len(kept)
+            newly = set(kept) - self._kept
+            self._kept |= newly
+            self.changes["deleted"] = self.changes.get("deleted", 0) + len(newly)
+            self.changes["kept"] = self.changes.get("kept", 0) + len(newly)
         for name, n in changes.counts().items():
             self.changes[name] = self.changes.get(name, 0) + n
+        return counts
 
     async def _heartbeat(self, sink: Sink) -> None:
         """Keep the write lease alive between commits."""

@@ -274,9 +274,10 @@ def describe_changes(cfg: Config) -> tuple[list[str], Reading | None, str | None
     fs, listed, mine = list_source(cfg)
     changes = compare(StateView(state), fs, mine, listed)
     c = changes.counts()
+    kept = f", kept {c['deleted']:,}" if c["deleted"] and cfg.run.on_deleted == "keep" else ""
     line = (f"changes since the dataset: new {c['new'] + c['resumed']:,}, changed {c['changed']:,}, "
-            f"appended {c['appended']:,}, deleted {c['deleted']:,}, unchanged {c['unchanged']:,}")
-    if c["deleted"] and cfg.run.on_deleted == "keep":
+            f"appended {c['appended']:,}, deleted {c['deleted']:,}{kept}, unchanged {c['unchanged']:,}")
+    if kept:
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
     refused = None
     if cfg.run.on_deleted == "remove" and changes.deleted:

@@ -31,7 +31,7 @@ async def watch_source(
     keep_going: Callable[[], bool],
     wake: anyio.Event,
     update: Callable[[Any, Changes], Awaitable[None]],
-    note: Callable[[Any, Changes], None],
+    note: Callable[[Any, Changes], object],
 ) -> None:
     """List, compare the settled inputs with the dataset, bring it up to date; until told to stop.
 
