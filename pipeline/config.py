@@ -228,7 +228,21 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 def _unknown_key(loc: tuple) -> str:
     model = _model_at(loc)
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.75) if model else []
-    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
+    if not close and model is not None:  # a key of another section (``on_deleted:`` at the top: run.on_deleted)
+        close = _elsewhere(str(loc[-1]), model)
+    return f"unknown key (did you mean {' or '.join(close)}?)" if close else "unknown key"
+
+
+def _elsewhere(key: str, model: type[BaseModel]) -> list[str]:
+    """The dotted names of the sections' keys (not ``model``'s) that ``key`` is, or is a near miss of."""
+    names: dict[str, list[str]] = {}
+    for section, field in Config.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation is not model:
+            for name in annotation.model_fields:
+                names.setdefault(name, []).append(f"{section}.{name}")
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.85)
+    return names[key] if key in names else names[close[0]] if close else []
 
 
 def _what(value: Any) -> str:

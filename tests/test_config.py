@@ -71,6 +71,27 @@ def test_unknown_key_names_dotted_path_and_line(tmp_path: Path) -> None:
     assert str(info.value) == f"{path}:8: sink.shard_row: unknown key (did you mean shard_rows?)"
 
 
+@pytest.mark.parametrize("key, value, hint", [
+    ("on_deleted", "keep", "run.on_deleted"),
+    ("max_removed_fraction", "1", "run.max_removed_fraction"),
+    ("max_remove_fraction", "1", "run.max_removed_fraction"),
+])
+def test_a_key_at_the_top_names_its_section(tmp_path: Path, key: str, value: str, hint: str) -> None:
+    """A key of a section written at the top level (or a near miss of one) says which section holds it."""
+    path = write(tmp_path, BASE + f"{key}: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"EMBEDDING_URL": "http://h"})
+    assert str(info.value).endswith(f"{key}: unknown key (did you mean {hint}?)")
+
+
+def test_a_key_in_the_wrong_section_names_the_right_ones(tmp_path: Path) -> None:
+    """A key of another section names every section that holds it."""
+    path = write(tmp_path, BASE.replace("sink:\n", "sink:\n  id_field: key\n  batch_size: 5\n"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"EMBEDDING_URL": "http://h"})
+    assert "sink.id_field: unknown key (did you mean source.id_field?)" in str(info.value)
+
+
 def test_out_of_range_value(tmp_path: Path) -> None:
     """A value out of range names its key; batch_size above 96 is refused."""
     with pytest.raises(ConfigError, match=r"embedding\.batch_size: .*96"):
