@@ -10,9 +10,11 @@ import fsspec
 import pytest
 from fsspec.spec import AbstractFileSystem
 
+from structlog.testing import capture_logs
+
 from conftest import ROOT, run_cli
 from pipeline.config import load_config
-from pipeline.jobs.validate import check_sink, estimate, skipped_extensions, validate
+from pipeline.jobs.validate import check_sink, estimate, validate
 
 SAMPLE = str(ROOT / "configs" / "local.yaml")
 
@@ -138,12 +140,11 @@ def test_files_skipped_for_their_extension_are_counted(tmp_path: Path) -> None:
     for name in ("a.pdf", "b.pdf", "sub/c.html", "README", ".cache/d.pdf", "_tmp.pdf"):
         (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "in" / name).write_text("x")
-    cfg = load_config(job)
-    assert skipped_extensions(cfg) == {".pdf": 2, ".html": 1, "(no extension)": 1}
-    report = validate(cfg, str(job))
+    report = validate(load_config(job), str(job))
     assert "skipped: 4 file(s) whose extension format: auto does not read ((no extension) 1, .html 1, .pdf 2); " \
            "set source.format to read them as one format" in report.lines
-    assert skipped_extensions(load_config(job, ["source.format=text"])) == {}
+    as_text = validate(load_config(job, ["source.format=text"]), str(job))
+    assert not any(line.startswith("skipped:") for line in as_text.lines)
 
 
 def test_too_many_unusable_records_exit_1(tmp_path: Path) -> None:
@@ -243,3 +244,68 @@ def test_a_sink_inside_another_dataset_is_refused_before_anything_is_written(tmp
         assert shown.returncode == 2, shown.stdout + shown.stderr
         assert f"is inside the dataset at {first}" in shown.stderr and "Traceback" not in shown.stderr
     assert sorted(p.relative_to(first) for p in first.rglob("*")) == before
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` (which still runs); the list grows by one per call."""
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+@pytest.mark.anyio
+async def test_a_sink_inside_the_source_is_listed_and_warned_about_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a run into a sink inside the source, validate lists the source once and warns once."""
+    import pipeline.jobs.inputs as inputs
+    from test_jobs_changes import jsonl, rerun
+    from test_jobs_run import make_config
+
+    (tmp_path / "in").mkdir()
+    jsonl(tmp_path / "in" / "a.jsonl", {"a0": "zero", "a1": "one"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                      sink={"path": str(tmp_path / "in" / "embedded")})
+    await rerun(cfg)
+    listings = counting(monkeypatch, inputs, "open_source")
+    with capture_logs() as logs:
+        report = validate(cfg, "job.yaml")
+    assert report.exit_code == 0, report.problems
+    assert "changes since the dataset: new 0, changed 0, appended 0, deleted 0, unchanged 1" in report.lines
+    assert [e["event"] for e in logs].count("sink_inside_source") == 1
+    assert len(listings) == 1
+
+
+@pytest.mark.anyio
+async def test_a_postgres_sink_is_one_connection(
+    postgres_url: str, table: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate after a run into a table, with a changed and a deleted file (state, share of the deleted,
+    own vectors all read): one connection to the database."""
+    import psycopg
+
+    from test_jobs_changes import jsonl, rerun, touch_later
+    from test_jobs_changes_postgres import pg_config
+
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"a0": "zero", "a1": "one"})
+    jsonl(src / "b.jsonl", {"b0": "two"})
+    jsonl(src / "c.jsonl", {"c0": "three"})
+    cfg = pg_config(tmp_path, postgres_url, table)
+    await rerun(cfg)
+    jsonl(src / "a.jsonl", {"a0": "zero", "a1": "one, edited"})
+    touch_later(src / "a.jsonl")
+    (src / "c.jsonl").unlink()
+    connections = counting(monkeypatch, psycopg, "connect")
+    report = validate(cfg, "job.yaml")
+    assert "changes since the dataset: new 0, changed 1, appended 0, deleted 1, unchanged 1" in report.lines
+    assert any(line.startswith("reusable from the sink itself") and ": 1 chunks" in line for line in report.lines), \
+        report.lines
+    assert len(connections) == 1

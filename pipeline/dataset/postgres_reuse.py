@@ -10,9 +10,10 @@ memory: past it, the remaining chunks are simply embedded again.
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
+import psycopg
 from psycopg import sql
 
 from pipeline.dataset.postgres_schema import Names, column_kind
@@ -41,6 +42,18 @@ def decode_vectors(blobs: list[bytes], embedding_type: str) -> np.ndarray:
 def stored_vectors(url: str, table: str, embedding_type: str, sources: Iterable[str], *, rank: int = 0,
                    max_bytes: int = MAX_BYTES) -> StoredVectors | None:
     """The vectors of ``table``'s rows whose source is one of ``sources`` (None when there are none)."""
+    if not set(sources):
+        return None
+    conn = connect(url, rank=rank)
+    try:
+        return read_stored_vectors(conn, table, embedding_type, sources, max_bytes=max_bytes)
+    finally:
+        conn.close()
+
+
+def read_stored_vectors(conn: psycopg.Connection[Any], table: str, embedding_type: str, sources: Iterable[str], *,
+                        max_bytes: int = MAX_BYTES) -> StoredVectors | None:
+    """:func:`stored_vectors` on an open autocommit connection (``pipeline validate``'s only one)."""
     names = Names(table)
     wanted = sorted(set(sources))
     if not wanted:
@@ -51,7 +64,6 @@ def stored_vectors(url: str, table: str, embedding_type: str, sources: Iterable[
     hashes: list[str] = []
     blobs: list[bytes] = []
     size = 0
-    conn = connect(url, rank=rank)
     try:
         if conn.execute("SELECT to_regclass(%s)", [sql.Identifier(table).as_string(conn)]).fetchone()[0] is None:  # type: ignore[index]
             return None
@@ -64,10 +76,6 @@ def stored_vectors(url: str, table: str, embedding_type: str, sources: Iterable[
                     size += len(blob)
     except Exception as exc:  # psycopg's, mostly; not worth stopping the run for
         raise SinkError(f"cannot read the vectors of changed documents from {table}: {exc}") from exc
-    finally:
-        conn.close()
     if not hashes:
         return None
     return StoredVectors(hashes, decode_vectors(blobs, embedding_type))
-
-

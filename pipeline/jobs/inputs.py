@@ -23,14 +23,15 @@ def list_inputs(cfg: Config) -> tuple[Any, list[InputFile]]:
     return fs, mine
 
 
-def list_source(cfg: Config) -> tuple[Any, set[str], list[InputFile]]:
-    """The source's filesystem, the urls of every listed input, and the inputs of this rank.
+def list_source(cfg: Config, skipped: dict[str, int] | None = None) -> tuple[Any, set[str], list[InputFile]]:
+    """The source's filesystem, the urls of every listed input, and the inputs of this rank (files
+    ``format: auto`` leaves out for their extension are counted in ``skipped``).
 
     A sink inside the source (``source.path: data/``, ``sink.path:
     data/embedded``) would have every run embed the dataset's own shards
     again: its files are left out of the listing.
     """
-    fs, files = open_source(cfg.source)
+    fs, files = open_source(cfg.source, skipped)
     inside = _sink_prefix(cfg, fs)
     if inside is not None:
         kept = [f for f in files if not f.url.startswith(inside)]

@@ -2,7 +2,8 @@
 
 :func:`estimate` reads every input and counts; :func:`check_sink` looks at
 the sink without writing to it; :func:`validate` puts both into the report
-the command prints, with the exit code a run would end with.
+the command prints, with the exit code a run would end with. One report
+lists the source once and opens one connection to a Postgres sink.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -28,7 +30,6 @@ from pipeline.jobs.changes import compare, removal_refused, renamed
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.logs import format_duration, redact_url
-from pipeline.sources.listing import open_source
 from pipeline.storage import Location
 from pipeline.stages.chunk import Chunker
 from pipeline.stages.read import file_items
@@ -67,13 +68,14 @@ class Reading:
     changed: bool
 
 
-def estimate(cfg: Config, reading: Reading | None = None) -> Estimate:
+def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Estimate:
     """Read every input (or only what ``reading`` says a run reads), count records and chunks, estimate
     tokens, requests, time, cost.
 
     With ``run.reuse_from``, and for a rerun's changed documents with the
     sink itself, chunks whose vector is already stored are counted apart:
-    they cost no token and no request.
+    they cost no token and no request. ``pg``: the report's connection to a
+    Postgres sink (see :func:`sink_connection`).
     """
     if reading is None:
         fs, files = list_inputs(cfg)
@@ -83,7 +85,7 @@ def estimate(cfg: Config, reading: Reading | None = None) -> Estimate:
     chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type)
     est = Estimate(files=files)
     indexes = [open_reuse_index(cfg)] if cfg.run.reuse_from else []
-    if reading.changed and (own := _own_vectors(cfg, files)) is not None:
+    if reading.changed and (own := _own_vectors(cfg, files, pg)) is not None:
         indexes.append(own)
     pending: list[tuple[str, int]] = []  # (content hash, tokens) waiting for a reuse lookup
 
@@ -141,12 +143,41 @@ def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: 
     settle()
 
 
-def _own_vectors(cfg: Config, files: list[InputFile]) -> Any:
+def _own_vectors(cfg: Config, files: list[InputFile], pg: Any = None) -> Any:
     """The sink's own vectors, as a run would use them for changed documents; None when unavailable."""
+    sources = {inp.url for inp in files}
     try:
-        return open_own_vectors(cfg, {inp.url for inp in files})
+        if is_postgres(cfg.sink.path):
+            if not _connected(pg):
+                return None
+            from pipeline.dataset.postgres_reuse import read_stored_vectors
+
+            return read_stored_vectors(pg, cfg.sink.table, cfg.embedding.embedding_type, sources)
+        return open_own_vectors(cfg, sources)
     except SinkError:  # a run would embed them again, and say so
         return None
+
+
+@contextmanager
+def sink_connection(cfg: Config) -> Iterator[Any]:
+    """The report's one connection to a Postgres sink (autocommit, nothing created); the ``psycopg.Error``
+    instead when it cannot be had, None for a sink that is not Postgres."""
+    if not is_postgres(cfg.sink.path):
+        yield None
+        return
+    import psycopg
+
+    try:
+        conn = psycopg.connect(cfg.sink.path, connect_timeout=10, autocommit=True)
+    except psycopg.Error as exc:
+        yield exc
+        return
+    with conn:
+        yield conn
+
+
+def _connected(pg: Any) -> bool:
+    return pg is not None and not isinstance(pg, Exception)
 
 
 # --------------------------------------------------------------------------- the sink
@@ -171,17 +202,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def check_sink(cfg: Config) -> SinkCheck:
+def check_sink(cfg: Config, pg: Any = None) -> SinkCheck:
     """Whether a run could write ``sink.path``, found without writing anything.
 
     On local disk: the path, or its nearest existing parent, must be a
     writable directory outside /proc and /sys. On an object store the
     prefix (or the bucket) is looked up, nothing is created, and write
-    access cannot be known.
+    access cannot be known. A Postgres sink is connected to (on ``pg``, the
+    report's connection, when given).
     """
     shown = cfg.sink.path
     if is_postgres(shown):
-        return _check_postgres(cfg)
+        if pg is None:
+            with sink_connection(cfg) as pg:
+                return _check_postgres(cfg, pg)
+        return _check_postgres(cfg, pg)
     try:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
     except SinkError as exc:  # unknown protocol, missing backend, bad storage option
@@ -238,17 +273,18 @@ def _check_store(fs: Any, shown: str, root: str) -> SinkCheck:
     return SinkCheck(f"sink: {shown} ({where}; write access is not checked on an object store)")
 
 
-def _check_postgres(cfg: Config) -> SinkCheck:
-    """Connect (nothing is created) and say whether ``sink.table`` is there."""
+def _check_postgres(cfg: Config, conn: Any) -> SinkCheck:
+    """Say whether ``sink.table`` is there, on ``conn`` (:func:`sink_connection`; nothing is created)."""
     import psycopg
 
     from pipeline.dataset.postgres_session import reason
 
     shown, table = redact_url(cfg.sink.path), cfg.sink.table
     try:
-        with psycopg.connect(cfg.sink.path, connect_timeout=10, autocommit=True) as conn:
-            there = conn.execute("SELECT to_regclass(%s)", [psycopg.sql.Identifier(table).as_string(conn)]).fetchone()
-            vector = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+        if isinstance(conn, Exception):
+            raise conn
+        there = conn.execute("SELECT to_regclass(%s)", [psycopg.sql.Identifier(table).as_string(conn)]).fetchone()
+        vector = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
     except psycopg.Error as exc:
         return _refused(shown, f"cannot connect: {reason(exc, cfg.sink.path)}")
     if vector is None:
@@ -260,18 +296,26 @@ def _check_postgres(cfg: Config) -> SinkCheck:
 # --------------------------------------------------------------------------- what changed
 
 
-def describe_changes(cfg: Config) -> tuple[list[str], Reading | None, str | None]:
+def describe_changes(
+    cfg: Config, listing: tuple[Any, set[str], list[InputFile]] | None = None, pg: Any = None
+) -> tuple[list[str], Reading | None, str | None]:
     """How the listing compares with the dataset or table at ``sink.path``, what a run would read, and
-    why a run would refuse to start (the mass-deletion guard); no line and None when there is none yet."""
+    why a run would refuse to start (the mass-deletion guard); no line and None when there is none yet.
+
+    ``listing`` is what :func:`list_source` returned (listed again when not given); ``pg`` the report's
+    connection to a Postgres sink."""
     if is_postgres(cfg.sink.path):
-        state = _postgres_state(cfg)
+        if pg is None:
+            with sink_connection(cfg) as pg:
+                return describe_changes(cfg, listing, pg)
+        state = _postgres_state(cfg, pg)
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
         state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
     if state is None:
         return [], None, None
-    fs, listed, mine = list_source(cfg)
+    fs, listed, mine = listing if listing is not None else list_source(cfg)
     changes = compare(StateView(state), fs, mine, listed)
     c = changes.counts()
     kept = f", kept {c['deleted']:,}" if c["deleted"] and cfg.run.on_deleted == "keep" else ""
@@ -282,7 +326,7 @@ def describe_changes(cfg: Config) -> tuple[list[str], Reading | None, str | None
     refused = None
     if cfg.run.on_deleted == "remove" and changes.deleted:
         share = 0.0 if renamed(changes, state.files) else (
-            _postgres_share(cfg, changes.deleted) if is_postgres(cfg.sink.path) else state.share_of(changes.deleted))
+            _postgres_share(cfg, pg, changes.deleted) if is_postgres(cfg.sink.path) else state.share_of(changes.deleted))
         refused = removal_refused(len(state.files), len(changes.deleted), share, cfg.run.max_removed_fraction)
         if refused:
             line += "; a run would stop before changing anything (exit 2)"
@@ -308,47 +352,37 @@ class StateView:
         return self._s.done_upto(key)
 
 
-def _postgres_share(cfg: Config, urls: list[str]) -> float:
+def _postgres_share(cfg: Config, conn: Any, urls: list[str]) -> float:
     """The share of the table's rows whose source is one of ``urls``."""
     import psycopg
 
     from pipeline.dataset.postgres_schema import Names
     from pipeline.dataset.postgres_state import share_of
 
+    if not _connected(conn):
+        return 0.0
     try:
-        with psycopg.connect(cfg.sink.path, connect_timeout=10, autocommit=True) as conn:
-            return share_of(conn, Names(cfg.sink.table), urls)
+        return share_of(conn, Names(cfg.sink.table), urls)
     except psycopg.Error:  # the sink line says what is wrong with the database
         return 0.0
 
 
-def _postgres_state(cfg: Config) -> State | None:
+def _postgres_state(cfg: Config, conn: Any) -> State | None:
     """This rank's rows of ``{table}_state``; None when there is no table (or it cannot be read)."""
     import psycopg
 
     from pipeline.dataset.postgres_schema import Names
     from pipeline.dataset.postgres_state import ResumeState
 
+    if not _connected(conn):
+        return None
     try:
-        with psycopg.connect(cfg.sink.path, connect_timeout=10, autocommit=True) as conn:
-            name = psycopg.sql.Identifier(f"{cfg.sink.table}_state").as_string(conn)
-            if conn.execute("SELECT to_regclass(%s)", [name]).fetchone() in (None, (None,)):
-                return None
-            return ResumeState(conn, Names(cfg.sink.table), cfg.run.rank)  # a State read from the table
+        name = psycopg.sql.Identifier(f"{cfg.sink.table}_state").as_string(conn)
+        if conn.execute("SELECT to_regclass(%s)", [name]).fetchone() in (None, (None,)):
+            return None
+        return ResumeState(conn, Names(cfg.sink.table), cfg.run.rank)  # a State read from the table
     except psycopg.Error:  # the sink line says what is wrong with the database
         return None
-
-
-# --------------------------------------------------------------------------- files left out
-
-def skipped_extensions(cfg: Config) -> dict[str, int]:
-    """Files under ``source.path`` that ``format: auto`` leaves out for their extension, counted by extension."""
-    skipped: dict[str, int] = {}
-    try:
-        open_source(cfg.source, skipped)
-    except SourceError:  # nothing usable: the estimate says so
-        pass
-    return skipped
 
 
 # --------------------------------------------------------------------------- the report
@@ -365,16 +399,19 @@ class Report:
 
 def validate(cfg: Config, config_name: str) -> Report:
     """Check the config's sink, count its inputs, and say how a run would go (and end)."""
-    sink = check_sink(cfg)
-    est = estimate(cfg)
-    try:
-        skipped = skipped_extensions(cfg)
-    except Exception:  # the listing worked a moment ago; a count is not worth failing the report for
-        skipped = {}
+    with sink_connection(cfg) as pg:
+        return _report(cfg, config_name, pg)
+
+
+def _report(cfg: Config, config_name: str, pg: Any) -> Report:
+    sink = check_sink(cfg, pg)
+    skipped: dict[str, int] = {}
+    listing = list_source(cfg, skipped)  # once: a sink inside the source is warned about once
+    est = estimate(cfg, Reading(listing[0], listing[2], {}, 0, False))
     lines = [f"config: ok ({config_name})", *_describe_inputs(cfg, est, skipped), sink.line]
     reading, refused = None, None
     try:
-        changes, reading, refused = describe_changes(cfg)
+        changes, reading, refused = describe_changes(cfg, listing, pg)
         lines += changes
     except (SinkError, SourceError, OSError) as exc:  # the sink check already says what is wrong there
         lines.append(f"changes: could not compare with the dataset ({_one_line(exc)})")
@@ -382,7 +419,7 @@ def validate(cfg: Config, config_name: str) -> Report:
     failed = too_many_failed(cfg, {"rows_failed": est.bad_records, "rows_embedded": est.chunks})
     lines += _describe_records(cfg, est, failed is not None)
     if reading is not None:  # a rerun pays for what changed only
-        est = estimate(cfg, reading)
+        est = estimate(cfg, reading, pg)
         lines.append(f"a run reads {len({f.url for f in est.files}):,} input(s) of them "
                      f"({reading.unchanged:,} unchanged, not opened): {est.chunks:,} chunks")
     lines += _describe_work(cfg, est, reading)
