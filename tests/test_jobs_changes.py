@@ -350,6 +350,12 @@ async def test_a_renamed_file_keeps_its_ids_and_vectors(tmp_path: Path) -> None:
     assert set(current(tmp_path)["source"].to_pylist()) == {str(src / "b.jsonl"), str(src / "keep.jsonl")}
 
 
+async def until(done: Any) -> None:
+    """Wait (polling: the job has no event for it) until ``done()`` holds."""
+    while not done():
+        await anyio.sleep(0.02)
+
+
 async def test_a_watch_round_pays_for_the_edited_paragraph_only(tmp_path: Path) -> None:
     """A watcher's round replacing an edited document takes the unchanged chunks' vectors from the
     dataset itself (the shard files it retires stay readable until the round ends)."""
@@ -363,11 +369,6 @@ async def test_a_watch_round_pays_for_the_edited_paragraph_only(tmp_path: Path) 
     async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
         emb = cfg.embedding.model_copy(update={"url": server.url})
         job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
-
-        async def until(done: Any) -> None:
-            while not done():
-                await anyio.sleep(0.02)
-
         async with anyio.create_task_group() as tg:
             tg.start_soon(job.run)
             with anyio.fail_after(60):
@@ -385,6 +386,35 @@ async def test_a_watch_round_pays_for_the_edited_paragraph_only(tmp_path: Path) 
     assert table.num_rows == 7 and "WORD" in "".join(table["text"].to_pylist())
     assert len(list((tmp_path / "out" / "data").glob("*.parquet"))) == len(
         [s for s in json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"] if s["kind"] == "data"])
+
+
+async def test_a_watcher_counts_a_bad_line_of_a_file_read_again_once(tmp_path: Path) -> None:
+    """A watcher reads an edited file again whole: its bad line, still there, is one failure in the
+    progress and run_finished counts, as in the dataset, not one more each round."""
+    src = tmp_path / "in"
+    src.mkdir()
+    good = json.dumps({"id": "a0", "text": "zero"}) + "\n"
+    (src / "a.jsonl").write_text(good + "{not json\n")
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                      run={"watch": True, "poll_interval_s": 0.05})
+    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
+        emb = cfg.embedding.model_copy(update={"url": server.url})
+        job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(job.run)
+            with anyio.fail_after(60):
+                await until(lambda: job.changes.get("new") == 1)  # the sink is open
+                for edit in range(1, 3):
+                    shards = job.progress.shards
+                    await until(lambda: job.commit.sink.counts.records_read == 2 and job.progress.shards > shards)
+                    (src / "a.jsonl").write_text(good.replace("zero", f"edit {edit}") + "{not json\n")
+                    touch_later(src / "a.jsonl")
+                    await until(lambda: job.changes.get("changed") == edit)
+                shards = job.progress.shards
+                await until(lambda: job.progress.shards > shards)
+            job.shutdown.request(15)
+    assert job.commit.sink.counts.rows_failed == 1
+    assert job.progress.counts.rows_failed == 1 == job.progress.fields()["failed"]
 
 
 async def test_a_half_written_last_line_is_read_again_once_completed(tmp_path: Path) -> None:

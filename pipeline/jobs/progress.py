@@ -27,6 +27,7 @@ class Progress:
     bytes_total: int = 0
     bytes_done: int = 0
     reading: dict[str, int] = field(default_factory=dict)  # bytes read so far of inputs not finished
+    failed_in: dict[str, int] = field(default_factory=dict)  # failed rows counted, by input url
 
     def read_bytes(self, inp: InputFile, n: int) -> None:
         """``n`` more bytes of ``inp`` were read (called from reader threads)."""
@@ -46,6 +47,13 @@ class Progress:
                 self.bytes_done += self.sizes.pop(key)
                 self.reading.pop(key, None)
         self.counts += Counts.of(batch)
+        for failure in batch.failures:
+            self.failed_in[failure.source] = self.failed_in.get(failure.source, 0) + 1
+
+    def read_again(self, url: str) -> None:
+        """Input ``url`` changed and is read again whole: its failed rows counted so far are replaced by
+        those of this reading (a bad line still there is one failure, as in the dataset, not one a round)."""
+        self.counts += Counts(rows_failed=-self.failed_in.pop(url, 0))
 
     @property
     def fraction(self) -> float | None:

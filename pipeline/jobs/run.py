@@ -267,6 +267,8 @@ class Job:
         apply(self.commit.sink, fs, changes, self.checkpoints, self.progress, remove=remove)
         for url in {inp.url for inp in changes.changed} | set(changes.deleted):
             self.ids.forget_source(url)  # their rows leave: a new version (or another file) may take the ids
+        for url in {inp.url for inp in changes.changed}:
+            self.progress.read_again(url)
         counts = changes.counts()
         if kept:
             counts["deleted"] += len(kept)
