@@ -28,14 +28,21 @@ def test_sample_counts() -> None:
 
 
 def test_reuse_from_counts_what_is_already_embedded(tmp_path: Path) -> None:
-    """After a run, an estimate that reuses it has nothing left to spend."""
+    """After a run, an estimate that reuses it has nothing left to spend; with provider: local, a
+    fresh estimate's tokens are the run's own count."""
     out = tmp_path / "v1"
     assert run_cli("run", SAMPLE, "--set", f"sink.path={out}").returncode == 0
     est = estimate(load_config(SAMPLE, [f"run.reuse_from={out}"]))
     assert est.reusable_chunks == est.chunks == 308
     assert est.tokens == 0 and est.requests == 0
     shown = run_cli("validate", SAMPLE, "--set", f"run.reuse_from={out}")
-    assert "reusable from" in shown.stdout and "estimated tokens: 0 (after reuse)" in shown.stdout
+    assert "reusable from" in shown.stdout and "estimated tokens: 0 (" in shown.stdout
+    assert "; after reuse)" in shown.stdout
+    manifest = json.loads((out / "_manifest.json").read_text())
+    fresh = validate(load_config(SAMPLE, [f"sink.path={tmp_path / 'v2'}"]), SAMPLE)
+    counted = next(line for line in fresh.lines if line.startswith("estimated tokens: "))
+    assert counted == f"estimated tokens: {manifest['totals']['prompt_tokens']:,} " \
+                      "(counted with the local model's tokenizer)"  # provider: local: what the run reports
 
 
 def write_job(tmp_path: Path, records: list[dict], sink: str | None = None, extra: str = "") -> Path:

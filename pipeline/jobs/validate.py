@@ -87,13 +87,18 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
     indexes = [open_reuse_index(cfg)] if cfg.run.reuse_from else []
     if reading.changed and (own := _own_vectors(cfg, files, pg)) is not None:
         indexes.append(own)
-    pending: list[tuple[str, int]] = []  # (content hash, tokens) waiting for a reuse lookup
+    pending: list[tuple[str, str]] = []  # (content hash, text) waiting for a token count and a reuse lookup
+    count_tokens = token_counter(cfg)
 
     def settle() -> None:
-        if indexes and pending:
+        if not pending:
+            return
+        tokens = count_tokens([text for _, text in pending])
+        est.tokens += sum(tokens)
+        if indexes:
             found = np.logical_or.reduce([index.contains([h for h, _ in pending]) for index in indexes])
             est.reusable_chunks += int(found.sum())
-            est.reusable_tokens += sum(t for (_, t), hit in zip(pending, found) if hit)
+            est.reusable_tokens += sum(t for t, hit in zip(tokens, found) if hit)
         pending.clear()
 
     try:
@@ -115,7 +120,7 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
 
 
 def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: Estimate,
-           pending: list[tuple[str, int]], settle: Callable[[], None], after: dict[str, int]) -> None:
+           pending: list[tuple[str, str]], settle: Callable[[], None], after: dict[str, int]) -> None:
     """Read every file (after the location ``after`` gives), counting records, failures, chunks and tokens."""
     for inp in files:
         for item in file_items(cfg.source, fs, inp, after.get(inp.key, 0)):
@@ -135,12 +140,20 @@ def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: 
             for chunk in result:
                 est.chunks += 1
                 est.chars += len(chunk.text)
-                tokens = estimate_tokens(chunk.text)
-                est.tokens += tokens
-                pending.append((chunk.content_hash, tokens))
+                pending.append((chunk.content_hash, chunk.text))
                 if len(pending) >= 4096:
                     settle()
     settle()
+
+
+def token_counter(cfg: Config) -> Callable[[list[str]], list[int]]:
+    """How validate counts the tokens of chunks: the local model's own tokenizer for ``provider: local``
+    (what the run reports, exactly); for the API, about 4 characters a token (its tokenizer is not here)."""
+    if cfg.embedding.provider == "local":
+        from pipeline.embed.local import shared_model  # wordllama only for this provider
+
+        return shared_model().count_tokens
+    return lambda texts: [estimate_tokens(t) for t in texts]
 
 
 def _own_vectors(cfg: Config, files: list[InputFile], pg: Any = None) -> Any:
@@ -473,7 +486,9 @@ def _describe_work(cfg: Config, est: Estimate, reading: Reading | None) -> list[
     if stores:
         lines.append(f"reusable from {' and '.join(stores)}: {est.reusable_chunks:,} chunks "
                      f"({est.reusable_tokens:,} estimated tokens not spent)")
-    lines.append(f"estimated tokens: {est.tokens:,}" + (" (after reuse)" if stores else ""))
+    how = ("counted with the local model's tokenizer" if emb.provider == "local"
+           else "at about 4 characters a token: the API's count differs by language and model")
+    lines.append(f"estimated tokens: {est.tokens:,} ({how}" + ("; after reuse)" if stores else ")"))
     if cfg.run.max_tokens is not None and est.tokens > cfg.run.max_tokens:
         lines.append(f"budget: run.max_tokens={cfg.run.max_tokens:,} stops the run before it is done")
     lines.append(f"requests: {est.requests:,} (batch_size {emb.batch_size})")
