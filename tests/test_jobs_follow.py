@@ -152,6 +152,11 @@ def test_sigint_during_a_replacement_then_rerun_pays_only_for_changed_chunks(tmp
         assert code == 130, err
         first = inputs_embedded(url, reset=True)
         assert first < edited  # cut short: some of the file is left for the rerun
+        shown = run_cli("validate", str(job)).stdout  # says what the rerun pays, as the rerun then does
+        reads = int(shown.split("of them (2 unchanged, not opened): ")[1].split()[0].replace(",", ""))
+        reusable = int(shown.split("reusable from the sink itself (changed documents' unchanged chunks): ")[1]
+                       .split()[0].replace(",", ""))
+        assert 0 < reads - reusable <= edited - first, shown
         again = run_cli("run", str(job))
         assert again.returncode == 0, again.stderr
         assert "resumed=1" in again.stderr

@@ -321,11 +321,13 @@ def describe_changes(
         if pg is None:
             with sink_connection(cfg) as pg:
                 return describe_changes(cfg, listing, pg)
-        state = _postgres_state(cfg, pg)
+        state, replacing = _postgres_state(cfg, pg), set()
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
         state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
+        # inputs whose replacement a run left unfinished: a rerun reads on with the retired shards' vectors
+        replacing = {url for r in manifest.retired for url in r["inputs"]} if manifest is not None else set()
     if state is None:
         return [], None, None
     fs, listed, mine = listing if listing is not None else list_source(cfg)
@@ -345,7 +347,8 @@ def describe_changes(
             line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
-    reading = Reading(fs, changes.to_read, after, changes.unchanged, bool(changes.changed))
+    reuses = bool(changes.changed) or any(inp.url in replacing for inp in changes.resumed)
+    reading = Reading(fs, changes.to_read, after, changes.unchanged, reuses)
     return [line], reading, refused
 
 
