@@ -154,3 +154,25 @@ def test_a_crash_after_the_switch_leaves_old_files_that_the_next_open_deletes(tm
     assert {f"data/{p.name}" for p in (tmp_path / "data").glob("*.parquet")} == {
         s["path"] for s in w.manifest.shards if s["kind"] == "data"}
     w.close("completed")
+
+
+def test_a_replacement_cut_short_keeps_the_retired_shard_until_the_input_is_whole(tmp_path: Path) -> None:
+    """A's old rows leave with its first new ones, but the shard they were in stays (listed as retired,
+    not as data) through the close and the next open, until A is committed to its end; then it goes."""
+    two_sources(tmp_path)
+    w = make_writer(tmp_path)
+    old = w.manifest.shards[0]["path"]
+    w.restart(A, A)
+    w.set_signature(A, "2:z")
+    w.write(make_batch(0, 1, start=0, source=A))  # A's first new row only: then the run stops
+    w.close("interrupted")
+    w = make_writer(tmp_path)  # the rerun: its clean-up leaves the retired shard
+    assert [r["path"] for r in w.manifest.retired] == [old] and w.replacing() == {A}
+    assert w.manifest.retired[0]["inputs"] == {A: [A]}
+    assert (tmp_path / old).exists() and old not in {s["path"] for s in w.manifest.shards}
+    w.write(ended(make_batch(1, 1, start=1, source=A), A))
+    w.commit()
+    assert w.manifest.retired == [] and w.replacing() == set()
+    w.close("completed")
+    assert not (tmp_path / old).exists()
+    assert rows(tmp_path) == sorted([(A, "d0"), (A, "d1"), (B, "d10"), (B, "d11")])
