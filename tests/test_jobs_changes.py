@@ -390,9 +390,11 @@ async def test_a_watch_round_pays_for_the_edited_paragraph_only(tmp_path: Path) 
 
 async def test_a_watcher_counts_a_bad_line_of_a_file_read_again_once(tmp_path: Path) -> None:
     """A watcher reads an edited file again whole: its bad line, still there, is one failure in the
-    progress and run_finished counts, as in the dataset, not one more each round."""
+    progress and run_finished counts, as in the dataset, not one more each round; a file never edited
+    is one unchanged input, not one a round."""
     src = tmp_path / "in"
     src.mkdir()
+    jsonl(src / "b.jsonl", {"b0": "never edited"})
     good = json.dumps({"id": "a0", "text": "zero"}) + "\n"
     (src / "a.jsonl").write_text(good + "{not json\n")
     cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
@@ -403,10 +405,10 @@ async def test_a_watcher_counts_a_bad_line_of_a_file_read_again_once(tmp_path: P
         async with anyio.create_task_group() as tg:
             tg.start_soon(job.run)
             with anyio.fail_after(60):
-                await until(lambda: job.changes.get("new") == 1)  # the sink is open
+                await until(lambda: job.changes.get("new") == 2)  # the sink is open
                 for edit in range(1, 3):
                     shards = job.progress.shards
-                    await until(lambda: job.commit.sink.counts.records_read == 2 and job.progress.shards > shards)
+                    await until(lambda: job.commit.sink.counts.records_read == 3 and job.progress.shards > shards)
                     (src / "a.jsonl").write_text(good.replace("zero", f"edit {edit}") + "{not json\n")
                     touch_later(src / "a.jsonl")
                     await until(lambda: job.changes.get("changed") == edit)
@@ -415,6 +417,7 @@ async def test_a_watcher_counts_a_bad_line_of_a_file_read_again_once(tmp_path: P
             job.shutdown.request(15)
     assert job.commit.sink.counts.rows_failed == 1
     assert job.progress.counts.rows_failed == 1 == job.progress.fields()["failed"]
+    assert job.changes["changed"] == 2 and job.changes["unchanged"] == 1
 
 
 async def test_a_half_written_last_line_is_read_again_once_completed(tmp_path: Path) -> None:

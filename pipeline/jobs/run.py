@@ -257,7 +257,8 @@ class Job:
 
         With ``run.on_deleted: keep`` the deleted inputs are counted (``deleted``,
         and ``kept`` among them, as ``pipeline validate`` says) and left alone; a
-        watcher meets them again every round, and counts each once.
+        watcher meets them again every round, and counts each once. Unchanged
+        inputs are those of the last comparison, for the same reason.
         """
         remove = self.cfg.run.on_deleted == "remove"
         kept = [] if remove else changes.deleted
@@ -279,6 +280,7 @@ class Job:
             self.changes["kept"] = self.changes.get("kept", 0) + len(newly)
         for name, n in changes.counts().items():
             self.changes[name] = self.changes.get(name, 0) + n
+        self.changes["unchanged"] = counts["unchanged"]  # as of the last look: not one more a watch round
         return counts
 
     async def _heartbeat(self, sink: Sink) -> None:
