@@ -25,7 +25,7 @@ from pipeline.types import END_OF_FILE
 
 from test_dataset_postgres import batch, floats, open_sink, query
 from test_jobs_changes import jsonl, rerun, touch_later
-from test_jobs_follow import edit, expected_ids
+from test_jobs_follow import edit, expected_ids, sigint_mid_replacement_then_rerun
 from test_jobs_run import make_config
 from test_signals import RECORDS, finish, start, wait_for_commits, write_job
 
@@ -425,6 +425,17 @@ def test_sigkill_during_a_replacement_then_rerun_is_exact(postgres_url: str, tab
     check_table_follows(tmp_path, postgres_url, table)
     (rows,), = query(postgres_url, f"SELECT sum(rows - replaced - removed) FROM {table}_commits")
     assert rows == len(expected_ids(tmp_path))
+
+
+def test_sigint_during_a_replacement_then_rerun_pays_only_for_changed_chunks(postgres_url: str, table: str,
+                                                                            tmp_path: Path) -> None:
+    """Ctrl-C while an edited file's rows are being replaced in a table; the rerun still sends only its
+    edited records (the old rows' vectors wait in {table}_retired until the file is whole, then go)."""
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "150") as url:
+        job = pg_job(tmp_path, url, postgres_url, table)
+        sigint_mid_replacement_then_rerun(tmp_path, url, job, check_validate=False)
+    check_table_follows(tmp_path, postgres_url, table)
+    assert query(postgres_url, f"SELECT count(*) FROM {table}_retired") == [(0,)]
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:

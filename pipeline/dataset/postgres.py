@@ -33,6 +33,7 @@ from pipeline.config import Config, SinkConfig
 from pipeline.dataset import postgres_rows as rows_
 from pipeline.dataset import postgres_schema as schema
 from pipeline.dataset.manifest import utc_now
+from pipeline.dataset.postgres_reuse import release, retire, retired_sources
 from pipeline.dataset.postgres_schema import Names
 from pipeline.dataset.postgres_session import Session, connect, reason
 from pipeline.dataset.postgres_state import (WRITER_COLUMN, WRITER_SETTING, Made, ResumeState, Saved, SinkState,
@@ -40,7 +41,8 @@ from pipeline.dataset.postgres_state import (WRITER_COLUMN, WRITER_SETTING, Made
 from pipeline.dataset.tables import BASE_COLUMNS
 from pipeline.embed.vectors import is_packed
 from pipeline.errors import CommitFailed, SinkError
-from pipeline.types import Counts, EmbeddedBatch
+from pipeline.dataset.state import of_url
+from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch
 
 __all__ = ["PostgresSink", "connect", "open_postgres_sink", "drop_tables"]
 
@@ -97,8 +99,9 @@ class _Removals:
             cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s)").format(e=n.errors), (self.gone,))
             errors += max(cur.rowcount, 0)
         if self.replaced:  # rows of an earlier version have no writer: any rank's replacement takes them
-            cur.execute(sql.SQL("DELETE FROM {t} WHERE source = ANY(%s) AND ({w} = %s OR {w} IS NULL)").format(
-                t=n.data, w=sql.Identifier(WRITER_COLUMN)), (self.replaced, rank))
+            mine = sql.SQL("source = ANY(%s) AND ({w} = %s OR {w} IS NULL)").format(w=sql.Identifier(WRITER_COLUMN))
+            retire(cur, n, mine, (self.replaced, rank), rank)
+            cur.execute(sql.SQL("DELETE FROM {t} WHERE {mine}").format(t=n.data, mine=mine), (self.replaced, rank))
             rows += max(cur.rowcount, 0)
             cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s) AND rank = %s").format(e=n.errors),
                         (self.replaced, rank))
@@ -159,6 +162,8 @@ class PostgresSink(SinkState):
             made = Made(model, input_type, embedding_type, chunking)
             self.dimensions, self._run = open_tables(conn, self.names, rank, made, self.where, run_started_at)
             self._state = ResumeState(conn, self.names, rank)
+            #: changed inputs whose old rows' vectors wait in ``{table}_retired`` for their new rows to be whole
+            self._retired = retired_sources(conn, self.names, rank)
             self._counts = load_counts(conn, self.names, rank)
             self._columns = (rows_.existing_columns(conn, self.names, embedding_type, cfg.include_text,
                                                     self._metadata_fields) if self.dimensions is not None else None)
@@ -221,6 +226,29 @@ class PostgresSink(SinkState):
 
     def release_retired(self) -> None:
         """Nothing to delete: a table's rows leave inside their commit."""
+
+    def replacing(self) -> set[str]:
+        """Inputs whose replacement a run left unfinished: their old rows' vectors are kept for reuse."""
+        return set(self._retired)
+
+    def _release_whole(self) -> None:
+        """Forget the kept vectors of changed inputs that are whole again (or gone)."""
+        state = self._state
+
+        def whole(url: str) -> bool:
+            if url not in state.files:
+                return True
+            keys = [k for k in state.progress if of_url(k, url)]
+            return url not in self._changed and bool(keys) and all(state.progress[k] >= END_OF_FILE for k in keys)
+
+        done = {url for url in self._retired if whole(url)}
+        if not done:
+            return
+        try:
+            release(self.conn, self.names, self.rank, done)
+        except psycopg.Error:  # only a cache of vectors: the next commit tries again
+            return
+        self._retired -= done
 
     def renew(self) -> None:
         """Check the connection (and the lock) between commits; open it again if it was lost."""
@@ -294,7 +322,9 @@ class PostgresSink(SinkState):
             raise
         self._state.committed(state)
         self._removals.clear()
+        self._retired |= set(removals.replaced)
         self._replacing.clear()
+        self._release_whole()
         self._pending = _Pending()
         c = pending.counts
         self._counts += Counts(c.records_read, entry["rows"] - entry["replaced"] - entry["removed"], c.rows_reused,
@@ -389,5 +419,6 @@ def open_postgres_sink(
 def drop_tables(conn: psycopg.Connection[Any], names: Names) -> None:
     """Drop ``sink.table`` and its side tables, in one transaction (``--fresh``)."""
     with conn.transaction():
-        for ident in (names.data, names.errors, names.commits, names.state, names.runs, names.meta):
+        for ident in (names.data, names.errors, names.commits, names.state, names.runs, names.meta, names.retired):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=ident))
+

@@ -109,6 +109,8 @@ class Names:
     state = property(lambda self: self._of("state"))
     runs = property(lambda self: self._of("runs"))
     meta = property(lambda self: self._of("meta"))
+    #: vectors of changed inputs' old rows, kept until their new rows are whole (a run cut short reuses them)
+    retired = property(lambda self: self._of("retired"))
     source = property(lambda self: self._of("source"))  # the index on {table}(source)
     errors_source = property(lambda self: self._of("errors_source"))
     embedding_idx = property(lambda self: self._of("embedding_idx"))  # the vector index

@@ -101,6 +101,10 @@ class Sink(Protocol):
         """Let go of what commits replaced but an index of the sink still read (a file dataset's old shards)."""
         ...
 
+    def replacing(self) -> set[str]:
+        """Inputs whose replacement a run left unfinished: their old rows' vectors are kept for the next run."""
+        ...
+
     def renew(self) -> None:
         """Keep this writer's exclusive right alive between commits."""
         ...

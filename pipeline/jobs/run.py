@@ -241,6 +241,7 @@ class Job:
         if not self.commit.sink.counts.rows_embedded:
             return None
         sources = {inp.url for inp in changes.changed} | (set(changes.deleted) if changes.new else set())
+        sources |= {inp.url for inp in changes.resumed} & self.commit.sink.replacing()
         try:
             own = open_own_vectors(self.cfg, sources)
         except SinkError as exc:  # not worth stopping for: those chunks are embedded again
@@ -321,8 +322,7 @@ class Job:
 
 def _resumes_replacement(sink: Sink, changes: Changes) -> bool:
     """Whether ``changes`` read on an input whose replacement an earlier run left unfinished."""
-    replacing = getattr(sink, "replacing", None)  # a file dataset keeps the retired shards of those
-    return bool(replacing and changes.resumed and {inp.url for inp in changes.resumed} & replacing())
+    return bool(changes.resumed and {inp.url for inp in changes.resumed} & sink.replacing())
 
 
 def _register_ids(ids: IdRegistry, sink: Sink) -> None:
