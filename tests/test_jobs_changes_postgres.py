@@ -433,7 +433,7 @@ def test_sigint_during_a_replacement_then_rerun_pays_only_for_changed_chunks(pos
     edited records (the old rows' vectors wait in {table}_retired until the file is whole, then go)."""
     with serve_process("--fake", "--dimensions", "8", "--latency-ms", "150") as url:
         job = pg_job(tmp_path, url, postgres_url, table)
-        sigint_mid_replacement_then_rerun(tmp_path, url, job, check_validate=False)
+        sigint_mid_replacement_then_rerun(tmp_path, url, job)
     check_table_follows(tmp_path, postgres_url, table)
     assert query(postgres_url, f"SELECT count(*) FROM {table}_retired") == [(0,)]
 

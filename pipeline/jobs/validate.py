@@ -321,7 +321,7 @@ def describe_changes(
         if pg is None:
             with sink_connection(cfg) as pg:
                 return describe_changes(cfg, listing, pg)
-        state, replacing = _postgres_state(cfg, pg), set()
+        state, replacing = _postgres_state(cfg, pg), _postgres_replacing(cfg, pg)
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
@@ -381,6 +381,21 @@ def _postgres_share(cfg: Config, conn: Any, urls: list[str]) -> float:
         return share_of(conn, Names(cfg.sink.table), urls)
     except psycopg.Error:  # the sink line says what is wrong with the database
         return 0.0
+
+
+def _postgres_replacing(cfg: Config, conn: Any) -> set[str]:
+    """Inputs whose replacement a run left unfinished (their old rows' vectors wait in ``{table}_retired``)."""
+    import psycopg
+
+    from pipeline.dataset.postgres_reuse import retired_sources
+    from pipeline.dataset.postgres_schema import Names
+
+    if not _connected(conn):
+        return set()
+    try:
+        return retired_sources(conn, Names(cfg.sink.table), cfg.run.rank)
+    except psycopg.Error:  # the sink line says what is wrong with the database
+        return set()
 
 
 def _postgres_state(cfg: Config, conn: Any) -> State | None:
