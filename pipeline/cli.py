@@ -8,6 +8,7 @@ anything else is a bug and is allowed to crash loudly.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import select
 import signal
@@ -272,5 +273,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script shim: exit with :func:`main`'s code."""
-    sys.exit(main())
+    """Console-script shim: exit with :func:`main`'s code, without the interpreter's finalisation.
+
+    Once a command has returned, everything it owes is written (commits,
+    the lease, the report): what is left is native thread pools torn down at
+    exit, which now and then abort a finished command ("terminate called
+    without an active exception", exit -6: apache/arrow#34314, #39162). So the
+    process ends here, after flushing what Python still buffers.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader gone, or a stream closed: nothing more to say there
+            pass
+    logging.shutdown()
+    os._exit(code)

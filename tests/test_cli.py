@@ -181,3 +181,20 @@ def test_misspelled_section_exit_2_names_it(tmp_path: Path) -> None:
     result = run_cli("validate", str(job))
     assert result.returncode == 2
     assert_one_line_error(result.stderr, f"{job}:", "embeding: unknown key (did you mean embedding?)")
+
+
+def test_a_finished_command_skips_the_interpreters_finalisation(tmp_path: Path) -> None:
+    """Once a command returned, the process ends without Python's finalisation (where Arrow's thread pools,
+    torn down at exit, now and then abort a finished command with -6), its output flushed first."""
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('finalised\\n'))\n"
+        "sys.argv = ['pipeline', 'validate', 'configs/local.yaml']\n"
+        "from pipeline.cli import run\n"
+        "run()\n"
+    )
+    result = subprocess.run([*pipeline_cmd()[:1], "-c", probe], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "finalised" not in result.stderr
+    assert "tokens" in result.stdout  # the whole report reached the pipe: flushed before the process ended
