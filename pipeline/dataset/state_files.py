@@ -24,14 +24,15 @@ import uuid
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.dataset.state import State
+from pipeline.dataset.state_base import Column, Inputs, Pairs, Shards, Texts, prefixes
 from pipeline.errors import SinkError
 from pipeline.storage import is_local, join
-from pipeline.types import END_OF_FILE
 
 STATE_DIR = "_state"
 STATE_NAME = re.compile(r"part-(\d{5})-(\d{6,})\.parquet$")
@@ -109,91 +110,134 @@ def to_table(state: State, names: set[str], shards: set[str]) -> pa.Table:
     return pa.table(arrays, schema=SCHEMA)
 
 
-def _grouped(column: pa.Array, canon: dict[str, str]) -> list[dict[str, int] | None]:
-    """A list<struct<name, value>> column as dicts, flattened once rather than a dict per pair.
+class _Loader:
+    """Reads state files, in order, into the compact columns of a :class:`State` (:mod:`state_base`).
 
-    A name found in ``canon`` is that same string object: one per input, whichever dicts hold it.
+    The input rows of every file pile up as arrays (a row group at a time);
+    :meth:`state` then keeps the last row of each name, drops the deleted
+    ones and indexes the rest. Shard rows keep their sources and marks packed.
     """
-    flat = column.flatten()
-    keys = [canon.get(x, x) for x in flat.field("name").to_pylist()]
-    values = [END_OF_FILE if v == END_OF_FILE else v for v in flat.field("value").to_pylist()]
-    offsets = column.offsets.to_pylist()
-    base = offsets[0] if offsets else 0
-    return [dict(zip(keys[offsets[i] - base:offsets[i + 1] - base], values[offsets[i] - base:offsets[i + 1] - base]))
-            if ok else None for i, ok in enumerate(column.is_valid().to_pylist())]
 
+    def __init__(self) -> None:
+        self.names = Texts()
+        self.hashes: list[np.ndarray] = []
+        self.deleted: list[np.ndarray] = []
+        self.ints: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {"progress": ([], []), "end": ([], [])}
+        self.signatures: list[pa.Array] = []
+        self.pieces: list[tuple[int, str]] = []  # (row, name) of the names that are pieces of a url
+        self.offsets: dict[str, list[list[int]]] = {}
+        self.sources, self.marks = Shards(), Shards()
+        self.rows = 0
 
-class _Reader:
-    """Takes the rows of one state file into a :class:`State`, a batch at a time (they hold the inputs first)."""
-
-    def __init__(self, state: State) -> None:
-        self.state = state
-        self.inputs: set[str] = set()
-        self.shards: set[str] = set()
-        self._canon: dict[str, str] | None = None
-
-    def batch(self, batch: pa.RecordBatch) -> None:
-        names = batch.column("name").to_pylist()
-        shard = batch.column("shard").to_pylist()
-        deleted = batch.column("deleted").to_pylist()
-        if not any(shard):
-            self._inputs(batch, names, deleted)
-        elif all(shard):
-            self._shards(batch, names, deleted)
+    def batch(self, batch: pa.RecordBatch, held: tuple[set[str], set[str]] | None) -> None:
+        shard = np.asarray(batch.column("shard").fill_null(False))
+        if not shard.any():
+            self._inputs(batch, held)
+        elif shard.all():
+            self._shards(batch, held)
         else:
-            mask = pa.array(shard, pa.bool_())
-            self.batch(batch.filter(pc.invert(mask)))
-            self.batch(batch.filter(mask))
+            self.batch(batch.filter(pa.array(~shard)), held)
+            self.batch(batch.filter(pa.array(shard)), held)
 
-    def _inputs(self, batch: pa.RecordBatch, names: list[str], deleted: list[bool]) -> None:
-        state = self.state
-        for column, held in zip(("progress", "end", "signature", "offsets"),
-                                (state.progress, state.ends, state.files, state.offsets)):
-            values = batch.column(column).to_pylist()
-            if any(deleted):
-                values = [None if d else v for v, d in zip(values, deleted)]
-            if column in ("progress", "end"):  # one object for the commonest value, not one per input
-                values = [END_OF_FILE if v == END_OF_FILE else v for v in values]
-            held.update({n: v for n, v in zip(names, values) if v is not None})
-            for name in [n for n, v in zip(names, values) if v is None and n in held]:
-                del held[name]
-        self.inputs.update(names)
+    def _inputs(self, batch: pa.RecordBatch, held: tuple[set[str], set[str]] | None) -> None:
+        column = batch.column("name")
+        names = column.to_pylist()
+        self.hashes.append(np.fromiter(map(hash, names), np.int64, len(names)))
+        self.deleted.append(np.asarray(batch.column("deleted").fill_null(False)))
+        for name, (values, valid) in self.ints.items():
+            values.append(np.asarray(batch.column(name).fill_null(0)))
+            valid.append(np.asarray(batch.column(name).is_valid()))
+        self.signatures.append(batch.column("signature"))
+        self.pieces += [(self.rows + i, n) for i, n in enumerate(names) if "#" in n]
+        offsets = batch.column("offsets")
+        if offsets.null_count < len(offsets) or self.offsets:  # few inputs have any: kept as a dict
+            for name, value in zip(names, offsets.to_pylist()):
+                if value is None:
+                    self.offsets.pop(name, None)
+                else:
+                    self.offsets[name] = [[int(n), int(o)] for n, o in value]
+        self.names.extend(column)
+        self.rows += len(names)
+        if held is not None:
+            held[0].update(names)
 
-    def _shards(self, batch: pa.RecordBatch, paths: list[str], deleted: list[bool]) -> None:
-        if self._canon is None:
-            self._canon = {x: x for x in self.state.progress}
-            self._canon.update((x, x) for x in self.state.files if x not in self._canon)
-        sources = _grouped(batch.column("sources"), self._canon)
-        marks = _grouped(batch.column("marks"), self._canon)
-        for path, d, src, mk in zip(paths, deleted, sources, marks):
-            self.state.apply_shard(path, d, src, mk or {})
-        self.shards.update(paths)
+    def _shards(self, batch: pa.RecordBatch, held: tuple[set[str], set[str]] | None) -> None:
+        paths = batch.column("name").to_pylist()
+        deleted = batch.column("deleted").fill_null(False).to_pylist()
+        packed = {c: _packed(batch.column(c)) for c in ("sources", "marks")}
+        for i, path in enumerate(paths):
+            marks = packed["marks"][i]
+            self.sources.load(path, None if deleted[i] else packed["sources"][i])
+            self.marks.load(path, None if deleted[i] else {} if marks is None else marks)
+        if held is not None:
+            held[1].update(paths)
+
+    def state(self) -> State:
+        """The state the files hold: the last row of each name, unless it is a deletion."""
+        state = State()
+        state.offsets, state.sources, state.marks = self.offsets, self.sources, self.marks
+        if not self.rows:
+            return state
+        hashes, deleted = np.concatenate(self.hashes), np.concatenate(self.deleted)
+        order = np.argsort(hashes, kind="stable")
+        last = np.ones(len(order), bool)
+        last[:-1] = hashes[order][1:] != hashes[order][:-1]
+        rows = np.sort(order[last][~deleted[order[last]]])
+        whole = len(rows) == len(hashes)  # no name twice, none deleted: every row as it is
+
+        def kept(arrays: list[np.ndarray]) -> np.ndarray:
+            joined = np.concatenate(arrays)
+            return joined if whole else joined[rows]
+
+        signatures = pa.concat_arrays([a.cast(pa.string()) for a in self.signatures])
+        signatures = signatures if whole else signatures.take(pa.array(rows))
+        on = set(rows.tolist()) if self.pieces and not whole else None
+        pieces: dict[str, list[str]] = {}
+        for row, name in self.pieces:
+            if on is None or row in on:
+                for url in prefixes(name):
+                    pieces.setdefault(url, []).append(name)
+        inputs = Inputs(self.names, rows, hashes[rows], *(
+            (kept(values), kept(valid)) for values, valid in self.ints.values()), signatures, pieces)
+        state.progress, state.ends, state.files = (Column(kind, inputs) for kind in ("progress", "end", "signature"))
+        return state
 
 
-def apply_table(state: State, table: pa.Table) -> tuple[set[str], set[str]]:
-    """Take the rows of one state file, in order; the input names and shard paths it held."""
-    reader = _Reader(state)
+def _packed(column: pa.Array) -> list[Pairs | None]:
+    """A list<struct<name, value>> column, a :class:`Pairs` per row (None for a null)."""
+    flat = column.flatten()
+    names, values = flat.field("name"), np.asarray(flat.field("value").fill_null(0))
+    offsets = np.asarray(column.offsets)
+    offsets = offsets - offsets[0] if len(offsets) else offsets
+    valid = np.asarray(column.is_valid())
+    return [Pairs(names.slice(offsets[i], offsets[i + 1] - offsets[i]), values[offsets[i]:offsets[i + 1]])
+            if ok else None for i, ok in enumerate(valid)]
+
+
+def apply_table(table: pa.Table) -> State:
+    """The state the rows of one state file hold."""
+    loader = _Loader()
     for batch in table.to_batches():
-        reader.batch(batch)
-    return reader.inputs, reader.shards
+        loader.batch(batch, None)
+    return loader.state()
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_file(fs: fsspec.AbstractFileSystem, root: str, rel: str, state: State) -> tuple[set[str], set[str]]:
-    """Take one listed state file into ``state``, a row group at a time; the input names and shards it held.
+def read_file(fs: fsspec.AbstractFileSystem, root: str, rel: str, loader: _Loader,
+              held: tuple[set[str], set[str]] | None) -> None:
+    """Read one listed state file into ``loader``, a row group at a time (``held``: gets its names and shards).
 
     ``SinkError`` naming the file when it is missing or unreadable.
     """
     path = join(root, rel)
-    reader = _Reader(state)
     try:
         with fs.open(path, "rb") as f:
             file = pq.ParquetFile(f)
             for group in range(file.num_row_groups):  # one at a time: a few MB of Arrow memory
                 for batch in file.read_row_group(group).to_batches():
-                    reader.batch(batch)
+                    loader.batch(batch, held)
     except FileNotFoundError as exc:
         raise SinkError(
             f"{path} is listed in the manifest but missing; restore it, or `pipeline run --fresh` "
@@ -201,7 +245,6 @@ def read_file(fs: fsspec.AbstractFileSystem, root: str, rel: str, state: State) 
         ) from exc
     except (OSError, pa.ArrowException) as exc:
         raise SinkError(f"cannot read the resume state {path}: {exc}") from exc
-    return reader.inputs, reader.shards
 
 
 def load(fs: fsspec.AbstractFileSystem, root: str, manifest: Any) -> State:
@@ -219,11 +262,14 @@ def load(fs: fsspec.AbstractFileSystem, root: str, manifest: Any) -> State:
         manifest.state = state
         return state
     written: dict[str, tuple[set[str], set[str]]] = {}
+    loader = _Loader()
     for n, item in enumerate(manifest.state_files):
-        held = read_file(fs, root, item["path"], state)
+        held: tuple[set[str], set[str]] | None = None
         if n:  # the first file is a snapshot, the later ones what changed since
-            written[item["path"]] = held
-        del held
+            held = written[item["path"]] = (set(), set())
+        read_file(fs, root, item["path"], loader, held)
+    state = loader.state()
+    del loader
     pa.default_memory_pool().release_unused()
     state.clean()
     manifest.state = state

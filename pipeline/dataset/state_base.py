@@ -1,0 +1,387 @@
+"""The resume state as loaded from its files, kept compact: columns, not a Python object per input.
+
+A dataset of a million inputs holds a million names in each of its state's
+tables (how far each is committed, its end, its signature) and again in the
+sources and marks of its shards: as Python dicts, that is about 500 MB and
+seconds to build. Here the rows read from ``_state/`` (:mod:`state_files`)
+stay in arrays (:class:`Inputs`): the names in zstd-compressed blocks, the
+numbers in numpy arrays, the signatures in one Arrow string array, and an
+index of the names' 64-bit hashes (an open-addressing table). Each shard's
+sources and marks stay compressed (:class:`Pairs`) until asked for.
+
+What a process changes goes to small dicts over them: :class:`Column` is a
+``MutableMapping`` (name → value) made of the loaded rows, an overlay of the
+names set since, and the loaded names removed since (tombstones); so every
+caller keeps reading and writing ``state.progress`` or ``state.files`` as a
+dict, while memory grows with the changes rather than with the inputs.
+
+Names are found by their hash (``hash()``, so the index lives in one process
+only): two of a million names share one with a chance of about 3 in 10^8,
+and a name not loaded is taken for a loaded one with a chance of about 5 in
+10^14 (the trade-off :mod:`pipeline.stages.ids` makes for ids).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Mapping, MutableMapping
+
+import numpy as np
+import pyarrow as pa
+
+#: names a compressed block holds
+BLOCK = 1024
+_CODEC = pa.Codec("zstd", compression_level=1)
+
+
+def prefixes(name: str) -> Iterator[str]:
+    """The urls ``name`` is a piece of: each of its beginnings that a ``#`` follows (see :func:`state.of_url`)."""
+    at = name.find("#")
+    while at >= 0:
+        yield name[:at]
+        at = name.find("#", at + 1)
+
+
+def _buffers(array: pa.Array) -> tuple[np.ndarray, bytes]:
+    """A string array's offsets (from 0) and its bytes, as they are in its buffers (no Python str per value)."""
+    array = array.cast(pa.string())
+    if len(array) == 0:
+        return np.zeros(1, np.int32), b""
+    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset:array.offset + len(array) + 1]
+    data = array.buffers()[2]
+    start, stop = int(offsets[0]), int(offsets[-1])
+    return (offsets - start).astype(np.int32), data.slice(start, stop - start).to_pybytes() if data else b""
+
+
+def _strings(offsets: np.ndarray, data: bytes) -> list[str]:
+    return pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.tobytes()),
+                                       pa.py_buffer(data)).to_pylist()
+
+
+class Texts:
+    """Strings by row number, in compressed blocks of at most :data:`BLOCK` (a null is stored as "")."""
+
+    def __init__(self) -> None:
+        self._blocks: list[tuple[bytes, int, np.ndarray]] = []  # compressed data, its size, offsets
+        self._firsts: list[int] = []  # the first row of each block
+        self._starts = np.zeros(0, np.int64)
+        self.rows = 0
+        self._cached: tuple[int, list[str]] = (-1, [])
+
+    def extend(self, array: pa.Array) -> None:
+        """Append the strings of ``array``."""
+        for start in range(0, len(array), BLOCK):
+            offsets, data = _buffers(array.slice(start, BLOCK))
+            self._blocks.append((_CODEC.compress(data, asbytes=True) if data else b"", len(data), offsets))
+            self._firsts.append(self.rows)
+            self.rows += len(offsets) - 1
+
+    def _block(self, b: int) -> list[str]:
+        if self._cached[0] != b:
+            packed, size, offsets = self._blocks[b]
+            data = _CODEC.decompress(packed, size, asbytes=True) if size else b""
+            self._cached = (b, _strings(offsets, data))
+        return self._cached[1]
+
+    def _which(self, rows: np.ndarray) -> np.ndarray:
+        if len(self._starts) != len(self._firsts):
+            self._starts = np.asarray(self._firsts, np.int64)
+        return np.searchsorted(self._starts, rows, side="right") - 1
+
+    def get(self, row: int) -> str:
+        """The string of ``row``."""
+        b = int(self._which(np.asarray([row]))[0])
+        return self._block(b)[row - self._firsts[b]]
+
+    def take(self, rows: np.ndarray) -> Iterator[str]:
+        """The strings of ``rows`` (in ascending order: each block is unpacked once)."""
+        blocks = self._which(rows)
+        for b, row in zip(blocks.tolist(), rows.tolist()):
+            yield self._block(b)[row - self._firsts[b]]
+
+    def nbytes(self) -> int:
+        return sum(len(p) + o.nbytes for p, _, o in self._blocks)
+
+
+class Inputs:
+    """The input rows loaded from the state files: one per name (the last written), deleted ones left out.
+
+    ``j`` below is a row's position here (in the order the files hold them:
+    a snapshot's by name). A column (``progress``, ``end``, ``signature``)
+    may lack a value for a name that has others.
+    """
+
+    def __init__(self, names: Texts, rows: np.ndarray, hashes: np.ndarray, progress: tuple[np.ndarray, np.ndarray],
+                 ends: tuple[np.ndarray, np.ndarray], signatures: pa.Array, pieces: dict[str, list[str]]) -> None:
+        self._names, self._rows = names, rows
+        self._keys, self._at = _table(hashes)
+        self._mask = len(self._keys) - 1
+        self._ints = {"progress": progress, "end": ends}
+        signatures = signatures.cast(pa.string())
+        self._sig_ok = np.asarray(signatures.is_valid())
+        self._sig_offsets, self._sig_data = _buffers(signatures)
+        # memoryviews: indexing one gives a Python int or bool, several times faster than a numpy scalar
+        self._views = {"keys": memoryview(self._keys), "at": memoryview(self._at),
+                       "sig_ok": memoryview(self._sig_ok), "sig_offsets": memoryview(self._sig_offsets),
+                       **{c: (memoryview(v), memoryview(ok)) for c, (v, ok) in self._ints.items()}}
+        self._counts = {"progress": int(progress[1].sum()), "end": int(ends[1].sum()),
+                        "signature": int(self._sig_ok.sum())}
+        #: url → the loaded names that are its pieces (``url#bytes=...``)
+        self.pieces = pieces
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def find(self, name: str) -> int:
+        """The position of ``name``'s row, -1 when none was loaded."""
+        h = hash(name)
+        keys, at, mask = self._views["keys"], self._views["at"], self._mask
+        slot = h & mask
+        while True:
+            j = at[slot]
+            if not j:
+                return -1
+            if keys[slot] == h:
+                return j - 1
+            slot = (slot + 1) & mask
+
+    def has(self, column: str, j: int) -> bool:
+        """Whether row ``j`` holds a value in ``column``."""
+        return self._views["sig_ok"][j] if column == "signature" else self._views[column][1][j]
+
+    def value(self, column: str, j: int) -> Any:
+        """Row ``j``'s value in ``column`` (it must hold one)."""
+        if column == "signature":
+            o = self._views["sig_offsets"]
+            return self._sig_data[o[j]:o[j + 1]].decode()
+        return self._views[column][0][j]
+
+    def count(self, column: str) -> int:
+        """How many rows hold a value in ``column``."""
+        return self._counts[column]
+
+    def names(self, column: str) -> Iterator[tuple[int, str]]:
+        """The position and name of every row holding a value in ``column``, in row order."""
+        held = self._sig_ok if column == "signature" else self._ints[column][1]
+        positions = np.flatnonzero(held)
+        return zip(positions.tolist(), self._names.take(self._rows[positions]))
+
+    def nbytes(self) -> int:
+        """About the memory the rows take."""
+        return (self._names.nbytes() + self._rows.nbytes + self._keys.nbytes + self._at.nbytes
+                + sum(v.nbytes + ok.nbytes for v, ok in self._ints.values())
+                + self._sig_ok.nbytes + self._sig_offsets.nbytes + len(self._sig_data))
+
+
+def _table(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An open-addressing hash table of ``hashes`` (linear probing, at most half full), built with numpy.
+
+    Slot ``s`` holds a hash in the first array and, in the second, its
+    position in ``hashes`` plus one (0: an empty slot).
+    """
+    size = 1 << max(4, int(2 * len(hashes)).bit_length())
+    mask = size - 1
+    keys = np.zeros(size, np.int64)
+    at = np.zeros(size, np.int32 if len(hashes) < 2**31 - 1 else np.int64)
+    waiting = np.arange(len(hashes))
+    slots = hashes & mask
+    while len(waiting):
+        free = at[slots] == 0
+        # of the waiting names whose slot is free, the first of each slot takes it; the others probe on
+        taken_slots, first = np.unique(slots[free], return_index=True)
+        placed = np.flatnonzero(free)[first]
+        keys[taken_slots], at[taken_slots] = hashes[waiting[placed]], waiting[placed] + 1
+        left = np.ones(len(waiting), bool)
+        left[placed] = False
+        waiting, slots = waiting[left], (slots[left] + 1) & mask
+    return keys, at
+
+
+class Column(MutableMapping[str, Any]):
+    """One column of the input rows (name → value) as a dict: the loaded rows, what was set since, what was removed."""
+
+    def __init__(self, kind: str, base: Inputs | None = None, over: dict[str, Any] | None = None) -> None:
+        self._kind, self._base = kind, base
+        self._over: dict[str, Any] = {}
+        self._gone: set[str] = set()  # loaded names removed since
+        self._extra = 0  # names set since that were not loaded
+        self._pieces: dict[str, set[str]] = {}  # url → names set since that are its pieces
+        for name, value in (over or {}).items():
+            self[name] = value
+
+    def _loaded(self, name: str) -> int:
+        base = self._base
+        if base is None:
+            return -1
+        j = base.find(name)
+        return j if j >= 0 and base.has(self._kind, j) else -1
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._over[name]
+        except KeyError:
+            pass
+        j = -1 if name in self._gone else self._loaded(name)
+        if j < 0:
+            raise KeyError(name)
+        return self._base.value(self._kind, j)  # type: ignore[union-attr]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._over.get(name, self)
+        if value is not self:
+            return value
+        j = -1 if name in self._gone else self._loaded(name)
+        return default if j < 0 else self._base.value(self._kind, j)  # type: ignore[union-attr]
+
+    def __contains__(self, name: object) -> bool:
+        if name in self._over:
+            return True
+        return isinstance(name, str) and name not in self._gone and self._loaded(name) >= 0
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if name not in self._over:
+            if name in self._gone:
+                self._gone.discard(name)
+            elif self._loaded(name) < 0:
+                self._extra += 1
+            for url in prefixes(name):
+                self._pieces.setdefault(url, set()).add(name)
+        self._over[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        if name in self._over:
+            del self._over[name]
+            if self._loaded(name) >= 0:
+                self._gone.add(name)
+            else:
+                self._extra -= 1
+        elif name not in self._gone and self._loaded(name) >= 0:
+            self._gone.add(name)
+        else:
+            raise KeyError(name)
+
+    def __len__(self) -> int:
+        loaded = self._base.count(self._kind) if self._base is not None else 0
+        return loaded - len(self._gone) + self._extra
+
+    def __iter__(self) -> Iterator[str]:
+        if self._base is not None:
+            skip = self._over.keys() | self._gone if (self._over or self._gone) else ()
+            for _, name in self._base.names(self._kind):
+                if name not in skip:
+                    yield name
+        yield from self._over
+
+    def items(self) -> Any:
+        return _Items(self)
+
+    def of_url(self, url: str) -> list[str]:
+        """The names held that are input ``url`` or one of its pieces (``url#bytes=...``), without a scan."""
+        found = set(self._base.pieces.get(url, ())) if self._base is not None else set()
+        found |= self._pieces.get(url, set())
+        found.add(url)
+        return sorted(name for name in found if name in self)
+
+    def copy(self) -> Column:
+        """Another column over the same loaded rows (which never change), with a copy of the changes."""
+        out = Column(self._kind, self._base)
+        out._over, out._gone, out._extra = dict(self._over), set(self._gone), self._extra
+        out._pieces = {url: set(names) for url, names in self._pieces.items()}
+        return out
+
+    def __repr__(self) -> str:
+        return f"Column({self._kind!r}, {len(self)} names)"
+
+
+class _Items:
+    """``Column.items()``: the loaded values read as the rows go by, rather than looked up by name."""
+
+    def __init__(self, column: Column) -> None:
+        self._c = column
+
+    def __len__(self) -> int:
+        return len(self._c)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        c = self._c
+        if c._base is not None:
+            skip = c._over.keys() | c._gone if (c._over or c._gone) else ()
+            for j, name in c._base.names(c._kind):
+                if name not in skip:
+                    yield name, c._base.value(c._kind, j)
+        yield from c._over.items()
+
+
+class Pairs:
+    """One shard's sources or marks (name → int), compressed until asked for."""
+
+    __slots__ = ("_names", "_size", "_offsets", "_values", "_count")
+
+    def __init__(self, names: pa.Array, values: np.ndarray) -> None:
+        offsets, data = _buffers(names)
+        self._count = len(offsets) - 1
+        self._names, self._size = _CODEC.compress(data, asbytes=True) if data else b"", len(data)
+        self._offsets = _CODEC.compress(offsets.tobytes(), asbytes=True)
+        self._values = _CODEC.compress(np.ascontiguousarray(values, np.int64).tobytes(), asbytes=True)
+
+    def decode(self) -> dict[str, int]:
+        count = len(self)
+        offsets = np.frombuffer(_CODEC.decompress(self._offsets, 4 * (count + 1), asbytes=True), np.int32)
+        data = _CODEC.decompress(self._names, self._size, asbytes=True) if self._size else b""
+        values = np.frombuffer(_CODEC.decompress(self._values, 8 * count, asbytes=True), np.int64)
+        return dict(zip(_strings(offsets, data), values.tolist()))
+
+    def __len__(self) -> int:
+        return self._count
+
+
+class Shards(MutableMapping[str, Any]):
+    """Shard path → a dict (its sources, or its marks), the loaded ones unpacked when asked for."""
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, Any] = dict(items or {})
+
+    def __getitem__(self, path: str) -> Any:
+        value = self._data[path]
+        return value.decode() if isinstance(value, Pairs) else value
+
+    def __setitem__(self, path: str, value: Any) -> None:
+        self._data[path] = value
+
+    def __delitem__(self, path: str) -> None:
+        del self._data[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def take(self, other: Shards) -> None:
+        """``update`` with ``other``'s shards as they are (the loaded ones stay packed)."""
+        self._data.update(other._data)
+
+    def load(self, path: str, value: Any) -> None:
+        """A shard row read from a file: it holds ``value`` (None: it does not say)."""
+        self._data.pop(path, None)
+        if value is not None:
+            self._data[path] = value
+
+    def copy(self) -> Shards:
+        return Shards(self._data)
+
+    def __repr__(self) -> str:
+        return f"Shards({len(self)} shards)"
+
+
+def column(kind: str, value: Mapping[str, Any] | None) -> Column:
+    """``value`` as a :class:`Column` (itself when it is one)."""
+    return value if isinstance(value, Column) else Column(kind, None, dict(value or {}))
+
+
+def shards(value: Mapping[str, Any] | None) -> Shards:
+    """``value`` as a :class:`Shards` (itself when it is one)."""
+    return value if isinstance(value, Shards) else Shards(value)
+
