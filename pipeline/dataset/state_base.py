@@ -31,6 +31,8 @@ import pyarrow as pa
 #: names a compressed block holds
 BLOCK = 1024
 _CODEC = pa.Codec("zstd", compression_level=1)
+#: how full the hash index is (a lookup probes about 1 / (1 - LOAD) slots at worst, on average)
+LOAD = 0.7
 
 
 def prefixes(name: str) -> Iterator[str]:
@@ -102,6 +104,66 @@ class Texts:
         return sum(len(p) + o.nbytes for p, _, o in self._blocks)
 
 
+class Filling:
+    """A numpy array filled a batch at a time, allocated once for the rows the manifest says the files hold.
+
+    (Arrays joined at the end would take twice the memory for a moment, and
+    the allocator does not give back the many small ones it freed.)
+    """
+
+    def __init__(self, dtype: Any, capacity: int) -> None:
+        self._array = np.empty(max(capacity, 16), dtype)
+        self.size = 0
+
+    def extend(self, values: Any) -> None:
+        end = self.size + len(values)
+        if end > len(self._array):  # more rows than the manifest said: grow
+            bigger = np.empty(max(end, 2 * len(self._array)), self._array.dtype)
+            bigger[:self.size] = self._array[:self.size]
+            self._array = bigger
+        self._array[self.size:end] = values
+        self.size = end
+
+    def done(self) -> np.ndarray:
+        """The values (a view: the few rows to spare stay allocated)."""
+        return self._array[:self.size]
+
+
+class Strings:
+    """Strings by position, as Arrow keeps them: their bytes end to end and where each begins (and validity)."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.data = bytearray()
+        self._offsets = Filling(np.int64, capacity + 1)
+        self._offsets.extend([0])
+        self._valid = Filling(bool, capacity)
+        self.offsets = np.zeros(1, np.int64)
+        self.valid = np.zeros(0, bool)
+
+    def extend(self, array: pa.Array) -> None:
+        """Append the strings of ``array`` (nulls too)."""
+        offsets, data = _buffers(array)
+        self._offsets.extend(offsets[1:].astype(np.int64) + len(self.data))
+        self._valid.extend(np.asarray(array.is_valid()))
+        self.data += data
+
+    def done(self, keep: np.ndarray | None) -> Strings:
+        """No more strings; ``keep``: only those at these positions (in order)."""
+        self.offsets, self.valid = self._offsets.done(), self._valid.done()
+        if keep is not None:
+            starts, stops = self.offsets[keep], self.offsets[keep + 1]
+            data = bytearray()
+            for a, b in zip(starts.tolist(), stops.tolist()):  # rows to drop are few; rows kept are copied
+                data += self.data[a:b]
+            self.data = data
+            self.offsets = np.concatenate([[0], np.cumsum(stops - starts)]).astype(np.int64)
+            self.valid = self.valid[keep]
+        return self
+
+    def nbytes(self) -> int:
+        return len(self.data) + self.offsets.nbytes + self.valid.nbytes
+
+
 class Inputs:
     """The input rows loaded from the state files: one per name (the last written), deleted ones left out.
 
@@ -110,39 +172,39 @@ class Inputs:
     may lack a value for a name that has others.
     """
 
-    def __init__(self, names: Texts, rows: np.ndarray, hashes: np.ndarray, progress: tuple[np.ndarray, np.ndarray],
-                 ends: tuple[np.ndarray, np.ndarray], signatures: pa.Array, pieces: dict[str, list[str]]) -> None:
-        self._names, self._rows = names, rows
+    def __init__(self, names: Texts, rows: np.ndarray | None, hashes: np.ndarray,
+                 progress: tuple[np.ndarray, np.ndarray], ends: tuple[np.ndarray, np.ndarray],
+                 signatures: Strings, pieces: dict[str, list[str]]) -> None:
+        """``rows``: each position's row in ``names`` (None: the same), ``hashes``: each position's name's."""
+        self._names, self._rows, self._count = names, rows, len(hashes)
         self._keys, self._at = _table(hashes)
-        self._mask = len(self._keys) - 1
+        self._size = len(self._keys)
         self._ints = {"progress": progress, "end": ends}
-        signatures = signatures.cast(pa.string())
-        self._sig_ok = np.asarray(signatures.is_valid())
-        self._sig_offsets, self._sig_data = _buffers(signatures)
+        self._sig = signatures
+        self._counts = {"progress": int(progress[1].sum()), "end": int(ends[1].sum()),
+                        "signature": int(signatures.valid.sum())}
         # memoryviews: indexing one gives a Python int or bool, several times faster than a numpy scalar
         self._views = {"keys": memoryview(self._keys), "at": memoryview(self._at),
-                       "sig_ok": memoryview(self._sig_ok), "sig_offsets": memoryview(self._sig_offsets),
+                       "sig_ok": memoryview(signatures.valid), "sig_offsets": memoryview(signatures.offsets),
                        **{c: (memoryview(v), memoryview(ok)) for c, (v, ok) in self._ints.items()}}
-        self._counts = {"progress": int(progress[1].sum()), "end": int(ends[1].sum()),
-                        "signature": int(self._sig_ok.sum())}
         #: url → the loaded names that are its pieces (``url#bytes=...``)
         self.pieces = pieces
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._count
 
     def find(self, name: str) -> int:
         """The position of ``name``'s row, -1 when none was loaded."""
         h = hash(name)
-        keys, at, mask = self._views["keys"], self._views["at"], self._mask
-        slot = h & mask
+        keys, at, size = self._views["keys"], self._views["at"], self._size
+        slot = h % size
         while True:
             j = at[slot]
             if not j:
                 return -1
             if keys[slot] == h:
                 return j - 1
-            slot = (slot + 1) & mask
+            slot = slot + 1 if slot + 1 < size else 0
 
     def has(self, column: str, j: int) -> bool:
         """Whether row ``j`` holds a value in ``column``."""
@@ -152,7 +214,7 @@ class Inputs:
         """Row ``j``'s value in ``column`` (it must hold one)."""
         if column == "signature":
             o = self._views["sig_offsets"]
-            return self._sig_data[o[j]:o[j + 1]].decode()
+            return self._sig.data[o[j]:o[j + 1]].decode()
         return self._views[column][0][j]
 
     def count(self, column: str) -> int:
@@ -161,38 +223,46 @@ class Inputs:
 
     def names(self, column: str) -> Iterator[tuple[int, str]]:
         """The position and name of every row holding a value in ``column``, in row order."""
-        held = self._sig_ok if column == "signature" else self._ints[column][1]
+        held = self._sig.valid if column == "signature" else self._ints[column][1]
         positions = np.flatnonzero(held)
-        return zip(positions.tolist(), self._names.take(self._rows[positions]))
+        return zip(positions.tolist(), self._names.take(positions if self._rows is None else self._rows[positions]))
 
-    def nbytes(self) -> int:
-        """About the memory the rows take."""
-        return (self._names.nbytes() + self._rows.nbytes + self._keys.nbytes + self._at.nbytes
-                + sum(v.nbytes + ok.nbytes for v, ok in self._ints.values())
-                + self._sig_ok.nbytes + self._sig_offsets.nbytes + len(self._sig_data))
+    def nbytes(self) -> dict[str, int]:
+        """The memory the rows take, by part."""
+        return {"names": self._names.nbytes(), "index": self._keys.nbytes + self._at.nbytes
+                + (0 if self._rows is None else self._rows.nbytes),
+                "numbers": sum(v.nbytes + ok.nbytes for v, ok in self._ints.values()),
+                "signatures": self._sig.nbytes()}
 
 
 def _table(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """An open-addressing hash table of ``hashes`` (linear probing, at most half full), built with numpy.
+    """An open-addressing hash table of ``hashes`` (linear probing, :data:`LOAD` full), built with numpy.
 
     Slot ``s`` holds a hash in the first array and, in the second, its
-    position in ``hashes`` plus one (0: an empty slot).
+    position in ``hashes`` plus one (0: an empty slot). Inserted in the
+    order of their home slots, the k-th name lands at ``max(home, slot of
+    the one before + 1)``: a running maximum, no loop over names.
     """
-    size = 1 << max(4, int(2 * len(hashes)).bit_length())
-    mask = size - 1
+    size = max(16, int(len(hashes) / LOAD) + 1)
+    small = np.int32 if size < 2**31 - 1 else np.int64  # the temporary arrays: half the memory
     keys = np.zeros(size, np.int64)
-    at = np.zeros(size, np.int32 if len(hashes) < 2**31 - 1 else np.int64)
-    waiting = np.arange(len(hashes))
-    slots = hashes & mask
-    while len(waiting):
-        free = at[slots] == 0
-        # of the waiting names whose slot is free, the first of each slot takes it; the others probe on
-        taken_slots, first = np.unique(slots[free], return_index=True)
-        placed = np.flatnonzero(free)[first]
-        keys[taken_slots], at[taken_slots] = hashes[waiting[placed]], waiting[placed] + 1
-        left = np.ones(len(waiting), bool)
-        left[placed] = False
-        waiting, slots = waiting[left], (slots[left] + 1) & mask
+    at = np.zeros(size, small)
+    home = (hashes % size).astype(small)
+    order = np.argsort(home, kind="stable").astype(small)
+    home = home[order]
+    steps = np.arange(len(home), dtype=small)
+    home -= steps
+    np.maximum.accumulate(home, out=home)
+    home += steps  # each name's slot, in order (past the end for the last ones of a full run)
+    del steps
+    inside = int(np.searchsorted(home, size))  # slots only grow: those past the end are the last ones
+    keys[home[:inside]] = hashes[order[:inside]]
+    at[home[:inside]] = order[:inside] + 1
+    for j in order[inside:].tolist():  # the few that ran past the end go on from the start
+        slot = 0
+        while at[slot]:
+            slot += 1
+        keys[slot], at[slot] = hashes[j], j + 1
     return keys, at
 
 

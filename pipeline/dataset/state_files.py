@@ -30,15 +30,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.dataset.state import State
-from pipeline.dataset.state_base import Column, Inputs, Pairs, Shards, Texts, prefixes
+from pipeline.dataset.state_base import Column, Filling, Inputs, Pairs, Shards, Strings, Texts, prefixes
 from pipeline.errors import SinkError
 from pipeline.storage import is_local, join
 
 STATE_DIR = "_state"
 STATE_NAME = re.compile(r"part-(\d{5})-(\d{6,})\.parquet$")
-#: rows read (and written) at a time
-ROW_GROUP = 65_536
-SHARD_GROUP = 64
+#: input rows written (and read) at a time: a reader's buffers for a group are several times its size
+ROW_GROUP = 16_384
+SHARD_GROUP = 16
 #: never more files than this in a rank's list (they merge sooner, as a rule)
 MAX_FILES = 24
 
@@ -118,16 +118,18 @@ class _Loader:
     ones and indexes the rest. Shard rows keep their sources and marks packed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
+        """``capacity``: about how many rows the files hold (the manifest says)."""
         self.names = Texts()
-        self.hashes: list[np.ndarray] = []
-        self.deleted: list[np.ndarray] = []
-        self.ints: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {"progress": ([], []), "end": ([], [])}
-        self.signatures: list[pa.Array] = []
+        self.hashes = Filling(np.int64, capacity)
+        self.deleted = Filling(bool, capacity)
+        self.ints = {c: (Filling(np.int64, capacity), Filling(bool, capacity)) for c in ("progress", "end")}
+        self.signatures = Strings(capacity)
         self.pieces: list[tuple[int, str]] = []  # (row, name) of the names that are pieces of a url
         self.offsets: dict[str, list[list[int]]] = {}
         self.sources, self.marks = Shards(), Shards()
         self.rows = 0
+        self.files = 0
 
     def batch(self, batch: pa.RecordBatch, held: tuple[set[str], set[str]] | None) -> None:
         shard = np.asarray(batch.column("shard").fill_null(False))
@@ -142,13 +144,14 @@ class _Loader:
     def _inputs(self, batch: pa.RecordBatch, held: tuple[set[str], set[str]] | None) -> None:
         column = batch.column("name")
         names = column.to_pylist()
-        self.hashes.append(np.fromiter(map(hash, names), np.int64, len(names)))
-        self.deleted.append(np.asarray(batch.column("deleted").fill_null(False)))
+        self.hashes.extend(np.fromiter(map(hash, names), np.int64, len(names)))
+        self.deleted.extend(np.asarray(batch.column("deleted").fill_null(False)))
         for name, (values, valid) in self.ints.items():
-            values.append(np.asarray(batch.column(name).fill_null(0)))
-            valid.append(np.asarray(batch.column(name).is_valid()))
-        self.signatures.append(batch.column("signature"))
-        self.pieces += [(self.rows + i, n) for i, n in enumerate(names) if "#" in n]
+            values.extend(np.asarray(batch.column(name).fill_null(0)))
+            valid.extend(np.asarray(batch.column(name).is_valid()))
+        self.signatures.extend(batch.column("signature"))
+        pieces = np.flatnonzero(np.asarray(pc.match_substring(column, "#").fill_null(False)))
+        self.pieces += [(self.rows + i, names[i]) for i in pieces.tolist()]
         offsets = batch.column("offsets")
         if offsets.null_count < len(offsets) or self.offsets:  # few inputs have any: kept as a dict
             for name, value in zip(names, offsets.to_pylist()):
@@ -178,27 +181,29 @@ class _Loader:
         state.offsets, state.sources, state.marks = self.offsets, self.sources, self.marks
         if not self.rows:
             return state
-        hashes, deleted = np.concatenate(self.hashes), np.concatenate(self.deleted)
-        order = np.argsort(hashes, kind="stable")
-        last = np.ones(len(order), bool)
-        last[:-1] = hashes[order][1:] != hashes[order][:-1]
-        rows = np.sort(order[last][~deleted[order[last]]])
-        whole = len(rows) == len(hashes)  # no name twice, none deleted: every row as it is
+        hashes, deleted = self.hashes.done(), self.deleted.done()
+        keep = None  # every row as it is: one file (it holds a name once) without deletions
+        if self.files > 1 or deleted.any():
+            order = np.argsort(hashes, kind="stable")
+            last = np.ones(len(order), bool)
+            last[:-1] = hashes[order][1:] != hashes[order][:-1]
+            rows = np.sort(order[last][~deleted[order[last]]])
+            del order, last
+            if len(rows) < len(hashes):
+                keep, hashes = rows, hashes[rows]
+        del deleted
 
-        def kept(arrays: list[np.ndarray]) -> np.ndarray:
-            joined = np.concatenate(arrays)
-            return joined if whole else joined[rows]
+        def kept(filled: Filling) -> np.ndarray:
+            return filled.done() if keep is None else filled.done()[keep]
 
-        signatures = pa.concat_arrays([a.cast(pa.string()) for a in self.signatures])
-        signatures = signatures if whole else signatures.take(pa.array(rows))
-        on = set(rows.tolist()) if self.pieces and not whole else None
+        on = set(keep.tolist()) if self.pieces and keep is not None else None
         pieces: dict[str, list[str]] = {}
         for row, name in self.pieces:
             if on is None or row in on:
                 for url in prefixes(name):
                     pieces.setdefault(url, []).append(name)
-        inputs = Inputs(self.names, rows, hashes[rows], *(
-            (kept(values), kept(valid)) for values, valid in self.ints.values()), signatures, pieces)
+        inputs = Inputs(self.names, keep, hashes, *(
+            (kept(values), kept(valid)) for values, valid in self.ints.values()), self.signatures.done(keep), pieces)
         state.progress, state.ends, state.files = (Column(kind, inputs) for kind in ("progress", "end", "signature"))
         return state
 
@@ -216,7 +221,8 @@ def _packed(column: pa.Array) -> list[Pairs | None]:
 
 def apply_table(table: pa.Table) -> State:
     """The state the rows of one state file hold."""
-    loader = _Loader()
+    loader = _Loader(table.num_rows)
+    loader.files = 1
     for batch in table.to_batches():
         loader.batch(batch, None)
     return loader.state()
@@ -232,12 +238,15 @@ def read_file(fs: fsspec.AbstractFileSystem, root: str, rel: str, loader: _Loade
     ``SinkError`` naming the file when it is missing or unreadable.
     """
     path = join(root, rel)
+    loader.files += 1
     try:
         with fs.open(path, "rb") as f:
             file = pq.ParquetFile(f)
+            pool = pa.default_memory_pool()
             for group in range(file.num_row_groups):  # one at a time: a few MB of Arrow memory
-                for batch in file.read_row_group(group).to_batches():
+                for batch in file.read_row_group(group, use_threads=False).to_batches():
                     loader.batch(batch, held)
+                pool.release_unused()  # else the allocator keeps what each group took: 100 MB more at 1M inputs
     except FileNotFoundError as exc:
         raise SinkError(
             f"{path} is listed in the manifest but missing; restore it, or `pipeline run --fresh` "
@@ -262,7 +271,7 @@ def load(fs: fsspec.AbstractFileSystem, root: str, manifest: Any) -> State:
         manifest.state = state
         return state
     written: dict[str, tuple[set[str], set[str]]] = {}
-    loader = _Loader()
+    loader = _Loader(sum(int(item.get("rows") or 0) for item in manifest.state_files))
     for n, item in enumerate(manifest.state_files):
         held: tuple[set[str], set[str]] | None = None
         if n:  # the first file is a snapshot, the later ones what changed since
