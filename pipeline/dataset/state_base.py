@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: names a compressed block holds
 BLOCK = 1024
@@ -99,6 +100,19 @@ class Texts:
         blocks = self._which(rows)
         for b, row in zip(blocks.tolist(), rows.tolist()):
             yield self._block(b)[row - self._firsts[b]]
+
+    def arrays(self, rows: np.ndarray) -> pa.ChunkedArray:
+        """The strings of ``rows`` (ascending) as Arrow arrays, a block at a time (no Python str per value)."""
+        blocks = self._which(rows)
+        bounds = np.flatnonzero(np.diff(blocks)) + 1
+        chunks = []
+        for part in np.split(np.arange(len(rows)), bounds) if len(rows) else []:
+            b = int(blocks[part[0]])
+            packed, size, offsets = self._blocks[b]
+            data = _CODEC.decompress(packed, size, asbytes=True) if size else b""
+            block = pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data))
+            chunks.append(block.take(pa.array(rows[part] - self._firsts[b])))
+        return pa.chunked_array(chunks, pa.string())
 
     def nbytes(self) -> int:
         return sum(len(p) + o.nbytes for p, _, o in self._blocks)
@@ -227,6 +241,30 @@ class Inputs:
         positions = np.flatnonzero(held)
         return zip(positions.tolist(), self._names.take(positions if self._rows is None else self._rows[positions]))
 
+    def table(self, positions: np.ndarray, used: Mapping[str, bool]) -> dict[str, pa.Array]:
+        """The rows at ``positions`` (ascending) as Arrow columns; a column not ``used`` is left empty."""
+        rows = positions if self._rows is None else self._rows[positions]
+        out: dict[str, pa.Array] = {"name": self._names.arrays(rows).combine_chunks()}
+        for kind, (values, valid) in self._ints.items():
+            out[kind] = (pa.array(values[positions], pa.int64(), mask=~valid[positions]) if used[kind]
+                         else pa.nulls(len(positions), pa.int64()))
+        if used["signature"]:
+            sig = self._sig
+            every = pa.LargeStringArray.from_buffers(len(sig.valid), pa.py_buffer(sig.offsets), pa.py_buffer(sig.data))
+            taken = every.take(pa.array(positions)).cast(pa.string())
+            out["signature"] = pc.if_else(pa.array(sig.valid[positions]), taken, pa.scalar(None, pa.string()))
+        else:
+            out["signature"] = pa.nulls(len(positions), pa.string())
+        return out
+
+    def held(self, used: Mapping[str, bool]) -> np.ndarray:
+        """Whether each row holds a value in one of the ``used`` columns."""
+        held = np.zeros(self._count, bool)
+        for kind, on in used.items():
+            if on:
+                held |= self._sig.valid if kind == "signature" else self._ints[kind][1]
+        return held
+
     def nbytes(self) -> dict[str, int]:
         """The memory the rows take, by part."""
         return {"names": self._names.nbytes(), "index": self._keys.nbytes + self._at.nbytes
@@ -344,6 +382,15 @@ class Column(MutableMapping[str, Any]):
     def items(self) -> Any:
         return _Items(self)
 
+    @property
+    def base(self) -> Inputs | None:
+        """The loaded rows under the column (None: it holds only what was set since)."""
+        return self._base
+
+    def touched(self) -> set[str]:
+        """The names set or removed since the load."""
+        return self._over.keys() | self._gone
+
     def of_url(self, url: str) -> list[str]:
         """The names held that are input ``url`` or one of its pieces (``url#bytes=...``), without a scan."""
         found = set(self._base.pieces.get(url, ())) if self._base is not None else set()
@@ -393,12 +440,17 @@ class Pairs:
         self._offsets = _CODEC.compress(offsets.tobytes(), asbytes=True)
         self._values = _CODEC.compress(np.ascontiguousarray(values, np.int64).tobytes(), asbytes=True)
 
-    def decode(self) -> dict[str, int]:
+    def arrays(self) -> tuple[pa.Array, np.ndarray]:
+        """The names (an Arrow array) and their values."""
         count = len(self)
-        offsets = np.frombuffer(_CODEC.decompress(self._offsets, 4 * (count + 1), asbytes=True), np.int32)
+        offsets = _CODEC.decompress(self._offsets, 4 * (count + 1), asbytes=True)
         data = _CODEC.decompress(self._names, self._size, asbytes=True) if self._size else b""
         values = np.frombuffer(_CODEC.decompress(self._values, 8 * count, asbytes=True), np.int64)
-        return dict(zip(_strings(offsets, data), values.tolist()))
+        return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data)), values
+
+    def decode(self) -> dict[str, int]:
+        names, values = self.arrays()
+        return dict(zip(names.to_pylist(), values.tolist()))
 
     def __len__(self) -> int:
         return self._count
@@ -428,6 +480,10 @@ class Shards(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def raw(self, path: str) -> Any:
+        """What the shard holds as kept: a dict, a :class:`Pairs`, or None when absent."""
+        return self._data.get(path)
 
     def take(self, other: Shards) -> None:
         """``update`` with ``other``'s shards as they are (the loaded ones stay packed)."""

@@ -21,7 +21,7 @@ import io
 import os
 import re
 import uuid
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import fsspec
 import numpy as np
@@ -70,44 +70,107 @@ def rank_seq(path: str) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- tables
 
 
-def _pairs(values: dict[str, int] | None) -> dict[str, list[Any]] | None:
-    return None if values is None else {"name": list(values), "value": list(values.values())}
-
-
-def _pairs_array(rows: list[dict[str, list[Any]] | None]) -> pa.Array:
-    """A list<struct<name, value>> array built from flat columns (not a Python dict per pair)."""
-    offsets, names, values, valid = [0], [], [], []
+def _pairs_array(rows: list[Any]) -> pa.Array:
+    """A list<struct<name, value>> array of dicts or :class:`Pairs` (None: a null), built from flat columns."""
+    offsets, names, values, mask = [0], [], [], []
     for row in rows:
-        if row is not None:
-            names += row["name"]
-            values += row["value"]
-        offsets.append(len(names))
-        valid.append(row is not None)
-    items = pa.StructArray.from_arrays([pa.array(names, pa.string()), pa.array(values, pa.int64())],
+        if isinstance(row, Pairs):
+            n, v = row.arrays()
+        elif row is not None:
+            n, v = pa.array(list(row), pa.string()), np.fromiter(row.values(), np.int64, len(row))
+        else:
+            n, v = pa.array([], pa.string()), np.empty(0, np.int64)
+        names.append(n)
+        values.append(v)
+        offsets.append(offsets[-1] + len(v))
+        mask.append(row is None)
+    items = pa.StructArray.from_arrays([pa.concat_arrays(names) if names else pa.array([], pa.string()),
+                                        pa.array(np.concatenate(values) if values else [], pa.int64())],
                                        names=["name", "value"])
-    mask = pa.array([not v for v in valid], pa.bool_())
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), items, mask=mask).cast(_PAIRS)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), items, mask=pa.array(mask, pa.bool_())).cast(_PAIRS)
 
 
-def to_table(state: State, names: set[str], shards: set[str]) -> pa.Table:
-    """The rows of ``names`` (inputs) and ``shards`` as ``state`` holds them now (absent: ``deleted``)."""
-    inputs, paths = sorted(names), sorted(shards)
-    n, k = len(inputs), len(paths)
+def _loaded_rows(state: State) -> tuple[Inputs | None, np.ndarray, dict[str, bool], set[str]]:
+    """For a snapshot: the loaded rows untouched since (their base, positions, columns) and the other names.
+
+    Copied from the loaded arrays, a million rows take a second rather than
+    a million lookups; the names set or removed since are written from the
+    dicts over them (all of them, when the tables were not loaded together).
+    """
+    columns = {"progress": state.progress, "end": state.ends, "signature": state.files}
+    bases = {id(c.base): c.base for c in columns.values() if c.base is not None}
+    if len(bases) != 1:
+        return None, np.empty(0, np.int64), {}, state.names()
+    base = next(iter(bases.values()))
+    used = {kind: c.base is base for kind, c in columns.items()}
+    others = set(state.offsets)
+    for c in columns.values():
+        others |= set(c) if c.base is None else c.touched()
+    keep = base.held(used)
+    for name in others:
+        j = base.find(name)
+        if j >= 0:
+            keep[j] = False
     p, e, f, o = state.progress, state.ends, state.files, state.offsets
+    return base, np.flatnonzero(keep), used, {x for x in others if x in p or x in e or x in f or x in o}
+
+
+def _base_part(base: Inputs, positions: np.ndarray, used: dict[str, bool]) -> pa.Table:
+    arrays = base.table(positions, used)
+    n = len(positions)
+    return pa.table({
+        "name": arrays["name"], "shard": pa.array(np.zeros(n, bool)), "deleted": pa.array(np.zeros(n, bool)),
+        "progress": arrays["progress"], "end": arrays["end"], "signature": arrays["signature"],
+        "offsets": pa.nulls(n, SCHEMA.field("offsets").type), "sources": pa.nulls(n, _PAIRS),
+        "marks": pa.nulls(n, _PAIRS)}, schema=SCHEMA)
+
+
+def _inputs_part(state: State, inputs: list[str]) -> pa.Table:
+    p, e, f, o = state.progress, state.ends, state.files, state.offsets
+    n = len(inputs)
     columns = {
-        "name": inputs + paths,
-        "shard": [False] * n + [True] * k,
-        "deleted": [not (x in p or x in e or x in f or x in o) for x in inputs]
-        + [not (x in state.sources or x in state.marks) for x in paths],
-        "progress": [p.get(x) for x in inputs] + [None] * k,
-        "end": [e.get(x) for x in inputs] + [None] * k,
-        "signature": [f.get(x) for x in inputs] + [None] * k,
-        "offsets": [o.get(x) for x in inputs] + [None] * k,
+        "name": inputs,
+        "shard": [False] * n,
+        "deleted": [not (x in p or x in e or x in f or x in o) for x in inputs],
+        "progress": [p.get(x) for x in inputs],
+        "end": [e.get(x) for x in inputs],
+        "signature": [f.get(x) for x in inputs],
+        "offsets": [o.get(x) for x in inputs],
     }
     arrays = {c: pa.array(v, type=SCHEMA.field(c).type) for c, v in columns.items()}
-    arrays["sources"] = _pairs_array([None] * n + [_pairs(state.sources.get(x)) for x in paths])
-    arrays["marks"] = _pairs_array([None] * n + [_pairs(state.marks.get(x)) for x in paths])
+    arrays["sources"] = arrays["marks"] = pa.nulls(n, _PAIRS)
     return pa.table(arrays, schema=SCHEMA)
+
+
+def _shards_part(state: State, paths: list[str]) -> pa.Table:
+    k = len(paths)
+    arrays = {"name": pa.array(paths, pa.string()), "shard": pa.array([True] * k, pa.bool_()),
+              "deleted": pa.array([not (x in state.sources or x in state.marks) for x in paths], pa.bool_()),
+              **{c: pa.nulls(k, SCHEMA.field(c).type) for c in ("progress", "end", "signature", "offsets")},
+              "sources": _pairs_array([state.sources.raw(x) for x in paths]),
+              "marks": _pairs_array([state.marks.raw(x) for x in paths])}
+    return pa.table(arrays, schema=SCHEMA)
+
+
+def parts(state: State, names: set[str] | None, shards: set[str]) -> Iterator[pa.Table]:
+    """The rows of ``names`` (inputs) and ``shards`` as ``state`` holds them now (absent: ``deleted``),
+    a row group at a time: inputs, then shards. ``names`` None: every input the state holds (a snapshot).
+    """
+    if names is None:
+        base, positions, used, names = _loaded_rows(state)
+        for start in range(0, len(positions), ROW_GROUP):
+            yield _base_part(base, positions[start:start + ROW_GROUP], used)  # type: ignore[arg-type]
+    inputs, paths = sorted(names), sorted(shards)
+    for start in range(0, len(inputs), ROW_GROUP):
+        yield _inputs_part(state, inputs[start:start + ROW_GROUP])
+    # a shard row holds a pair per source of its rows: fewer of them to a group
+    for start in range(0, len(paths), SHARD_GROUP):
+        yield _shards_part(state, paths[start:start + SHARD_GROUP])
+
+
+def to_table(state: State, names: set[str] | None, shards: set[str]) -> pa.Table:
+    """:func:`parts` as one table."""
+    return pa.concat_tables([SCHEMA.empty_table(), *parts(state, names, shards)])
 
 
 class _Loader:
@@ -289,15 +352,15 @@ def load(fs: fsspec.AbstractFileSystem, root: str, manifest: Any) -> State:
 # --------------------------------------------------------------------------- writing
 
 
-def _write(fs: fsspec.AbstractFileSystem, root: str, rank: int, seq: int, table: pa.Table,
-           fenced: bool) -> tuple[str, int]:
-    """Write ``table`` as a new state file (never over another); its path and size."""
+def _write(fs: fsspec.AbstractFileSystem, root: str, rank: int, seq: int, tables: Iterable[pa.Table],
+           fenced: bool) -> tuple[str, int, int]:
+    """Write ``tables`` (a row group each) as a new state file (never over another); its path, size and rows."""
     buf = io.BytesIO()
-    shards = pc.sum(table.column("shard").cast(pa.int64())).as_py() or 0
+    rows = 0
     with pq.ParquetWriter(buf, SCHEMA, compression="zstd") as writer:
-        writer.write_table(table.slice(0, table.num_rows - shards), row_group_size=ROW_GROUP)
-        # a shard row holds a pair per source of its rows: fewer of them to a group
-        writer.write_table(table.slice(table.num_rows - shards), row_group_size=SHARD_GROUP)
+        for table in tables:
+            writer.write_table(table, row_group_size=max(ROW_GROUP, table.num_rows))
+            rows += table.num_rows
     data = buf.getvalue()
     while True:
         rel = state_path(rank, seq)
@@ -307,7 +370,7 @@ def _write(fs: fsspec.AbstractFileSystem, root: str, rank: int, seq: int, table:
                 seq += 1  # another writer's (one that lost the lease, or a leftover): never overwrite
                 continue
             fs.pipe_file(path, data, **({"mode": "create"} if fenced else {}))
-            return rel, len(data)
+            return rel, len(data), rows
         fs.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
         with open(tmp, "wb") as f:
@@ -315,7 +378,7 @@ def _write(fs: fsspec.AbstractFileSystem, root: str, rank: int, seq: int, table:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        return rel, len(data)
+        return rel, len(data), rows
 
 
 def persist(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Any, *, fenced: bool = False) -> list[str]:
@@ -336,9 +399,9 @@ def persist(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Any, 
     changed = sum(f["rows"] for f in files[1:]) + len(names) + len(shards)
     retired: list[dict[str, Any]] = []
     if state.whole or not files or changed > files[0]["rows"]:
-        names, shards = state.names(), state.shard_paths()
         retired, files = files, []
         held = {}
+        tables = parts(state, None, state.shard_paths())  # None: every input, the loaded rows as arrays
     else:
         # merge into the newest files as long as they are not bigger than what goes with them
         while len(files) > 1 and (files[-1]["rows"] <= len(names) + len(shards) or len(files) >= MAX_FILES):
@@ -347,9 +410,9 @@ def persist(fs: fsspec.AbstractFileSystem, root: str, rank: int, manifest: Any, 
             names |= old_names
             shards |= old_shards
             retired.append(gone)
-    table = to_table(state, names, shards)
-    rel, size = _write(fs, root, rank, seq, table, fenced)
-    item = {"path": rel, "rows": table.num_rows, "bytes": size}
+        tables = parts(state, names, shards)
+    rel, size, rows = _write(fs, root, rank, seq, tables, fenced)
+    item = {"path": rel, "rows": rows, "bytes": size}
     if files:
         held[rel] = (names, shards)
     manifest.state_files = [*files, item]
