@@ -23,7 +23,7 @@ and a name not loaded is taken for a loaded one with a chance of about 5 in
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, Callable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,8 @@ import pyarrow.compute as pc
 #: names a compressed block holds
 BLOCK = 1024
 _CODEC = pa.Codec("zstd", compression_level=1)
+#: rows decoded at a time when the loaded rows are walked
+ITER_ROWS = 16_384
 #: how full the hash index is (a lookup probes about 1 / (1 - LOAD) slots at worst, on average)
 LOAD = 0.7
 
@@ -55,11 +57,6 @@ def _buffers(array: pa.Array) -> tuple[np.ndarray, bytes]:
     return (offsets - start).astype(np.int32), data.slice(start, stop - start).to_pybytes() if data else b""
 
 
-def _strings(offsets: np.ndarray, data: bytes) -> list[str]:
-    return pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.tobytes()),
-                                       pa.py_buffer(data)).to_pylist()
-
-
 class Texts:
     """Strings by row number, in compressed blocks of at most :data:`BLOCK` (a null is stored as "")."""
 
@@ -68,7 +65,6 @@ class Texts:
         self._firsts: list[int] = []  # the first row of each block
         self._starts = np.zeros(0, np.int64)
         self.rows = 0
-        self._cached: tuple[int, list[str]] = (-1, [])
 
     def extend(self, array: pa.Array) -> None:
         """Append the strings of ``array``."""
@@ -78,28 +74,10 @@ class Texts:
             self._firsts.append(self.rows)
             self.rows += len(offsets) - 1
 
-    def _block(self, b: int) -> list[str]:
-        if self._cached[0] != b:
-            packed, size, offsets = self._blocks[b]
-            data = _CODEC.decompress(packed, size, asbytes=True) if size else b""
-            self._cached = (b, _strings(offsets, data))
-        return self._cached[1]
-
     def _which(self, rows: np.ndarray) -> np.ndarray:
         if len(self._starts) != len(self._firsts):
             self._starts = np.asarray(self._firsts, np.int64)
         return np.searchsorted(self._starts, rows, side="right") - 1
-
-    def get(self, row: int) -> str:
-        """The string of ``row``."""
-        b = int(self._which(np.asarray([row]))[0])
-        return self._block(b)[row - self._firsts[b]]
-
-    def take(self, rows: np.ndarray) -> Iterator[str]:
-        """The strings of ``rows`` (in ascending order: each block is unpacked once)."""
-        blocks = self._which(rows)
-        for b, row in zip(blocks.tolist(), rows.tolist()):
-            yield self._block(b)[row - self._firsts[b]]
 
     def arrays(self, rows: np.ndarray) -> pa.ChunkedArray:
         """The strings of ``rows`` (ascending) as Arrow arrays, a block at a time (no Python str per value)."""
@@ -198,9 +176,7 @@ class Inputs:
         self._counts = {"progress": int(progress[1].sum()), "end": int(ends[1].sum()),
                         "signature": int(signatures.valid.sum())}
         # memoryviews: indexing one gives a Python int or bool, several times faster than a numpy scalar
-        self._views = {"keys": memoryview(self._keys), "at": memoryview(self._at),
-                       "sig_ok": memoryview(signatures.valid), "sig_offsets": memoryview(signatures.offsets),
-                       **{c: (memoryview(v), memoryview(ok)) for c, (v, ok) in self._ints.items()}}
+        self._key_view, self._at_view = memoryview(self._keys), memoryview(self._at)
         #: url → the loaded names that are its pieces (``url#bytes=...``)
         self.pieces = pieces
 
@@ -210,7 +186,7 @@ class Inputs:
     def find(self, name: str) -> int:
         """The position of ``name``'s row, -1 when none was loaded."""
         h = hash(name)
-        keys, at, size = self._views["keys"], self._views["at"], self._size
+        keys, at, size = self._key_view, self._at_view, self._size
         slot = h % size
         while True:
             j = at[slot]
@@ -220,26 +196,54 @@ class Inputs:
                 return j - 1
             slot = slot + 1 if slot + 1 < size else 0
 
+    def reader(self, column: str) -> tuple[memoryview, Callable[[int], Any]]:
+        """Whether each row holds a value in ``column``, and the function giving row ``j``'s value."""
+        if column == "signature":
+            offsets, data = memoryview(self._sig.offsets), self._sig.data
+
+            def signature(j: int) -> str:
+                return data[offsets[j]:offsets[j + 1]].decode()
+
+            return memoryview(self._sig.valid), signature
+        values, valid = self._ints[column]
+        return memoryview(valid), memoryview(values).__getitem__
+
     def has(self, column: str, j: int) -> bool:
         """Whether row ``j`` holds a value in ``column``."""
-        return self._views["sig_ok"][j] if column == "signature" else self._views[column][1][j]
+        return bool(self._valid(column)[j])
 
     def value(self, column: str, j: int) -> Any:
         """Row ``j``'s value in ``column`` (it must hold one)."""
-        if column == "signature":
-            o = self._views["sig_offsets"]
-            return self._sig.data[o[j]:o[j + 1]].decode()
-        return self._views[column][0][j]
+        return self.reader(column)[1](j)
+
+    def _valid(self, column: str) -> np.ndarray:
+        return self._sig.valid if column == "signature" else self._ints[column][1]
 
     def count(self, column: str) -> int:
         """How many rows hold a value in ``column``."""
         return self._counts[column]
 
-    def names(self, column: str) -> Iterator[tuple[int, str]]:
-        """The position and name of every row holding a value in ``column``, in row order."""
-        held = self._sig.valid if column == "signature" else self._ints[column][1]
-        positions = np.flatnonzero(held)
-        return zip(positions.tolist(), self._names.take(positions if self._rows is None else self._rows[positions]))
+    def items(self, column: str, values: bool = True) -> Iterator[tuple[str, Any]]:
+        """The name (and value, else None) of every row holding a value in ``column``, in row order.
+
+        A few thousand rows at a time, decoded by Arrow: no array of a million positions, nor a call per row.
+        """
+        held = self._valid(column)
+        for start in range(0, len(held), ITER_ROWS):
+            part = np.flatnonzero(held[start:start + ITER_ROWS]) + start
+            if not len(part):
+                continue
+            names = self._names.arrays(part if self._rows is None else self._rows[part]).to_pylist()
+            if not values:
+                found: list[Any] = [None] * len(names)
+            elif column == "signature":
+                sig = self._sig
+                every = pa.LargeStringArray.from_buffers(len(sig.valid), pa.py_buffer(sig.offsets),
+                                                         pa.py_buffer(sig.data))
+                found = every.take(pa.array(part)).to_pylist()
+            else:
+                found = self._ints[column][0][part].tolist()
+            yield from zip(names, found)
 
     def table(self, positions: np.ndarray, used: Mapping[str, bool]) -> dict[str, pa.Array]:
         """The rows at ``positions`` (ascending) as Arrow columns; a column not ``used`` is left empty."""
@@ -262,7 +266,7 @@ class Inputs:
         held = np.zeros(self._count, bool)
         for kind, on in used.items():
             if on:
-                held |= self._sig.valid if kind == "signature" else self._ints[kind][1]
+                held |= self._valid(kind)
         return held
 
     def nbytes(self) -> dict[str, int]:
@@ -271,6 +275,9 @@ class Inputs:
                 + (0 if self._rows is None else self._rows.nbytes),
                 "numbers": sum(v.nbytes + ok.nbytes for v, ok in self._ints.values()),
                 "signatures": self._sig.nbytes()}
+
+
+_MISSING = object()
 
 
 def _table(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -313,32 +320,35 @@ class Column(MutableMapping[str, Any]):
         self._gone: set[str] = set()  # loaded names removed since
         self._extra = 0  # names set since that were not loaded
         self._pieces: dict[str, set[str]] = {}  # url → names set since that are its pieces
+        if base is not None:  # bound once: a lookup is a few calls, not a few dozen
+            self._find = base.find
+            self._held, self._value = base.reader(kind)
         for name, value in (over or {}).items():
             self[name] = value
 
     def _loaded(self, name: str) -> int:
-        base = self._base
-        if base is None:
+        if self._base is None:
             return -1
-        j = base.find(name)
-        return j if j >= 0 and base.has(self._kind, j) else -1
+        j = self._find(name)
+        return j if j >= 0 and self._held[j] else -1
 
     def __getitem__(self, name: str) -> Any:
-        try:
-            return self._over[name]
-        except KeyError:
-            pass
+        value = self._over.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
         j = -1 if name in self._gone else self._loaded(name)
         if j < 0:
             raise KeyError(name)
-        return self._base.value(self._kind, j)  # type: ignore[union-attr]
+        return self._value(j)
 
     def get(self, name: str, default: Any = None) -> Any:
-        value = self._over.get(name, self)
-        if value is not self:
+        value = self._over.get(name, _MISSING)
+        if value is not _MISSING:
             return value
-        j = -1 if name in self._gone else self._loaded(name)
-        return default if j < 0 else self._base.value(self._kind, j)  # type: ignore[union-attr]
+        if self._base is None or name in self._gone:
+            return default
+        j = self._find(name)
+        return self._value(j) if j >= 0 and self._held[j] else default
 
     def __contains__(self, name: object) -> bool:
         if name in self._over:
@@ -374,7 +384,7 @@ class Column(MutableMapping[str, Any]):
     def __iter__(self) -> Iterator[str]:
         if self._base is not None:
             skip = self._over.keys() | self._gone if (self._over or self._gone) else ()
-            for _, name in self._base.names(self._kind):
+            for name, _ in self._base.items(self._kind, values=False):
                 if name not in skip:
                     yield name
         yield from self._over
@@ -422,9 +432,9 @@ class _Items:
         c = self._c
         if c._base is not None:
             skip = c._over.keys() | c._gone if (c._over or c._gone) else ()
-            for j, name in c._base.names(c._kind):
+            for name, value in c._base.items(c._kind):
                 if name not in skip:
-                    yield name, c._base.value(c._kind, j)
+                    yield name, value
         yield from c._over.items()
 
 
