@@ -79,6 +79,10 @@ class Texts:
             self._starts = np.asarray(self._firsts, np.int64)
         return np.searchsorted(self._starts, rows, side="right") - 1
 
+    def get(self, row: int) -> str:
+        """The string of ``row`` (its block unpacked: for the odd one, a message)."""
+        return self.arrays(np.asarray([row], np.int64)).to_pylist()[0]
+
     def arrays(self, rows: np.ndarray) -> pa.ChunkedArray:
         """The strings of ``rows`` (ascending) as Arrow arrays, a block at a time (no Python str per value)."""
         blocks = self._which(rows)
