@@ -53,15 +53,14 @@ class IdRegistry:
         if len(self._keys) and len(keys):
             at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
             taken = self._keys[at] == keys
-        places: dict[str, int] = {}
         pending = self._pending
+        chosen: dict[int, str] = {}  # the first of each id not taken yet, with its input
         for i, key in zip(np.flatnonzero(~taken).tolist(), keys[~taken].tolist()):
-            if key not in pending:
-                source = sources[i]
-                place = places.get(source)
-                if place is None:
-                    place = places[source] = self._place(source)
-                pending[key] = place
+            if key not in pending and key not in chosen:
+                chosen[key] = sources[i]
+        names = list(dict.fromkeys(chosen.values()))
+        places = dict(zip(names, self._place_all(names)))
+        pending.update((key, places[source]) for key, source in chosen.items())
         if len(pending) >= MERGE_EVERY:
             self._merge()
 
@@ -101,16 +100,22 @@ class IdRegistry:
         self._keys, self._places = self._keys[kept], self._places[kept]
 
     def _place(self, source: str) -> int:
-        """The number standing for input ``source`` (one input may get several: they are not looked up)."""
+        """The number standing for input ``source`` (one input may get several: they are not all looked up)."""
         place = self._recent.get(source)
         if place is None:
-            place = self._recent[source] = self._inputs.rows + len(self._fresh)
-            self._fresh.append(source)
-            self._hashes.extend([hash(source)])
-            if len(self._fresh) >= BLOCK:
-                self._inputs.extend(pa.array(self._fresh, pa.string()))
-                self._fresh, self._recent = [], {}
+            (place,) = self._place_all([source])
+            self._recent[source] = place
         return place
+
+    def _place_all(self, sources: list[str]) -> range:
+        """New numbers standing for ``sources``."""
+        first = self._inputs.rows + len(self._fresh)
+        self._fresh += sources
+        self._hashes.extend(np.fromiter(map(hash, sources), np.int64, len(sources)))
+        if len(self._fresh) >= BLOCK:
+            self._inputs.extend(pa.array(self._fresh, pa.string()))
+            self._fresh, self._recent = [], {}
+        return range(first, first + len(sources))
 
     def _name(self, place: int) -> str:
         if place >= self._inputs.rows:
