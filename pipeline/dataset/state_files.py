@@ -126,17 +126,13 @@ def _base_part(base: Inputs, positions: np.ndarray, used: dict[str, bool]) -> pa
 
 
 def _inputs_part(state: State, inputs: list[str]) -> pa.Table:
-    p, e, f, o = state.progress, state.ends, state.files, state.offsets
+    p, e, f = (c.getter() for c in (state.progress, state.ends, state.files))  # their values are never None
+    o = state.offsets.get
     n = len(inputs)
-    columns = {
-        "name": inputs,
-        "shard": [False] * n,
-        "deleted": [not (x in p or x in e or x in f or x in o) for x in inputs],
-        "progress": [p.get(x) for x in inputs],
-        "end": [e.get(x) for x in inputs],
-        "signature": [f.get(x) for x in inputs],
-        "offsets": [o.get(x) for x in inputs],
-    }
+    columns = {"name": inputs, "shard": [False] * n, "progress": [p(x) for x in inputs],
+               "end": [e(x) for x in inputs], "signature": [f(x) for x in inputs], "offsets": [o(x) for x in inputs]}
+    columns["deleted"] = [a is None and b is None and c is None and d is None
+                          for a, b, c, d in zip(*(columns[k] for k in ("progress", "end", "signature", "offsets")))]
     arrays = {c: pa.array(v, type=SCHEMA.field(c).type) for c, v in columns.items()}
     arrays["sources"] = arrays["marks"] = pa.nulls(n, _PAIRS)
     return pa.table(arrays, schema=SCHEMA)
