@@ -4,8 +4,13 @@
   (~80-character s3:// urls, an ETag-like signature, one shard per 1,000
   objects), its state written whole as a first commit would: the size of
   `_manifest.json` and of `_state/`, then, in a fresh process, the time and
-  peak RSS to open it (manifest and state), and what one commit that changes
-  10 objects writes (its state file and the manifest).
+  peak RSS to open it (manifest and state), the rate of ``signature`` and
+  ``done_upto`` lookups over every object, a walk of every signature, what
+  one commit that changes 10 objects writes (its state file and the
+  manifest), and what seeding the id registry with the objects' million ids
+  (as a run's start does, from ``known_ids()``) costs in time and memory;
+  last, the time and peak RSS of writing the opened state whole again (a
+  snapshot, as when the changes since the last one outgrow it).
 
     python scripts/bench.py state-size                 # 1,000,000 objects
     python scripts/bench.py state-size --records 100000
@@ -84,6 +89,18 @@ def _child(root: Path) -> None:
     load_s = time.perf_counter() - started
     rss_loaded = _peak_mb()
     objects = len(state.files)
+    lookup_s = 0.0
+    for s in range(0, objects, 10_000):
+        urls = [_url(i) for i in range(s, min(objects, s + 10_000))]
+        started = time.perf_counter()
+        for u in urls:
+            state.files.get(u)
+            state.done_upto(u)
+        lookup_s += time.perf_counter() - started
+    started = time.perf_counter()
+    walked = sum(1 for _ in state.files.items())
+    walk_s = time.perf_counter() - started
+    rss_lookups = _peak_mb()
     started = time.perf_counter()
     seq = len(m.shards)
     path = f"data/part-00000-{seq:06d}.parquet"
@@ -99,16 +116,45 @@ def _child(root: Path) -> None:
     m.save(fs, str(root))
     commit_s = time.perf_counter() - started
     new = [f for f in m.state_files if f["path"] not in before]
+    ids_s, ids_mb = _register_ids(objects)
+    state.whole = True  # as when the changes since the last snapshot outgrow it: everything written again
+    started = time.perf_counter()
+    state_files.persist(fs, str(root), 0, m)
+    rewrite_s = time.perf_counter() - started
     print(json.dumps({
         "objects": objects,
         "load_s": round(load_s, 2),
         "rss_before_load_mb": round(rss_before),
         "peak_rss_loaded_mb": round(rss_loaded),
+        "load_rss_over_base_mb": round(rss_loaded - rss_before),
+        "lookups_per_s": round(2 * objects / lookup_s) if lookup_s else None,
+        "walk_signatures_s": round(walk_s, 2) if walked == objects else f"walked {walked}",
+        "peak_rss_after_lookups_mb": round(rss_lookups),
         "commit10_s": round(commit_s, 3),
         "commit10_state_bytes": sum(f["bytes"] for f in new),
         "commit10_state_rows": sum(f["rows"] for f in new),
         "commit10_manifest_bytes": (root / "_manifest.json").stat().st_size,
+        "ids_register_s": ids_s,
+        "ids_peak_rss_mb": ids_mb,
+        "rewrite_whole_s": round(rewrite_s, 2),
+        "peak_rss_after_rewrite_mb": round(_peak_mb()),
     }))
+
+
+def _register_ids(objects: int) -> tuple[float, int]:
+    """Seed an id registry with one id per object, in blocks as ``known_ids()`` yields them; seconds, peak RSS.
+
+    (The ids are made up here rather than read from data shards: what is
+    measured is the registry, which holds them at each run's start.)
+    """
+    from pipeline.stages.ids import IdRegistry
+
+    ids = IdRegistry()
+    started = time.perf_counter()
+    for s in range(0, objects, PER_SHARD):
+        block = range(s, min(objects, s + PER_SHARD))
+        ids.add_existing([f"doc-{i:09d}" for i in block], [_url(i) for i in block])
+    return round(time.perf_counter() - started, 2), round(_peak_mb())
 
 
 def state_size(work: Path, records: int) -> Any:
@@ -133,5 +179,5 @@ def state_size(work: Path, records: int) -> Any:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: a checkout to compare wins
     _child(Path(sys.argv[2]))

@@ -41,7 +41,8 @@ def as_format_1(root: Any) -> dict[str, Any]:
     manifest = json.loads((root / "_manifest.json").read_text())
     manifest["format_version"] = 1
     manifest.pop("state", None)
-    manifest.update(progress=state.progress, files=state.files, offsets=state.offsets, ends=state.ends)
+    manifest.update(progress=dict(state.progress), files=dict(state.files), offsets=state.offsets,
+                    ends=dict(state.ends))  # dict-like columns (pipeline.dataset.state_base), as JSON objects
     for entry in manifest["shards"]:
         entry["marks"] = state.marks.get(entry["path"], {})
         if entry["path"] in state.sources:

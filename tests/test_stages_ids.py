@@ -39,3 +39,19 @@ def test_ids_already_in_the_dataset_are_taken(monkeypatch) -> None:
     registry.forget_source("old.jsonl")
     again = registry.check(batch(1, "old.jsonl", ["3"]))
     assert [c.id for c in again.chunks] == ["3"]
+
+
+def test_the_inputs_of_many_ids_are_kept_in_blocks_and_still_named_and_freed() -> None:
+    """Thousands of inputs (kept compressed, a block at a time): a duplicate names the right one; forgetting an
+    input placed twice (before and after a block was packed) frees all its ids and no other's."""
+    registry = IdRegistry()
+    count = 3 * ids_module.BLOCK + 5
+    registry.add_existing([f"id-{i}" for i in range(count)], [f"s3://b/doc-{i}.json" for i in range(count)])
+    registry.add_existing(["id-again"], ["s3://b/doc-7.json"])  # doc-7 once more, in a later place
+    assert len(registry) == count + 1
+    out = registry.check(batch(0, "new.jsonl", ["id-1234", "id-again"]))
+    assert [f.message.count("s3://b/doc-1234.json") for f in out.failures][0] == 1
+    assert "s3://b/doc-7.json" in out.failures[1].message
+    registry.forget_source("s3://b/doc-7.json")
+    again = registry.check(batch(1, "other.jsonl", ["id-7", "id-again", "id-8"]))
+    assert [c.id for c in again.chunks] == ["id-7", "id-again"] and "s3://b/doc-8.json" in again.failures[0].message

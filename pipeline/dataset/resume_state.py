@@ -7,7 +7,8 @@ what :class:`~pipeline.dataset.writer.DatasetWriter` saves with each commit.
 
 from __future__ import annotations
 
-from typing import Iterator
+from types import MappingProxyType
+from typing import Iterator, Mapping
 
 import fsspec
 
@@ -58,9 +59,10 @@ class ResumeState:
         """The signature input ``url`` had when it was last read, if it was."""
         return self.state.files.get(url)
 
-    def signatures(self) -> dict[str, str]:
-        """Every input the dataset knows, with the signature it had when last read."""
-        return dict(self.state.files)
+    def signatures(self) -> Mapping[str, str]:
+        """Every input the dataset knows, with the signature it had when last read (a read-only view, not a copy:
+        a million of them would be a million Python strings)."""
+        return MappingProxyType(self.state.files)
 
     def set_signature(self, url: str, signature: str) -> None:
         """Record ``url``'s signature; saved with the next commit (a changed input's: with its new rows)."""

@@ -8,7 +8,7 @@ committed; it never edits the sink's state itself. The file dataset
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from pipeline.config import Config
 from pipeline.dataset.lease import Lease
@@ -41,8 +41,8 @@ class Sink(Protocol):
         """The signature (size and time or ETag) input ``url`` had when last read."""
         ...
 
-    def signatures(self) -> dict[str, str]:
-        """Every input the sink holds rows of, with its signature when last read."""
+    def signatures(self) -> Mapping[str, str]:
+        """Every input the sink holds rows of, with its signature when last read (a read-only mapping)."""
         ...
 
     def set_signature(self, url: str, signature: str) -> None:

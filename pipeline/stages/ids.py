@@ -6,7 +6,9 @@ The write stage asks an :class:`IdRegistry` first: the first record with an
 id keeps it, every later one goes to ``errors/`` (``duplicate_id``) with a
 message naming both places. The registry holds 64-bit hashes of the ids in
 sorted numpy arrays (12 bytes an id, no Python object per id), seeded with
-the ids the dataset already holds.
+the ids the dataset already holds; the inputs they came from are kept in
+compressed blocks (a million urls in a few MB rather than 200 MB of
+strings), with a hash of each to find those of a changed input.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import hashlib
 from typing import Iterable
 
 import numpy as np
+import pyarrow as pa
 
+from pipeline.dataset.state_base import BLOCK, Filling, Texts
 from pipeline.types import EmbeddedBatch, Failure
 
 MERGE_EVERY = 1 << 16  # new ids kept in a dict before they are merged into the sorted arrays
@@ -31,22 +35,34 @@ class IdRegistry:
 
     def __init__(self) -> None:
         self._keys = np.empty(0, np.uint64)
-        self._places = np.empty(0, np.uint32)  # index into self._sources
+        self._places = np.empty(0, np.uint32)  # the input each id came from (see _place)
         self._pending: dict[int, int] = {}
-        self._sources: list[str] = []
-        self._source_index: dict[str, int] = {}
+        self._inputs = Texts()  # the names of the inputs, by place, a block at a time
+        self._fresh: list[str] = []  # the names of the latest places, not yet in a block
+        self._hashes = Filling(np.int64, BLOCK)  # hash() of each place's name
+        self._recent: dict[str, int] = {}  # place of the names placed since the last block
 
     def __len__(self) -> int:
         return len(self._keys) + len(self._pending)
 
     def add_existing(self, ids: Iterable[str], sources: Iterable[str]) -> None:
         """Register ids already in the dataset (first come, first kept)."""
-        for value, source in zip(ids, sources):
-            key = id_hash(value)
-            if self._find(key) is None:
-                self._pending[key] = self._place(source)
-                if len(self._pending) >= MERGE_EVERY:
-                    self._merge()
+        ids, sources = list(ids), list(sources)
+        keys = np.fromiter(map(id_hash, ids), np.uint64, len(ids))
+        taken = np.zeros(len(keys), bool)
+        if len(self._keys) and len(keys):
+            at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+            taken = self._keys[at] == keys
+        pending = self._pending
+        chosen: dict[int, str] = {}  # the first of each id not taken yet, with its input
+        for i, key in zip(np.flatnonzero(~taken).tolist(), keys[~taken].tolist()):
+            if key not in pending and key not in chosen:
+                chosen[key] = sources[i]
+        names = list(dict.fromkeys(chosen.values()))
+        places = dict(zip(names, self._place_all(names)))
+        pending.update((key, places[source]) for key, source in chosen.items())
+        if len(pending) >= MERGE_EVERY:
+            self._merge()
 
     def check(self, batch: EmbeddedBatch) -> EmbeddedBatch:
         """``batch`` with chunks whose id is already taken moved to its failures."""
@@ -75,28 +91,45 @@ class IdRegistry:
 
     def forget_source(self, source: str) -> None:
         """Free the ids of ``source`` (its rows are being read again)."""
-        index = self._source_index.get(source)
-        if index is None:
+        maybe = np.flatnonzero(self._hashes.done() == hash(source)).tolist()
+        places = {p for p in maybe if self._name(p) == source}
+        if not places:
             return
-        self._pending = {k: v for k, v in self._pending.items() if v != index}
-        kept = self._places != index
+        self._pending = {k: v for k, v in self._pending.items() if v not in places}
+        kept = ~np.isin(self._places, np.fromiter(places, np.uint32, len(places)))
         self._keys, self._places = self._keys[kept], self._places[kept]
 
     def _place(self, source: str) -> int:
-        index = self._source_index.get(source)
-        if index is None:
-            index = self._source_index[source] = len(self._sources)
-            self._sources.append(source)
-        return index
+        """The number standing for input ``source`` (one input may get several: they are not all looked up)."""
+        place = self._recent.get(source)
+        if place is None:
+            (place,) = self._place_all([source])
+            self._recent[source] = place
+        return place
+
+    def _place_all(self, sources: list[str]) -> range:
+        """New numbers standing for ``sources``."""
+        first = self._inputs.rows + len(self._fresh)
+        self._fresh += sources
+        self._hashes.extend(np.fromiter(map(hash, sources), np.int64, len(sources)))
+        if len(self._fresh) >= BLOCK:
+            self._inputs.extend(pa.array(self._fresh, pa.string()))
+            self._fresh, self._recent = [], {}
+        return range(first, first + len(sources))
+
+    def _name(self, place: int) -> str:
+        if place >= self._inputs.rows:
+            return self._fresh[place - self._inputs.rows]
+        return self._inputs.get(place)
 
     def _find(self, key: int) -> str | None:
         """The input that holds ``key``'s id, or None when the id is free."""
         pending = self._pending.get(key)
         if pending is not None:
-            return self._sources[pending]
+            return self._name(pending)
         at = int(np.searchsorted(self._keys, np.uint64(key)))
         if at < len(self._keys) and int(self._keys[at]) == key:
-            return self._sources[int(self._places[at])]
+            return self._name(int(self._places[at]))
         return None
 
     def _merge(self) -> None:
