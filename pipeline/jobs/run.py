@@ -10,7 +10,7 @@ happens commits what the write stage already wrote before it returns.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Iterable
 
 import anyio
 from anyio.abc import ObjectSendStream
@@ -31,6 +31,7 @@ from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
 from pipeline.jobs.watch import watch_source
 from pipeline.logs import LogSetup, get_logger, redact_url
+from pipeline.sources.listed import Inputs
 from pipeline.stages.batch import Window, batch_stage
 from pipeline.stages.chunk import Chunker, chunk_stage
 from pipeline.stages.embed import SendGate, embed_stage
@@ -93,7 +94,7 @@ class Job:
         except SourceError:
             if not cfg.run.watch:
                 raise
-            fs, listed, files = None, set(), []  # a watcher may start before the first file lands
+            fs, listed, files = None, Inputs.empty(), Inputs.empty()  # a watcher may start before the first file lands
         sink = await anyio.to_thread.run_sync(
             lambda: open_sink(cfg, started_at=started_at, metadata_fields=list(cfg.source.metadata_fields),
                               fresh=self._fresh, on_wait=self._lease_waiting, hold_retired=True)
@@ -106,7 +107,7 @@ class Job:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(close_quietly, sink)
 
-    async def _run(self, sink: Sink, fs: Any, listed: set[str], files: list[InputFile]) -> RunResult:
+    async def _run(self, sink: Sink, fs: Any, listed: Inputs, files: Inputs) -> RunResult:
         cfg = self.cfg
         await anyio.to_thread.run_sync(_register_ids, self.ids, sink, limiter=self.cpu)
         changes = Changes()
@@ -161,7 +162,7 @@ class Job:
                     status, code, message = "failed", exc.exit_code, str(exc)
         return finish(self.cfg, sink.counts.as_dict(), self.progress, self.changes, status, code, message)
 
-    async def _round(self, fs: Any, files: list[InputFile], embedder: Embedder) -> None:
+    async def _round(self, fs: Any, files: Iterable[InputFile], embedder: Embedder) -> None:
         """One pass of the stages over ``files``, drained or cut short by a signal."""
         if self.shutdown.requested is not None or self.gate.closed:
             return
@@ -189,7 +190,7 @@ class Job:
                 tg.start_soon(partial(write_stage, answers_receive.clone(), commit=self.commit, window=window,
                                       check=self.ids.check, on_written=lambda batch: self._written(batch, embedder)))
 
-    async def _read(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Item]],
+    async def _read(self, fs: Any, files: Iterable[InputFile], send: ObjectSendStream[list[Item]],
                     reading: anyio.CancelScope) -> None:
         with reading:
             await read_stage(files, send, cfg=self.cfg.source, fs=fs, done_upto=self.commit.sink.done_upto,
@@ -276,8 +277,9 @@ class Job:
             self._reported_model = reported
             self.commit.sink.note_model(reported)  # saved with the next commit
 
-    def _file_started(self, _inp: InputFile) -> None:
+    def _file_started(self, inp: InputFile) -> None:
         self.progress.files += 1
+        self.progress.opened(inp)
 
     def _committed(self, entries: list[dict[str, Any]]) -> None:
         self.progress.shards += len(entries)
