@@ -96,7 +96,7 @@ class Changes:
 
     def of(self, *kinds: int) -> Inputs:
         """The inputs of those kinds, in listing order."""
-        return self.inputs.take(np.flatnonzero(np.isin(self.kinds, kinds)))
+        return self.inputs.where(np.isin(self.kinds, kinds))
 
     @property
     def new(self) -> Inputs:

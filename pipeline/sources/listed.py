@@ -245,8 +245,13 @@ class Inputs(Sequence[InputFile]):
         return inp
 
     def __iter__(self) -> Iterator[InputFile]:
-        for i in range(len(self)):
-            yield self[i]
+        if self._ends is not None:
+            for i in range(len(self)):
+                yield self[i]
+            return
+        file = self.listing.file
+        for row in self._each_row():
+            yield file(row)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, (Inputs, list, tuple)):
@@ -270,8 +275,12 @@ class Inputs(Sequence[InputFile]):
         """The inputs at ``positions``, in that order."""
         at = np.asarray(positions, np.int64)
         pieces = self._ends is not None and bool((self._ends[at] >= 0).any())
-        return Inputs(self.listing, self.rows()[at], self._starts[at] if pieces else None,  # type: ignore[index]
-                      self._ends[at] if pieces else None)  # type: ignore[index]
+        return Inputs(self.listing, at if self._rows is None else self._rows[at],
+                      self._starts[at] if pieces else None, self._ends[at] if pieces else None)  # type: ignore[index]
+
+    def where(self, mask: np.ndarray) -> Inputs:
+        """The inputs ``mask`` (a boolean per input) holds, in order; these inputs themselves when it holds all."""
+        return self if bool(mask.all()) else self.take(np.flatnonzero(mask))
 
     def pieces(self, starts: np.ndarray, ends: np.ndarray) -> Inputs:
         """These inputs cut as ``starts`` and ``ends`` say (``ends`` -1: the whole file)."""
@@ -280,37 +289,53 @@ class Inputs(Sequence[InputFile]):
 
     def urls(self) -> Iterator[str]:
         """Every input's url, in order (no InputFile made)."""
-        url, rows = self.listing.url, self.rows().tolist() if self._rows is not None else range(len(self))
-        for row in rows:
+        url = self.listing.url
+        for row in self._each_row():
             yield url(row)
+
+    def _each_row(self) -> Iterator[int]:
+        if self._rows is None:
+            yield from range(len(self.listing))
+            return
+        yield from _each(self._rows)
+
+    def _file_rows(self) -> np.ndarray | None:
+        """Which rows these inputs are, each once, as a boolean per row; None when they are every row once."""
+        if self._rows is None:
+            return None
+        among = np.zeros(len(self.listing), bool)
+        among[self._rows] = True
+        return among
 
     def files(self) -> int:
         """How many files these inputs are (a file split in pieces counts once)."""
-        if self._rows is None:
-            return len(self)
-        return len(np.unique(self._rows))
+        among = self._file_rows()
+        return len(self) if among is None else int(np.count_nonzero(among))
 
     def file_bytes(self) -> int:
         """The listed size of the files these inputs are, each once."""
-        rows = self._rows if self._rows is None else np.unique(self._rows)
-        sizes = self.listing.sizes() if rows is None else self.listing.sizes()[rows]
-        return int(sizes[sizes > 0].sum())
+        among = self._file_rows()
+        sizes = self.listing.sizes()
+        return _known_sum(sizes if among is None else sizes[among])
 
     def bytes_to_read(self) -> int:
         """What reading every input means in bytes: a JSONL piece its byte range, anything else its file's size."""
-        sizes = np.maximum(self.listing.sizes()[self.rows()], 0)
+        sizes = self.listing.sizes()
+        if self._rows is not None:
+            sizes = sizes[self._rows]
         if self._ends is not None:
             assert self._starts is not None
             ranged = (self._ends >= 0) & self.listing.formats().where("jsonl")[self.rows()]
             sizes = np.where(ranged, self._ends - self._starts, sizes)
-        return int(sizes.sum())
+        return _known_sum(sizes)
 
     def missing(self, urls: Iterable[str]) -> list[str]:
         """Those of ``urls`` that are no input's url, in their order (looked up a chunk at a time)."""
         if self._urls is None:
-            rows = np.unique(self.rows())
+            among = self._file_rows()
+            rows = np.arange(len(self.listing)) if among is None else np.flatnonzero(among)
             url = self.listing.url
-            hashes = np.fromiter((hash(url(row)) for row in rows.tolist()), np.int64, len(rows))
+            hashes = np.fromiter((hash(url(row)) for row in _each(rows)), np.int64, len(rows))
             self._urls = _Index(hashes, lambda i: url(int(rows[i])))
         out: list[str] = []
         for chunk in _chunks(urls):
@@ -329,6 +354,17 @@ class Inputs(Sequence[InputFile]):
 
 #: values looked up at once: a bounded number of strings alive at a time
 CHUNK = 16_384
+
+
+def _each(values: np.ndarray) -> Iterator[int]:
+    """The integers of ``values``, as Python ints, a chunk at a time (not a list of them all)."""
+    for start in range(0, len(values), CHUNK):
+        yield from values[start:start + CHUNK].tolist()
+
+
+def _known_sum(sizes: np.ndarray) -> int:
+    """The sum of ``sizes``, the unknown (-1) counting 0 (without a copy of them all)."""
+    return int(sizes.sum()) + int(np.count_nonzero(sizes < 0))
 
 
 def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
