@@ -31,7 +31,12 @@ TAIL = "|tail="
 
 def signature(inp: InputFile) -> str:
     """What tells that an input changed: its size and modification time or ETag."""
-    return f"{inp.size}:{inp.mtime}"
+    return signature_of(inp.size, inp.mtime)
+
+
+def signature_of(size: int | None, mtime: str | None) -> str:
+    """The :func:`signature` of an input of ``size`` and ``mtime``."""
+    return f"{size}:{mtime}"
 
 
 def appendable(inp: InputFile) -> bool:
@@ -165,16 +170,16 @@ def compare(sink: Known, fs: Any, mine: Sequence[InputFile], listed: Listed | In
         return out
     grew: dict[str, bool] = {}
     kinds = out.kinds
-    for i, inp in enumerate(inputs):
-        known = sink.signature(inp.url)
+    for i, (url, key, size, mtime) in enumerate(inputs.facts()):
+        known = sink.signature(url)
         if known is None:
             continue
-        if known.partition(TAIL)[0] == signature(inp):
-            kinds[i] = UNCHANGED if sink.done_upto(inp.key) >= END_OF_FILE else RESUMED
+        if known.partition(TAIL)[0] == signature_of(size, mtime):
+            kinds[i] = UNCHANGED if sink.done_upto(key) >= END_OF_FILE else RESUMED
         else:
-            if inp.url not in grew:
-                grew[inp.url] = only_grew(fs, inp, known)
-            kinds[i] = APPENDED if grew[inp.url] else CHANGED
+            if url not in grew:
+                grew[url] = only_grew(fs, inputs[i], known)
+            kinds[i] = APPENDED if grew[url] else CHANGED
     out.deleted = sorted(unlisted(known_all, listed))
     return out
 

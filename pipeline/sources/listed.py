@@ -173,8 +173,13 @@ class _Index:
         hit = at < n
         hit[hit] = self._hashes[at[hit]] == wanted[hit]
         hashes, order, value_at = self._hashes, self._order, self._value_at
-        for k, j in zip(np.flatnonzero(hit).tolist(), at[hit].tolist()):
-            h, value = int(wanted[k]), values[k]
+        found = np.flatnonzero(hit)
+        for k, j, position in zip(found.tolist(), at[found].tolist(), order[at[found]].tolist()):
+            value = values[k]
+            if value_at(position) == value:
+                out[k] = position
+                continue
+            h, j = int(wanted[k]), j + 1
             while j < n and hashes[j] == h:  # another value of the same hash: rare
                 if value_at(int(order[j])) == value:
                     out[k] = order[j]
@@ -293,6 +298,18 @@ class Inputs(Sequence[InputFile]):
         for row in self._each_row():
             yield url(row)
 
+    def facts(self) -> Iterator[tuple[str, str, int | None, str | None]]:
+        """Every input's url, key, size and time, in order (no InputFile made for a whole file)."""
+        if self._ends is not None:
+            for inp in self:
+                yield inp.url, inp.key, inp.size, inp.mtime
+            return
+        listing = self.listing
+        url, sizes, mtimes = listing.url, listing._sizes, listing._mtimes
+        for row in self._each_row():
+            size = sizes[row]
+            yield (u := url(row)), u, None if size < 0 else size, mtimes[row]
+
     def _each_row(self) -> Iterator[int]:
         if self._rows is None:
             yield from range(len(self.listing))
@@ -346,9 +363,9 @@ class Inputs(Sequence[InputFile]):
         """The inputs that ``previous`` (an earlier listing) held with the same key, size and time."""
         if previous is None or not len(previous) or not len(self):
             return self.take(np.zeros(0, np.int64))
-        index = _Index(np.fromiter((hash(_facts_of(inp)) for inp in previous), np.int64, len(previous)),
+        index = _Index(np.fromiter((hash(facts[1:]) for facts in previous.facts()), np.int64, len(previous)),
                        lambda i: _facts_of(previous[i]))
-        found = np.concatenate([index.find([_facts_of(inp) for inp in chunk]) for chunk in _chunks(self)])
+        found = np.concatenate([index.find([facts[1:] for facts in chunk]) for chunk in _chunks(self.facts())])
         return self.take(np.flatnonzero(found >= 0))
 
 
