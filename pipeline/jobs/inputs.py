@@ -7,6 +7,7 @@ import posixpath
 from typing import Any
 
 import numpy as np
+
 from pipeline.config import Config
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.reuse_index import ReuseIndex
@@ -34,8 +35,7 @@ def list_source(cfg: Config) -> tuple[Any, Inputs, Inputs]:
     fs, files = open_source(cfg.source)
     inside = _sink_prefix(cfg, fs)
     if inside is not None:
-        kept = files.take(np.flatnonzero(np.fromiter((not url.startswith(inside) for url in files.urls()), bool,
-                                                     len(files))))
+        kept = files.where(np.fromiter((not url.startswith(inside) for url in files.urls()), bool, len(files)))
         if len(kept) < len(files):
             get_logger().warning("sink_inside_source", sink=cfg.sink.path, source=cfg.source.path,
                                  left_out=len(files) - len(kept))
