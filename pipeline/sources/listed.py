@@ -47,9 +47,10 @@ class _Strings:
         self._starts.append(len(self._data))
 
     def __getitem__(self, i: int) -> str | None:
-        if i in self._none:
+        if self._none and i in self._none:
             return None
-        return self._data[self._starts[i]:self._starts[i + 1]].decode("utf-8", "surrogatepass")
+        starts = self._starts
+        return self._data[starts[i]:starts[i + 1]].decode("utf-8", "surrogatepass")
 
     def arrow(self) -> pa.Array:
         """The column as an Arrow binary array, without a copy (nulls read as empty)."""
@@ -124,20 +125,21 @@ class Listing:
         return odd[0] if odd is not None else f"{self._prefix}{self._paths[row]}"
 
     def file(self, row: int) -> InputFile:
-        """The whole file of ``row``."""
-        path = self._paths[row]
-        assert path is not None
-        odd = self._odd.get(row)
+        """The whole file of ``row`` (made often: a read of every column is spelled out here)."""
+        paths, mtimes, formats, compressions = self._paths, self._mtimes, self._formats, self._compressions
+        at = paths._starts
+        path = paths._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
+        at = mtimes._starts
+        mtime = (None if mtimes._none and row in mtimes._none
+                 else mtimes._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass"))
         size = self._sizes[row]
-        return InputFile(
-            path=path,
-            url=odd[0] if odd is not None else f"{self._prefix}{path}",
-            size=None if size < 0 else size,
-            format=self._formats[row],
-            compression=self._compressions[row],
-            rel_path=odd[1] if odd is not None else path[self._rel_starts[row]:],
-            mtime=self._mtimes[row],
-        )
+        if self._odd and row in self._odd:
+            url, rel = self._odd[row]
+        else:
+            url, rel = f"{self._prefix}{path}", path[self._rel_starts[row]:]
+        # InputFile's fields in order: path, url, size, format, compression, rel_path, mtime
+        return InputFile(path, url, None if size < 0 else size, formats._values[formats._codes[row]],
+                         compressions._values[compressions._codes[row]], rel, mtime)
 
     def sizes(self) -> np.ndarray:
         """Every row's size (-1: unknown)."""
