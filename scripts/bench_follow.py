@@ -12,10 +12,15 @@
   with the objects' GETs answered by the middleware itself (same latency,
   listing still by moto): `s3_fast_get_objects_per_s`.
 - many-listed: N objects (a million by default) of a synthetic S3-like
-  store listed as an S3 source and compared with a dataset that knows none,
-  in a process of their own: peak RSS, taken a page at a time (`paged_*`,
-  what the pipeline does) and gathered whole as s3fs's `find` does
-  (`find_*`). Target: under 300 MB at a million.
+  store listed as an S3 source, a page at a time, and compared with a
+  dataset, each case in a process of its own: peak RSS and seconds. `new_*`:
+  the dataset knows none, and every input to read is then made as the read
+  stage makes them (not read); `known_*`: it knows every one, unchanged (a
+  watcher's or a nightly rerun's steady state); `find_*`: the yardstick, the
+  listing gathered whole as s3fs's `find` does. The dataset is a stand-in
+  whose signatures are made when asked: the figures are the listing's and
+  the comparison's, not the sink state's. `start_peak_rss_mb`: the imports
+  alone. Target: under 300 MB at a million.
 - rerun-changes: a corpus embedded once, then 10% of its documents edited
   (one JSONL file of records and a folder of .md files, each with 10% of its
   records or files edited) and run again; `paid_per_changed` = inputs sent
@@ -225,38 +230,55 @@ def rerun_changes(work: Path, records: int) -> Any:
 
 
 def many_listed(work: Path, records: int) -> Any:
-    """``records`` objects of a synthetic S3-like store listed and compared with an empty dataset, in a
-    process of their own: its peak RSS, against the same listing gathered whole as s3fs's ``find`` does."""
+    """``records`` objects of a synthetic S3-like store listed a page at a time and compared, each case in a
+    process of its own: its peak RSS and seconds. ``new_*``: against a dataset that knows none, then every
+    input to read made as the read stage makes them (nothing read); ``known_*``: against a dataset that
+    knows every one, unchanged (the watcher's and the nightly rerun's steady state: nothing opened);
+    ``find_*``: the yardstick, the listing gathered whole as s3fs's ``find`` does, compared as ``new``.
+    ``start_rss_mb``: a process that only imported what the cases import."""
     bench = _bench()
     figures: dict[str, Any] = {"objects": records}
-    for how in ("paged", "find"):
+    for how in ("start", "new", "known", "find"):
         m = bench.measure([sys.executable, str(Path(__file__).resolve()), "listing", str(records), how], work)
         if m.returncode != 0:
             return bench.Row("many-listed", {**figures, "exit": m.returncode})
-        figures.update({f"{how}_{k}": v for k, v in json.loads(m.stdout.strip().splitlines()[-1]).items()})
+        if how != "start":
+            figures.update({f"{how}_{k}": v for k, v in json.loads(m.stdout.strip().splitlines()[-1]).items()})
         figures[f"{how}_peak_rss_mb"] = round(m.max_rss_mb)
     return bench.Row("many-listed", {**figures, "exit": 0})
 
 
 def _listing(objects: int, how: str) -> dict[str, Any]:
-    """List ``objects`` synthetic objects as an S3 source (a page at a time, or whole with ``find``), then
-    compare them with a dataset that knows none; the seconds each took."""
+    """List ``objects`` synthetic objects as an S3 source (a page at a time, or whole with ``find``), compare
+    them with a dataset (knowing none of them, or all, unchanged) and walk what is to read; the seconds each
+    took. The dataset is a stand-in whose signatures are made from an object's number when asked (the
+    sink's own state is not what is measured here)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from collections.abc import Mapping
+
     import fsspec.asyn
     from fsspec.implementations.memory import MemoryFileSystem
 
     from pipeline.config import SourceConfig
-    from pipeline.jobs.changes import compare
-    from pipeline.sources.listing import list_files
+    from pipeline.jobs.changes import apply, compare
+    from pipeline.jobs.progress import Progress
+    from pipeline.sources.listing import assign, list_files
+    from pipeline.stages.read import Checkpoints
     from pipeline.storage import Location
+    from pipeline.types import END_OF_FILE
+
+    if how == "start":
+        return {}
+
+    def name(i: int) -> str:
+        return f"bucket/corpus/2024/{i // 1000:04d}/doc-{i:08d}.md"
 
     def info(i: int) -> dict[str, Any]:  # what list_objects_v2 says of an object, as s3fs hands it on
-        name = f"bucket/corpus/2024/{i // 1000:04d}/doc-{i:08d}.md"
-        return {"Key": name, "name": name, "type": "file", "size": 1200 + i % 500, "Size": 1200 + i % 500,
+        return {"Key": name(i), "name": name(i), "type": "file", "size": 1200 + i % 500, "Size": 1200 + i % 500,
                 "ETag": f'"{i:032x}"', "LastModified": "2024-01-01T00:00:00+00:00", "StorageClass": "STANDARD"}
 
     class Store(MemoryFileSystem):  # type: ignore[misc]
-        protocol = ("s3", "s3a") if how == "paged" else "memory"
+        protocol = ("s3", "s3a") if how != "find" else "memory"
         loop = fsspec.asyn.get_loop()
 
         def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -277,20 +299,60 @@ def _listing(objects: int, how: str) -> dict[str, Any]:
                 for entry in [info(i) for i in range(start, min(objects, start + 1000))]:  # one page
                     yield entry
 
-    class Unknown:
-        def signature(self, url: str) -> None:
-            return None
+    class Signatures(Mapping):  # type: ignore[type-arg]
+        """url → signature of every object, made when asked (as a compact state would)."""
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __iter__(self) -> Any:
+            return (f"s3://{name(i)}" for i in range(self.n))
+
+        def __getitem__(self, url: str) -> str:
+            try:
+                i = int(url[-11:-3])
+            except ValueError:
+                raise KeyError(url) from None
+            if not 0 <= i < self.n or url != f"s3://{name(i)}":
+                raise KeyError(url)
+            return f"{1200 + i % 500}:\"{i:032x}\""
+
+    class Dataset:
+        """The sink as compare and apply see it; it knows the first ``known`` objects, each done whole."""
+
+        def __init__(self, known: int) -> None:
+            self.known = Signatures(known)
+
+        def signature(self, url: str) -> str | None:
+            return self.known.get(url)
+
+        def signatures(self) -> Signatures:
+            return self.known
 
         def done_upto(self, key: str) -> int:
-            return 0
+            return END_OF_FILE if key in self.known else 0
+
+        def set_signature(self, url: str, signature: str) -> None:
+            pass
 
     fs = Store(skip_instance_cache=True)
+    sink = Dataset(objects if how == "known" else 0)
     started = time.perf_counter()
     files = list_files(Location.on(fs, "bucket/corpus"), SourceConfig(path="s3://bucket/corpus"))
+    mine = assign(fs, files, 0, 1, 1 << 28)
     listed = time.perf_counter()
-    changes = compare(Unknown(), fs, files, {f.url for f in files})  # type: ignore[arg-type]
-    assert len(changes.new) == objects
-    return {"list_s": round(listed - started, 1), "compare_s": round(time.perf_counter() - listed, 1)}
+    changes = compare(sink, fs, mine, files)  # type: ignore[arg-type]
+    progress = Progress()
+    apply(sink, fs, changes, Checkpoints(), progress, remove=True)  # type: ignore[arg-type]
+    compared = time.perf_counter()
+    walked = sum(1 for inp in changes.to_read if sink.done_upto(inp.key) < END_OF_FILE)  # as read_stage plans them
+    assert (changes.counts()["new"], walked, changes.unchanged) == (
+        (0, 0, objects) if how == "known" else (objects, objects, 0)) and not changes.deleted
+    return {"list_s": round(listed - started, 1), "compare_s": round(compared - listed, 1),
+            "walk_s": round(time.perf_counter() - compared, 1)}
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["listing"]:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
 
 from pipeline.dataset.sink import Sink
 from pipeline.errors import SinkError, SourceError
 from pipeline.jobs.progress import Progress
 from pipeline.logs import get_logger
+from pipeline.sources.listed import Inputs
 from pipeline.stages.read import Checkpoints
 from pipeline.types import END_OF_FILE, InputFile
 
@@ -28,7 +31,12 @@ TAIL = "|tail="
 
 def signature(inp: InputFile) -> str:
     """What tells that an input changed: its size and modification time or ETag."""
-    return f"{inp.size}:{inp.mtime}"
+    return signature_of(inp.size, inp.mtime)
+
+
+def signature_of(size: int | None, mtime: str | None) -> str:
+    """The :func:`signature` of an input of ``size`` and ``mtime``."""
+    return f"{size}:{mtime}"
 
 
 def appendable(inp: InputFile) -> bool:
@@ -74,30 +82,56 @@ def only_grew(fs: Any, inp: InputFile, known: str) -> bool:
     return before.endswith(b"\n") and hashlib.sha256(before).hexdigest()[:16] == tail
 
 
+#: what happened to an input since the dataset last saw it (a byte per input of :attr:`Changes.inputs`)
+NEW, RESUMED, CHANGED, APPENDED, UNCHANGED = range(5)
+
+
 @dataclass
 class Changes:
-    """The inputs of one comparison, by what happened to them (lists of inputs; urls for the deleted)."""
+    """The inputs of one comparison, by what happened to them (urls for the deleted).
 
-    new: list[InputFile] = field(default_factory=list)
-    resumed: list[InputFile] = field(default_factory=list)
-    changed: list[InputFile] = field(default_factory=list)
-    appended: list[InputFile] = field(default_factory=list)
-    unchanged: int = 0
+    ``kinds[i]`` says what happened to ``inputs[i]`` (:data:`NEW`, ...):
+    a byte per input, however many there are, and each kind's inputs are
+    the listing's, in its order, made into InputFile values only when read.
+    """
+
+    inputs: Inputs = field(default_factory=Inputs.empty)
+    kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     deleted: list[str] = field(default_factory=list)
 
+    def of(self, *kinds: int) -> Inputs:
+        """The inputs of those kinds, in listing order."""
+        return self.inputs.where(np.isin(self.kinds, kinds))
+
     @property
-    def to_read(self) -> list[InputFile]:
+    def new(self) -> Inputs:
+        return self.of(NEW)
+
+    @property
+    def resumed(self) -> Inputs:
+        return self.of(RESUMED)
+
+    @property
+    def changed(self) -> Inputs:
+        return self.of(CHANGED)
+
+    @property
+    def appended(self) -> Inputs:
+        return self.of(APPENDED)
+
+    @property
+    def unchanged(self) -> int:
+        return int(np.count_nonzero(self.kinds == UNCHANGED))
+
+    @property
+    def to_read(self) -> Inputs:
         """What a round reads, in listing order."""
-        return [*self.new, *self.resumed, *self.changed, *self.appended]
+        return self.of(NEW, RESUMED, CHANGED, APPENDED)
 
     def counts(self) -> dict[str, int]:
         """How many inputs (files; a split file once) each kind counts."""
-
-        def urls(files: list[InputFile]) -> int:
-            return len({f.url for f in files})
-
-        return {"new": urls(self.new), "resumed": urls(self.resumed), "changed": urls(self.changed),
-                "appended": urls(self.appended), "deleted": len(self.deleted), "unchanged": self.unchanged}
+        return {"new": self.new.files(), "resumed": self.resumed.files(), "changed": self.changed.files(),
+                "appended": self.appended.files(), "deleted": len(self.deleted), "unchanged": self.unchanged}
 
 
 class Known(Protocol):
@@ -105,40 +139,57 @@ class Known(Protocol):
 
     def signature(self, url: str) -> str | None: ...
 
-    def signatures(self) -> dict[str, str]: ...
+    def signatures(self) -> Mapping[str, str]: ...
 
     def done_upto(self, key: str) -> int: ...
 
 
-def known_inputs(sink: Any) -> dict[str, str]:
+class Listed(Protocol):
+    """The urls of a whole listing (an :class:`Inputs`, or any container of urls)."""
+
+    def __contains__(self, url: object) -> bool: ...
+
+
+def known_inputs(sink: Any) -> Mapping[str, str]:
     """The inputs ``sink`` holds rows of, with their signatures; empty for a sink that cannot say."""
     signatures = getattr(sink, "signatures", None)
     return signatures() if signatures is not None else {}
 
 
-def compare(sink: Known, fs: Any, mine: list[InputFile], listed: set[str]) -> Changes:
+def compare(sink: Known, fs: Any, mine: Sequence[InputFile], listed: Listed | Inputs) -> Changes:
     """Sort this rank's inputs ``mine`` by what changed, and find what the dataset holds of inputs not in ``listed``.
 
     ``listed`` holds the urls of the whole listing (every rank's), so that
-    an input another rank reads is not taken for a deleted one.
+    an input another rank reads is not taken for a deleted one. Against a
+    dataset that knows nothing, every input is new without a look each.
     """
-    out = Changes()
+    inputs = mine if isinstance(mine, Inputs) else Inputs.of(mine)
+    out = Changes(inputs, np.full(len(inputs), NEW, np.uint8))
+    known_all = known_inputs(sink)
+    if not len(known_all):
+        return out
     grew: dict[str, bool] = {}
-    for inp in mine:
-        known = sink.signature(inp.url)
+    kinds = out.kinds
+    for i, (url, key, size, mtime) in enumerate(inputs.facts()):
+        known = sink.signature(url)
         if known is None:
-            out.new.append(inp)
-        elif known.partition(TAIL)[0] == signature(inp):
-            if sink.done_upto(inp.key) >= END_OF_FILE:
-                out.unchanged += 1
-            else:
-                out.resumed.append(inp)
+            continue
+        if known.partition(TAIL)[0] == signature_of(size, mtime):
+            kinds[i] = UNCHANGED if sink.done_upto(key) >= END_OF_FILE else RESUMED
         else:
-            if inp.url not in grew:
-                grew[inp.url] = only_grew(fs, inp, known)
-            (out.appended if grew[inp.url] else out.changed).append(inp)
-    out.deleted = sorted(url for url in known_inputs(sink) if url not in listed)
+            if url not in grew:
+                grew[url] = only_grew(fs, inputs[i], known)
+            kinds[i] = APPENDED if grew[url] else CHANGED
+    out.deleted = sorted(unlisted(known_all, listed))
     return out
+
+
+def unlisted(urls: Iterable[str], listed: Listed | Inputs) -> list[str]:
+    """Those of ``urls`` not in ``listed`` (looked up a chunk at a time when it can)."""
+    missing = getattr(listed, "missing", None)
+    if missing is not None:
+        return missing(urls)  # type: ignore[no-any-return]
+    return [url for url in urls if url not in listed]
 
 
 def removal_refused(known: int, removed: int, records_share: float, max_fraction: float) -> str | None:
@@ -154,7 +205,7 @@ def removal_refused(known: int, removed: int, records_share: float, max_fraction
     )
 
 
-def renamed(changes: Changes, signatures: dict[str, str]) -> bool:
+def renamed(changes: Changes, signatures: Mapping[str, str]) -> bool:
     """Whether the new inputs hold at least as many bytes as the deleted ones did (moved or renamed files,
     not a listing that lost them)."""
     def size(signature: str) -> int:
@@ -162,10 +213,10 @@ def renamed(changes: Changes, signatures: dict[str, str]) -> bool:
         return int(head) if head.isdigit() else 0
 
     gone = sum(size(signatures.get(url, "")) for url in changes.deleted)
-    return sum(inp.size or 0 for inp in {f.url: f for f in changes.new}.values()) >= gone > 0
+    return changes.new.file_bytes() >= gone > 0
 
 
-def records_share(changes: Changes, sink: Any, signatures: dict[str, str]) -> float:
+def records_share(changes: Changes, sink: Any, signatures: Mapping[str, str]) -> float:
     """The share of the sink's records the deleted inputs hold; 0 when new inputs make up for them."""
     return 0.0 if renamed(changes, signatures) else sink.share_of(changes.deleted)
 
@@ -186,20 +237,19 @@ def apply(sink: Sink, fs: Any, changes: Changes, checkpoints: Checkpoints, progr
           *, remove: bool) -> None:
     """Tell the sink what changed: new signatures, inputs to read again or on, rows to remove."""
     log = get_logger()
-    for inp in list(changes.appended):
+    for i in np.flatnonzero(changes.kinds == APPENDED).tolist():
+        inp = changes.inputs[i]
         if not sink.append(inp.key, inp.url):  # its last record is not known: read it whole again
-            changes.appended.remove(inp)
-            changes.changed.append(inp)
+            changes.kinds[i] = CHANGED
     for inp in changes.changed:
         log.info("file_changed", file=inp.key)
         sink.restart(inp.key, inp.url)
         checkpoints.forget(inp.url)
     for inp in changes.appended:
         log.info("file_appended", file=inp.key, after=sink.done_upto(inp.key))
-    for inp in [*changes.new, *changes.changed, *changes.appended]:
+    for inp in changes.of(NEW, CHANGED, APPENDED):
         sink.set_signature(inp.url, full_signature(fs, inp))
-    for inp in changes.to_read:
-        progress.expect(inp)
+    progress.expect_all(changes.to_read)
     if remove and changes.deleted:
         log.info("files_deleted", count=len(changes.deleted), first=changes.deleted[0])
         for url in changes.deleted:

@@ -6,25 +6,27 @@ import os
 import posixpath
 from typing import Any
 
+import numpy as np
+
 from pipeline.config import Config
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.reuse_index import ReuseIndex
 from pipeline.dataset.self_reuse import StoredVectors
 from pipeline.errors import SinkError, SourceError
 from pipeline.logs import get_logger
+from pipeline.sources.listed import Inputs
 from pipeline.sources.listing import assign, open_source
 from pipeline.storage import Location
-from pipeline.types import InputFile
 
 
-def list_inputs(cfg: Config) -> tuple[Any, list[InputFile]]:
+def list_inputs(cfg: Config) -> tuple[Any, Inputs]:
     """The source's filesystem and the inputs of this rank (``SourceError`` when nothing is there)."""
     fs, _, mine = list_source(cfg)
     return fs, mine
 
 
-def list_source(cfg: Config, skipped: dict[str, int] | None = None) -> tuple[Any, set[str], list[InputFile]]:
-    """The source's filesystem, the urls of every listed input, and the inputs of this rank (files
+def list_source(cfg: Config, skipped: dict[str, int] | None = None) -> tuple[Any, Inputs, Inputs]:
+    """The source's filesystem, every listed input (every rank's), and the inputs of this rank (files
     ``format: auto`` leaves out for their extension are counted in ``skipped``).
 
     A sink inside the source (``source.path: data/``, ``sink.path:
@@ -34,16 +36,16 @@ def list_source(cfg: Config, skipped: dict[str, int] | None = None) -> tuple[Any
     fs, files = open_source(cfg.source, skipped)
     inside = _sink_prefix(cfg, fs)
     if inside is not None:
-        kept = [f for f in files if not f.url.startswith(inside)]
+        kept = files.where(np.fromiter((not url.startswith(inside) for url in files.urls()), bool, len(files)))
         if len(kept) < len(files):
             get_logger().warning("sink_inside_source", sink=cfg.sink.path, source=cfg.source.path,
                                  left_out=len(files) - len(kept))
-        if not kept:
+        if not len(kept):
             raise SourceError(
                 f"no input files in source.path {cfg.source.path} outside sink.path {cfg.sink.path}"
             )
         files = kept
-    return fs, {f.url for f in files}, assign(fs, files, cfg.run.rank, cfg.run.world_size, cfg.source.split_bytes)
+    return fs, files, assign(fs, files, cfg.run.rank, cfg.run.world_size, cfg.source.split_bytes)
 
 
 def _sink_prefix(cfg: Config, source_fs: Any) -> str | None:

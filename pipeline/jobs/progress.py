@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 
 from pipeline.logs import LogSetup, format_duration, get_logger
+from pipeline.sources.listed import Inputs
 from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch, InputFile
 
 PROGRESS_EVERY_S = 10.0
@@ -28,17 +29,33 @@ class Progress:
     bytes_done: int = 0
     reading: dict[str, int] = field(default_factory=dict)  # bytes read so far of inputs not finished
     failed_in: dict[str, int] = field(default_factory=dict)  # failed rows counted, by input url
+    # inputs were expected all at once (expect_all): each one's size is kept from when its reading starts
+    _sized_on_start: bool = False
 
     def read_bytes(self, inp: InputFile, n: int) -> None:
         """``n`` more bytes of ``inp`` were read (called from reader threads)."""
-        if inp.key in self.sizes:
-            self.reading[inp.key] = min(self.reading.get(inp.key, 0) + n, self.sizes[inp.key])
+        if inp.key not in self.sizes:
+            if not self._sized_on_start:
+                return
+            self.opened(inp)
+        self.reading[inp.key] = min(self.reading.get(inp.key, 0) + n, self.sizes[inp.key])
 
     def expect(self, inp: InputFile) -> None:
         """Count ``inp`` (a file or a piece of one) among the bytes this run has to read."""
-        size = (inp.end or 0) - inp.start if inp.part.startswith("#bytes") else inp.size or 0
+        size = _bytes_of(inp)
         self.bytes_total += size - self.sizes.get(inp.key, 0)
         self.sizes[inp.key] = size
+
+    def expect_all(self, inputs: Inputs) -> None:
+        """Count every one of ``inputs`` among the bytes to read, at once: a run of a million inputs keeps
+        no entry for each; an input's own size is kept only from when its reading starts (:meth:`opened`)."""
+        self.bytes_total += inputs.bytes_to_read()
+        self._sized_on_start = True
+
+    def opened(self, inp: InputFile) -> None:
+        """The reading of ``inp`` started: keep its size until it is finished."""
+        if self._sized_on_start and inp.key not in self.sizes:
+            self.sizes[inp.key] = _bytes_of(inp)
 
     def add(self, batch: EmbeddedBatch) -> None:
         """Count a batch handed to the sink."""
@@ -84,6 +101,12 @@ class Progress:
             # a run with nothing to read shows neither (not "done_pct= eta=?")
             **({"done_pct": round(fraction * 100, 1), "eta": format_duration(eta)} if fraction is not None else {}),
         }
+
+
+def _bytes_of(inp: InputFile) -> int:
+    """The bytes reading ``inp`` means: a JSONL piece its range, anything else its file's size
+    (:meth:`Inputs.bytes_to_read` counts the same way)."""
+    return (inp.end or 0) - inp.start if inp.part.startswith("#bytes") else inp.size or 0
 
 
 async def report_progress(progress: Progress, logs: LogSetup | None) -> None:

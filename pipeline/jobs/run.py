@@ -10,7 +10,7 @@ happens commits what the write stage already wrote before it returns.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Iterable
 
 import anyio
 from anyio.abc import ObjectSendStream
@@ -31,6 +31,7 @@ from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
 from pipeline.jobs.watch import watch_source
 from pipeline.logs import LogSetup, get_logger, redact_url
+from pipeline.sources.listed import Inputs
 from pipeline.stages.batch import Window, batch_stage
 from pipeline.stages.chunk import Chunker, chunk_stage
 from pipeline.stages.embed import SendGate, embed_stage
@@ -95,7 +96,7 @@ class Job:
         except SourceError:
             if not cfg.run.watch:
                 raise
-            fs, listed, files = None, set(), []  # a watcher may start before the first file lands
+            fs, listed, files = None, Inputs.empty(), Inputs.empty()  # a watcher may start before the first file lands
         sink = await anyio.to_thread.run_sync(
             lambda: open_sink(cfg, started_at=started_at, metadata_fields=list(cfg.source.metadata_fields),
                               fresh=self._fresh, on_wait=self._lease_waiting, hold_retired=True)
@@ -108,7 +109,7 @@ class Job:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(close_quietly, sink)
 
-    async def _run(self, sink: Sink, fs: Any, listed: set[str], files: list[InputFile]) -> RunResult:
+    async def _run(self, sink: Sink, fs: Any, listed: Inputs, files: Inputs) -> RunResult:
         cfg = self.cfg
         await anyio.to_thread.run_sync(_register_ids, self.ids, sink, limiter=self.cpu)
         changes, counts = Changes(), {}
@@ -162,7 +163,7 @@ class Job:
                     status, code, message = "failed", exc.exit_code, str(exc)
         return finish(self.cfg, sink.counts.as_dict(), self.progress, self.changes, status, code, message)
 
-    async def _round(self, fs: Any, files: list[InputFile], embedder: Embedder) -> None:
+    async def _round(self, fs: Any, files: Iterable[InputFile], embedder: Embedder) -> None:
         """One pass of the stages over ``files``, drained or cut short by a signal."""
         if self.shutdown.requested is not None or self.gate.closed:
             return
@@ -190,7 +191,7 @@ class Job:
                 tg.start_soon(partial(write_stage, answers_receive.clone(), commit=self.commit, window=window,
                                       check=self.ids.check, on_written=lambda batch: self._written(batch, embedder)))
 
-    async def _read(self, fs: Any, files: list[InputFile], send: ObjectSendStream[list[Item]],
+    async def _read(self, fs: Any, files: Iterable[InputFile], send: ObjectSendStream[list[Item]],
                     reading: anyio.CancelScope) -> None:
         with reading:
             await read_stage(files, send, cfg=self.cfg.source, fs=fs, done_upto=self.commit.sink.done_upto,
@@ -267,9 +268,10 @@ class Job:
             changes.deleted = []
         check_removals(changes, self.commit.sink, max_fraction=self.cfg.run.max_removed_fraction)
         apply(self.commit.sink, fs, changes, self.checkpoints, self.progress, remove=remove)
-        for url in {inp.url for inp in changes.changed} | set(changes.deleted):
+        changed = set(changes.changed.urls())
+        for url in changed | set(changes.deleted):
             self.ids.forget_source(url)  # their rows leave: a new version (or another file) may take the ids
-        for url in {inp.url for inp in changes.changed}:
+        for url in changed:
             self.progress.read_again(url)
         counts = changes.counts()
         if kept:
@@ -299,8 +301,9 @@ class Job:
             self._reported_model = reported
             self.commit.sink.note_model(reported)  # saved with the next commit
 
-    def _file_started(self, _inp: InputFile) -> None:
+    def _file_started(self, inp: InputFile) -> None:
         self.progress.files += 1
+        self.progress.opened(inp)
 
     def _committed(self, entries: list[dict[str, Any]]) -> None:
         self.progress.shards += len(entries)

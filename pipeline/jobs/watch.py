@@ -10,7 +10,7 @@ run does (:mod:`pipeline.jobs.changes`).
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import anyio
 
@@ -20,6 +20,7 @@ from pipeline.errors import SourceError
 from pipeline.jobs.changes import Changes, compare, known_inputs
 from pipeline.jobs.inputs import list_source
 from pipeline.logs import get_logger
+from pipeline.sources.listed import Inputs
 
 FIRST_SETTLE_S = 5.0  # the first settle check comes soon, whatever the poll interval
 
@@ -41,25 +42,25 @@ async def watch_source(
     (a signal).
     """
     log = get_logger()
-    previous: dict[str, tuple[int | None, str | None]] = {}
-    previous_urls: set[str] | None = None
-    urls: set[str] | None
+    previous: Inputs | None = None  # this rank's inputs in the listing before
+    previous_urls: Inputs | None = None
+    urls: Inputs | None
     wait = min(FIRST_SETTLE_S, cfg.run.poll_interval_s)
     while keep_going():
         try:
             fs, urls, listed = await anyio.to_thread.run_sync(list_source, cfg)
         except SourceError as exc:  # nothing there yet, or the store blinked: try again later
             log.info("watch_listing_empty", reason=str(exc))
-            fs, urls, listed = None, None, []
-        current = {f.key: (f.size, f.mtime) for f in listed}
-        settled = [f for f in listed if previous.get(f.key) == current[f.key]]
+            fs, urls, listed = None, None, Inputs.empty()
+        settled = await anyio.to_thread.run_sync(listed.settled_since, previous)
         # gone only when missing from this listing and the one before; a listing that
         # failed or found nothing at all removes nothing
+        seen: Any
         if urls is None or previous_urls is None:
             seen = set(known_inputs(sink))
         else:
-            seen = urls | previous_urls
-        previous, previous_urls = current, urls
+            seen = _Either(urls, previous_urls)
+        previous, previous_urls = listed, urls
         changes = await anyio.to_thread.run_sync(compare, sink, fs, settled, seen)
         if changes.to_read or changes.deleted:
             note(fs, changes)  # with run.on_deleted: keep, the deleted are left alone
@@ -69,3 +70,13 @@ async def watch_source(
         with anyio.move_on_after(wait):
             await wake.wait()
         wait = cfg.run.poll_interval_s
+
+
+class _Either:
+    """The urls of two listings, as :func:`~pipeline.jobs.changes.compare` looks them up."""
+
+    def __init__(self, one: Inputs, other: Inputs) -> None:
+        self._one, self._other = one, other
+
+    def missing(self, urls: Iterable[str]) -> list[str]:
+        return self._other.missing(self._one.missing(urls))

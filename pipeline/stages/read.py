@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from functools import partial
 from itertools import islice
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import anyio
 from anyio.abc import ObjectSendStream
@@ -202,7 +202,7 @@ class _Reader:
 
 
 async def read_stage(
-    files: list[InputFile],
+    files: Iterable[InputFile],
     send: ObjectSendStream[list[Item]],
     *,
     cfg: SourceConfig,
@@ -215,6 +215,9 @@ async def read_stage(
     ahead: int = AHEAD,
 ) -> None:
     """Send every record of ``files`` after what ``done_upto`` says is committed, a block at a time.
+
+    ``files`` is taken one at a time, as reading goes (a listing's inputs
+    are made as they are planned, not all at once).
 
     A block holds the items of as many files as it takes, in order. The
     small files among the next few are fetched ``ahead`` at a time (see
