@@ -20,7 +20,7 @@ from anyio.abc import ObjectSendStream
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
 from pipeline.logs import get_logger
-from pipeline.sources.fetch import AHEAD, Ahead
+from pipeline.sources.fetch import AHEAD, Ahead, Fetched
 from pipeline.sources.readers import read_records
 from pipeline.types import END_OF_FILE, Failure, FileEnd, InputFile, Record
 
@@ -186,7 +186,11 @@ class _Reader:
                 if planned is None:
                     break
                 inp, (after, seeking), source = planned
-                if self._on_bytes is not None:
+                if self._on_bytes is None:
+                    pass
+                elif inp.format == "text" and isinstance(source, Fetched):  # one read of bytes in hand
+                    self._on_bytes(inp, inp.size or 0)
+                else:
                     source = _CountingFS(source, partial(self._on_bytes, inp))
                 self._current = file_items(self._cfg, source, inp, after, **seeking)
                 started.append(inp)
@@ -233,7 +237,7 @@ async def read_stage(
                     if after >= END_OF_FILE:
                         continue  # committed whole by an earlier run
                     seeking: dict[str, Any] = {}
-                    if not inp.part:  # whole files: resume by seeking to a checkpoint
+                    if inp.format == "jsonl" and not inp.part:  # whole jsonl files: resume by seeking to a checkpoint
                         seeking = {"seek": checkpoints.best(inp.url, after),
                                    "on_checkpoint": checkpoints.recorder(inp.url)}
                     if after:
