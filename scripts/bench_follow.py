@@ -111,6 +111,8 @@ def _files_against_jsonl(work: Path, docs: list[str], url: str) -> dict[str, Any
         "jsonl_wall_s": round(one.wall_s, 2),
         "files_wall_s": round(many.wall_s, 2),
         "wall_ratio": round(many.wall_s / one.wall_s, 2),
+        # CPU time of each run's own process: steadier than wall time on a machine others share
+        "cpu_ratio": round(many.cpu_s / one.cpu_s, 2),
         "files_peak_rss_mb": round(many.max_rss_mb),
         "manifest_kb": round(manifest.stat().st_size / 1024) if manifest.exists() else None,
         "exit": max(one.returncode, many.returncode),
