@@ -39,3 +39,25 @@ def test_ids_already_in_the_dataset_are_taken(monkeypatch) -> None:
     registry.forget_source("old.jsonl")
     again = registry.check(batch(1, "old.jsonl", ["3"]))
     assert [c.id for c in again.chunks] == ["3"]
+
+
+def test_merged_pending_and_same_batch_ids_are_all_taken_as_a_dict_would_say(monkeypatch) -> None:
+    """Whichever place holds an id (sorted arrays, ids not merged yet, earlier in the same batch), its first
+    record keeps it and every later one fails naming the first one's input, as a plain dict would say."""
+    monkeypatch.setattr(ids_module, "MERGE_EVERY", 7)
+    registry = IdRegistry()
+    first_of: dict[str, str] = {}
+    for seq in range(12):
+        source = f"s{seq % 3}.jsonl"
+        names = [str((seq * 5 + k * 3) % 41) for k in range(9)]  # repeats within and across batches
+        kept, late = [], []
+        for name in names:
+            if name in first_of:
+                late.append((name, first_of[name]))
+            else:
+                first_of[name] = source
+                kept.append(name)
+        out = registry.check(batch(seq, source, names))
+        assert [c.id for c in out.chunks] == kept
+        assert [(f.id, f.message.split("a record of ")[1].split(";")[0]) for f in out.failures] == late
+    assert len(registry) == len(first_of)
