@@ -37,7 +37,8 @@ Scenarios and their targets:
 - memory: peak RSS at 40k and 400k records with shard_rows 20,000; target
   under 450 MB at 400k and within 1.5x of the 40k peak.
 - resume: killed twice (SIGKILL, then SIGTERM), rerun to the end.
-- many-files, many-listed, rerun-changes: see scripts/bench_follow.py.
+- many-files, many-listed, rerun-changes: see scripts/bench_follow.py
+  (many-files-local: many-files without its S3 part, on request only).
 - state-size: `_manifest.json` and `_state/` for a million one-document
   source objects (synthetic), opening them, a commit of 10 changes: see
   scripts/bench_state.py.
@@ -603,12 +604,14 @@ SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "ray": ray_tasks,
 }
 # scenarios of a dataset that follows its source (scripts/bench_follow.py)
-from bench_follow import many_files, many_listed, rerun_changes  # noqa: E402
+from bench_follow import many_files, many_files_local, many_listed, rerun_changes  # noqa: E402
 
-SCENARIOS.update({"many-files": many_files, "many-listed": many_listed, "rerun-changes": rerun_changes})
+SCENARIOS.update({"many-files": many_files, "many-files-local": many_files_local, "many-listed": many_listed,
+                  "rerun-changes": rerun_changes})
 from bench_state import state_size  # noqa: E402
 
 SCENARIOS["state-size"] = state_size
+ON_REQUEST = {"many-files-local"}  # a part of another scenario: not run by default
 DEFAULT_RECORDS = {
     "overhead": 60_000,
     "local": 60_000,
@@ -621,6 +624,7 @@ DEFAULT_RECORDS = {
     "memory": 400_000,  # and a tenth of it
     "resume": 10_000,
     "many-files": 30_000,
+    "many-files-local": 30_000,
     "many-listed": 1_000_000,
     "rerun-changes": 20_000,
     "state-size": 1_000_000,
@@ -635,7 +639,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, help="override the number of records")
     parser.add_argument("--json", action="store_true", help="print figures as JSON lines")
     args = parser.parse_args()
-    chosen = args.scenarios or list(SCENARIOS)
+    chosen = args.scenarios or [name for name in SCENARIOS if name not in ON_REQUEST]
     print(f"# python {sys.version.split()[0]}, {os.cpu_count()} cores", file=sys.stderr)
     for name in chosen:
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:

@@ -170,3 +170,14 @@ def test_close_drops_fetches_not_started() -> None:
     fs.gate.set()
     assert len(ahead) == 0 and ahead.next() is None
     assert len(fs.started) <= 3
+
+
+@pytest.mark.parametrize("now", [b"", b"shorter", b"as listed", b"grown since it was listed" * 5000])
+def test_a_local_file_is_read_as_it_is_now_not_as_listed(tmp_path: Path, now: bytes) -> None:
+    """The listed size only sizes the first read: a file that shrank or grew since is read whole as it is."""
+    path = tmp_path / "a.md"
+    path.write_bytes(now)
+    ahead: Ahead[int] = Ahead(fsspec.filesystem("file"))
+    ahead.plan(inp(str(path), size=len(b"as listed")), 0)
+    got = ahead.next()
+    assert got is not None and got[2].open(got[0].path).read() == now

@@ -55,3 +55,25 @@ def test_the_inputs_of_many_ids_are_kept_in_blocks_and_still_named_and_freed() -
     registry.forget_source("s3://b/doc-7.json")
     again = registry.check(batch(1, "other.jsonl", ["id-7", "id-again", "id-8"]))
     assert [c.id for c in again.chunks] == ["id-7", "id-again"] and "s3://b/doc-8.json" in again.failures[0].message
+
+
+def test_merged_pending_and_same_batch_ids_are_all_taken_as_a_dict_would_say(monkeypatch) -> None:
+    """Whichever place holds an id (sorted arrays, ids not merged yet, earlier in the same batch), its first
+    record keeps it and every later one fails naming the first one's input, as a plain dict would say."""
+    monkeypatch.setattr(ids_module, "MERGE_EVERY", 7)
+    registry = IdRegistry()
+    first_of: dict[str, str] = {}
+    for seq in range(12):
+        source = f"s{seq % 3}.jsonl"
+        names = [str((seq * 5 + k * 3) % 41) for k in range(9)]  # repeats within and across batches
+        kept, late = [], []
+        for name in names:
+            if name in first_of:
+                late.append((name, first_of[name]))
+            else:
+                first_of[name] = source
+                kept.append(name)
+        out = registry.check(batch(seq, source, names))
+        assert [c.id for c in out.chunks] == kept
+        assert [(f.id, f.message.split("a record of ")[1].split(";")[0]) for f in out.failures] == late
+    assert len(registry) == len(first_of)

@@ -13,7 +13,7 @@ import pytest
 from pipeline.config import SourceConfig
 from pipeline.jobs.progress import Progress
 from pipeline.sources.listing import open_source
-from pipeline.stages.read import Checkpoints, read_stage
+from pipeline.stages.read import Checkpoints, file_items, read_stage
 from pipeline.types import END_OF_FILE, Failure, FileEnd, Record
 
 pytestmark = pytest.mark.anyio
@@ -115,3 +115,28 @@ async def test_an_unreadable_object_among_many_fails_alone(memfs: fsspec.Abstrac
     assert len(failures) == 1 and failures[0].error_type == "unreadable_file"
     assert failures[0].message == f"cannot open {files[42].url}: permission denied"
     assert sum(isinstance(i, FileEnd) for i in items) == 200
+
+
+async def test_small_local_text_files_read_in_hand_give_what_their_reader_gives(tmp_path: Path) -> None:
+    """Small local text files (read whole, without the reader's generators) come out as the text reader
+    would give them: records, a BOM dropped, failures for bad UTF-8, empty text and a file gone."""
+    import gzip
+
+    (tmp_path / "a.md").write_text("alpha")
+    (tmp_path / "b.md").write_bytes(b"\xef\xbb\xbfbeta")
+    (tmp_path / "c.md").write_bytes(b"bad \xff byte")
+    (tmp_path / "d.txt").write_text("  \n ")
+    (tmp_path / "e.md").write_text("")
+    (tmp_path / "f.md").write_text("soon gone")
+    (tmp_path / "g.md.gz").write_bytes(gzip.compress(b"gamma"))
+    cfg = SourceConfig(path=str(tmp_path))
+    fs, files = open_source(cfg)
+    (tmp_path / "f.md").unlink()
+    expected = [item for inp in files for item in file_items(cfg, fs, inp, 0)]
+    blocks, started = await read_everything(files, fs, cfg)
+    assert [item for block in blocks for item in block] == expected
+    assert started == files
+    assert [type(i).__name__ for i in expected if not isinstance(i, FileEnd)] == [
+        "Record", "Record", "Failure", "Failure", "Failure", "Failure", "Record"]
+    assert [i.error_type for i in expected if isinstance(i, Failure)] == [
+        "invalid_utf8", "empty_text", "empty_text", "unreadable_file"]

@@ -34,11 +34,14 @@ class Progress:
 
     def read_bytes(self, inp: InputFile, n: int) -> None:
         """``n`` more bytes of ``inp`` were read (called from reader threads)."""
-        if inp.key not in self.sizes:
+        key = inp.key
+        size = self.sizes.get(key)
+        if size is None:
             if not self._sized_on_start:
                 return
             self.opened(inp)
-        self.reading[inp.key] = min(self.reading.get(inp.key, 0) + n, self.sizes[inp.key])
+            size = self.sizes[key]
+        self.reading[key] = min(self.reading.get(key, 0) + n, size)
 
     def expect(self, inp: InputFile) -> None:
         """Count ``inp`` (a file or a piece of one) among the bytes this run has to read."""

@@ -20,7 +20,7 @@ from pipeline.sources.tabular import read_arrow, read_csv, read_parquet
 from pipeline.storage import storage_errors
 from pipeline.types import Failure, InputFile, Record
 
-__all__ = ["OnCheckpoint", "read_records"]
+__all__ = ["OnCheckpoint", "read_records", "text_record"]
 
 _Items = Iterator[Record | Failure]
 
@@ -65,18 +65,21 @@ def read_text(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, 
         return
     with open_input(fs, inp) as f:
         data = f.read()
+    yield text_record(inp, data)
+
+
+def text_record(inp: InputFile, data: bytes) -> Record | Failure:
+    """The record of text file ``inp`` whose bytes are ``data`` (a failure when they are no usable text)."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     doc_id = inp.rel_path
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        yield failure(inp, 0, doc_id, "invalid_utf8", f"{inp.rel_path}: not valid UTF-8 at byte {exc.start + 1}")
-        return
+        return failure(inp, 0, doc_id, "invalid_utf8", f"{inp.rel_path}: not valid UTF-8 at byte {exc.start + 1}")
     if not text or text.isspace():
-        yield failure(inp, 0, doc_id, "empty_text", f"{inp.rel_path}: the file is empty", text)
-        return
-    yield Record(doc_id, text, inp.url, 0, {})
+        return failure(inp, 0, doc_id, "empty_text", f"{inp.rel_path}: the file is empty", text)
+    return Record(doc_id, text, inp.url, 0, {})
 
 
 _READERS: dict[str, Callable[[SourceConfig, fsspec.AbstractFileSystem, InputFile, int], _Items]] = {

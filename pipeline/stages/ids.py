@@ -68,9 +68,12 @@ class IdRegistry:
         """``batch`` with chunks whose id is already taken moved to its failures."""
         keep: list[int] = []
         late: list[Failure] = []
+        keys = [id_hash(chunk.id) for chunk in batch.chunks]
+        stored = self._stored(keys)
         for i, chunk in enumerate(batch.chunks):
-            key = id_hash(chunk.id)
-            first = self._find(key)
+            key = keys[i]
+            pending = self._pending.get(key)  # (an id taken earlier in this batch is pending too)
+            first = self._name(pending) if pending is not None else stored[i]
             if first is None:
                 self._pending[key] = self._place(chunk.source)
                 keep.append(i)
@@ -122,15 +125,19 @@ class IdRegistry:
             return self._fresh[place - self._inputs.rows]
         return self._inputs.get(place)
 
-    def _find(self, key: int) -> str | None:
-        """The input that holds ``key``'s id, or None when the id is free."""
-        pending = self._pending.get(key)
-        if pending is not None:
-            return self._name(pending)
-        at = int(np.searchsorted(self._keys, np.uint64(key)))
-        if at < len(self._keys) and int(self._keys[at]) == key:
-            return self._name(int(self._places[at]))
-        return None
+    def _stored(self, keys: list[int]) -> list[str | None]:
+        """For each key, the input holding its id among the merged ones (None when not there).
+
+        One search for the whole batch: numpy lets go of the GIL in each call,
+        and a call per id would hand the reader thread the GIL once per record.
+        """
+        if not len(self._keys):
+            return [None] * len(keys)
+        wanted = np.fromiter(keys, np.uint64, len(keys))
+        at = np.minimum(np.searchsorted(self._keys, wanted), len(self._keys) - 1)
+        hit = self._keys[at] == wanted
+        return [self._name(place) if found else None
+                for found, place in zip(hit.tolist(), self._places[at].tolist())]
 
     def _merge(self) -> None:
         keys = np.fromiter(self._pending.keys(), np.uint64, len(self._pending))

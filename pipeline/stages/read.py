@@ -20,8 +20,9 @@ from anyio.abc import ObjectSendStream
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
 from pipeline.logs import get_logger
-from pipeline.sources.fetch import AHEAD, Ahead
-from pipeline.sources.readers import read_records
+from pipeline.sources.fetch import AHEAD, Ahead, Fetched
+from pipeline.sources.readers import read_records, text_record
+from pipeline.sources.records import open_input
 from pipeline.types import END_OF_FILE, Failure, FileEnd, InputFile, Record
 
 READ_BLOCK = 512  # records per hop between the reader thread and the event loop
@@ -44,9 +45,27 @@ def file_items(
             last = item.location
             yield item
     except SourceError as exc:
-        where = f"{inp.key}:{last + 1}"
-        yield Failure(where, where, 0, None, inp.url, last + 1, "unreadable_file", str(exc), part=inp.part)
+        yield _unreadable(inp, last, exc)
     yield FileEnd(inp.key)
+
+
+def text_in_hand(inp: InputFile, after: int, fetched: Fetched) -> list[Item]:
+    """:func:`file_items` of an uncompressed text file whose bytes are in hand, without its layers of
+    generators (their cost shows over many small files)."""
+    if after >= 1:
+        return [FileEnd(inp.key)]
+    try:
+        with open_input(fetched, inp) as f:
+            item = text_record(inp, f.read())
+    except SourceError as exc:
+        item = _unreadable(inp, after, exc)
+    return [item, FileEnd(inp.key)]
+
+
+def _unreadable(inp: InputFile, last: int, exc: SourceError) -> Failure:
+    """The failure that ends a file which broke after location ``last``."""
+    where = f"{inp.key}:{last + 1}"
+    return Failure(where, where, 0, None, inp.url, last + 1, "unreadable_file", str(exc), part=inp.part)
 
 
 class Checkpoints:
@@ -186,10 +205,15 @@ class _Reader:
                 if planned is None:
                     break
                 inp, (after, seeking), source = planned
+                started.append(inp)
+                if inp.format == "text" and not inp.compression and isinstance(source, Fetched):
+                    if self._on_bytes is not None and after < 1:  # read at once, as the file starts
+                        self._on_bytes(inp, inp.size or 0)
+                    block += text_in_hand(inp, after, source)
+                    continue
                 if self._on_bytes is not None:
                     source = _CountingFS(source, partial(self._on_bytes, inp))
                 self._current = file_items(self._cfg, source, inp, after, **seeking)
-                started.append(inp)
             had = len(block)
             block.extend(islice(self._current, n - had))
             if len(block) - had < n - had:  # the file is done
@@ -236,7 +260,7 @@ async def read_stage(
                     if after >= END_OF_FILE:
                         continue  # committed whole by an earlier run
                     seeking: dict[str, Any] = {}
-                    if not inp.part:  # whole files: resume by seeking to a checkpoint
+                    if inp.format == "jsonl" and not inp.part:  # whole jsonl files: resume by seeking to a checkpoint
                         seeking = {"seek": checkpoints.best(inp.url, after),
                                    "on_checkpoint": checkpoints.recorder(inp.url)}
                     if after:
