@@ -10,7 +10,11 @@
   target at least 500. The sink stays on local disk. moto's own cost per
   request bounds that figure on a small machine, so the run is repeated
   with the objects' GETs answered by the middleware itself (same latency,
-  listing still by moto): `s3_fast_get_objects_per_s`.
+  listing still by moto): `s3_fast_get_objects_per_s`. Both runs are made
+  twice: as the pipeline reads small objects (through obstore where it can,
+  pipeline/sources/s3_get.py) and with obstore hidden from `pipeline run`,
+  every GET through s3fs (`*_s3fs_*`, the yardstick). `*_gets_by` counts the
+  GETs of objects by client (User-Agent), to show which path did them.
 - many-listed: N objects (a million by default) of a synthetic S3-like
   store listed as an S3 source and compared with a dataset that knows none,
   in a process of their own: peak RSS, taken a page at a time (`paged_*`,
@@ -30,7 +34,7 @@ import shutil
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -88,13 +92,8 @@ def many_files(work: Path, records: int) -> Any:
         "manifest_kb": round(manifest.stat().st_size / 1024) if manifest.exists() else None,
         "s3_objects": s3["objects"],
         "s3_latency_ms": S3_LATENCY_MS,
-        "s3_wall_s": round(s3["run"].wall_s, 2),
-        "s3_objects_per_s": round(s3["objects"] / s3["run"].wall_s),
-        "s3_requests": s3["requests"],
-        "s3_peak_rss_mb": round(s3["run"].max_rss_mb),
-        "s3_fast_get_objects_per_s": round(s3["objects"] / s3["fast"].wall_s),
-        "s3_fast_get_requests": s3["fast_requests"],
-        "exit": max(one.returncode, many.returncode, s3["run"].returncode, s3["fast"].returncode),
+        **s3["figures"],
+        "exit": max(one.returncode, many.returncode, *s3["exits"]),
     })
 
 
@@ -103,8 +102,9 @@ class _Latency:
     per request, so requests wait side by side, as on a real store far away).
 
     With ``objects`` (path → bytes) set, a plain GET of one of them is answered from there instead of
-    by moto, whose own cost per request (tens of ms of CPU on a loaded 2-core machine) would otherwise
-    be what the benchmark measures.
+    by moto, whose own cost per request (several ms of CPU on a loaded 2-core machine) would otherwise
+    be what the benchmark measures. ``gets_by`` counts the GETs of objects by client (User-Agent's
+    first word: botocore's or obstore's).
     """
 
     def __init__(self, app: Callable[..., Any]) -> None:
@@ -112,10 +112,16 @@ class _Latency:
         self.delay_s = 0.0
         self.requests = 0
         self.objects: dict[str, bytes] = {}
+        self.gets_by: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if self.delay_s:
-            self.requests += 1
+            with self._lock:
+                self.requests += 1
+                if environ["REQUEST_METHOD"] == "GET" and environ.get("PATH_INFO", "").endswith(".md"):
+                    client = (environ.get("HTTP_USER_AGENT") or "-").split("/")[0]
+                    self.gets_by[client] = self.gets_by.get(client, 0) + 1
             time.sleep(self.delay_s)
         data = self.objects.get(environ.get("PATH_INFO", ""))
         if (data is None or environ["REQUEST_METHOD"] != "GET"
@@ -129,6 +135,13 @@ class _Latency:
             headers.append(("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}"))
         start_response("206 Partial Content" if ranged else "200 OK", headers)
         return [data]
+
+    def counted(self) -> dict[str, Any]:
+        """The requests and GETs by client counted since the last call; counts start again."""
+        with self._lock:
+            figures = {"requests": self.requests, "gets_by": dict(sorted(self.gets_by.items()))}
+            self.requests, self.gets_by = 0, {}
+        return figures
 
 
 @contextmanager
@@ -160,10 +173,13 @@ def _moto_with_latency() -> Iterator[tuple[str, _Latency]]:
 
 
 def _many_objects(work: Path, docs: list[str], url: str) -> dict[str, Any]:
-    """``docs`` as one-document objects in S3 behind a latency, read by `pipeline run` into a local dataset."""
+    """``docs`` as one-document objects in S3 behind a latency, read by `pipeline run` into a local dataset:
+    GETs answered by moto, then by the middleware; each as the pipeline reads them and through s3fs only."""
     import s3fs
 
     bench = _bench()
+    figures: dict[str, Any] = {}
+    exits = []
     with _moto_with_latency() as (_, latency):
         s3 = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
         s3.mkdir("bench")
@@ -173,15 +189,45 @@ def _many_objects(work: Path, docs: list[str], url: str) -> dict[str, Any]:
                            {"url": url, "model": "bench", "concurrency": bench.CONCURRENCY,
                             "encoding_format": "base64"})
         latency.delay_s = S3_LATENCY_MS / 1000
-        run = bench.run_pipeline(config)
-        requests, latency.requests = latency.requests, 0
-        # again, the objects' GETs answered by the middleware: what the pipeline does when the store is fast
-        latency.objects = {f"/bench/notes/d{i:07d}.md": text.encode() for i, text in enumerate(docs)}
-        shutil.rmtree(work / "s3-out")
-        fast = bench.run_pipeline(config)
+        for front in ("s3", "s3_fast_get"):
+            if front == "s3_fast_get":  # the objects' GETs answered by the middleware: a fast store
+                latency.objects = {f"/bench/notes/d{i:07d}.md": text.encode() for i, text in enumerate(docs)}
+            for path in ("_s3fs", ""):
+                shutil.rmtree(work / "s3-out", ignore_errors=True)
+                with _obstore_hidden(work) if path else nullcontext():
+                    run = bench.run_pipeline(config)
+                counted = latency.counted()
+                exits.append(run.returncode)
+                name = f"{front}{path}"
+                figures.update({
+                    f"{name}_objects_per_s": round(len(docs) / run.wall_s),
+                    f"{name}_wall_s": round(run.wall_s, 2),
+                    f"{name}_cpu_s": round(run.cpu_s, 1),
+                    f"{name}_requests": counted["requests"],
+                    f"{name}_gets_by": counted["gets_by"],
+                    f"{name}_rows": run.manifest.get("totals", {}).get("rows_embedded"),
+                })
+                if front == "s3" and not path:
+                    figures["s3_peak_rss_mb"] = round(run.max_rss_mb)
         latency.delay_s = 0.0
-    return {"objects": len(docs), "run": run, "requests": requests, "fast": fast,
-            "fast_requests": latency.requests}
+    return {"objects": len(docs), "figures": figures, "exits": exits}
+
+
+@contextmanager
+def _obstore_hidden(work: Path) -> Iterator[None]:
+    """`pipeline run` started meanwhile cannot import obstore: its small objects are read through s3fs."""
+    shim = work / "no-obstore" / "obstore"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "__init__.py").write_text('raise ImportError("obstore hidden by the benchmark")\n')
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim.parent), saved]))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def rerun_changes(work: Path, records: int) -> Any:
