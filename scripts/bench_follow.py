@@ -315,9 +315,10 @@ def _many_objects(work: Path, docs: list[str], url: str) -> dict[str, Any]:
     with _moto_with_latency() as (moto_url, latency):
         s3 = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
         s3.mkdir("bench")
-        s3.pipe({f"bench/notes/d{i:07d}.md": text.encode() for i, text in enumerate(docs)})
-        # the objects as moto keeps them, with its ETags: what the fronts answering from memory serve
-        stored = {f"/{path}": (s3.cat_file(path), info["ETag"])
+        objects = {f"bench/notes/d{i:07d}.md": text.encode() for i, text in enumerate(docs)}
+        s3.pipe(objects)
+        # the objects with the ETags moto gave them: what the fronts answering from memory serve
+        stored = {f"/{path}": (objects[path], info["ETag"])
                   for path, info in s3.find("bench/notes", detail=True).items()}
         config = work / "s3.yaml"
         bench.write_config(config, "s3://bench/notes", work / "s3-out",  # type: ignore[arg-type]

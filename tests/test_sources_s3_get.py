@@ -166,3 +166,32 @@ def test_run_over_objects_keeps_their_etag_signatures(s3: s3fs.S3FileSystem, tmp
     assert state.files == expected
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["totals"]["records_read"] == len(OBJECTS)
+
+
+def test_credentials_botocore_refreshes_are_asked_for_again() -> None:
+    """Static credentials are handed over once for good; refreshable ones (a role, SSO) are fetched on the
+    filesystem's loop and expire after a while, so obstore asks again and gets botocore's refreshed ones."""
+    from types import SimpleNamespace
+
+    import fsspec.asyn
+
+    from pipeline.sources.s3_get import _Credentials
+
+    fs = SimpleNamespace(loop=fsspec.asyn.get_loop())
+    static = _Credentials(fs, SimpleNamespace(access_key="AK", secret_key="SK", token=None))
+    assert static() == {"access_key_id": "AK", "secret_access_key": "SK", "token": None, "expires_at": None}
+
+    class Refreshing:
+        calls = 0
+
+        def refresh_needed(self) -> bool:
+            return True
+
+        async def get_frozen_credentials(self) -> SimpleNamespace:
+            Refreshing.calls += 1
+            return SimpleNamespace(access_key=f"AK{self.calls}", secret_key="SK", token="TOKEN")
+
+    refreshed = _Credentials(fs, Refreshing())
+    first, second = refreshed(), refreshed()
+    assert (first["access_key_id"], second["access_key_id"]) == ("AK1", "AK2") and first["token"] == "TOKEN"
+    assert first["expires_at"] is not None
