@@ -195,3 +195,37 @@ def test_credentials_botocore_refreshes_are_asked_for_again() -> None:
     first, second = refreshed(), refreshed()
     assert (first["access_key_id"], second["access_key_id"]) == ("AK1", "AK2") and first["token"] == "TOKEN"
     assert first["expires_at"] is not None
+
+
+def test_endpoint_and_addressing_follow_botocore() -> None:
+    """On AWS the bucket goes in the host name as botocore puts it (not for a dotted name, nor with
+    ``addressing_style: path``); on another endpoint in the path; the endpoint is botocore's (FIPS, China)."""
+    from types import SimpleNamespace
+
+    from pipeline.sources.s3_get import _address
+
+    plain = SimpleNamespace(config_kwargs={})
+    path_style = SimpleNamespace(config_kwargs={"s3": {"addressing_style": "path"}})
+    aws = "https://s3.eu-west-3.amazonaws.com"
+    assert _address(plain, aws, "docs") == {"endpoint": "https://docs.s3.eu-west-3.amazonaws.com",
+                                            "virtual_hosted_style_request": True}
+    fips = _address(plain, "https://s3-fips.us-east-2.amazonaws.com", "docs")
+    assert fips["endpoint"] == "https://docs.s3-fips.us-east-2.amazonaws.com"
+    assert _address(plain, aws, "my.docs") == {"endpoint": aws, "virtual_hosted_style_request": False}
+    assert _address(path_style, aws, "docs") == {"endpoint": aws, "virtual_hosted_style_request": False}
+    assert _address(plain, "http://127.0.0.1:9000", "docs") == {"endpoint": "http://127.0.0.1:9000",
+                                                                "virtual_hosted_style_request": False}
+
+
+def test_a_store_obstore_cannot_make_leaves_the_gets_to_s3fs(s3: s3fs.S3FileSystem, monkeypatch) -> None:  # noqa: F811
+    """Should making the obstore store fail, the object still comes through s3fs, and the rest after it."""
+    import pipeline.sources.s3_get as s3_get
+
+    def refuse(fs: object, bucket: str) -> None:
+        raise ValueError("not an endpoint obstore takes")
+
+    bucket = upload(s3)
+    fs, files = open_source(SourceConfig(path=f"s3://{bucket}/notes"))
+    monkeypatch.setattr(s3_get, "_store_like", refuse)
+    getter = s3_getter(fs)
+    assert [getter.get(f.path) for f in files] == [s3.cat_file(f.path) for f in files] and getter.off

@@ -93,7 +93,12 @@ class S3Getter:
         import obstore
 
         bucket, key, _ = self._fs.split_path(path)
-        store = self._store(bucket)
+        try:
+            store = self._store(bucket)
+        except Exception as exc:  # noqa: BLE001 - s3fs's own client is made the same way: it tells
+            data = self._slow(path)
+            self._turn_off(exc)
+            return data
         if store is None:
             return self._slow(path)
         try:
@@ -135,13 +140,9 @@ def _store_like(fs: Any, bucket: str) -> Any:
         return await fs.get_s3(bucket)
 
     s3 = fsspec.asyn.sync(fs.loop, client)
-    config: dict[str, Any] = {"region": s3.meta.region_name or "us-east-1"}
-    client_options: dict[str, Any] = {}
-    endpoint = s3.meta.endpoint_url
-    if endpoint and not (urlsplit(endpoint).hostname or "").endswith(".amazonaws.com"):
-        config["endpoint"] = endpoint  # path-style, as botocore addresses a custom endpoint
-        config["virtual_hosted_style_request"] = False
-        client_options["allow_http"] = endpoint.startswith("http://")
+    config: dict[str, Any] = {"region": s3.meta.region_name or "us-east-1", **_address(fs, s3.meta.endpoint_url,
+                                                                                         bucket)}
+    client_options = {"allow_http": config["endpoint"].startswith("http://")}
     if fs.requester_pays:
         config["request_payer"] = True
     credentials = s3._request_signer._credentials  # what botocore signs with
@@ -154,6 +155,18 @@ def _store_like(fs: Any, bucket: str) -> Any:
         config["skip_signature"] = False
         provider = _Credentials(fs, credentials)
     return S3Store(bucket, config=config, client_options=client_options, credential_provider=provider)
+
+
+def _address(fs: Any, endpoint: str, bucket: str) -> dict[str, Any]:
+    """The endpoint and addressing style botocore uses for ``bucket``: on AWS the bucket in the host name
+    (unless its name has a dot, which TLS certificates do not cover, or ``addressing_style: path``); on
+    any other endpoint (MinIO, moto, R2, ...) the bucket in the path."""
+    parts = urlsplit(endpoint)
+    style = (fs.config_kwargs.get("s3") or {}).get("addressing_style", "auto")
+    on_aws = (parts.hostname or "").endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    if on_aws and style != "path" and "." not in bucket:
+        return {"endpoint": f"{parts.scheme}://{bucket}.{parts.netloc}", "virtual_hosted_style_request": True}
+    return {"endpoint": endpoint, "virtual_hosted_style_request": False}
 
 
 class _Credentials:
