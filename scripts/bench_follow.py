@@ -10,8 +10,16 @@
   target at least 500. The sink stays on local disk. moto's own cost per
   request bounds that figure on a small machine, so the run is repeated
   with the objects' GETs answered by the middleware itself (same latency,
-  listing still by moto): `s3_fast_get_objects_per_s`. `many-files-local`
-  runs the local part alone.
+  listing still by moto): `s3_fast_get_objects_per_s`; werkzeug's thread
+  per request still costs the bench process CPU on every GET, so it is
+  repeated once more before a lighter front (asyncio and h11 in one thread,
+  a timer per request, GETs from memory with moto's ETags, listing passed
+  on to moto): `s3_async_front_objects_per_s`, the client's own rate. Each
+  run is made twice: as the pipeline reads small objects (through obstore where it can,
+  pipeline/sources/s3_get.py) and with obstore hidden from `pipeline run`,
+  every GET through s3fs (`*_s3fs_*`, the yardstick). `*_gets_by` counts the
+  GETs of objects by client (User-Agent), to show which path did them.
+  `many-files-local` runs the local part alone.
 - many-listed: N objects (a million by default) of a synthetic S3-like
   store listed as an S3 source, a page at a time, and compared with a
   dataset, each case in a process of its own: peak RSS and seconds. `new_*`:
@@ -30,15 +38,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import os
 import shutil
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 S3_OBJECTS = 10_000  # objects of the S3 case (uploading to moto costs time too)
 S3_LATENCY_MS = 30.0  # added to every request the S3 server answers
@@ -82,13 +93,8 @@ def many_files(work: Path, records: int) -> Any:
         **{name: value for name, value in local.items() if name != "exit"},
         "s3_objects": s3["objects"],
         "s3_latency_ms": S3_LATENCY_MS,
-        "s3_wall_s": round(s3["run"].wall_s, 2),
-        "s3_objects_per_s": round(s3["objects"] / s3["run"].wall_s),
-        "s3_requests": s3["requests"],
-        "s3_peak_rss_mb": round(s3["run"].max_rss_mb),
-        "s3_fast_get_objects_per_s": round(s3["objects"] / s3["fast"].wall_s),
-        "s3_fast_get_requests": s3["fast_requests"],
-        "exit": max(local["exit"], s3["run"].returncode, s3["fast"].returncode),
+        **s3["figures"],
+        "exit": max(local["exit"], *s3["exits"]),
     })
 
 
@@ -124,37 +130,172 @@ def _files_against_jsonl(work: Path, docs: list[str], url: str) -> dict[str, Any
     }
 
 
+class _Counts:
+    """Requests answered, and the GETs of objects (``*.md``) by client (User-Agent's first word: botocore's
+    or obstore's), to show which path did them."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.gets_by: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, method: str, path: str, user_agent: str | None) -> None:
+        with self._lock:
+            self.requests += 1
+            if method == "GET" and path.endswith(".md"):
+                client = (user_agent or "-").split("/")[0]
+                self.gets_by[client] = self.gets_by.get(client, 0) + 1
+
+    def taken(self) -> dict[str, Any]:
+        """The counts since the last call; counting starts again."""
+        with self._lock:
+            figures = {"requests": self.requests, "gets_by": dict(sorted(self.gets_by.items()))}
+            self.requests, self.gets_by = 0, {}
+        return figures
+
+
+def _from_memory(objects: dict[str, tuple[bytes, str]], method: str, path: str, query: str,
+                 range_: str | None) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    """The answer to a plain GET (or a GET of ``bytes=0-``) of one of ``objects`` (path → bytes, ETag), as
+    S3 gives it; None for any other request."""
+    found = objects.get(path)
+    if found is None or method != "GET" or query not in ("", "x-id=GetObject") or (range_ or "bytes=0-") != "bytes=0-":
+        return None
+    data, etag = found
+    headers = [("Content-Type", "binary/octet-stream"), ("Content-Length", str(len(data))),
+               ("ETag", etag), ("Last-Modified", "Tue, 01 Dec 2026 00:00:00 GMT")]
+    if range_ is None:
+        return 200, headers, data
+    return 206, [*headers, ("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")], data
+
+
 class _Latency:
     """WSGI middleware: every request waits ``delay_s`` before it is answered (the server runs a thread
     per request, so requests wait side by side, as on a real store far away).
 
-    With ``objects`` (path → bytes) set, a plain GET of one of them is answered from there instead of
-    by moto, whose own cost per request (tens of ms of CPU on a loaded 2-core machine) would otherwise
-    be what the benchmark measures.
+    With ``objects`` set, a plain GET of one of them is answered from there instead of by moto, whose own
+    cost per request (several ms of CPU on a loaded 2-core machine) would otherwise be what the
+    benchmark measures.
     """
 
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
         self.delay_s = 0.0
-        self.requests = 0
-        self.objects: dict[str, bytes] = {}
+        self.counts = _Counts()
+        self.objects: dict[str, tuple[bytes, str]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         if self.delay_s:
-            self.requests += 1
+            self.counts.add(method, path, environ.get("HTTP_USER_AGENT"))
             time.sleep(self.delay_s)
-        data = self.objects.get(environ.get("PATH_INFO", ""))
-        if (data is None or environ["REQUEST_METHOD"] != "GET"
-                or environ.get("QUERY_STRING", "") not in ("", "x-id=GetObject")
-                or environ.get("HTTP_RANGE", "bytes=0-") != "bytes=0-"):
+        answer = _from_memory(self.objects, method, path, environ.get("QUERY_STRING", ""), environ.get("HTTP_RANGE"))
+        if answer is None:
             return self.app(environ, start_response)
-        ranged = "HTTP_RANGE" in environ
-        headers = [("Content-Type", "binary/octet-stream"), ("Content-Length", str(len(data))),
-                   ("ETag", '"0"'), ("Last-Modified", "Tue, 01 Dec 2026 00:00:00 GMT")]
-        if ranged:
-            headers.append(("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}"))
-        start_response("206 Partial Content" if ranged else "200 OK", headers)
+        status, headers, data = answer
+        start_response("200 OK" if status == 200 else "206 Partial Content", headers)
         return [data]
+
+
+class _AsyncFront:
+    """A lighter front of the store than moto's threaded werkzeug server: asyncio and h11 in one thread,
+    each request waiting ``delay_s`` (a timer, not a thread), GETs of ``objects`` answered from memory,
+    every other request (listing) passed on to ``upstream``. Its own cost per request is small, so the
+    figure behind it is the client's."""
+
+    def __init__(self, upstream: str, objects: dict[str, tuple[bytes, str]], delay_s: float) -> None:
+        self.upstream = urlsplit(upstream)
+        self.objects = objects
+        self.delay_s = delay_s
+        self.counts = _Counts()
+        self._open: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._serve, "127.0.0.1", 0),
+                                                  self._loop).result()
+        self._server = server
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    async def _stop(self) -> None:
+        """No new connections; those still open (a client's idle pool) are closed."""
+        self._server.close()
+        for writer in list(self._open):
+            writer.close()  # its reader sees the end: the connection's task returns
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11
+
+        conn = h11.Connection(h11.SERVER)
+        self._open.add(writer)
+        try:
+            while (got := await self._request(conn, reader)) is not None:
+                request, body = got
+                method, target = request.method.decode(), request.target.decode()
+                path, _, query = target.partition("?")
+                headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+                self.counts.add(method, path, headers.get("user-agent"))
+                await asyncio.sleep(self.delay_s)
+                answer = _from_memory(self.objects, method, path, query, headers.get("range"))
+                if answer is None:
+                    answer = await self._loop.run_in_executor(None, self._forward, method, target, headers, body)
+                status, out_headers, data = answer
+                writer.write(conn.send(h11.Response(status_code=status, headers=out_headers)))
+                if data and method != "HEAD":
+                    writer.write(conn.send(h11.Data(data=data)))
+                writer.write(conn.send(h11.EndOfMessage()))
+                await writer.drain()
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    break
+                conn.start_next_cycle()
+        except (ConnectionError, h11.ProtocolError):
+            pass
+        finally:
+            self._open.discard(writer)
+            writer.close()
+
+    @staticmethod
+    async def _request(conn: Any, reader: asyncio.StreamReader) -> tuple[Any, bytes] | None:
+        import h11
+
+        request, body = None, []
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(1 << 16))
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return request, b"".join(body)
+            else:  # the client closed the connection
+                return None
+
+    def _forward(self, method: str, target: str, headers: dict[str, str],
+                 body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        upstream = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        try:
+            upstream.request(method, target, body=body or None, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+        finally:
+            upstream.close()
+        kept = [(k, v) for k, v in response.getheaders()
+                if k.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive")]
+        # a HEAD's length is the object's, as upstream said; anything else's is the body's
+        length = response.getheader("Content-Length", "0") if method == "HEAD" else str(len(data))
+        return response.status, [*kept, ("Content-Length", length)], data
 
 
 @contextmanager
@@ -185,29 +326,80 @@ def _moto_with_latency() -> Iterator[tuple[str, _Latency]]:
         thread.join()
 
 
+#: the fronts of the S3 case: moto answers all; the middleware answers GETs from memory; the asyncio front does
+FRONTS = ("s3", "s3_fast_get", "s3_async_front")
+
+
 def _many_objects(work: Path, docs: list[str], url: str) -> dict[str, Any]:
-    """``docs`` as one-document objects in S3 behind a latency, read by `pipeline run` into a local dataset."""
+    """``docs`` as one-document objects in S3 behind a latency, read by `pipeline run` into a local dataset,
+    before each front of :data:`FRONTS`; each as the pipeline reads them and through s3fs only."""
     import s3fs
 
     bench = _bench()
-    with _moto_with_latency() as (_, latency):
+    figures: dict[str, Any] = {}
+    exits = []
+    with _moto_with_latency() as (moto_url, latency):
         s3 = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
         s3.mkdir("bench")
-        s3.pipe({f"bench/notes/d{i:07d}.md": text.encode() for i, text in enumerate(docs)})
+        objects = {f"bench/notes/d{i:07d}.md": text.encode() for i, text in enumerate(docs)}
+        s3.pipe(objects)
+        # the objects with the ETags moto gave them: what the fronts answering from memory serve
+        stored = {f"/{path}": (objects[path], info["ETag"])
+                  for path, info in s3.find("bench/notes", detail=True).items()}
         config = work / "s3.yaml"
         bench.write_config(config, "s3://bench/notes", work / "s3-out",  # type: ignore[arg-type]
                            {"url": url, "model": "bench", "concurrency": bench.CONCURRENCY,
                             "encoding_format": "base64"})
-        latency.delay_s = S3_LATENCY_MS / 1000
-        run = bench.run_pipeline(config)
-        requests, latency.requests = latency.requests, 0
-        # again, the objects' GETs answered by the middleware: what the pipeline does when the store is fast
-        latency.objects = {f"/bench/notes/d{i:07d}.md": text.encode() for i, text in enumerate(docs)}
-        shutil.rmtree(work / "s3-out")
-        fast = bench.run_pipeline(config)
-        latency.delay_s = 0.0
-    return {"objects": len(docs), "run": run, "requests": requests, "fast": fast,
-            "fast_requests": latency.requests}
+        delay = S3_LATENCY_MS / 1000
+        for front in FRONTS:
+            counts = latency.counts
+            with ExitStack() as stack:
+                if front == "s3_fast_get":
+                    latency.objects = stored
+                if front == "s3_async_front":
+                    latency.objects = {}
+                    async_front = _AsyncFront(moto_url, stored, delay)
+                    os.environ["AWS_ENDPOINT_URL"] = stack.enter_context(async_front)
+                    stack.callback(os.environ.__setitem__, "AWS_ENDPOINT_URL", moto_url)
+                    counts = async_front.counts
+                else:
+                    latency.delay_s = delay
+                    stack.callback(setattr, latency, "delay_s", 0.0)
+                for path in ("_s3fs", ""):
+                    shutil.rmtree(work / "s3-out", ignore_errors=True)
+                    with _obstore_hidden(work) if path else nullcontext():
+                        run = bench.run_pipeline(config)
+                    counted = counts.taken()
+                    exits.append(run.returncode)
+                    name = f"{front}{path}"
+                    figures.update({
+                        f"{name}_objects_per_s": round(len(docs) / run.wall_s),
+                        f"{name}_wall_s": round(run.wall_s, 2),
+                        f"{name}_cpu_s": round(run.cpu_s, 1),
+                        f"{name}_requests": counted["requests"],
+                        f"{name}_gets_by": counted["gets_by"],
+                        f"{name}_rows": run.manifest.get("totals", {}).get("rows_embedded"),
+                    })
+                    if front == "s3" and not path:
+                        figures["s3_peak_rss_mb"] = round(run.max_rss_mb)
+    return {"objects": len(docs), "figures": figures, "exits": exits}
+
+
+@contextmanager
+def _obstore_hidden(work: Path) -> Iterator[None]:
+    """`pipeline run` started meanwhile cannot import obstore: its small objects are read through s3fs."""
+    shim = work / "no-obstore" / "obstore"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "__init__.py").write_text('raise ImportError("obstore hidden by the benchmark")\n')
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim.parent), saved]))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def rerun_changes(work: Path, records: int) -> Any:
