@@ -154,28 +154,29 @@ async def test_other_formats_follow_edits_and_deletions(tmp_path: Path, fmt: str
     check_exact(tmp_path, expected)
 
 
-async def test_on_deleted_keep_leaves_the_rows(tmp_path: Path) -> None:
-    """With run.on_deleted: keep, a deleted file's rows stay in the dataset."""
+def a_and_b(tmp_path: Path, **run: Any) -> Config:
+    """A source of two one-record files, a.jsonl and b.jsonl, and a config with ``run`` settings."""
     src = tmp_path / "in"
     src.mkdir()
     jsonl(src / "a.jsonl", {"a0": "zero"})
     jsonl(src / "b.jsonl", {"b0": "one"})
-    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []}, run={"on_deleted": "keep"})
+    return make_config(tmp_path, "http://placeholder", source={"metadata_fields": []}, run=run)
+
+
+async def test_on_deleted_keep_leaves_the_rows(tmp_path: Path) -> None:
+    """With run.on_deleted: keep, a deleted file's rows stay in the dataset."""
+    cfg = a_and_b(tmp_path, on_deleted="keep")
     await rerun(cfg)
-    (src / "b.jsonl").unlink()
+    (tmp_path / "in" / "b.jsonl").unlink()
     await rerun(cfg)
     check_exact(tmp_path, {"a0": "zero", "b0": "one"})
 
 
 async def test_on_deleted_keep_counts_the_deleted_file_as_validate_does(tmp_path: Path) -> None:
     """With run.on_deleted: keep, run_finished counts a deleted file (deleted=1 kept=1) as validate does."""
-    src = tmp_path / "in"
-    src.mkdir()
-    jsonl(src / "a.jsonl", {"a0": "zero"})
-    jsonl(src / "b.jsonl", {"b0": "one"})
-    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []}, run={"on_deleted": "keep"})
+    cfg = a_and_b(tmp_path, on_deleted="keep")
     await rerun(cfg)
-    (src / "b.jsonl").unlink()
+    (tmp_path / "in" / "b.jsonl").unlink()
     shown = validate(cfg, "job.yaml")
     assert any("deleted 1, kept 1, unchanged 1" in line for line in shown.lines), shown.lines
     with capture_logs() as logs:
@@ -190,14 +191,9 @@ async def test_on_deleted_keep_counts_the_deleted_file_as_validate_does(tmp_path
 async def test_a_shard_copied_without_a_deleted_file_is_logged_as_rewritten(tmp_path: Path) -> None:
     """The copy of a shard without a deleted file's rows is ``shard_rewritten`` (naming the shard it
     replaces), not ``shard_committed`` with the old shard's requests and tokens, as if paid again."""
-    src = tmp_path / "in"
-    src.mkdir()
-    jsonl(src / "a.jsonl", {"a0": "zero"})
-    jsonl(src / "b.jsonl", {"b0": "one"})
-    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
-                      run={"max_removed_fraction": 1})
+    cfg = a_and_b(tmp_path, max_removed_fraction=1)
     await rerun(cfg)
-    (src / "b.jsonl").unlink()
+    (tmp_path / "in" / "b.jsonl").unlink()
     with capture_logs() as logs:
         await rerun(cfg)
     events = [e for e in logs if e["event"] in ("shard_committed", "shard_rewritten")]
