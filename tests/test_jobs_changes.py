@@ -346,6 +346,26 @@ async def test_a_renamed_file_keeps_its_ids_and_vectors(tmp_path: Path) -> None:
     assert set(current(tmp_path)["source"].to_pylist()) == {str(src / "b.jsonl"), str(src / "keep.jsonl")}
 
 
+async def test_most_files_renamed_are_moved_not_refused_as_a_mass_removal(tmp_path: Path) -> None:
+    """Renaming 8 of 10 files (same bytes) is not a mass removal: validate and the run go on, the run
+    paying nothing (a listing that lost files would be refused; these reappear under new names)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = {f"d{i}": f"document number {i}" for i in range(10)}
+    for i in range(10):
+        jsonl(src / f"f{i}.jsonl", {f"d{i}": docs[f"d{i}"]})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    for i in range(8):
+        (src / f"f{i}.jsonl").rename(src / f"moved-{i}.jsonl")
+    shown = validate(cfg, "job.yaml")
+    assert not any("would stop" in line for line in shown.lines), shown.lines
+    job, result, stats = await rerun(cfg)
+    assert result.exit_code == 0 and job.changes["new"] == 8 and job.changes["deleted"] == 8
+    assert stats["inputs_embedded"] == 0
+    check_exact(tmp_path, docs)
+
+
 async def until(done: Any) -> None:
     """Wait (polling: the job has no event for it) until ``done()`` holds."""
     while not done():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -216,19 +216,20 @@ def renamed(changes: Changes, signatures: Mapping[str, str]) -> bool:
     return changes.new.file_bytes() >= gone > 0
 
 
-def records_share(changes: Changes, sink: Any, signatures: Mapping[str, str]) -> float:
-    """The share of the sink's records the deleted inputs hold; 0 when new inputs make up for them."""
-    return 0.0 if renamed(changes, signatures) else sink.share_of(changes.deleted)
+def refusal(changes: Changes, signatures: Mapping[str, str], share_of: Callable[[list[str]], float],
+            max_fraction: float) -> str | None:
+    """Why removing ``changes.deleted`` is refused (None when it is not): more than ``max_fraction`` of the
+    source files the dataset knows (``signatures``), or of its records (``share_of`` the deleted; a typo
+    matching the many small files but not the few big ones). Files that reappear under new names with at
+    least as many bytes count as moved, not lost: nothing is refused."""
+    if not changes.deleted or renamed(changes, signatures):
+        return None
+    return removal_refused(len(signatures), len(changes.deleted), share_of(changes.deleted), max_fraction)
 
 
 def check_removals(changes: Changes, sink: Sink, *, max_fraction: float) -> None:
-    """Refuse (``SinkError``, exit 2) a run that would remove more than ``max_fraction`` of the source
-    files, or of the records (a typo matching the many small files but not the few big ones)."""
-    if not changes.deleted:
-        return
-    known = known_inputs(sink)
-    share = records_share(changes, sink, known)
-    refused = removal_refused(len(known), len(changes.deleted), share, max_fraction)
+    """Refuse (``SinkError``, exit 2) a run whose removals :func:`refusal` refuses."""
+    refused = refusal(changes, known_inputs(sink), sink.share_of, max_fraction)
     if refused:
         raise SinkError(refused)
 

@@ -13,6 +13,7 @@ import os
 import posixpath
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -26,7 +27,7 @@ from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.opening import enclosing_dataset
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.state import State
-from pipeline.jobs.changes import compare, removal_refused, renamed
+from pipeline.jobs.changes import compare, refusal
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.logs import format_duration, redact_url
@@ -340,9 +341,8 @@ def describe_changes(
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
     refused = None
     if cfg.run.on_deleted == "remove" and changes.deleted:
-        share = 0.0 if renamed(changes, state.files) else (
-            _postgres_share(cfg, pg, changes.deleted) if is_postgres(cfg.sink.path) else state.share_of(changes.deleted))
-        refused = removal_refused(len(state.files), len(changes.deleted), share, cfg.run.max_removed_fraction)
+        share_of = partial(_postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
+        refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction)
         if refused:
             line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
