@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from pipeline.config import Config
 from state_helpers import as_format_1
 from pipeline.errors import PipelineError, SinkError
+from pipeline.jobs.inputs import list_source
 from pipeline.jobs.run import Job
 from pipeline.jobs.validate import validate
 from pipeline.serve.app import ServerOptions, running_server
@@ -472,3 +473,34 @@ async def test_a_line_glued_to_a_last_line_without_newline_is_not_lost_silently(
     job, result, _ = await rerun(cfg)
     assert job.changes["changed"] == 1
     assert result.totals["rows_failed"] == 1 and result.totals["rows_embedded"] == 1
+
+
+async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink inside the source is left out of every listing, and said once, not once a poll."""
+    from pipeline.jobs import watch
+
+    listings: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        listings.append(1)
+        return list_source(*args, **kwargs)
+
+    monkeypatch.setattr(watch, "list_source", counted)
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"a0": "zero"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                      sink={"path": str(src / "embedded")}, run={"watch": True, "poll_interval_s": 0.05})
+    with capture_logs() as logs:
+        async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
+            emb = cfg.embedding.model_copy(update={"url": server.url})
+            job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(job.run)
+                with anyio.fail_after(60):
+                    await until(lambda: job.progress.shards >= 1)  # the dataset's files are in the source now
+                    after = len(listings)
+                    await until(lambda: len(listings) >= after + 3)
+                job.shutdown.request(15)
+    assert [e["event"] for e in logs].count("sink_inside_source") == 1

@@ -25,9 +25,11 @@ def list_inputs(cfg: Config) -> tuple[Any, Inputs]:
     return fs, mine
 
 
-def list_source(cfg: Config, skipped: dict[str, int] | None = None) -> tuple[Any, Inputs, Inputs]:
+def list_source(cfg: Config, skipped: dict[str, int] | None = None,
+                warned: set[str] | None = None) -> tuple[Any, Inputs, Inputs]:
     """The source's filesystem, every listed input (every rank's), and the inputs of this rank (files
-    ``format: auto`` leaves out for their extension are counted in ``skipped``).
+    ``format: auto`` leaves out for their extension are counted in ``skipped``; a warning named in
+    ``warned`` is not given again, and is added there once given: a watcher lists every round).
 
     A sink inside the source (``source.path: data/``, ``sink.path:
     data/embedded``) would have every run embed the dataset's own shards
@@ -37,7 +39,9 @@ def list_source(cfg: Config, skipped: dict[str, int] | None = None) -> tuple[Any
     inside = _sink_prefix(cfg, fs)
     if inside is not None:
         kept = files.where(np.fromiter((not url.startswith(inside) for url in files.urls()), bool, len(files)))
-        if len(kept) < len(files):
+        if len(kept) < len(files) and "sink_inside_source" not in (warned or ()):
+            if warned is not None:
+                warned.add("sink_inside_source")
             get_logger().warning("sink_inside_source", sink=cfg.sink.path, source=cfg.source.path,
                                  left_out=len(files) - len(kept))
         if not len(kept):

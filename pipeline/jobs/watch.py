@@ -10,6 +10,7 @@ run does (:mod:`pipeline.jobs.changes`).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Awaitable, Callable, Iterable
 
 import anyio
@@ -46,9 +47,10 @@ async def watch_source(
     previous_urls: Inputs | None = None
     urls: Inputs | None
     wait = min(FIRST_SETTLE_S, cfg.run.poll_interval_s)
+    warned: set[str] = set()  # warnings given once, not once a listing
     while keep_going():
         try:
-            fs, urls, listed = await anyio.to_thread.run_sync(list_source, cfg)
+            fs, urls, listed = await anyio.to_thread.run_sync(partial(list_source, cfg, warned=warned))
         except SourceError as exc:  # nothing there yet, or the store blinked: try again later
             log.info("watch_listing_empty", reason=str(exc))
             fs, urls, listed = None, None, Inputs.empty()
