@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 import pyarrow.dataset as ds
 
+from pipeline.dataset.inspect import render_summary, summarize
 from pipeline.types import END_OF_FILE, EmbeddedBatch
 
 from state_helpers import state_of
@@ -166,6 +168,8 @@ def test_a_replacement_cut_short_keeps_the_retired_shard_until_the_input_is_whol
     w.set_signature(A, "2:z")
     w.write(make_batch(0, 1, start=0, source=A))  # A's first new row only: then the run stops
     w.close("interrupted")
+    shown = render_summary(summarize(fsspec.filesystem("file"), str(tmp_path)), {})
+    assert f"replacing: 1 changed input(s) a run left half replaced ({A}); their 1 old shard(s)" in shown
     w = make_writer(tmp_path)  # the rerun: its clean-up leaves the retired shard
     assert [r["path"] for r in w.manifest.retired] == [old] and w.replacing() == {A}
     assert w.manifest.retired[0]["inputs"] == {A: [A]}

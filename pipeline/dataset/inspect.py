@@ -65,6 +65,9 @@ def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
         "error_shards": sum(1 for s in manifest.shards if s["kind"] == "errors"),
         "files_in_progress": len(state_files.load(fs, root, manifest).progress),
         "state_files": len(manifest.state_files),
+        # kept while a cut-short run's changed inputs are replaced: a data/*.parquet glob still sees them
+        "retired_shards": len(manifest.retired),
+        "replacing": sorted({url for r in manifest.retired for url in r.get("inputs", {})}),
         "state_bytes": sum(f["bytes"] for f in manifest.state_files),
         "problems": problems,
         "ok": not problems,
@@ -128,6 +131,11 @@ def render_summary(summary: dict, failures_by_type: dict[str, int]) -> str:
                            [[r.get("started_at", ""), r.get("finished_at") or "", r.get("status", "")]
                             for r in summary["runs"]])]
     out.append("")
+    if summary.get("retired_shards"):
+        replacing = summary["replacing"]
+        out.append(f"replacing: {len(replacing):,} changed input(s) a run left half replaced ({replacing[0]}"
+                   f"{', ...' if len(replacing) > 1 else ''}); their {summary['retired_shards']:,} old shard(s) "
+                   "stay in data/ (listed as retired, not read as rows) until a run completes them")
     if summary["problems"]:
         out += [f"PROBLEM: {p}" for p in summary["problems"]]
     else:
