@@ -25,6 +25,7 @@ from pipeline.dataset import state_files
 from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.opening import enclosing_dataset
 from pipeline.dataset.postgres_schema import is_postgres
+from pipeline.dataset.sink import refuse_mixing
 from pipeline.dataset.state import State
 from pipeline.jobs.changes import compare, removal_refused, renamed
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
@@ -309,6 +310,11 @@ def _check_postgres(cfg: Config, conn: Any) -> SinkCheck:
 # --------------------------------------------------------------------------- what changed
 
 
+#: the changes line when a run would refuse the dataset's settings (the problem says which differ)
+MIXED = "changes since the dataset: not compared: it was made with other settings; a run would stop before " \
+        "changing anything (exit 2)"
+
+
 def describe_changes(
     cfg: Config, listing: tuple[Any, set[str], list[InputFile]] | None = None, pg: Any = None
 ) -> tuple[list[str], Reading | None, str | None]:
@@ -321,10 +327,16 @@ def describe_changes(
         if pg is None:
             with sink_connection(cfg) as pg:
                 return describe_changes(cfg, listing, pg)
+        if mixed := _postgres_mixed(cfg, pg):
+            return [MIXED], None, mixed
         state, replacing = _postgres_state(cfg, pg), _postgres_replacing(cfg, pg)
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
+        try:
+            refuse_mixing(cfg, manifest)
+        except SinkError as exc:
+            return [MIXED], None, str(exc)
         state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
         # inputs whose replacement a run left unfinished: a rerun reads on with the retired shards' vectors
         replacing = {url for r in manifest.retired for url in r["inputs"]} if manifest is not None else set()
@@ -366,6 +378,26 @@ class StateView:
 
     def done_upto(self, key: str) -> int:
         return self._s.done_upto(key)
+
+
+def _postgres_mixed(cfg: Config, conn: Any) -> str | None:
+    """Why a run would refuse the table: made with other settings than the config's (None when it would not)."""
+    import psycopg
+
+    from pipeline.dataset.postgres_schema import Names
+    from pipeline.dataset.postgres_state import Made, check_made
+
+    if not _connected(conn):
+        return None
+    emb = cfg.embedding
+    made = Made(emb.model, emb.input_type, emb.embedding_type, cfg.chunking.model_dump())
+    try:
+        check_made(conn, Names(cfg.sink.table), made, f"{redact_url(cfg.sink.path)} table {cfg.sink.table}")
+    except SinkError as exc:
+        return str(exc)
+    except psycopg.Error:  # the sink line says what is wrong with the database
+        return None
+    return None
 
 
 def _postgres_share(cfg: Config, conn: Any, urls: list[str]) -> float:
