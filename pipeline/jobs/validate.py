@@ -65,8 +65,9 @@ class Reading:
     after: dict[str, int]
     #: inputs a run would not open
     unchanged: int
-    #: whether the vectors of changed documents' unchanged chunks come from the sink itself
-    changed: bool
+    #: the documents whose unchanged chunks a run takes from the sink's own vectors (changed, renamed, a
+    #: replacement left unfinished), as ``Job._own_vectors`` picks them; empty: the sink is not indexed
+    own_sources: set[str]
 
 
 def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Estimate:
@@ -80,13 +81,13 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
     """
     if reading is None:
         fs, files = list_inputs(cfg)
-        reading = Reading(fs, files, {}, 0, False)
+        reading = Reading(fs, files, {}, 0, set())
     fs, files = reading.fs, reading.files
     emb = cfg.embedding
     chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type)
     est = Estimate(files=files)
     indexes = [open_reuse_index(cfg)] if cfg.run.reuse_from else []
-    if reading.changed and (own := _own_vectors(cfg, files, pg)) is not None:
+    if reading.own_sources and (own := _own_vectors(cfg, reading.own_sources, pg)) is not None:
         indexes.append(own)
     pending: list[tuple[str, str]] = []  # (content hash, text) waiting for a token count and a reuse lookup
     count_tokens = token_counter(cfg)
@@ -157,9 +158,8 @@ def token_counter(cfg: Config) -> Callable[[list[str]], list[int]]:
     return lambda texts: [estimate_tokens(t) for t in texts]
 
 
-def _own_vectors(cfg: Config, files: list[InputFile], pg: Any = None) -> Any:
-    """The sink's own vectors, as a run would use them for changed documents; None when unavailable."""
-    sources = {inp.url for inp in files}
+def _own_vectors(cfg: Config, sources: set[str], pg: Any = None) -> Any:
+    """The sink's own vectors for the documents of ``sources``, as a run would use them; None when unavailable."""
     try:
         if is_postgres(cfg.sink.path):
             if not _connected(pg):
@@ -359,8 +359,12 @@ def describe_changes(
             line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
-    reuses = bool(changes.changed) or any(inp.url in replacing for inp in changes.resumed)
-    reading = Reading(fs, changes.to_read, after, changes.unchanged, reuses)
+    # as the run's _own_vectors: changed inputs, the deleted ones when files were also added (renames; only
+    # when their rows go), and resumed inputs whose replacement an earlier run left unfinished
+    own = {inp.url for inp in changes.changed} | {inp.url for inp in changes.resumed if inp.url in replacing}
+    if cfg.run.on_deleted == "remove" and len(changes.new):
+        own |= set(changes.deleted)
+    reading = Reading(fs, changes.to_read, after, changes.unchanged, own)
     return [line], reading, refused
 
 
@@ -470,7 +474,7 @@ def _report(cfg: Config, config_name: str, pg: Any) -> Report:
     sink = check_sink(cfg, pg)
     skipped: dict[str, int] = {}
     listing = list_source(cfg, skipped)  # once: a sink inside the source is warned about once
-    est = estimate(cfg, Reading(listing[0], listing[2], {}, 0, False))
+    est = estimate(cfg, Reading(listing[0], listing[2], {}, 0, set()))
     lines = [f"config: ok ({config_name})", *_describe_inputs(cfg, est, skipped), sink.line]
     reading, refused = None, None
     try:
@@ -531,7 +535,7 @@ def _describe_work(cfg: Config, est: Estimate, reading: Reading | None) -> list[
     emb = cfg.embedding
     lines = []
     stores = [str(cfg.run.reuse_from)] if cfg.run.reuse_from else []
-    if reading is not None and reading.changed:
+    if reading is not None and reading.own_sources:
         stores.append("the sink itself (changed documents' unchanged chunks)")
     if stores:
         lines.append(f"reusable from {' and '.join(stores)}: {est.reusable_chunks:,} chunks "
