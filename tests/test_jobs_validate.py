@@ -341,3 +341,16 @@ def test_a_postgres_table_made_with_other_settings_is_refused(postgres_url: str)
         ran = run_cli("run", SAMPLE, *sets, "--set", changed)
         assert shown.returncode == ran.returncode == 2, shown.stdout + shown.stderr
         assert "efusing to mix" in ran.stderr and shown.stderr == ran.stderr.splitlines()[-1] + "\n"
+
+
+def test_a_file_renamed_under_a_postgres_sink_is_estimated_free(postgres_url: str, tmp_path: Path) -> None:
+    """The renamed file's rows are asked of the table by their old source, as the run asks them."""
+    job = write_job(tmp_path, GOOD, sink=postgres_url)
+    (tmp_path / "in" / "same.jsonl").write_text(json.dumps({"id": "s", "text": "stays"}) + "\n")
+    sets = ["--set", "sink.table=validate_" + os.urandom(4).hex()]
+    assert run_cli("run", str(job), *sets).returncode == 0
+    (tmp_path / "in" / "docs.jsonl").rename(tmp_path / "in" / "moved.jsonl")
+    shown = run_cli("validate", str(job), *sets)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "new 1, changed 0, appended 0, deleted 1, unchanged 1" in shown.stdout
+    assert "estimated tokens: 0 (" in shown.stdout and "requests: 0 (" in shown.stdout
