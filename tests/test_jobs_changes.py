@@ -332,7 +332,8 @@ async def test_a_dataset_of_the_previous_version_follows_too(tmp_path: Path) -> 
 
 async def test_a_renamed_file_keeps_its_ids_and_vectors(tmp_path: Path) -> None:
     """A file renamed (deleted under one name, new under another) frees its ids for the new name, costs
-    no input (its vectors are the dataset's own) and leaves no duplicate_id error."""
+    no input (its vectors are the dataset's own) and leaves no duplicate_id error. validate estimates it
+    free as well (it counted the renamed file's tokens, as if new)."""
     src = tmp_path / "in"
     src.mkdir()
     jsonl(src / "a.jsonl", {"x": "ex", "y": "why"})
@@ -340,6 +341,9 @@ async def test_a_renamed_file_keeps_its_ids_and_vectors(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
     await rerun(cfg)
     (src / "a.jsonl").rename(src / "b.jsonl")
+    shown = validate(cfg, "job.yaml")
+    assert shown.exit_code == 0 and any(line.startswith("requests: 0 (") for line in shown.lines), shown.lines
+    assert any(line.startswith("estimated tokens: 0 (") for line in shown.lines), shown.lines
     job, result, stats = await rerun(cfg)
     assert job.changes["new"] == 1 and job.changes["deleted"] == 1
     assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0

@@ -316,3 +316,41 @@ async def test_a_postgres_sink_is_one_connection(
     assert any(line.startswith("reusable from the sink itself") and ": 1 chunks" in line for line in report.lines), \
         report.lines
     assert len(connections) == 1
+
+
+@pytest.mark.parametrize("changed", ["chunking.max_chars=1000", "embedding.embedding_type=int8"])
+def test_a_dataset_made_with_other_settings_is_refused_as_the_run_refuses_it(tmp_path: Path, changed: str) -> None:
+    """Other chunking settings, or another embedding type, than the dataset's: validate said "unchanged" and
+    exit 0 while the run refused to mix them (exit 2); now validate says the run's own refusal."""
+    out = tmp_path / "ds"
+    assert run_cli("run", SAMPLE, "--set", f"sink.path={out}").returncode == 0
+    sets = ["--set", f"sink.path={out}", "--set", changed]
+    shown, ran = run_cli("validate", SAMPLE, *sets), run_cli("run", SAMPLE, *sets)
+    assert shown.returncode == ran.returncode == 2, shown.stdout + shown.stderr
+    assert "efusing to mix" in ran.stderr and shown.stderr == ran.stderr.splitlines()[-1] + "\n"
+    assert "a run would stop before changing anything (exit 2)" in shown.stdout
+    assert "unchanged" not in shown.stdout and "Traceback" not in shown.stderr
+
+
+def test_a_postgres_table_made_with_other_settings_is_refused(postgres_url: str) -> None:
+    """The same refusal for a Postgres sink, read from the table's meta without taking its lock."""
+    sets = ["--set", f"sink.path={postgres_url}", "--set", "sink.table=validate_" + os.urandom(4).hex()]
+    assert run_cli("run", SAMPLE, *sets).returncode == 0
+    for changed in ("chunking.max_chars=1000", "embedding.embedding_type=int8"):
+        shown = run_cli("validate", SAMPLE, *sets, "--set", changed)
+        ran = run_cli("run", SAMPLE, *sets, "--set", changed)
+        assert shown.returncode == ran.returncode == 2, shown.stdout + shown.stderr
+        assert "efusing to mix" in ran.stderr and shown.stderr == ran.stderr.splitlines()[-1] + "\n"
+
+
+def test_a_file_renamed_under_a_postgres_sink_is_estimated_free(postgres_url: str, tmp_path: Path) -> None:
+    """The renamed file's rows are asked of the table by their old source, as the run asks them."""
+    job = write_job(tmp_path, GOOD, sink=postgres_url)
+    (tmp_path / "in" / "same.jsonl").write_text(json.dumps({"id": "s", "text": "stays"}) + "\n")
+    sets = ["--set", "sink.table=validate_" + os.urandom(4).hex()]
+    assert run_cli("run", str(job), *sets).returncode == 0
+    (tmp_path / "in" / "docs.jsonl").rename(tmp_path / "in" / "moved.jsonl")
+    shown = run_cli("validate", str(job), *sets)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "new 1, changed 0, appended 0, deleted 1, unchanged 1" in shown.stdout
+    assert "estimated tokens: 0 (" in shown.stdout and "requests: 0 (" in shown.stdout

@@ -59,7 +59,7 @@ def open_tables(conn: psycopg.Connection[Any], names: Names, rank: int, made: Ma
                           Jsonb(made.chunking)))
             dimensions = None
         else:
-            _check(Made(row[0], row[1], row[2], row[3] if row[3] is not None else made.chunking), made, where)
+            _check(_made(row, made), made, where)
             dimensions = row[4]
             if dimensions is not None:  # {table} is there
                 add_writer_column(conn, names)
@@ -91,6 +91,22 @@ def add_writer_column(conn: Any, names: Names) -> None:
         conn.execute(sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} int").format(t=names.data, c=column))
         conn.execute(sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT nullif(current_setting({s}, true), '')::int")
                      .format(t=names.data, c=column, s=sql.Literal(WRITER_SETTING)))
+
+
+def check_made(conn: psycopg.Connection[Any], names: Names, made: Made, where: str) -> None:
+    """``SinkError`` when ``{table}_meta`` says the table was made with other settings than ``made`` (the
+    refusal a run opens the table with); nothing when there is no table yet. Reads only: for validate."""
+    if conn.execute("SELECT to_regclass(%s)", [names.meta.as_string(conn)]).fetchone() in (None, (None,)):
+        return
+    row = conn.execute(sql.SQL("SELECT model, input_type, embedding_type, chunking FROM {m}")
+                       .format(m=names.meta)).fetchone()
+    if row is not None:
+        _check(_made(row, made), made, where)
+
+
+def _made(row: Any, mine: Made) -> Made:
+    """What a ``{table}_meta`` row says (a table of an earlier version has no chunking: taken as ours)."""
+    return Made(row[0], row[1], row[2], row[3] if row[3] is not None else mine.chunking)
 
 
 def _check(theirs: Made, mine: Made, where: str) -> None:

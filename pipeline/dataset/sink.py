@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from pipeline.config import Config
 from pipeline.dataset.lease import Lease
-from pipeline.dataset.manifest import load_rank
+from pipeline.dataset.manifest import Manifest, load_rank
 from pipeline.dataset.opening import enclosing_dataset
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.writer import DatasetWriter
@@ -170,6 +170,22 @@ def _refuse_nested(cfg: Config) -> None:
         )
 
 
+def refuse_mixing(cfg: Config, existing: Manifest | None) -> None:
+    """``SinkError`` when the dataset whose manifest is ``existing`` (this rank's; None: no dataset yet) was
+    cut with other chunking settings, or made with another model or embedding types, than ``cfg``: rows of
+    both would mix in one dataset. The run checks it before writing; ``pipeline validate`` asks it too."""
+    if existing is None:
+        return
+    chunking = cfg.chunking.model_dump()
+    if existing.chunking is not None and existing.chunking != chunking:
+        raise SinkError(
+            f"dataset at {cfg.sink.path} was cut with chunking {existing.chunking}; this config says {chunking}. "
+            "Refusing to mix them: use another sink.path, or `pipeline run --fresh` to start it over"
+        )
+    emb = cfg.embedding
+    existing.check_compatible(emb.model, emb.input_type, emb.embedding_type, where=cfg.sink.path)
+
+
 def _open_writer(
     cfg: Config, lease: Lease, started_at: str, metadata_fields: list[str], fresh: bool
 ) -> DatasetWriter:
@@ -182,13 +198,7 @@ def _open_writer(
             if fs.exists(f"{root}/{name}"):
                 fs.rm(f"{root}/{name}", recursive=True)
     chunking = cfg.chunking.model_dump()
-    existing = load_rank(fs, root, cfg.run.rank, cfg.run.world_size)
-    recorded = existing.chunking if existing is not None and existing.chunking is not None else chunking
-    if recorded != chunking:
-        raise SinkError(
-            f"dataset at {cfg.sink.path} was cut with chunking {recorded}; this config says {chunking}. "
-            "Refusing to mix them: use another sink.path, or `pipeline run --fresh` to start it over"
-        )
+    refuse_mixing(cfg, load_rank(fs, root, cfg.run.rank, cfg.run.world_size))
     writer = DatasetWriter(
         cfg.sink,
         rank=cfg.run.rank,

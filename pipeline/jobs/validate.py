@@ -26,6 +26,7 @@ from pipeline.dataset import state_files
 from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.opening import enclosing_dataset
 from pipeline.dataset.postgres_schema import is_postgres
+from pipeline.dataset.sink import refuse_mixing
 from pipeline.dataset.state import State
 from pipeline.jobs.changes import compare, refusal
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
@@ -65,8 +66,9 @@ class Reading:
     after: dict[str, int]
     #: inputs a run would not open
     unchanged: int
-    #: whether the vectors of changed documents' unchanged chunks come from the sink itself
-    changed: bool
+    #: the documents whose unchanged chunks a run takes from the sink's own vectors (changed, renamed, a
+    #: replacement left unfinished), as ``Job._own_vectors`` picks them; empty: the sink is not indexed
+    own_sources: set[str]
 
 
 def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Estimate:
@@ -80,13 +82,13 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
     """
     if reading is None:
         fs, files = list_inputs(cfg)
-        reading = Reading(fs, files, {}, 0, False)
+        reading = Reading(fs, files, {}, 0, set())
     fs, files = reading.fs, reading.files
     emb = cfg.embedding
     chunker = Chunker(cfg.chunking, model=emb.model, input_type=emb.input_type, embedding_type=emb.embedding_type)
     est = Estimate(files=files)
     indexes = [open_reuse_index(cfg)] if cfg.run.reuse_from else []
-    if reading.changed and (own := _own_vectors(cfg, files, pg)) is not None:
+    if reading.own_sources and (own := _own_vectors(cfg, reading.own_sources, pg)) is not None:
         indexes.append(own)
     pending: list[tuple[str, str]] = []  # (content hash, text) waiting for a token count and a reuse lookup
     count_tokens = token_counter(cfg)
@@ -157,9 +159,8 @@ def token_counter(cfg: Config) -> Callable[[list[str]], list[int]]:
     return lambda texts: [estimate_tokens(t) for t in texts]
 
 
-def _own_vectors(cfg: Config, files: list[InputFile], pg: Any = None) -> Any:
-    """The sink's own vectors, as a run would use them for changed documents; None when unavailable."""
-    sources = {inp.url for inp in files}
+def _own_vectors(cfg: Config, sources: set[str], pg: Any = None) -> Any:
+    """The sink's own vectors for the documents of ``sources``, as a run would use them; None when unavailable."""
     try:
         if is_postgres(cfg.sink.path):
             if not _connected(pg):
@@ -310,6 +311,11 @@ def _check_postgres(cfg: Config, conn: Any) -> SinkCheck:
 # --------------------------------------------------------------------------- what changed
 
 
+#: the changes line when a run would refuse the dataset's settings (the problem says which differ)
+MIXED = "changes since the dataset: not compared: it was made with other settings; a run would stop before " \
+        "changing anything (exit 2)"
+
+
 def describe_changes(
     cfg: Config, listing: tuple[Any, set[str], list[InputFile]] | None = None, pg: Any = None
 ) -> tuple[list[str], Reading | None, str | None]:
@@ -322,10 +328,16 @@ def describe_changes(
         if pg is None:
             with sink_connection(cfg) as pg:
                 return describe_changes(cfg, listing, pg)
+        if mixed := _postgres_mixed(cfg, pg):
+            return [MIXED], None, mixed
         state, replacing = _postgres_state(cfg, pg), _postgres_replacing(cfg, pg)
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
+        try:
+            refuse_mixing(cfg, manifest)
+        except SinkError as exc:
+            return [MIXED], None, str(exc)
         state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
         # inputs whose replacement a run left unfinished: a rerun reads on with the retired shards' vectors
         replacing = {url for r in manifest.retired for url in r["inputs"]} if manifest is not None else set()
@@ -347,8 +359,12 @@ def describe_changes(
             line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
-    reuses = bool(changes.changed) or any(inp.url in replacing for inp in changes.resumed)
-    reading = Reading(fs, changes.to_read, after, changes.unchanged, reuses)
+    # as the run's _own_vectors: changed inputs, the deleted ones when files were also added (renames; only
+    # when their rows go), and resumed inputs whose replacement an earlier run left unfinished
+    own = {inp.url for inp in changes.changed} | {inp.url for inp in changes.resumed if inp.url in replacing}
+    if cfg.run.on_deleted == "remove" and len(changes.new):
+        own |= set(changes.deleted)
+    reading = Reading(fs, changes.to_read, after, changes.unchanged, own)
     return [line], reading, refused
 
 
@@ -366,6 +382,26 @@ class StateView:
 
     def done_upto(self, key: str) -> int:
         return self._s.done_upto(key)
+
+
+def _postgres_mixed(cfg: Config, conn: Any) -> str | None:
+    """Why a run would refuse the table: made with other settings than the config's (None when it would not)."""
+    import psycopg
+
+    from pipeline.dataset.postgres_schema import Names
+    from pipeline.dataset.postgres_state import Made, check_made
+
+    if not _connected(conn):
+        return None
+    emb = cfg.embedding
+    made = Made(emb.model, emb.input_type, emb.embedding_type, cfg.chunking.model_dump())
+    try:
+        check_made(conn, Names(cfg.sink.table), made, f"{redact_url(cfg.sink.path)} table {cfg.sink.table}")
+    except SinkError as exc:
+        return str(exc)
+    except psycopg.Error:  # the sink line says what is wrong with the database
+        return None
+    return None
 
 
 def _postgres_share(cfg: Config, conn: Any, urls: list[str]) -> float:
@@ -438,7 +474,7 @@ def _report(cfg: Config, config_name: str, pg: Any) -> Report:
     sink = check_sink(cfg, pg)
     skipped: dict[str, int] = {}
     listing = list_source(cfg, skipped)  # once: a sink inside the source is warned about once
-    est = estimate(cfg, Reading(listing[0], listing[2], {}, 0, False))
+    est = estimate(cfg, Reading(listing[0], listing[2], {}, 0, set()))
     lines = [f"config: ok ({config_name})", *_describe_inputs(cfg, est, skipped), sink.line]
     reading, refused = None, None
     try:
@@ -499,7 +535,7 @@ def _describe_work(cfg: Config, est: Estimate, reading: Reading | None) -> list[
     emb = cfg.embedding
     lines = []
     stores = [str(cfg.run.reuse_from)] if cfg.run.reuse_from else []
-    if reading is not None and reading.changed:
+    if reading is not None and reading.own_sources:
         stores.append("the sink itself (changed documents' unchanged chunks)")
     if stores:
         lines.append(f"reusable from {' and '.join(stores)}: {est.reusable_chunks:,} chunks "
