@@ -447,12 +447,21 @@ def many_listed(work: Path, records: int) -> Any:
     process of its own: its peak RSS and seconds. ``new_*``: against a dataset that knows none, then every
     input to read made as the read stage makes them (nothing read); ``known_*``: against a dataset that
     knows every one, unchanged (the watcher's and the nightly rerun's steady state: nothing opened);
+    ``state_*``: as ``known``, against the real resume state of such a dataset, opened as a run opens it
+    (listing, comparison and state in one process: what a rerun over them holds, but the id registry);
     ``find_*``: the yardstick, the listing gathered whole as s3fs's ``find`` does, compared as ``new``.
     ``start_rss_mb``: a process that only imported what the cases import."""
     bench = _bench()
     figures: dict[str, Any] = {"objects": records}
-    for how in ("start", "new", "known", "find"):
-        m = bench.measure([sys.executable, str(Path(__file__).resolve()), "listing", str(records), how], work)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_state import _build
+
+    dataset = work / "known-ds"  # the real resume state of a dataset that knows every object, for "state"
+    dataset.mkdir()
+    _build(dataset, records, url=lambda i: f"s3://{_name(i)}", signature=_signature)
+    for how in ("start", "new", "known", "state", "find"):
+        m = bench.measure([sys.executable, str(Path(__file__).resolve()), "listing", str(records), how,
+                           str(dataset)], work)
         if m.returncode != 0:
             return bench.Row("many-listed", {**figures, "exit": m.returncode})
         if how != "start":
@@ -461,7 +470,17 @@ def many_listed(work: Path, records: int) -> Any:
     return bench.Row("many-listed", {**figures, "exit": 0})
 
 
-def _listing(objects: int, how: str) -> dict[str, Any]:
+def _name(i: int) -> str:
+    """The key of synthetic object ``i``, with its bucket."""
+    return f"bucket/corpus/2024/{i // 1000:04d}/doc-{i:08d}.md"
+
+
+def _signature(i: int) -> str:
+    """What the listing says of synthetic object ``i``: its size and ETag."""
+    return f"{1200 + i % 500}:\"{i:032x}\""
+
+
+def _listing(objects: int, how: str, dataset: str = "") -> dict[str, Any]:
     """List ``objects`` synthetic objects as an S3 source (a page at a time, or whole with ``find``), compare
     them with a dataset (knowing none of them, or all, unchanged) and walk what is to read; the seconds each
     took. The dataset is a stand-in whose signatures are made from an object's number when asked (the
@@ -483,8 +502,7 @@ def _listing(objects: int, how: str) -> dict[str, Any]:
     if how == "start":
         return {}
 
-    def name(i: int) -> str:
-        return f"bucket/corpus/2024/{i // 1000:04d}/doc-{i:08d}.md"
+    name = _name
 
     def info(i: int) -> dict[str, Any]:  # what list_objects_v2 says of an object, as s3fs hands it on
         return {"Key": name(i), "name": name(i), "type": "file", "size": 1200 + i % 500, "Size": 1200 + i % 500,
@@ -531,7 +549,7 @@ def _listing(objects: int, how: str) -> dict[str, Any]:
                 raise KeyError(url) from None
             if not 0 <= i < self.n or url != f"s3://{name(i)}":
                 raise KeyError(url)
-            return f"{1200 + i % 500}:\"{i:032x}\""
+            return _signature(i)
 
     class Dataset:
         """The sink as compare and apply see it; it knows the first ``known`` objects, each done whole."""
@@ -551,8 +569,22 @@ def _listing(objects: int, how: str) -> dict[str, Any]:
         def set_signature(self, url: str, signature: str) -> None:
             pass
 
+    class Opened(Dataset):
+        """The sink as a run opens it: the dataset's real resume state, read from its files."""
+
+        def __init__(self, root: str) -> None:
+            from pipeline.dataset import state_files
+            from pipeline.dataset.manifest import Manifest
+
+            local = fsspec.filesystem("file")
+            self.state = state_files.load(local, root, Manifest.load(local, root))
+            self.known = self.state.files
+
+        def done_upto(self, key: str) -> int:
+            return self.state.done_upto(key)
+
     fs = Store(skip_instance_cache=True)
-    sink = Dataset(objects if how == "known" else 0)
+    sink = Opened(dataset) if how == "state" else Dataset(objects if how == "known" else 0)
     started = time.perf_counter()
     files = list_files(Location.on(fs, "bucket/corpus"), SourceConfig(path="s3://bucket/corpus"))
     mine = assign(fs, files, 0, 1, 1 << 28)
@@ -563,10 +595,10 @@ def _listing(objects: int, how: str) -> dict[str, Any]:
     compared = time.perf_counter()
     walked = sum(1 for inp in changes.to_read if sink.done_upto(inp.key) < END_OF_FILE)  # as read_stage plans them
     assert (changes.counts()["new"], walked, changes.unchanged) == (
-        (0, 0, objects) if how == "known" else (objects, objects, 0)) and not changes.deleted
+        (0, 0, objects) if how in ("known", "state") else (objects, objects, 0)) and not changes.deleted
     return {"list_s": round(listed - started, 1), "compare_s": round(compared - listed, 1),
             "walk_s": round(time.perf_counter() - compared, 1)}
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["listing"]:
-    print(json.dumps(_listing(int(sys.argv[2]), sys.argv[3])))
+    print(json.dumps(_listing(int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])))

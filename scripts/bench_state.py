@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: objects per shard (shard_seconds commits of a crawl, rather than shard_rows' 100,000)
 PER_SHARD = 1_000
@@ -34,8 +34,14 @@ def _url(i: int) -> str:
     return f"s3://example-corpus-bucket/crawl/2024-05-17/segment-{i // 10_000:05d}/doc-{i:09d}.json"
 
 
-def _build(root: Path, objects: int) -> dict[str, Any]:
-    """Write the synthetic dataset's manifest and state (whole, as the first save of a migrated one)."""
+def _etag(i: int) -> str:
+    return f'"{i * 2654435761 % 16**32:032x}"'
+
+
+def _build(root: Path, objects: int, url: Callable[[int], str] = _url,
+           signature: Callable[[int], str] = _etag) -> dict[str, Any]:
+    """Write the synthetic dataset's manifest and state (whole, as the first save of a migrated one): object
+    ``i`` is ``url(i)``, read whole when its signature was ``signature(i)``."""
     import fsspec
 
     from pipeline.dataset import state_files
@@ -48,7 +54,7 @@ def _build(root: Path, objects: int) -> dict[str, Any]:
     state = m.loaded
     for s in range(0, objects, PER_SHARD):
         path = f"data/part-00000-{s // PER_SHARD:06d}.parquet"
-        urls = [_url(i) for i in range(s, min(objects, s + PER_SHARD))]
+        urls = [url(i) for i in range(s, min(objects, s + PER_SHARD))]
         m.shards.append({"path": path, "kind": "data", "rows": len(urls), "requests": 8, "retries": 0,
                          "prompt_tokens": 120 * len(urls), "total_tokens": 120 * len(urls),
                          "records": len(urls), "rows_reused": 0, "started_at": "2024-05-17T10:00:00.000Z",
@@ -56,7 +62,7 @@ def _build(root: Path, objects: int) -> dict[str, Any]:
         state.add_shard(path, {u: 1 for u in urls}, {u: END_OF_FILE for u in urls})
         state.advance([(u, END_OF_FILE) for u in urls], {u: 1 for u in urls})
         for i, u in enumerate(urls):
-            state.files[u] = f'"{(s + i) * 2654435761 % 16**32:032x}"'
+            state.files[u] = signature(s + i)
     state.dirty |= set(state.files)
     m.start_run("2024-05-17T10:00:00.000Z")
     started = time.perf_counter()

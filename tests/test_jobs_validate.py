@@ -354,3 +354,15 @@ def test_a_file_renamed_under_a_postgres_sink_is_estimated_free(postgres_url: st
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "new 1, changed 0, appended 0, deleted 1, unchanged 1" in shown.stdout
     assert "estimated tokens: 0 (" in shown.stdout and "requests: 0 (" in shown.stdout
+
+
+def test_the_state_validate_compares_with_is_looked_at_not_copied() -> None:
+    """validate compares the listing with the dataset's resume state as it is loaded (compact columns),
+    not with a dict copy of every input's signature: a million inputs would cost hundreds of MB more."""
+    from pipeline.dataset.state import State
+    from pipeline.jobs.validate import StateView
+
+    state = State()
+    state.set_signature("s3://b/a.md", "12:x")
+    seen = StateView(state).signatures()
+    assert seen is state.files and seen.get("s3://b/a.md") == "12:x" and len(seen) == 1

@@ -14,7 +14,7 @@ import posixpath
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -377,8 +377,8 @@ class StateView:
     def signature(self, url: str) -> str | None:
         return self._s.files.get(url)
 
-    def signatures(self) -> dict[str, str]:
-        return dict(self._s.files)
+    def signatures(self) -> Mapping[str, str]:
+        return self._s.files  # a read-only look, not a copy: a million inputs' signatures stay compact
 
     def done_upto(self, key: str) -> int:
         return self._s.done_upto(key)
