@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import anyio
 import pyarrow as pa
@@ -377,6 +378,20 @@ async def until(done: Any) -> None:
         await anyio.sleep(0.02)
 
 
+@asynccontextmanager
+async def watching(cfg: Config) -> AsyncIterator[tuple[Job, Any]]:
+    """A watcher of ``cfg`` running against a fresh fake server, with 60 s for the block; when the block
+    ends it is asked to stop (as by SIGTERM) and waited for. Yields the job and the server."""
+    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
+        emb = cfg.embedding.model_copy(update={"url": server.url})
+        job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(job.run)
+            with anyio.fail_after(60):
+                yield job, server
+            job.shutdown.request(15)
+
+
 async def test_a_watch_round_pays_for_the_edited_paragraph_only(tmp_path: Path) -> None:
     """A watcher's round replacing an edited document takes the unchanged chunks' vectors from the
     dataset itself (the shard files it retires stay readable until the round ends)."""
@@ -387,21 +402,15 @@ async def test_a_watch_round_pays_for_the_edited_paragraph_only(tmp_path: Path) 
     (src / "other.md").write_text("Another document, never edited.")
     cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
                       chunking={"max_chars": 300}, run={"watch": True, "poll_interval_s": 0.05})
-    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
-        emb = cfg.embedding.model_copy(update={"url": server.url})
-        job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(job.run)
-            with anyio.fail_after(60):
-                await until(lambda: job.changes.get("new") == 2 and job.commit.sink.counts.rows_embedded == 7
-                            and job.progress.shards >= 1)  # the commit is counted once its callback ran
-                shards = job.progress.shards
-                paragraphs[3] = paragraphs[3].replace("word3-7 ", "WORD ")
-                (src / "doc.md").write_text("\n\n".join(paragraphs))
-                touch_later(src / "doc.md")
-                await until(lambda: job.changes.get("changed") == 1 and job.progress.shards > shards)
-            job.shutdown.request(15)
-        stats = server.stats.snapshot()
+    async with watching(cfg) as (job, server):
+        await until(lambda: job.changes.get("new") == 2 and job.commit.sink.counts.rows_embedded == 7
+                    and job.progress.shards >= 1)  # the commit is counted once its callback ran
+        shards = job.progress.shards
+        paragraphs[3] = paragraphs[3].replace("word3-7 ", "WORD ")
+        (src / "doc.md").write_text("\n\n".join(paragraphs))
+        touch_later(src / "doc.md")
+        await until(lambda: job.changes.get("changed") == 1 and job.progress.shards > shards)
+    stats = server.stats.snapshot()
     assert 8 <= stats["inputs_embedded"] <= 9  # 7 at first, then the edited paragraph's one or two
     table = current(tmp_path)
     assert table.num_rows == 7 and "WORD" in "".join(table["text"].to_pylist())
@@ -420,22 +429,16 @@ async def test_a_watcher_counts_a_bad_line_of_a_file_read_again_once(tmp_path: P
     (src / "a.jsonl").write_text(good + "{not json\n")
     cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
                       run={"watch": True, "poll_interval_s": 0.05})
-    async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
-        emb = cfg.embedding.model_copy(update={"url": server.url})
-        job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(job.run)
-            with anyio.fail_after(60):
-                await until(lambda: job.changes.get("new") == 2)  # the sink is open
-                for edit in range(1, 3):
-                    shards = job.progress.shards
-                    await until(lambda: job.commit.sink.counts.records_read == 3 and job.progress.shards > shards)
-                    (src / "a.jsonl").write_text(good.replace("zero", f"edit {edit}") + "{not json\n")
-                    touch_later(src / "a.jsonl")
-                    await until(lambda: job.changes.get("changed") == edit)
-                shards = job.progress.shards
-                await until(lambda: job.progress.shards > shards)
-            job.shutdown.request(15)
+    async with watching(cfg) as (job, _):
+        await until(lambda: job.changes.get("new") == 2)  # the sink is open
+        for edit in range(1, 3):
+            shards = job.progress.shards
+            await until(lambda: job.commit.sink.counts.records_read == 3 and job.progress.shards > shards)
+            (src / "a.jsonl").write_text(good.replace("zero", f"edit {edit}") + "{not json\n")
+            touch_later(src / "a.jsonl")
+            await until(lambda: job.changes.get("changed") == edit)
+        shards = job.progress.shards
+        await until(lambda: job.progress.shards > shards)
     assert job.commit.sink.counts.rows_failed == 1
     assert job.progress.counts.rows_failed == 1 == job.progress.fields()["failed"]
     assert job.changes["changed"] == 2 and job.changes["unchanged"] == 1
@@ -497,14 +500,8 @@ async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
     cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
                       sink={"path": str(src / "embedded")}, run={"watch": True, "poll_interval_s": 0.05})
     with capture_logs() as logs:
-        async with running_server(ServerOptions(port=0, fake=True, dimensions=8)) as server:
-            emb = cfg.embedding.model_copy(update={"url": server.url})
-            job = Job(cfg.model_copy(update={"embedding": emb}), handle_signals=False)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(job.run)
-                with anyio.fail_after(60):
-                    await until(lambda: job.progress.shards >= 1)  # the dataset's files are in the source now
-                    after = len(listings)
-                    await until(lambda: len(listings) >= after + 3)
-                job.shutdown.request(15)
+        async with watching(cfg) as (job, _):
+            await until(lambda: job.progress.shards >= 1)  # the dataset's files are in the source now
+            after = len(listings)
+            await until(lambda: len(listings) >= after + 3)
     assert [e["event"] for e in logs].count("sink_inside_source") == 1

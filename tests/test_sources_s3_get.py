@@ -19,6 +19,7 @@ from pipeline.sources.fetch import Ahead
 from pipeline.sources.listing import open_source
 from pipeline.sources.records import open_input
 from pipeline.sources.s3_get import S3Getter, s3_getter
+from pipeline.types import InputFile
 from test_s3 import endpoint, new_bucket, s3, write_job  # noqa: F401 (fixtures)
 
 OBJECTS = {
@@ -69,16 +70,21 @@ def test_fetched_ahead_through_obstore(s3: s3fs.S3FileSystem, monkeypatch) -> No
     assert got == {key.removeprefix("notes/"): data for key, data in OBJECTS.items()}
 
 
+def open_ahead(fs: s3fs.S3FileSystem, inp: InputFile) -> None:
+    """Fetch ``inp`` ahead and open it, as the read stage does (its SourceError raised)."""
+    ahead: Ahead[None] = Ahead(fs, ahead=4)
+    ahead.plan(inp, None)
+    got, _, source = ahead.next()
+    open_input(source, got)
+
+
 def test_a_missing_object_is_the_same_one_line_error(s3: s3fs.S3FileSystem) -> None:  # noqa: F811
     """An object gone since the listing: s3fs's FileNotFoundError, so the reader's one line names its URL."""
     bucket = upload(s3)
     fs, files = open_source(SourceConfig(path=f"s3://{bucket}/notes/a.md"))
     s3.rm(files[0].path)
-    ahead: Ahead[None] = Ahead(fs, ahead=4)
-    ahead.plan(files[0], None)
-    inp, _, source = ahead.next()
     with pytest.raises(SourceError) as err:
-        open_input(source, inp)
+        open_ahead(fs, files[0])
     assert str(err.value) == f"input file not found: s3://{bucket}/notes/a.md"
     assert isinstance(err.value.__cause__, FileNotFoundError)
     getter = s3_getter(fs)
@@ -93,11 +99,8 @@ def test_refused_credentials_are_a_one_line_error_without_the_secret(s3: s3fs.S3
     bucket = upload(s3)
     fs, files = open_source(SourceConfig(path=f"s3://{bucket}/notes/a.md"))
     monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # every request authenticated
-    ahead: Ahead[None] = Ahead(fs, ahead=4)
-    ahead.plan(files[0], None)
-    inp, _, source = ahead.next()
     with pytest.raises(SourceError) as err:
-        open_input(source, inp)
+        open_ahead(fs, files[0])
     assert str(err.value) == f"cannot open s3://{bucket}/notes/a.md: permission denied"
     assert "testing" not in str(err.value) and "\n" not in str(err.value)
 
