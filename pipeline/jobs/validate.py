@@ -9,12 +9,9 @@ lists the source once and opens one connection to a Postgres sink.
 from __future__ import annotations
 
 import math
-import os
-import posixpath
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -24,13 +21,15 @@ from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkError, SourceError
 from pipeline.dataset import state_files
 from pipeline.dataset.manifest import load_rank
-from pipeline.dataset.opening import enclosing_dataset
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.sink import refuse_mixing
 from pipeline.dataset.state import State
 from pipeline.jobs.changes import compare, refusal
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
+from pipeline.jobs.sink_check import check_sink, one_line
+from pipeline.jobs.validate_postgres import (
+    connected, postgres_mixed, postgres_replacing, postgres_share, postgres_state, sink_connection)
 from pipeline.logs import format_duration, redact_url
 from pipeline.storage import Location
 from pipeline.stages.chunk import Chunker
@@ -163,7 +162,7 @@ def _own_vectors(cfg: Config, sources: set[str], pg: Any = None) -> Any:
     """The sink's own vectors for the documents of ``sources``, as a run would use them; None when unavailable."""
     try:
         if is_postgres(cfg.sink.path):
-            if not _connected(pg):
+            if not connected(pg):
                 return None
             from pipeline.dataset.postgres_reuse import read_stored_vectors
 
@@ -171,141 +170,6 @@ def _own_vectors(cfg: Config, sources: set[str], pg: Any = None) -> Any:
         return open_own_vectors(cfg, sources)
     except SinkError:  # a run would embed them again, and say so
         return None
-
-
-@contextmanager
-def sink_connection(cfg: Config) -> Iterator[Any]:
-    """The report's one connection to a Postgres sink (autocommit, nothing created); the ``psycopg.Error``
-    instead when it cannot be had, None for a sink that is not Postgres."""
-    if not is_postgres(cfg.sink.path):
-        yield None
-        return
-    import psycopg
-
-    try:
-        conn = psycopg.connect(cfg.sink.path, connect_timeout=10, autocommit=True)
-    except psycopg.Error as exc:
-        yield exc
-        return
-    with conn:
-        yield conn
-
-
-def _connected(pg: Any) -> bool:
-    return pg is not None and not isinstance(pg, Exception)
-
-
-# --------------------------------------------------------------------------- the sink
-
-#: pseudo-filesystems of the kernel: writable-looking to root, never a place for a dataset
-_VIRTUAL = ("/proc", "/sys")
-
-
-@dataclass
-class SinkCheck:
-    """What :func:`check_sink` found: a line for the report, and the problem a run would stop on."""
-
-    line: str
-    problem: str | None = None
-
-
-def _refused(shown: str, why: str) -> SinkCheck:
-    return SinkCheck(f"sink: {shown}: {why}", f"sink.path {shown}: {why}")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def check_sink(cfg: Config, pg: Any = None) -> SinkCheck:
-    """Whether a run could write ``sink.path``, found without writing anything.
-
-    On local disk: the path, or its nearest existing parent, must be a
-    writable directory outside /proc and /sys. On an object store the
-    prefix (or the bucket) is looked up, nothing is created, and write
-    access cannot be known. A Postgres sink is connected to (on ``pg``, the
-    report's connection, when given).
-    """
-    shown = cfg.sink.path
-    if is_postgres(shown):
-        if pg is None:
-            with sink_connection(cfg) as pg:
-                return _check_postgres(cfg, pg)
-        return _check_postgres(cfg, pg)
-    try:
-        where = Location.open(cfg.sink.path, cfg.sink.storage_options)
-    except SinkError as exc:  # unknown protocol, missing backend, bad storage option
-        return SinkCheck(f"sink: {redact_url(shown)}: refused", redact_url(str(exc)))
-    try:
-        outer = enclosing_dataset(where.fs, where.root)
-    except Exception:  # the store's own errors: the checks below say what is wrong
-        outer = None
-    if outer is not None:
-        return _refused(redact_url(shown), f"is inside the dataset at {Location.on(where.fs, outer).shown}: its "
-                        "files would mix with that dataset's shards for every reader; use a path outside it")
-    if where.local:
-        return _check_local(shown, os.path.abspath(where.root))
-    return _check_store(where.fs, shown, where.root)
-
-
-def _check_local(shown: str, path: str) -> SinkCheck:
-    real = os.path.realpath(path)
-    for top in _VIRTUAL:
-        if real == top or real.startswith(top + "/"):
-            return _refused(shown, f"inside {top}, a virtual filesystem of the kernel, not a place for files")
-    existing = path
-    while not os.path.lexists(existing):  # a dangling link is there, and in the way
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        what = "exists and is not a directory" if existing == path else f"cannot be created: {existing} is a file"
-        return _refused(shown, what)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
-        return _refused(shown, what)
-    if existing != path:
-        return SinkCheck(f"sink: {shown} (will be created in {existing})")
-    has_dataset = os.path.exists(os.path.join(path, "_manifest.json"))
-    return SinkCheck(f"sink: {shown} ({'a dataset is there: a run resumes it' if has_dataset else 'writable'})")
-
-
-def _check_store(fs: Any, shown: str, root: str) -> SinkCheck:
-    path = root
-    while True:
-        try:
-            info = fs.info(path)
-            break
-        except FileNotFoundError:
-            parent = posixpath.dirname(path)
-            if not parent or parent == path:
-                top = fs.unstrip_protocol(path)
-                return _refused(shown, f"{top} does not exist")
-            path = parent
-        except Exception as exc:  # the store's own errors (no credentials, unreachable) are not all OSError
-            return SinkCheck(f"sink: {shown}: could not be checked ({_one_line(exc)}); nothing was written")
-    if path == root and info.get("type") != "directory":
-        return _refused(shown, "exists and is an object, not a prefix")
-    where = "exists" if path == root else f"will be created under {fs.unstrip_protocol(path)}"
-    return SinkCheck(f"sink: {shown} ({where}; write access is not checked on an object store)")
-
-
-def _check_postgres(cfg: Config, conn: Any) -> SinkCheck:
-    """Say whether ``sink.table`` is there, on ``conn`` (:func:`sink_connection`; nothing is created)."""
-    import psycopg
-
-    from pipeline.dataset.postgres_session import reason
-
-    shown, table = redact_url(cfg.sink.path), cfg.sink.table
-    try:
-        if isinstance(conn, Exception):
-            raise conn
-        there = conn.execute("SELECT to_regclass(%s)", [psycopg.sql.Identifier(table).as_string(conn)]).fetchone()
-        vector = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
-    except psycopg.Error as exc:
-        return _refused(shown, f"cannot connect: {reason(exc, cfg.sink.path)}")
-    if vector is None:
-        return _refused(shown, "the pgvector extension is not available on this server")
-    what = f"table {table} is there: a run resumes it" if there and there[0] else f"table {table} will be created"
-    return SinkCheck(f"sink: {shown} ({what})")
 
 
 # --------------------------------------------------------------------------- what changed
@@ -328,9 +192,9 @@ def describe_changes(
         if pg is None:
             with sink_connection(cfg) as pg:
                 return describe_changes(cfg, listing, pg)
-        if mixed := _postgres_mixed(cfg, pg):
+        if mixed := postgres_mixed(cfg, pg):
             return [MIXED], None, mixed
-        state, replacing = _postgres_state(cfg, pg), _postgres_replacing(cfg, pg)
+        state, replacing = postgres_state(cfg, pg), postgres_replacing(cfg, pg)
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
@@ -353,7 +217,7 @@ def describe_changes(
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
     refused = None
     if cfg.run.on_deleted == "remove" and changes.deleted:
-        share_of = partial(_postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
+        share_of = partial(postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
         refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction)
         if refused:
             line += "; a run would stop before changing anything (exit 2)"
@@ -382,74 +246,6 @@ class StateView:
 
     def done_upto(self, key: str) -> int:
         return self._s.done_upto(key)
-
-
-def _postgres_mixed(cfg: Config, conn: Any) -> str | None:
-    """Why a run would refuse the table: made with other settings than the config's (None when it would not)."""
-    import psycopg
-
-    from pipeline.dataset.postgres_schema import Names
-    from pipeline.dataset.postgres_state import Made, check_made
-
-    if not _connected(conn):
-        return None
-    emb = cfg.embedding
-    made = Made(emb.model, emb.input_type, emb.embedding_type, cfg.chunking.model_dump())
-    try:
-        check_made(conn, Names(cfg.sink.table), made, f"{redact_url(cfg.sink.path)} table {cfg.sink.table}")
-    except SinkError as exc:
-        return str(exc)
-    except psycopg.Error:  # the sink line says what is wrong with the database
-        return None
-    return None
-
-
-def _postgres_share(cfg: Config, conn: Any, urls: list[str]) -> float:
-    """The share of the table's rows whose source is one of ``urls``."""
-    import psycopg
-
-    from pipeline.dataset.postgres_schema import Names
-    from pipeline.dataset.postgres_state import share_of
-
-    if not _connected(conn):
-        return 0.0
-    try:
-        return share_of(conn, Names(cfg.sink.table), urls)
-    except psycopg.Error:  # the sink line says what is wrong with the database
-        return 0.0
-
-
-def _postgres_replacing(cfg: Config, conn: Any) -> set[str]:
-    """Inputs whose replacement a run left unfinished (their old rows' vectors wait in ``{table}_retired``)."""
-    import psycopg
-
-    from pipeline.dataset.postgres_reuse import retired_sources
-    from pipeline.dataset.postgres_schema import Names
-
-    if not _connected(conn):
-        return set()
-    try:
-        return retired_sources(conn, Names(cfg.sink.table), cfg.run.rank)
-    except psycopg.Error:  # the sink line says what is wrong with the database
-        return set()
-
-
-def _postgres_state(cfg: Config, conn: Any) -> State | None:
-    """This rank's rows of ``{table}_state``; None when there is no table (or it cannot be read)."""
-    import psycopg
-
-    from pipeline.dataset.postgres_schema import Names
-    from pipeline.dataset.postgres_state import ResumeState
-
-    if not _connected(conn):
-        return None
-    try:
-        name = psycopg.sql.Identifier(f"{cfg.sink.table}_state").as_string(conn)
-        if conn.execute("SELECT to_regclass(%s)", [name]).fetchone() in (None, (None,)):
-            return None
-        return ResumeState(conn, Names(cfg.sink.table), cfg.run.rank)  # a State read from the table
-    except psycopg.Error:  # the sink line says what is wrong with the database
-        return None
 
 
 # --------------------------------------------------------------------------- the report
@@ -481,7 +277,7 @@ def _report(cfg: Config, config_name: str, pg: Any) -> Report:
         changes, reading, refused = describe_changes(cfg, listing, pg)
         lines += changes
     except (SinkError, SourceError, OSError) as exc:  # the sink check already says what is wrong there
-        lines.append(f"changes: could not compare with the dataset ({_one_line(exc)})")
+        lines.append(f"changes: could not compare with the dataset ({one_line(exc)})")
     problems = [p for p in (sink.problem, refused) if p]
     failed = too_many_failed(cfg, {"rows_failed": est.bad_records, "rows_embedded": est.chunks})
     lines += _describe_records(cfg, est, failed is not None)
