@@ -93,6 +93,9 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     #: the ``chunking`` section the dataset was cut with (a rerun with another is refused)
     chunking: dict[str, Any] | None = None
+    #: the ``source.id_field`` the dataset's ids were taken from (a rerun with another is refused; None: made
+    #: by a version that did not record it, taken as made with the config's)
+    id_field: str | None = None
     #: the model the server says answered (``model`` of its answers), when it said
     reported_model: str | None = None
     #: the resume state's files, oldest first: ``{"path", "rows", "bytes"}`` (see :mod:`state_files`)
@@ -138,6 +141,7 @@ class Manifest:
                 "runs": [dict(r) for r in data.get("runs") or []],
                 "schema": [dict(c) for c in data.get("schema") or []],
                 "chunking": dict(data["chunking"]) if data.get("chunking") is not None else None,
+                "id_field": str(data["id_field"]) if data.get("id_field") is not None else None,
                 "reported_model": str(data["reported_model"]) if data.get("reported_model") else None,
                 "state_files": [{"path": str(f["path"]), "rows": int(f["rows"]), "bytes": int(f.get("bytes", 0))}
                                 for f in data.get("state") or []],
@@ -208,7 +212,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (with ``totals``)."""
-        optional = {"chunking": self.chunking, "reported_model": self.reported_model, "retired": self.retired}
+        optional = {"chunking": self.chunking, "id_field": self.id_field, "reported_model": self.reported_model, "retired": self.retired}
         return {
             **self.extra,
             **{k: v for k, v in optional.items() if v},
@@ -404,6 +408,7 @@ def merge(manifests: Iterable[Manifest]) -> Manifest:
         out.schema = merge_schema(out.schema, part.schema)
         out.runs.extend(part.runs)
         out.chunking = out.chunking or part.chunking
+        out.id_field = out.id_field or part.id_field
         out.reported_model = out.reported_model or part.reported_model
         out.state_files.extend(part.state_files)
         out.retired.extend(part.retired)

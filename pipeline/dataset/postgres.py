@@ -123,6 +123,7 @@ class PostgresSink(SinkState):
         metadata_fields: list[str],
         run_started_at: str,
         chunking: dict[str, Any],
+        id_field: str | None = None,
         build_index_on_commit: bool = False,
         fresh: bool = False,
         lock_wait_s: float = 35.0,
@@ -159,7 +160,7 @@ class PostgresSink(SinkState):
             conn = self.session.conn
             if fresh:
                 drop_tables(conn, self.names)
-            made = Made(model, input_type, embedding_type, chunking)
+            made = Made(model, input_type, embedding_type, chunking, id_field)
             self.dimensions, self._run = open_tables(conn, self.names, rank, made, self.where, run_started_at)
             self._state = ResumeState(conn, self.names, rank)
             #: changed inputs whose old rows' vectors wait in ``{table}_retired`` for their new rows to be whole
@@ -411,7 +412,7 @@ def open_postgres_sink(
     return PostgresSink(
         cfg.sink, rank=cfg.run.rank, model=emb.model, input_type=emb.input_type,
         embedding_type=emb.embedding_type, metadata_fields=metadata_fields, run_started_at=started_at,
-        chunking=cfg.chunking.model_dump(), build_index_on_commit=cfg.run.watch, fresh=fresh,
+        chunking=cfg.chunking.model_dump(), id_field=cfg.source.id_field, build_index_on_commit=cfg.run.watch, fresh=fresh,
         lock_wait_s=cfg.run.shutdown_grace_s + 10, on_wait=on_wait,
     )
 

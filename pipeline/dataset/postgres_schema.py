@@ -125,7 +125,7 @@ def side_tables(names: Names) -> list[sql.Composed]:
     """DDL of the tables that exist before the first row: meta, runs, state, commits, errors."""
     q = [
         "CREATE TABLE IF NOT EXISTS {meta} (format_version int NOT NULL, model text NOT NULL, input_type text,"
-        " embedding_type text NOT NULL, dimensions int, chunking jsonb, created_at timestamptz DEFAULT now())",
+        " embedding_type text NOT NULL, dimensions int, chunking jsonb, created_at timestamptz DEFAULT now(), id_field text)",
         "CREATE TABLE IF NOT EXISTS {runs} (n bigserial PRIMARY KEY, rank int NOT NULL, started_at text,"
         " finished_at text, status text)",
         "CREATE TABLE IF NOT EXISTS {state} (rank int NOT NULL, key text NOT NULL, location bigint,"

@@ -1,7 +1,8 @@
 """What a Postgres sink remembers between runs: the table's settings, the runs, the resume state.
 
 ``{table}_meta`` says which model, types and chunking the table was made
-with (a config with others is refused, as the file dataset refuses it);
+with, and the ``source.id_field`` its ids came from (a config with others is
+refused, as the file dataset refuses it);
 ``{table}_runs`` records every run; ``{table}_state`` holds, per rank and
 input, how far it is committed, its signature, its seek checkpoints and,
 once it is whole, the location of its last record (to read on after it when
@@ -27,6 +28,8 @@ from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch
 
 #: ``{table}_state``'s column of ends, added to tables made before it
 END_COLUMN = "end_location"
+#: ``{table}_meta``'s column of the ``source.id_field`` the ids came from, added to tables made before it
+ID_FIELD_COLUMN = "id_field"
 #: ``{table}``'s column of the rank that wrote each row (NULL: written before it), and the setting its default reads
 WRITER_COLUMN = "writer_rank"
 WRITER_SETTING = "pipeline.rank"
@@ -40,6 +43,8 @@ class Made:
     input_type: str | None
     embedding_type: str
     chunking: dict[str, Any]
+    #: the ``source.id_field`` (None: a table of a version that did not record it, taken as ours)
+    id_field: str | None = None
 
 
 def open_tables(conn: psycopg.Connection[Any], names: Names, rank: int, made: Made, where: str,
@@ -49,18 +54,21 @@ def open_tables(conn: psycopg.Connection[Any], names: Names, rank: int, made: Ma
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (names.lock_key(-1)[0],))  # one creator at a time
         for ddl in schema.side_tables(names):
             conn.execute(ddl)
-        _add_end_column(conn, names)
-        row = conn.execute(sql.SQL("SELECT model, input_type, embedding_type, chunking, dimensions FROM {m}")
+        _add_column(conn, f"{names.table}_state", names.state, END_COLUMN, "bigint")
+        _add_column(conn, f"{names.table}_meta", names.meta, ID_FIELD_COLUMN, "text")
+        row = conn.execute(sql.SQL("SELECT model, input_type, embedding_type, chunking, id_field, dimensions FROM {m}")
                            .format(m=names.meta)).fetchone()
         if row is None:
-            conn.execute(sql.SQL("INSERT INTO {m} (format_version, model, input_type, embedding_type, chunking) "
-                                 "VALUES (%s, %s, %s, %s, %s)").format(m=names.meta),
+            conn.execute(sql.SQL("INSERT INTO {m} (format_version, model, input_type, embedding_type, chunking, "
+                                 "id_field) VALUES (%s, %s, %s, %s, %s, %s)").format(m=names.meta),
                          (schema.FORMAT_VERSION, made.model, made.input_type, made.embedding_type,
-                          Jsonb(made.chunking)))
+                          Jsonb(made.chunking), made.id_field))
             dimensions = None
         else:
             _check(_made(row, made), made, where)
-            dimensions = row[4]
+            if row[4] is None and made.id_field is not None:  # made before it was recorded: from now on
+                conn.execute(sql.SQL("UPDATE {m} SET id_field = %s").format(m=names.meta), (made.id_field,))
+            dimensions = row[5]
             if dimensions is not None:  # {table} is there
                 add_writer_column(conn, names)
         conn.execute(sql.SQL("UPDATE {r} SET status = 'unfinished' WHERE rank = %s AND status = 'running'")
@@ -71,13 +79,14 @@ def open_tables(conn: psycopg.Connection[Any], names: Names, rank: int, made: Ma
     return dimensions, int(run[0])
 
 
-def _add_end_column(conn: psycopg.Connection[Any], names: Names) -> None:
-    """Give a state table made by an earlier version its column of ends (its inputs' ends are unknown)."""
+def _add_column(conn: psycopg.Connection[Any], name: str, table: sql.Identifier, column: str, kind: str) -> None:
+    """Give a side table made by an earlier version a column it lacks (the state table's ends, unknown for
+    its inputs; the meta table's id_field, taken as the config's)."""
     found = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-                         "AND table_name = %s AND column_name = %s", (f"{names.table}_state", END_COLUMN)).fetchone()
+                         "AND table_name = %s AND column_name = %s", (name, column)).fetchone()
     if found is None:  # looked up first: ALTER TABLE locks the table even when the column is there
-        conn.execute(sql.SQL("ALTER TABLE {s} ADD COLUMN IF NOT EXISTS {c} bigint").format(
-            s=names.state, c=sql.Identifier(END_COLUMN)))
+        conn.execute(sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {k}").format(
+            t=table, c=sql.Identifier(column), k=sql.SQL(kind)))
 
 
 def add_writer_column(conn: Any, names: Names) -> None:
@@ -98,15 +107,18 @@ def check_made(conn: psycopg.Connection[Any], names: Names, made: Made, where: s
     refusal a run opens the table with); nothing when there is no table yet. Reads only: for validate."""
     if conn.execute("SELECT to_regclass(%s)", [names.meta.as_string(conn)]).fetchone() in (None, (None,)):
         return
-    row = conn.execute(sql.SQL("SELECT model, input_type, embedding_type, chunking FROM {m}")
-                       .format(m=names.meta)).fetchone()
+    # to_jsonb: a table of an earlier version has no id_field column, and this reads without adding it
+    row = conn.execute(sql.SQL("SELECT model, input_type, embedding_type, chunking, to_jsonb(m) ->> {c} FROM {m} m")
+                       .format(m=names.meta, c=sql.Literal(ID_FIELD_COLUMN))).fetchone()
     if row is not None:
         _check(_made(row, made), made, where)
 
 
 def _made(row: Any, mine: Made) -> Made:
-    """What a ``{table}_meta`` row says (a table of an earlier version has no chunking: taken as ours)."""
-    return Made(row[0], row[1], row[2], row[3] if row[3] is not None else mine.chunking)
+    """What a ``{table}_meta`` row says (a table of an earlier version has no chunking nor id_field: taken
+    as ours)."""
+    return Made(row[0], row[1], row[2], row[3] if row[3] is not None else mine.chunking,
+                row[4] if row[4] is not None else mine.id_field)
 
 
 def _check(theirs: Made, mine: Made, where: str) -> None:
@@ -121,6 +133,11 @@ def _check(theirs: Made, mine: Made, where: str) -> None:
         raise SinkError(
             f"{where} was cut with chunking {theirs.chunking}; this config says {mine.chunking}. Refusing to mix "
             "them: use another sink.table, or `pipeline run --fresh` to start it over"
+        )
+    if None not in (theirs.id_field, mine.id_field) and theirs.id_field != mine.id_field:
+        raise SinkError(
+            f"{where} took its ids from source.id_field {theirs.id_field!r}; this config says {mine.id_field!r}. "
+            "Refusing to mix them: use another sink.table, or `pipeline run --fresh` to start it over"
         )
 
 

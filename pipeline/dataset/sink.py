@@ -172,8 +172,8 @@ def _refuse_nested(cfg: Config) -> None:
 
 def refuse_mixing(cfg: Config, existing: Manifest | None) -> None:
     """``SinkError`` when the dataset whose manifest is ``existing`` (this rank's; None: no dataset yet) was
-    cut with other chunking settings, or made with another model or embedding types, than ``cfg``: rows of
-    both would mix in one dataset. The run checks it before writing; ``pipeline validate`` asks it too."""
+    cut with other chunking settings, or made with another model or embedding types, than ``cfg``, or took its ids from another
+    ``source.id_field``: rows of both would mix in one dataset. The run checks it before writing; ``pipeline validate`` asks it too."""
     if existing is None:
         return
     chunking = cfg.chunking.model_dump()
@@ -181,6 +181,12 @@ def refuse_mixing(cfg: Config, existing: Manifest | None) -> None:
         raise SinkError(
             f"dataset at {cfg.sink.path} was cut with chunking {existing.chunking}; this config says {chunking}. "
             "Refusing to mix them: use another sink.path, or `pipeline run --fresh` to start it over"
+        )
+    id_field = cfg.source.id_field
+    if existing.id_field is not None and existing.id_field != id_field:
+        raise SinkError(
+            f"dataset at {cfg.sink.path} took its ids from source.id_field {existing.id_field!r}; this config says "
+            f"{id_field!r}. Refusing to mix them: use another sink.path, or `pipeline run --fresh` to start it over"
         )
     emb = cfg.embedding
     existing.check_compatible(emb.model, emb.input_type, emb.embedding_type, where=cfg.sink.path)
@@ -212,4 +218,5 @@ def _open_writer(
         lease=lease,
     )
     writer.manifest.chunking = chunking
+    writer.manifest.id_field = cfg.source.id_field  # recorded from now on in a dataset made before it was
     return writer

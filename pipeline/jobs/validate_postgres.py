@@ -51,7 +51,7 @@ def postgres_mixed(cfg: Config, conn: Any) -> str | None:
     if not connected(conn):
         return None
     emb = cfg.embedding
-    made = Made(emb.model, emb.input_type, emb.embedding_type, cfg.chunking.model_dump())
+    made = Made(emb.model, emb.input_type, emb.embedding_type, cfg.chunking.model_dump(), cfg.source.id_field)
     try:
         check_made(conn, Names(cfg.sink.table), made, f"{redact_url(cfg.sink.path)} table {cfg.sink.table}")
     except SinkError as exc:
