@@ -31,6 +31,7 @@ from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
 from pipeline.jobs.watch import watch_source
 from pipeline.logs import LogSetup, get_logger, redact_url
+from pipeline.sources.fields import FieldCheck
 from pipeline.sources.listed import Inputs
 from pipeline.stages.batch import Window, batch_stage
 from pipeline.stages.chunk import Chunker, chunk_stage
@@ -86,6 +87,9 @@ class Job:
         #: deleted inputs left in the dataset (``run.on_deleted: keep``), counted once over all rounds
         self._kept: set[str] = set()
         self.ids = IdRegistry()
+        #: a source.id_field or text_field naming nothing in the files read: said once a run
+        self.fields = FieldCheck(cfg.source, lambda missing: self.log.warning("source_field_missing",
+                                                                             **missing.log_fields()))
 
     async def run(self) -> RunResult:
         """Run the job to its end; commit what was done whatever happens."""
@@ -196,7 +200,7 @@ class Job:
         with reading:
             await read_stage(files, send, cfg=self.cfg.source, fs=fs, done_upto=self.commit.sink.done_upto,
                              checkpoints=self.checkpoints, cpu=self.cpu, on_file=self._file_started,
-                             on_bytes=self.progress.read_bytes)
+                             on_bytes=self.progress.read_bytes, fields=self.fields)
 
     async def _watch(self, sink: Sink, embedder: Embedder) -> None:
         await watch_source(

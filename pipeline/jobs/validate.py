@@ -31,6 +31,7 @@ from pipeline.jobs.sink_check import check_sink, one_line
 from pipeline.jobs.validate_postgres import (
     connected, postgres_mixed, postgres_replacing, postgres_share, postgres_state, sink_connection)
 from pipeline.logs import format_duration, redact_url
+from pipeline.sources.fields import FieldCheck
 from pipeline.storage import Location
 from pipeline.stages.chunk import Chunker
 from pipeline.stages.read import file_items
@@ -53,6 +54,8 @@ class Estimate:
     minutes: float | None = None
     cost_usd: float | None = None
     by_error: dict[str, int] = field(default_factory=dict)
+    #: a source.id_field or text_field naming nothing in a file read, as a run would warn of it
+    fields_missing: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -124,8 +127,9 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
 def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: Estimate,
            pending: list[tuple[str, str]], settle: Callable[[], None], after: dict[str, int]) -> None:
     """Read every file (after the location ``after`` gives), counting records, failures, chunks and tokens."""
+    fields = FieldCheck(cfg.source, lambda missing: est.fields_missing.append(missing.line()))
     for inp in files:
-        for item in file_items(cfg.source, fs, inp, after.get(inp.key, 0)):
+        for item in file_items(cfg.source, fs, inp, after.get(inp.key, 0), fields=fields):
             if isinstance(item, FileEnd):
                 continue
             if isinstance(item, Failure):
@@ -281,6 +285,7 @@ def _report(cfg: Config, config_name: str, pg: Any) -> Report:
     problems = [p for p in (sink.problem, refused) if p]
     failed = too_many_failed(cfg, {"rows_failed": est.bad_records, "rows_embedded": est.chunks})
     lines += _describe_records(cfg, est, failed is not None)
+    lines += [f"warning: {line}" for line in est.fields_missing]
     if reading is not None:  # a rerun pays for what changed only
         est = estimate(cfg, reading, pg)
         lines.append(f"a run reads {len({f.url for f in est.files}):,} input(s) of them "

@@ -16,6 +16,7 @@ import fsspec
 import orjson
 
 from pipeline.config import SourceConfig
+from pipeline.sources.fields import FieldCheck, RecordSample
 from pipeline.sources.records import (
     MAX_METADATA_DEPTH,
     READ_ERRORS,
@@ -98,9 +99,12 @@ def read_jsonl(
     after: int,
     seek: tuple[int, int] | None = None,
     on_checkpoint: OnCheckpoint | None = None,
+    fields: FieldCheck | None = None,
 ) -> _Items:
-    """The records of a whole jsonl file after line ``after``, seeking to ``seek`` when given."""
-    parse_line = line_parser(cfg, inp)
+    """The records of a whole jsonl file after line ``after``, seeking to ``seek`` when given (its first
+    records shown to ``fields``)."""
+    sample = fields.records(inp) if fields is not None else None
+    parse_line = line_parser(cfg, inp, sample)
     n = 0
     seekable = inp.compression is None
     with open_input(fs, inp) as f:
@@ -125,11 +129,15 @@ def read_jsonl(
                 item = parse_line(line, n)
                 if item is not None:
                     yield item
+    if sample is not None:
+        sample.end()
 
 
-def line_parser(cfg: SourceConfig, inp: InputFile) -> Callable[[bytes, int], Record | Failure | None]:
+def line_parser(
+    cfg: SourceConfig, inp: InputFile, sample: RecordSample | None = None
+) -> Callable[[bytes, int], Record | Failure | None]:
     """The function that turns one jsonl line at ``location`` into a record, a failure,
-    or None (a blank line)."""
+    or None (a blank line); ``sample`` sees each object while it is open."""
     url = inp.url
     part = inp.part
     id_field = cfg.id_field
@@ -147,6 +155,8 @@ def line_parser(cfg: SourceConfig, inp: InputFile) -> Callable[[bytes, int], Rec
             return _bad_json_line(inp, n, line, exc)
         if type(obj) is not dict:
             return failure(inp, n, None, "invalid_json", f"{where(inp, n)}: not a JSON object but {json_type(obj)}")
+        if sample is not None and sample.open:
+            sample.see(obj)
         ident = obj.get(id_field)
         if type(ident) is not str or not ident:
             ident = doc_id(ident)
@@ -167,13 +177,15 @@ def line_parser(cfg: SourceConfig, inp: InputFile) -> Callable[[bytes, int], Rec
     return parse
 
 
-def read_jsonl_range(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> _Items:
+def read_jsonl_range(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int,
+                     fields: FieldCheck | None = None) -> _Items:
     """The lines that start in bytes [start, end) of an uncompressed jsonl file.
 
     A record's location is its line's byte offset + 1; ``after`` (such a
-    location, committed) resumes just past that line.
+    location, committed) resumes just past that line. Its first records are shown to ``fields``.
     """
-    parse = line_parser(cfg, inp)
+    sample = fields.records(inp) if fields is not None else None
+    parse = line_parser(cfg, inp, sample)
     end = inp.end if inp.end is not None else math.inf
     with open_input(fs, inp) as f:
         if after:  # skip the committed line, which starts at after - 1
@@ -193,6 +205,8 @@ def read_jsonl_range(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: Inpu
             item = parse(line.rstrip(b"\n"), location)
             if item is not None:
                 yield item
+    if sample is not None:
+        sample.end()
 
 
 def _bad_json_line(inp: InputFile, n: int, line: bytes, exc: Exception) -> Failure:

@@ -14,6 +14,7 @@ import fsspec
 
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
+from pipeline.sources.fields import FieldCheck
 from pipeline.sources.jsonl import OnCheckpoint, read_jsonl, read_jsonl_range
 from pipeline.sources.records import READ_ERRORS, failure, open_input
 from pipeline.sources.tabular import read_arrow, read_csv, read_parquet
@@ -33,6 +34,7 @@ def read_records(
     after: int = 0,
     seek: tuple[int, int] | None = None,
     on_checkpoint: OnCheckpoint | None = None,
+    fields: FieldCheck | None = None,
 ) -> _Items:
     """Stream the records of one file, in file order.
 
@@ -45,18 +47,21 @@ def read_records(
     For uncompressed jsonl, ``seek=(lines, offset)`` (a checkpoint reported
     earlier through ``on_checkpoint``, with ``lines <= after``) starts
     reading at that byte offset instead of skipping lines from the top, so
-    resuming deep in a 20 GB file does not read it all again.
+    resuming deep in a 20 GB file does not read it all again. ``fields`` hears of a
+    ``source.id_field`` or ``text_field`` that names nothing in the file.
     """
     reader = _READERS.get(inp.format)
     if reader is None:
         raise SourceError(f"{inp.url}: unknown source format {inp.format!r}")
     with storage_errors(SourceError, f"cannot read {inp.url}", catch=READ_ERRORS):
         if inp.format == "jsonl" and inp.part:
-            yield from read_jsonl_range(cfg, fs, inp, after)
+            yield from read_jsonl_range(cfg, fs, inp, after, fields)
         elif inp.format == "jsonl":
-            yield from read_jsonl(cfg, fs, inp, after, seek, on_checkpoint)
+            yield from read_jsonl(cfg, fs, inp, after, seek, on_checkpoint, fields)
+        elif inp.format == "text":
+            yield from read_text(cfg, fs, inp, after)
         else:
-            yield from reader(cfg, fs, inp, after)
+            yield from reader(cfg, fs, inp, after, fields)
 
 
 def read_text(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> _Items:
@@ -82,7 +87,8 @@ def text_record(inp: InputFile, data: bytes) -> Record | Failure:
     return Record(doc_id, text, inp.url, 0, {})
 
 
-_READERS: dict[str, Callable[[SourceConfig, fsspec.AbstractFileSystem, InputFile, int], _Items]] = {
+#: each reader takes (cfg, fs, inp, after); the tables' also the FieldCheck
+_READERS: dict[str, Callable[..., _Items]] = {
     "jsonl": read_jsonl,
     "text": read_text,
     "csv": read_csv,

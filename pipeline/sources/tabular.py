@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
+from pipeline.sources.fields import FieldCheck, no_column
 from pipeline.sources.records import check_text, doc_id, failure, open_input
 from pipeline.types import Failure, InputFile, Record
 
@@ -31,9 +32,13 @@ def _columns(cfg: SourceConfig) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _require_text_column(inp: InputFile, cfg: SourceConfig, names: Iterable[str]) -> None:
-    if cfg.text_field not in set(names):
-        raise SourceError(f"{inp.url}: no column {cfg.text_field!r} (source.text_field)")
+def _check_columns(inp: InputFile, cfg: SourceConfig, names: Iterable[str], fields: FieldCheck | None) -> None:
+    """Tell ``fields`` of the named columns the table lacks; ``SourceError`` when the text column is one."""
+    names = list(names)
+    if fields is not None:
+        fields.columns(inp, names)
+    if (missing := no_column(cfg, inp, names)) is not None:
+        raise SourceError(missing.line())
 
 
 class _NotUtf8:
@@ -135,9 +140,10 @@ def _not_utf8(inp: InputFile, row: int, fields: tuple[str, ...], values: list[An
     return None
 
 
-def read_csv(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> _Items:
+def read_csv(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int,
+             fields: FieldCheck | None = None) -> _Items:
     """The rows of a CSV file (header first), every named column read as text."""
-    _require_text_column(inp, cfg, _csv_header(fs, inp))
+    _check_columns(inp, cfg, _csv_header(fs, inp), fields)
     wanted = _columns(cfg)
     with open_input(fs, inp) as f:
         reader = pa_csv.open_csv(
@@ -170,12 +176,13 @@ def _csv_header(fs: fsspec.AbstractFileSystem, inp: InputFile) -> list[str]:
         return reader.schema.names
 
 
-def read_parquet(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> _Items:
+def read_parquet(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int,
+                 fields: FieldCheck | None = None) -> _Items:
     """The rows of a Parquet file, or of the row groups [start, end) of a piece of one."""
     with open_input(fs, inp) as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
-        _require_text_column(inp, cfg, names)
+        _check_columns(inp, cfg, names, fields)
         columns = [name for name in _columns(cfg) if name in names]
         groups = range(pf.num_row_groups)
         if inp.part:  # a piece of a shared file: row groups [start, end)
@@ -185,7 +192,8 @@ def read_parquet(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFil
         yield from _rows(cfg, inp, batches, after, first_row)
 
 
-def read_arrow(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int) -> _Items:
+def read_arrow(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile, after: int,
+               fields: FieldCheck | None = None) -> _Items:
     """The rows of an Arrow IPC file, in the random-access file format or as a stream."""
     with open_input(fs, inp) as f:
         try:
@@ -193,12 +201,12 @@ def read_arrow(cfg: SourceConfig, fs: fsspec.AbstractFileSystem, inp: InputFile,
         except (pa.ArrowInvalid, OSError, ValueError):
             reader = None
         if reader is not None:
-            _require_text_column(inp, cfg, reader.schema.names)
+            _check_columns(inp, cfg, reader.schema.names, fields)
             batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             yield from _rows(cfg, inp, batches, after)
             return
     # Not the random-access file format: read it again as an IPC stream.
     with open_input(fs, inp) as f:
         stream = pa_ipc.open_stream(f)
-        _require_text_column(inp, cfg, stream.schema.names)
+        _check_columns(inp, cfg, stream.schema.names, fields)
         yield from _rows(cfg, inp, stream, after)

@@ -21,6 +21,7 @@ from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
 from pipeline.logs import get_logger
 from pipeline.sources.fetch import AHEAD, Ahead, Fetched
+from pipeline.sources.fields import FieldCheck
 from pipeline.sources.readers import read_records, text_record
 from pipeline.sources.records import open_input
 from pipeline.types import END_OF_FILE, Failure, FileEnd, InputFile, Record
@@ -37,7 +38,7 @@ def file_items(
 ) -> Iterator[Item]:
     """A file's records after location ``after``, then its end; a file that breaks midway ends in one failure.
 
-    ``seeking`` (``seek``, ``on_checkpoint``) goes to :func:`read_records`.
+    ``seeking`` (``seek``, ``on_checkpoint``, ``fields``) goes to :func:`read_records`.
     """
     last = after
     try:
@@ -182,8 +183,9 @@ class _Reader:
     """The read stage's thread side: the items of the planned files, a block at a time, in their order."""
 
     def __init__(self, cfg: SourceConfig, fs: Any, on_bytes: Callable[[InputFile, int], None] | None,
-                 ahead: int) -> None:
+                 ahead: int, fields: FieldCheck | None = None) -> None:
         self._cfg = cfg
+        self._fields = fields
         self._files: Ahead[tuple[int, dict[str, Any]]] = Ahead(fs, ahead=ahead)
         self._on_bytes = on_bytes
         self._current: Iterator[Item] | None = None
@@ -213,7 +215,7 @@ class _Reader:
                     continue
                 if self._on_bytes is not None:
                     source = _CountingFS(source, partial(self._on_bytes, inp))
-                self._current = file_items(self._cfg, source, inp, after, **seeking)
+                self._current = file_items(self._cfg, source, inp, after, fields=self._fields, **seeking)
             had = len(block)
             block.extend(islice(self._current, n - had))
             if len(block) - had < n - had:  # the file is done
@@ -237,6 +239,7 @@ async def read_stage(
     on_file: Callable[[InputFile], None] = lambda _: None,
     on_bytes: Callable[[InputFile, int], None] | None = None,
     ahead: int = AHEAD,
+    fields: FieldCheck | None = None,
 ) -> None:
     """Send every record of ``files`` after what ``done_upto`` says is committed, a block at a time.
 
@@ -248,9 +251,10 @@ async def read_stage(
     :mod:`pipeline.sources.fetch`) while earlier ones are parsed.
     ``on_bytes(inp, n)`` hears of the bytes read inside each file, as they are
     read (from its thread); ``on_file(inp)`` of each file as its reading starts.
+    ``fields`` hears of a ``source.id_field`` or ``text_field`` that names nothing in a file.
     """
     log = get_logger()
-    reader = _Reader(cfg, fs, on_bytes, ahead)
+    reader = _Reader(cfg, fs, on_bytes, ahead, fields)
     todo = iter(files)
     try:
         async with send:
