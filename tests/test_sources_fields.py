@@ -47,6 +47,13 @@ def test_the_likely_field(value: str, names: list[str], meant: str | None) -> No
     assert closest(value, names) == meant
 
 
+def test_the_text_field_is_never_the_guessed_id(tmp_path: Path) -> None:
+    """id_field: texts on records with text: the text field serves its own key, no did-you-mean for the id."""
+    (tmp_path / "a.jsonl").write_bytes(jsonl({"text": "x", "ref": 1}))
+    _, said = read_checked(tmp_path, id_field="texts")
+    assert [(m.key, m.did_you_mean) for m in said] == [("source.id_field", None)]
+
+
 def test_a_misnamed_id_field_is_said_once_in_one_line(tmp_path: Path) -> None:
     """Records that all lack id_field while having other fields: one warning for the run (not one per file),
     naming the file, the key, its value, the fields present and the likely one; the ids are file:line."""

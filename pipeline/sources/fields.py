@@ -39,12 +39,14 @@ class FieldMissing:
     file: str
     fields: tuple[str, ...]
     seen: int
+    #: fields that serve another key (the text and metadata fields, for the id): never a guess
+    taken: frozenset[str] = frozenset()
 
     @property
     def did_you_mean(self) -> str | None:
         """The field of ``fields`` the key likely meant: the same but for case, a close spelling, or a
         name with the value as one of its parts (``doc_id`` for ``id``)."""
-        return closest(self.value, self.fields)
+        return closest(self.value, [f for f in self.fields if f not in self.taken])
 
     @property
     def then(self) -> str:
@@ -106,7 +108,7 @@ class FieldCheck:
         self._lock = threading.Lock()
         self._said: set[str] = set()
         #: fields that are no id, whatever the id field is called: a record with only these has no id to miss
-        self._not_ids = {cfg.text_field, *cfg.metadata_fields}
+        self._not_ids = frozenset({cfg.text_field, *cfg.metadata_fields})
 
     @property
     def done(self) -> bool:
@@ -116,18 +118,20 @@ class FieldCheck:
     def columns(self, inp: InputFile, names: list[str]) -> None:
         """A table's columns: warns of the named ones it lacks (without the text column the reader fails
         the file, with :func:`no_column`'s line)."""
-        self._decide(inp, 0, dict.fromkeys(names), self._cfg.id_field in names, self._cfg.text_field in names)
+        self.decide(inp, 0, dict.fromkeys(names), self._cfg.id_field in names, self._cfg.text_field in names)
 
     def records(self, inp: InputFile) -> RecordSample | None:
         """What looks at the first records of a jsonl file (None: nothing left to look for)."""
-        return None if self.done else RecordSample(self, inp)
+        return None if self.done else RecordSample(self, inp, self._cfg.id_field, self._cfg.text_field)
 
-    def _decide(self, inp: InputFile, seen: int, fields: dict[str, None], has_id: bool, has_text: bool) -> None:
+    def decide(self, inp: InputFile, seen: int, fields: dict[str, None], has_id: bool, has_text: bool) -> None:
+        """Warn of what the ``seen`` first records of ``inp`` (0: its columns), whose ``fields`` are these,
+        lack."""
         cfg, names = self._cfg, tuple(fields)
         if not has_id and set(names) - self._not_ids:  # other fields: one of them may be the id
-            self._say(FieldMissing(ID_KEY, cfg.id_field, inp.url, names, seen))
+            self._say(FieldMissing(ID_KEY, cfg.id_field, inp.url, names, seen, self._not_ids))
         if not has_text and names:
-            self._say(FieldMissing(TEXT_KEY, cfg.text_field, inp.url, names, seen))
+            self._say(FieldMissing(TEXT_KEY, cfg.text_field, inp.url, names, seen, frozenset({cfg.id_field})))
 
     def _say(self, missing: FieldMissing) -> None:
         with self._lock:
@@ -142,9 +146,9 @@ class RecordSample:
 
     __slots__ = ("open", "_check", "_inp", "_seen", "_fields", "_id", "_text", "_has_id", "_has_text")
 
-    def __init__(self, check: FieldCheck, inp: InputFile) -> None:
+    def __init__(self, check: FieldCheck, inp: InputFile, id_field: str, text_field: str) -> None:
         self._check, self._inp = check, inp
-        self._id, self._text = check._cfg.id_field, check._cfg.text_field
+        self._id, self._text = id_field, text_field
         self._seen = 0
         self._fields: dict[str, None] = {}  # in the order met
         self._has_id = self._has_text = False
@@ -167,4 +171,4 @@ class RecordSample:
             return
         self.open = False
         if self._seen:
-            self._check._decide(self._inp, self._seen, self._fields, self._has_id, self._has_text)
+            self._check.decide(self._inp, self._seen, self._fields, self._has_id, self._has_text)
