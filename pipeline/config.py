@@ -200,6 +200,15 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
 
     @property
+    def batch_size(self) -> int:
+        """Inputs per request: ``embedding.batch_size``, but never more than ``sink.shard_rows``.
+
+        A shard holds whole responses only (its token usage is the sum of
+        theirs) and at most ``shard_rows`` rows, so no request may bring more.
+        """
+        return min(self.embedding.batch_size, self.sink.shard_rows)
+
+    @property
     def api_key(self) -> str | None:
         """The API key in clear, for the Authorization header only."""
         key = self.embedding.api_key

@@ -18,7 +18,9 @@ from pipeline.config import SinkConfig
 from pipeline.dataset.postgres import PostgresSink, connect
 from pipeline.embed.vectors import quantize
 from pipeline.errors import CommitFailed, SinkError
+from pipeline.serve.app import ServerOptions
 from pipeline.types import END_OF_FILE, Chunk, EmbeddedBatch, Failure, Usage
+from test_jobs_run import make_config, run, write_corpus
 
 CHUNKING = {"strategy": "split", "max_chars": 2048, "overlap_chars": 0}
 
@@ -72,6 +74,45 @@ def test_rows_errors_accounting_and_state_commit_together(postgres_url: str, tab
     assert again.done_upto("a.jsonl") == 1
     assert again.counts.rows_embedded == 3 and again.counts.rows_failed == 1 and again.counts.records_read == 4
     again.close("completed")
+
+
+def test_a_commit_holds_at_most_shard_rows_rows_and_as_many_error_rows(postgres_url: str, table: str) -> None:
+    """What waits is committed before a batch that would take it past shard_rows rows or error rows,
+    and as soon as it reaches shard_rows: each commit holds whole batches, within the limit."""
+    sink = open_sink(postgres_url, table, shard_rows=100)
+    sizes = [(96, 0), (4, 60), (10, 60), (10, 60), (96, 0), (96, 0)]
+    committed = []
+    for seq, (n, failures) in enumerate(sizes):
+        committed += sink.write_many([batch(seq, [f"r{seq}-{k}" for k in range(n)], floats(n), failures=failures)])
+    sink.close("completed")
+    assert [(e["rows"], e["errors"]) for e in committed] == [(100, 60), (10, 60), (10, 60), (96, 0)]
+    got = query(postgres_url, f"SELECT rows, errors, requests FROM {table}_commits ORDER BY n")
+    assert got == [(100, 60, 2), (10, 60, 1), (10, 60, 1), (96, 0, 1), (96, 0, 1)]
+    assert query(postgres_url, f"SELECT count(*) FROM {table}") == [(312,)]
+    assert query(postgres_url, f"SELECT location FROM {table}_state") == [(len(sizes),)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shard_rows", [40, 100])
+async def test_a_run_commits_at_most_shard_rows_rows(postgres_url: str, table: str, tmp_path: Path,
+                                                     shard_rows: int) -> None:
+    """A whole run with batch_size 96: no commit holds more than shard_rows rows or error rows (requests
+    shrink to fit, a run of bad lines is cut too), the tokens add up, and every record lands once."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 1000, long_every=50)
+    (tmp_path / "in" / "b.jsonl").write_text("{not json\n" * 130)
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []}, embedding={"batch_size": 96},
+                      sink={"path": postgres_url, "table": table, "shard_rows": shard_rows},
+                      run={"max_failed_fraction": 1})
+    result, stats = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert result.exit_code == 0
+    commits = query(postgres_url, f"SELECT rows, errors, requests, prompt_tokens FROM {table}_commits")
+    assert all(rows <= shard_rows and errors <= shard_rows for rows, errors, _, _ in commits)
+    ids = [r[0] for r in query(postgres_url, f"SELECT id FROM {table}")]
+    assert len({i.split("#")[0] for i in ids}) == 1000 and sum(c[0] for c in commits) == len(ids)
+    assert sum(c[1] for c in commits) == 132 == query(postgres_url, f"SELECT count(*) FROM {table}_errors")[0][0]
+    assert sum(c[2] for c in commits) == stats["requests"] and sum(c[3] for c in commits) == stats["prompt_tokens"]
+    assert stats["inputs_embedded"] == len(ids) and stats["duplicate_inputs_embedded"] == 0
 
 
 @pytest.mark.parametrize("etype,column", [("float", "vector"), ("int8", "vector"), ("uint8", "vector"),

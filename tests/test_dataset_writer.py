@@ -251,7 +251,7 @@ def test_full_shard_commits_immediately(tmp_path):
 
 
 def test_shard_rows_below_batch_size_means_one_batch_per_shard(tmp_path):
-    """With shard_rows smaller than a batch, each batch is its own shard (never split)."""
+    """A batch larger than shard_rows (the batcher never makes one) is its own shard, never split."""
     w = make_writer(tmp_path, shard_rows=10)
     out = w.write(make_batch(0, 30)) + w.write(make_batch(1, 30, start=30))
     assert [e["rows"] for e in out] == [30, 30]

@@ -7,15 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from structlog.testing import capture_logs
 
 from pipeline.config import Config
+from pipeline.dataset.shards import open_shard
 from state_helpers import read_state
 from pipeline.jobs.run import run_job
 from pipeline.serve.app import ServerOptions, running_server
+from pipeline.serve.models import FakeModel
 
 pytestmark = pytest.mark.anyio
 
@@ -144,6 +148,49 @@ async def test_shard_usage_is_per_shard(tmp_path: Path) -> None:
         meta = json.loads(pq.read_schema(tmp_path / "out" / shard["path"]).metadata[b"pipeline"])
         assert meta["prompt_tokens"] == shard["prompt_tokens"] > 0
     assert sum(s["prompt_tokens"] for s in data_shards) == stats["prompt_tokens"]
+
+
+def shard_rows_of(path: Path) -> int:
+    """The rows a shard file holds, as its own footer says (Parquet or Arrow IPC)."""
+    with open_shard(fsspec.filesystem("file"), str(path)) as shard:
+        return shard.num_rows
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+@pytest.mark.parametrize("shard_rows", [40, 100])
+async def test_no_shard_holds_more_than_shard_rows(tmp_path: Path, shard_rows: int, fmt: str) -> None:
+    """With batch_size 96, no data or errors shard passes shard_rows (requests shrink to fit, a run of
+    bad lines is cut too), each file holds the rows its entry says, each shard's tokens are exactly
+    those of its own rows (whole responses), and every record lands once."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 1000, long_every=50)
+    (tmp_path / "in" / "b.jsonl").write_text("{not json\n" * 130)
+    cfg = make_config(tmp_path, "http://placeholder", embedding={"batch_size": 96},
+                      sink={"shard_rows": shard_rows, "format": fmt}, run={"max_failed_fraction": 1})
+    with capture_logs() as logs:
+        result, stats = await run(cfg, ServerOptions(port=0, fake=True, dimensions=8))
+    assert result.exit_code == 0
+    capped = [e for e in logs if e["event"] == "batch_size_capped"]
+    assert capped == ([{"event": "batch_size_capped", "log_level": "warning", "batch_size": 40, "configured": 96,
+                        "shard_rows": 40, "reason": capped[0]["reason"]}] if shard_rows == 40 else [])
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    for entry in manifest["shards"]:
+        assert 0 < entry["rows"] <= shard_rows
+        assert shard_rows_of(tmp_path / "out" / entry["path"]) == entry["rows"]
+    files = {kind: [str(tmp_path / "out" / s["path"]) for s in manifest["shards"] if s["kind"] == kind]
+             for kind in ("data", "errors")}
+    data = ds.dataset(files["data"], format=fmt.replace("arrow", "ipc")).to_table()
+    ids = data["id"].to_pylist()
+    assert len(ids) == len(set(ids)) and len({i.split("#")[0] for i in ids}) == 1000
+    errors = ds.dataset(files["errors"], format=fmt.replace("arrow", "ipc")).to_table()
+    assert errors.num_rows == 132 and len(set(errors["id"].to_pylist())) == 132
+    count = FakeModel(8).count_tokens
+    for path in files["data"]:
+        shard = ds.dataset(path, format=fmt.replace("arrow", "ipc")).to_table()
+        entry = next(s for s in manifest["shards"] if str(tmp_path / "out" / s["path"]) == path)
+        assert entry["prompt_tokens"] == sum(count(shard["text"].to_pylist()))
+    assert sum(s["requests"] for s in manifest["shards"]) == stats["requests"]
+    assert stats["inputs_embedded"] == len(ids) and stats["duplicate_inputs_embedded"] == 0
 
 
 async def test_rerun_resumes_without_duplicates(tmp_path: Path) -> None:

@@ -366,3 +366,11 @@ def test_the_state_validate_compares_with_is_looked_at_not_copied() -> None:
     state.set_signature("s3://b/a.md", "12:x")
     seen = StateView(state).signatures()
     assert seen is state.files and seen.get("s3://b/a.md") == "12:x" and len(seen) == 1
+
+
+def test_requests_are_counted_at_most_shard_rows_inputs_each() -> None:
+    """shard_rows below batch_size: the estimate counts the smaller requests a run sends, and says why."""
+    est = estimate(load_config(SAMPLE, ["sink.shard_rows=40"]))
+    assert est.chunks == 308 and est.requests == 8  # ceil(308 / 40), not ceil(308 / 96)
+    lines = validate(load_config(SAMPLE, ["sink.shard_rows=40"]), SAMPLE).lines
+    assert "requests: 8 (batch_size 40, capped at sink.shard_rows)" in lines

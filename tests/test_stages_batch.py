@@ -83,3 +83,15 @@ def test_a_whole_file_record_that_fills_a_batch_takes_its_file_end_along() -> No
     assert [dict(x.marks) for x in out] == [{"a.md": END_OF_FILE, "b.md": END_OF_FILE}, {"c.md": 0, "d.md": 0},
                                             {"e.jsonl": 1}]
     assert [x.records for x in out] == [2, 2, 1]
+
+
+def test_max_rows_bounds_chunks_and_failures_together() -> None:
+    """With max_rows, a batch holds at most that many chunks and failures together (any chunk may
+    come back a failure: neither shard kind may get more than shard_rows rows of one batch)."""
+    b = Batcher(96, max_rows=40)
+    out = [batch for n in range(100) for batch in b.add((chunk(f"d{n}", location=n + 1),))]
+    out += [batch for n in range(100, 190) for batch in b.add(failure(f"f{n}", n + 1))]
+    out.append(b.flush())
+    assert [(len(x.chunks), len(x.failures)) for x in out] == [(40, 0), (40, 0), (20, 20), (0, 40), (0, 30)]
+    assert [x.records for x in out] == [40, 40, 40, 40, 30]
+    assert [dict(x.marks) for x in out] == [{"f.jsonl": n} for n in (40, 80, 120, 160, 190)]

@@ -62,6 +62,7 @@ class _Pending:
     last: dict[str, int] = field(default_factory=dict)
     nbytes: int = 0
     rows: int = 0
+    errors: int = 0
     started_at: str | None = None
     opened_at: float | None = None
 
@@ -70,6 +71,7 @@ class _Pending:
         self.counts += Counts.of(batch)
         self.nbytes += batch.vectors.nbytes
         self.rows += len(batch.chunks)
+        self.errors += len(batch.failures)
         for key, location in batch.marks:
             self.marks[key] = max(location, self.marks.get(key, -1))
         for item in (*batch.chunks, *batch.failures):
@@ -77,6 +79,15 @@ class _Pending:
             self.last[key] = max(item.location, self.last.get(key, -1))
         if self.opened_at is None:
             self.opened_at, self.started_at = now, utc_now()
+
+    def overflows(self, batch: EmbeddedBatch, limit: int) -> bool:
+        """Whether ``batch`` would take what waits past ``limit`` rows or ``limit`` error rows."""
+        return bool(self.batches) and (self.rows + len(batch.chunks) > limit
+                                       or self.errors + len(batch.failures) > limit)
+
+    def full(self, limit: int) -> bool:
+        """Whether ``limit`` rows or error rows wait, or vectors of ``MAX_PENDING_BYTES``."""
+        return self.rows >= limit or self.errors >= limit or self.nbytes >= MAX_PENDING_BYTES
 
 
 @dataclass(frozen=True)
@@ -196,14 +207,22 @@ class PostgresSink(SinkState):
     # ------------------------------------------------------------ writing
 
     def write_many(self, batches: Sequence[EmbeddedBatch]) -> list[dict[str, Any]]:
-        """Take answered batches (in read order); commit when enough rows or bytes wait, or when due."""
+        """Take answered batches (in read order); commit when enough rows or bytes wait, or when due.
+
+        A commit holds whole batches and at most ``sink.shard_rows`` rows and
+        as many error rows, as a file dataset's shards do: what waits is
+        committed first when the next batch would take it past that.
+        """
         self._check_usable()
         committed: list[dict[str, Any]] = []
+        limit = self.cfg.shard_rows
         for batch in batches:
+            if self._pending.overflows(batch, limit):
+                committed += self._commit()
             if self._changed:
                 self._replace_touched(batch)
             self._pending.add(batch, self._clock())
-            if self._pending.rows >= self.cfg.shard_rows or self._pending.nbytes >= MAX_PENDING_BYTES:
+            if self._pending.full(limit):
                 committed += self._commit()
         return committed + self.commit_if_due()
 

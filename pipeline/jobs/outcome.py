@@ -35,6 +35,14 @@ def too_many_failed(cfg: Config, totals: dict[str, int]) -> str | None:
     )
 
 
+def warn_if_batch_capped(cfg: Config, log: Any) -> None:
+    """Say, once at the start, that requests carry fewer inputs than ``embedding.batch_size`` asks
+    (``sink.shard_rows`` is smaller, and a shard holds whole responses: see :attr:`Config.batch_size`)."""
+    if cfg.batch_size < cfg.embedding.batch_size:
+        log.warning("batch_size_capped", batch_size=cfg.batch_size, configured=cfg.embedding.batch_size,
+                    shard_rows=cfg.sink.shard_rows, reason="a shard holds whole responses, at most shard_rows rows")
+
+
 def log_commits(log: Any, entries: list[dict[str, Any]]) -> None:
     """One ``shard_committed`` line per committed shard (``shard_rewritten`` for a copy without removed rows)."""
     for entry in entries:

@@ -13,7 +13,8 @@ from pipeline.dataset.sink import open_sink
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.embed import Embedder, make_embedder
 from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, CommitFailed, FatalApiError
-from pipeline.jobs.outcome import RunResult, close_quietly, first_leaf, log_commits, too_many_failed
+from pipeline.jobs.outcome import (RunResult, close_quietly, first_leaf, log_commits, too_many_failed,
+                                   warn_if_batch_capped)
 from pipeline.logs import get_logger
 from pipeline.stages.chunk import make_hasher
 from pipeline.types import Batch, Chunk, Counts, EmbeddedBatch, Failure, Usage
@@ -55,6 +56,7 @@ async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, 
     done = Counts()
     status, code, message = "completed", EXIT_OK, None
     log.info("retry_started", shards=len(old_shards), sink=cfg.sink.path)
+    warn_if_batch_capped(cfg, log)
     try:
         async with embedder:  # type: ignore[attr-defined]
             for old in old_shards:
@@ -68,7 +70,7 @@ async def _retry(cfg: Config, writer: DatasetWriter, embedder: Embedder | None, 
                 seq = 0
                 path = f"{writer.root}/{old['path']}"
                 for rows in await anyio.to_thread.run_sync(
-                    lambda: list(_read_failures(writer.fs, path, emb.batch_size))
+                    lambda: list(_read_failures(writer.fs, path, cfg.batch_size))
                 ):
                     again = [f for f in rows if f.error_type in RETRYABLE_ERRORS and f.text]
                     kept = tuple(f for f in rows if f not in again)

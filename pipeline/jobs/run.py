@@ -26,7 +26,7 @@ from pipeline.embed.reuse import ReusingEmbedder
 from pipeline.errors import EXIT_OK, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
 from pipeline.jobs.changes import Changes, apply, check_removals, compare
 from pipeline.jobs.inputs import list_source, open_own_vectors, open_reuse_index
-from pipeline.jobs.outcome import RunResult, close_quietly, finish, first_leaf, log_commits
+from pipeline.jobs.outcome import RunResult, close_quietly, finish, first_leaf, log_commits, warn_if_batch_capped
 from pipeline.jobs.progress import Progress, report_progress
 from pipeline.jobs.shutdown import Shutdown, watch_signals
 from pipeline.jobs.watch import watch_source
@@ -123,6 +123,7 @@ class Job:
         self.log.info("run_started", files=len(files), source=cfg.source.path, sink=cfg.sink.path,
                       provider=cfg.embedding.provider, model=cfg.embedding.model,
                       rank=cfg.run.rank, world_size=cfg.run.world_size, **counts)
+        warn_if_batch_capped(cfg, self.log)
         earlier: ReuseIndex | None = None
         status, code, message = "completed", EXIT_OK, None
         try:
@@ -187,7 +188,7 @@ class Job:
                 tg.start_soon(self._read, fs, files, records_send, reading)
                 tg.start_soon(partial(chunk_stage, records_receive, pieces_send, chunker=self.chunker, cpu=self.cpu))
                 tg.start_soon(partial(batch_stage, pieces_receive, batches_send,
-                                      batch_size=cfg.embedding.batch_size, window=window))
+                                      batch_size=cfg.batch_size, max_rows=cfg.sink.shard_rows, window=window))
                 async with batches_receive, answers_send:
                     for _ in range(depth):
                         tg.start_soon(partial(embed_stage, batches_receive.clone(), answers_send.clone(),

@@ -112,7 +112,7 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
         for index in indexes:
             index.close()
     est.tokens -= est.reusable_tokens
-    est.requests = math.ceil((est.chunks - est.reusable_chunks) / emb.batch_size)
+    est.requests = math.ceil((est.chunks - est.reusable_chunks) / cfg.batch_size)
     limits = []
     if emb.requests_per_minute:
         limits.append(est.requests / emb.requests_per_minute)
@@ -346,7 +346,8 @@ def _describe_work(cfg: Config, est: Estimate, reading: Reading | None) -> list[
     lines.append(f"estimated tokens: {est.tokens:,} ({how}" + ("; after reuse)" if stores else ")"))
     if cfg.run.max_tokens is not None and est.tokens > cfg.run.max_tokens:
         lines.append(f"budget: run.max_tokens={cfg.run.max_tokens:,} stops the run before it is done")
-    lines.append(f"requests: {est.requests:,} (batch_size {emb.batch_size})")
+    capped = ", capped at sink.shard_rows" if cfg.batch_size < emb.batch_size else ""
+    lines.append(f"requests: {est.requests:,} (batch_size {cfg.batch_size}{capped})")
     lines += describe_budget(emb, requests=est.requests, tokens=est.tokens, world_size=cfg.run.world_size)
     if est.cost_usd is not None:
         lines.append(f"cost: about ${est.cost_usd:,.4f} at ${emb.usd_per_million_tokens:g} per million tokens")

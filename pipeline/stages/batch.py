@@ -42,9 +42,12 @@ class Window:
 class Batcher:
     """Accumulates pieces into :class:`Batch` values (synchronous core)."""
 
-    def __init__(self, batch_size: int, *, max_failures: int = 1000) -> None:
+    def __init__(self, batch_size: int, *, max_failures: int = 1000, max_rows: int | None = None) -> None:
+        """``max_rows`` bounds chunks and failures together: any chunk may come back a failure, and
+        neither a data shard nor an errors shard may get more than ``sink.shard_rows`` rows of one batch."""
         self.batch_size = batch_size
         self.max_failures = max_failures
+        self.max_rows = max_rows
         self.seq = 0
         self._chunks: list[Chunk] = []
         self._failures: list[Failure] = []
@@ -72,7 +75,7 @@ class Batcher:
         if isinstance(piece, Failure):
             self._failures.append(piece)
             self._complete(piece.source + piece.part, piece.location)
-            if len(self._failures) >= self.max_failures:
+            if len(self._failures) >= self.max_failures or self._rows_full():
                 yield from self._full(piece.location)
             return
         last = len(piece) - 1
@@ -80,8 +83,11 @@ class Batcher:
             self._chunks.append(chunk)
             if i == last:
                 self._complete(chunk.source + chunk.part, chunk.location)
-            if len(self._chunks) >= self.batch_size:
+            if len(self._chunks) >= self.batch_size or self._rows_full():
                 yield from self._full(chunk.location if i == last else None)
+
+    def _rows_full(self) -> bool:
+        return self.max_rows is not None and len(self._chunks) + len(self._failures) >= self.max_rows
 
     def _full(self, completed_at: int | None) -> Iterable[Batch]:
         """The batch is full: out it goes, unless the record just completed is a whole file's (location 0)."""
@@ -118,15 +124,17 @@ async def batch_stage(
     send: ObjectSendStream[Batch],
     *,
     batch_size: int,
+    max_rows: int | None = None,
     window: Window | None = None,
     linger_s: float = 0.5,
 ) -> None:
     """Read lists of pieces, send full batches; flush a partial one after
     ``linger_s`` without input, and at the end of the stream.
 
-    Each batch enters ``window`` before it goes out.
+    Each batch enters ``window`` before it goes out; ``max_rows`` bounds
+    its chunks and failures together (see :class:`Batcher`).
     """
-    batcher = Batcher(batch_size)
+    batcher = Batcher(batch_size, max_rows=max_rows)
 
     async def emit(batch: Batch) -> None:
         if window is not None:
