@@ -250,6 +250,38 @@ async def test_a_typo_that_drops_the_few_big_files_is_refused_by_records(tmp_pat
     assert current(tmp_path).num_rows == 64
 
 
+async def test_emptying_most_files_is_refused_as_a_mass_removal(tmp_path: Path) -> None:
+    """Files truncated to 0 bytes lose their rows as surely as deleted ones: emptying 3 of 4 files is
+    refused by validate and the run (exit 2, one line), under run.on_deleted: keep too; one of 4 is not."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in "abcd":
+        jsonl(src / f"{name}.jsonl", {f"{name}0": name})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    before = sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
+    for name in "abc":
+        (src / f"{name}.jsonl").write_text("")
+        touch_later(src / f"{name}.jsonl")
+    keep = cfg.model_copy(update={"run": cfg.run.model_copy(update={"on_deleted": "keep"})})
+    for each in (cfg, keep):
+        report = validate(each, "job.yaml")
+        assert report.exit_code == 2 and any("a run would stop" in line for line in report.lines), report.lines
+        with pytest.raises(SinkError) as caught:
+            await rerun(each)
+        message = str(caught.value)
+        assert caught.value.exit_code == 2 and "\n" not in message
+        assert "3 of the dataset's 4 source files, 3 of them listed with 0 bytes (75% of the files" in message
+        assert "run.max_removed_fraction=0.5" in message
+        assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == before
+        check_exact(tmp_path, {"a0": "a", "b0": "b", "c0": "c", "d0": "d"})
+    jsonl(src / "b.jsonl", {"b0": "b"})
+    jsonl(src / "c.jsonl", {"c0": "c"})
+    job, result, _ = await rerun(cfg)  # one of four emptied: within the guard
+    assert result.exit_code == 0 and job.changes["changed"] == 3
+    check_exact(tmp_path, {"b0": "b", "c0": "c", "d0": "d"})
+
+
 def test_the_new_run_keys_have_their_defaults() -> None:
     """run.on_deleted defaults to remove and run.max_removed_fraction to 0.5; other values are refused."""
     cfg = make_config(Path("/tmp"), "http://x")

@@ -352,11 +352,11 @@ def describe_changes(
     if kept:
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
     refused = None
-    if cfg.run.on_deleted == "remove" and changes.deleted:
-        share_of = partial(_postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
-        refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction)
-        if refused:
-            line += "; a run would stop before changing anything (exit 2)"
+    share_of = partial(_postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
+    refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction,
+                      deleted=cfg.run.on_deleted == "remove")
+    if refused:
+        line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
     # as the run's _own_vectors: changed inputs, the deleted ones when files were also added (renames; only
