@@ -514,9 +514,8 @@ async def test_a_line_glued_to_a_last_line_without_newline_is_not_lost_silently(
     assert result.totals["rows_failed"] == 1 and result.totals["rows_embedded"] == 1
 
 
-async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sink inside the source is left out of every listing, and said once, not once a poll."""
+def counted_listings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at each listing a watcher makes."""
     from pipeline.jobs import watch
 
     listings: list[int] = []
@@ -526,6 +525,13 @@ async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
         return list_source(*args, **kwargs)
 
     monkeypatch.setattr(watch, "list_source", counted)
+    return listings
+
+
+async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink inside the source is left out of every listing, and said once, not once a poll."""
+    listings = counted_listings(monkeypatch)
     src = tmp_path / "in"
     src.mkdir()
     jsonl(src / "a.jsonl", {"a0": "zero"})
@@ -537,3 +543,21 @@ async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
             after = len(listings)
             await until(lambda: len(listings) >= after + 3)
     assert [e["event"] for e in logs].count("sink_inside_source") == 1
+
+
+async def test_a_watcher_says_a_file_deleted_under_keep_once(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With run.on_deleted: keep, the round that finds a file gone logs watch_found deleted=1 kept=1 (as a
+    run's summary counts it), once, not on every later round that still misses it."""
+    listings = counted_listings(monkeypatch)
+    cfg = a_and_b(tmp_path, on_deleted="keep", watch=True, poll_interval_s=0.05)
+    with capture_logs() as logs:
+        async with watching(cfg) as (job, _):
+            await until(lambda: job.changes.get("new") == 2 and job.progress.shards >= 1)
+            (tmp_path / "in" / "b.jsonl").unlink()
+            await until(lambda: job.changes.get("kept") == 1)
+            after = len(listings)
+            await until(lambda: len(listings) >= after + 3)
+    found = [(e["new"], e["deleted"], e.get("kept")) for e in logs if e["event"] == "watch_found"]
+    assert found == [(2, 0, None), (0, 1, 1)], found
+    check_exact(tmp_path, {"a0": "zero", "b0": "one"})
