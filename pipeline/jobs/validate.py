@@ -347,7 +347,7 @@ def describe_changes(
     changes = compare(StateView(state), fs, mine, listed)
     c = changes.counts()
     kept = f", kept {c['deleted']:,}" if c["deleted"] and cfg.run.on_deleted == "keep" else ""
-    line = (f"changes since the dataset: new {c['new'] + c['resumed']:,}, changed {c['changed']:,}, "
+    line = (f"changes since the dataset: new {c['new']:,}, resumed {c['resumed']:,}, changed {c['changed']:,}, "
             f"appended {c['appended']:,}, deleted {c['deleted']:,}{kept}, unchanged {c['unchanged']:,}")
     if kept:
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
