@@ -23,7 +23,7 @@ from pipeline.jobs.run import Job
 from pipeline.jobs.validate import validate
 from pipeline.serve.app import ServerOptions, running_server
 
-from test_jobs_run import make_config
+from test_jobs_run import make_config, write_corpus
 
 pytestmark = pytest.mark.anyio
 
@@ -280,6 +280,27 @@ async def test_emptying_most_files_is_refused_as_a_mass_removal(tmp_path: Path) 
     job, result, _ = await rerun(cfg)  # one of four emptied: within the guard
     assert result.exit_code == 0 and job.changes["changed"] == 3
     check_exact(tmp_path, {"b0": "b", "c0": "c", "d0": "d"})
+
+
+async def test_a_run_cut_short_says_how_much_is_done_and_validate_says_resumed_as_the_rerun(tmp_path: Path) -> None:
+    """A run stopped part-way (here by run.max_tokens) reports done_pct as the share of the input written,
+    not the share read ahead (100%); validate then counts the input resumed, as the rerun does."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 2000, bad=False)
+    cfg = make_config(tmp_path, "http://placeholder", run={"max_tokens": 9000},
+                      embedding={"batch_size": 50, "concurrency": 4})
+    with capture_logs() as logs:
+        _, result, _ = await rerun(cfg)
+    assert result.status == "budget_exhausted"
+    finished = next(e for e in logs if e["event"] == "run_finished")
+    written = result.totals["records_read"] / 2000
+    assert 0 < written < 1 and finished["done_pct"] == pytest.approx(written * 100, abs=2), (finished, written)
+    report = validate(cfg, "job.yaml")
+    line = "changes since the dataset: new 0, resumed 1, changed 0, appended 0, deleted 0, unchanged 0"
+    assert line in report.lines, report.lines
+    bigger = cfg.model_copy(update={"run": cfg.run.model_copy(update={"max_tokens": None})})
+    job, result, _ = await rerun(bigger)
+    assert result.status == "completed" and job.changes["new"] == 0 and job.changes["resumed"] == 1
 
 
 def test_the_new_run_keys_have_their_defaults() -> None:

@@ -196,7 +196,7 @@ class Job:
         with reading:
             await read_stage(files, send, cfg=self.cfg.source, fs=fs, done_upto=self.commit.sink.done_upto,
                              checkpoints=self.checkpoints, cpu=self.cpu, on_file=self._file_started,
-                             on_bytes=self.progress.read_bytes)
+                             on_bytes=self.progress.read_bytes, on_block=self.progress.read_items)
 
     async def _watch(self, sink: Sink, embedder: Embedder) -> None:
         await watch_source(
