@@ -58,15 +58,16 @@ def listed(tmp_path: Path) -> pa.Table:
     return ds.dataset(files, format="parquet").to_table().sort_by("id")
 
 
-def check_exact(tmp_path: Path, expected: dict[str, str]) -> None:
-    """The dataset holds exactly ``expected`` (id → text), every id once, by the manifest and by a glob."""
+def check_exact(tmp_path: Path, expected: dict[str, str], records: int | None = None) -> None:
+    """The dataset holds exactly ``expected`` (id → text), every id once, by the manifest and by a glob;
+    the totals count ``records`` records (a row each by default)."""
     for table in (listed(tmp_path), current(tmp_path)):
         assert dict(zip(table["id"].to_pylist(), table["text"].to_pylist())) == expected
         assert table.num_rows == len(expected)
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     totals = manifest["totals"]
     assert totals["rows_embedded"] == len(expected)
-    assert totals["records_read"] == len(expected) + totals["rows_failed"]
+    assert totals["records_read"] == (len(expected) if records is None else records) + totals["rows_failed"]
 
 
 def jsonl(path: Path, docs: dict[str, str]) -> None:
@@ -403,6 +404,61 @@ async def test_a_renamed_file_keeps_its_ids_and_vectors(tmp_path: Path) -> None:
     assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
     check_exact(tmp_path, {"x": "ex", "y": "why", "k": "kept"})
     assert set(current(tmp_path)["source"].to_pylist()) == {str(src / "b.jsonl"), str(src / "keep.jsonl")}
+
+
+async def test_a_file_renamed_under_keep_moves_its_documents(tmp_path: Path) -> None:
+    """Under run.on_deleted: keep, records of a new file whose ids a kept (deleted) file's rows hold take
+    them over: each new document replaces its kept rows (all its chunks) in the same commit, at no token
+    (the vectors are the dataset's own) and with no duplicate_id error; what no live file took over
+    stays, and goes once on_deleted is remove."""
+    src = tmp_path / "in"
+    cfg = await renamed_under_keep(tmp_path, make_config(tmp_path, "http://placeholder", **RENAMED_UNDER_KEEP))
+    first = current(tmp_path)
+    texts = dict(zip(first["id"].to_pylist(), first["text"].to_pylist()))
+    assert {"m#0", "m#1", "m#2"} <= set(texts)
+    shown = validate(cfg, "job.yaml")
+    assert any(line.startswith("estimated tokens: 0 (") for line in shown.lines), shown.lines
+    job, result, stats = await rerun(cfg)
+    assert job.changes["new"] == 2 and job.changes["kept"] == 2
+    assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
+    expected = {i: t for i, t in texts.items() if i != "m#2"}  # m lost its last paragraph on the way
+    check_exact(tmp_path, expected, records=6)  # x, y, m (two chunks), z, w, k
+    table = current(tmp_path)
+    assert dict(zip(table["id"].to_pylist(), table["source"].to_pylist())) == moved_sources(src)
+    job, result, stats = await rerun(cfg)  # nothing more to do
+    assert stats["inputs_embedded"] == 0 and job.changes["unchanged"] == 3
+    removing = cfg.model_copy(update={"run": cfg.run.model_copy(update={"on_deleted": "remove"})})
+    await rerun(removing)
+    check_exact(tmp_path, {i: t for i, t in expected.items() if i != "w"}, records=5)
+
+
+#: the config sections of :func:`renamed_under_keep`
+RENAMED_UNDER_KEEP: dict[str, Any] = {"source": {"metadata_fields": []}, "chunking": {"max_chars": 300},
+                                      "run": {"on_deleted": "keep", "max_removed_fraction": 1}}
+PARAGRAPHS = [f"Paragraph {p}. " + " ".join(f"word{p}-{k}" for k in range(20)) for p in range(3)]
+
+
+async def renamed_under_keep(tmp_path: Path, cfg: Config) -> Config:
+    """Run ``cfg`` over a.jsonl (x, y and m, a document of three chunks), c.jsonl (z, w) and keep.jsonl
+    (k); then rename a.jsonl to b.jsonl (m losing its last paragraph), delete c.jsonl and write d.jsonl
+    with z only. ``cfg``, for the rerun."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"x": "ex", "y": "why", "m": "\n\n".join(PARAGRAPHS)})
+    jsonl(src / "c.jsonl", {"z": "zed", "w": "double"})
+    jsonl(src / "keep.jsonl", {"k": "kept"})
+    await rerun(cfg)
+    (src / "a.jsonl").unlink()
+    jsonl(src / "b.jsonl", {"x": "ex", "y": "why", "m": "\n\n".join(PARAGRAPHS[:2])})
+    (src / "c.jsonl").unlink()
+    jsonl(src / "d.jsonl", {"z": "zed"})  # w is not taken over: its row stays, kept
+    return cfg
+
+
+def moved_sources(src: Path) -> dict[str, str]:
+    """id → source after :func:`renamed_under_keep`'s rerun."""
+    b, d = str(src / "b.jsonl"), str(src / "d.jsonl")
+    return {"x": b, "y": b, "m#0": b, "m#1": b, "z": d, "w": str(src / "c.jsonl"), "k": str(src / "keep.jsonl")}
 
 
 async def test_most_files_renamed_are_moved_not_refused_as_a_mass_removal(tmp_path: Path) -> None:

@@ -98,6 +98,8 @@ class Changes:
     inputs: Inputs = field(default_factory=Inputs.empty)
     kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     deleted: list[str] = field(default_factory=list)
+    #: deleted inputs whose rows stay (``run.on_deleted: keep``): taken out of ``deleted`` once noted
+    kept: list[str] = field(default_factory=list)
 
     def of(self, *kinds: int) -> Inputs:
         """The inputs of those kinds, in listing order."""

@@ -359,10 +359,10 @@ def describe_changes(
         line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
-    # as the run's _own_vectors: changed inputs, the deleted ones when files were also added (renames; only
-    # when their rows go), and resumed inputs whose replacement an earlier run left unfinished
+    # as the run's _own_vectors: changed inputs, the deleted ones when files were also added (renames; kept
+    # rows yield their ids to them), and resumed inputs whose replacement an earlier run left unfinished
     own = {inp.url for inp in changes.changed} | {inp.url for inp in changes.resumed if inp.url in replacing}
-    if cfg.run.on_deleted == "remove" and len(changes.new):
+    if len(changes.new):
         own |= set(changes.deleted)
     reading = Reading(fs, changes.to_read, after, changes.unchanged, own)
     return [line], reading, refused

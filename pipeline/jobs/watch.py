@@ -67,10 +67,9 @@ async def watch_source(
         changes = await anyio.to_thread.run_sync(compare, sink, fs, settled, seen)
         kept: set[str] = set()
         if changes.to_read or changes.deleted:
-            gone = changes.deleted
             counts = note(fs, changes)  # with run.on_deleted: keep, the deleted are left alone
             # a file kept is said once, on the round it went, with the counts a run's summary gives
-            kept = set(gone) - set(changes.deleted)
+            kept = set(changes.kept)
             if changes.to_read or changes.deleted or kept - kept_before:
                 log.info("watch_found", **counts)
         kept_before = kept
