@@ -179,6 +179,9 @@ class EmbeddedBatch:
     records: int = 0
     marks: tuple[Mark, ...] = ()
     reused: int = 0  # how many of ``chunks`` took their vector from run.reuse_from
+    #: (source, doc_id) of rows kept under ``run.on_deleted: keep`` whose ids ``chunks`` take over: the sink
+    #: removes them in the commit that brings these rows (see :meth:`IdRegistry.yield_sources`)
+    displaced: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def answering(

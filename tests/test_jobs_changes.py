@@ -23,7 +23,7 @@ from pipeline.jobs.run import Job
 from pipeline.jobs.validate import validate
 from pipeline.serve.app import ServerOptions, running_server
 
-from test_jobs_run import make_config
+from test_jobs_run import make_config, write_corpus
 
 pytestmark = pytest.mark.anyio
 
@@ -58,15 +58,16 @@ def listed(tmp_path: Path) -> pa.Table:
     return ds.dataset(files, format="parquet").to_table().sort_by("id")
 
 
-def check_exact(tmp_path: Path, expected: dict[str, str]) -> None:
-    """The dataset holds exactly ``expected`` (id → text), every id once, by the manifest and by a glob."""
+def check_exact(tmp_path: Path, expected: dict[str, str], records: int | None = None) -> None:
+    """The dataset holds exactly ``expected`` (id → text), every id once, by the manifest and by a glob;
+    the totals count ``records`` records (a row each by default)."""
     for table in (listed(tmp_path), current(tmp_path)):
         assert dict(zip(table["id"].to_pylist(), table["text"].to_pylist())) == expected
         assert table.num_rows == len(expected)
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     totals = manifest["totals"]
     assert totals["rows_embedded"] == len(expected)
-    assert totals["records_read"] == len(expected) + totals["rows_failed"]
+    assert totals["records_read"] == (len(expected) if records is None else records) + totals["rows_failed"]
 
 
 def jsonl(path: Path, docs: dict[str, str]) -> None:
@@ -250,6 +251,59 @@ async def test_a_typo_that_drops_the_few_big_files_is_refused_by_records(tmp_pat
     assert current(tmp_path).num_rows == 64
 
 
+async def test_emptying_most_files_is_refused_as_a_mass_removal(tmp_path: Path) -> None:
+    """Files truncated to 0 bytes lose their rows as surely as deleted ones: emptying 3 of 4 files is
+    refused by validate and the run (exit 2, one line), under run.on_deleted: keep too; one of 4 is not."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in "abcd":
+        jsonl(src / f"{name}.jsonl", {f"{name}0": name})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    await rerun(cfg)
+    before = sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
+    for name in "abc":
+        (src / f"{name}.jsonl").write_text("")
+        touch_later(src / f"{name}.jsonl")
+    keep = cfg.model_copy(update={"run": cfg.run.model_copy(update={"on_deleted": "keep"})})
+    for each in (cfg, keep):
+        report = validate(each, "job.yaml")
+        assert report.exit_code == 2 and any("a run would stop" in line for line in report.lines), report.lines
+        with pytest.raises(SinkError) as caught:
+            await rerun(each)
+        message = str(caught.value)
+        assert caught.value.exit_code == 2 and "\n" not in message
+        assert "3 of the dataset's 4 source files, 3 of them listed with 0 bytes (75% of the files" in message
+        assert "run.max_removed_fraction=0.5" in message
+        assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == before
+        check_exact(tmp_path, {"a0": "a", "b0": "b", "c0": "c", "d0": "d"})
+    jsonl(src / "b.jsonl", {"b0": "b"})
+    jsonl(src / "c.jsonl", {"c0": "c"})
+    job, result, _ = await rerun(cfg)  # one of four emptied: within the guard
+    assert result.exit_code == 0 and job.changes["changed"] == 3
+    check_exact(tmp_path, {"b0": "b", "c0": "c", "d0": "d"})
+
+
+async def test_a_run_cut_short_says_how_much_is_done_and_validate_says_resumed_as_the_rerun(tmp_path: Path) -> None:
+    """A run stopped part-way (here by run.max_tokens) reports done_pct as the share of the input written,
+    not the share read ahead (100%); validate then counts the input resumed, as the rerun does."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 2000, bad=False)
+    cfg = make_config(tmp_path, "http://placeholder", run={"max_tokens": 9000},
+                      embedding={"batch_size": 50, "concurrency": 4})
+    with capture_logs() as logs:
+        _, result, _ = await rerun(cfg)
+    assert result.status == "budget_exhausted"
+    finished = next(e for e in logs if e["event"] == "run_finished")
+    written = result.totals["records_read"] / 2000
+    assert 0 < written < 1 and finished["done_pct"] == pytest.approx(written * 100, abs=2), (finished, written)
+    report = validate(cfg, "job.yaml")
+    line = "changes since the dataset: new 0, resumed 1, changed 0, appended 0, deleted 0, unchanged 0"
+    assert line in report.lines, report.lines
+    bigger = cfg.model_copy(update={"run": cfg.run.model_copy(update={"max_tokens": None})})
+    job, result, _ = await rerun(bigger)
+    assert result.status == "completed" and job.changes["new"] == 0 and job.changes["resumed"] == 1
+
+
 def test_the_new_run_keys_have_their_defaults() -> None:
     """run.on_deleted defaults to remove and run.max_removed_fraction to 0.5; other values are refused."""
     cfg = make_config(Path("/tmp"), "http://x")
@@ -350,6 +404,61 @@ async def test_a_renamed_file_keeps_its_ids_and_vectors(tmp_path: Path) -> None:
     assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
     check_exact(tmp_path, {"x": "ex", "y": "why", "k": "kept"})
     assert set(current(tmp_path)["source"].to_pylist()) == {str(src / "b.jsonl"), str(src / "keep.jsonl")}
+
+
+async def test_a_file_renamed_under_keep_moves_its_documents(tmp_path: Path) -> None:
+    """Under run.on_deleted: keep, records of a new file whose ids a kept (deleted) file's rows hold take
+    them over: each new document replaces its kept rows (all its chunks) in the same commit, at no token
+    (the vectors are the dataset's own) and with no duplicate_id error; what no live file took over
+    stays, and goes once on_deleted is remove."""
+    src = tmp_path / "in"
+    cfg = await renamed_under_keep(tmp_path, make_config(tmp_path, "http://placeholder", **RENAMED_UNDER_KEEP))
+    first = current(tmp_path)
+    texts = dict(zip(first["id"].to_pylist(), first["text"].to_pylist()))
+    assert {"m#0", "m#1", "m#2"} <= set(texts)
+    shown = validate(cfg, "job.yaml")
+    assert any(line.startswith("estimated tokens: 0 (") for line in shown.lines), shown.lines
+    job, result, stats = await rerun(cfg)
+    assert job.changes["new"] == 2 and job.changes["kept"] == 2
+    assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
+    expected = {i: t for i, t in texts.items() if i != "m#2"}  # m lost its last paragraph on the way
+    check_exact(tmp_path, expected, records=6)  # x, y, m (two chunks), z, w, k
+    table = current(tmp_path)
+    assert dict(zip(table["id"].to_pylist(), table["source"].to_pylist())) == moved_sources(src)
+    job, result, stats = await rerun(cfg)  # nothing more to do
+    assert stats["inputs_embedded"] == 0 and job.changes["unchanged"] == 3
+    removing = cfg.model_copy(update={"run": cfg.run.model_copy(update={"on_deleted": "remove"})})
+    await rerun(removing)
+    check_exact(tmp_path, {i: t for i, t in expected.items() if i != "w"}, records=5)
+
+
+#: the config sections of :func:`renamed_under_keep`
+RENAMED_UNDER_KEEP: dict[str, Any] = {"source": {"metadata_fields": []}, "chunking": {"max_chars": 300},
+                                      "run": {"on_deleted": "keep", "max_removed_fraction": 1}}
+PARAGRAPHS = [f"Paragraph {p}. " + " ".join(f"word{p}-{k}" for k in range(20)) for p in range(3)]
+
+
+async def renamed_under_keep(tmp_path: Path, cfg: Config) -> Config:
+    """Run ``cfg`` over a.jsonl (x, y and m, a document of three chunks), c.jsonl (z, w) and keep.jsonl
+    (k); then rename a.jsonl to b.jsonl (m losing its last paragraph), delete c.jsonl and write d.jsonl
+    with z only. ``cfg``, for the rerun."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"x": "ex", "y": "why", "m": "\n\n".join(PARAGRAPHS)})
+    jsonl(src / "c.jsonl", {"z": "zed", "w": "double"})
+    jsonl(src / "keep.jsonl", {"k": "kept"})
+    await rerun(cfg)
+    (src / "a.jsonl").unlink()
+    jsonl(src / "b.jsonl", {"x": "ex", "y": "why", "m": "\n\n".join(PARAGRAPHS[:2])})
+    (src / "c.jsonl").unlink()
+    jsonl(src / "d.jsonl", {"z": "zed"})  # w is not taken over: its row stays, kept
+    return cfg
+
+
+def moved_sources(src: Path) -> dict[str, str]:
+    """id → source after :func:`renamed_under_keep`'s rerun."""
+    b, d = str(src / "b.jsonl"), str(src / "d.jsonl")
+    return {"x": b, "y": b, "m#0": b, "m#1": b, "z": d, "w": str(src / "c.jsonl"), "k": str(src / "keep.jsonl")}
 
 
 async def test_most_files_renamed_are_moved_not_refused_as_a_mass_removal(tmp_path: Path) -> None:
@@ -482,9 +591,8 @@ async def test_a_line_glued_to_a_last_line_without_newline_is_not_lost_silently(
     assert result.totals["rows_failed"] == 1 and result.totals["rows_embedded"] == 1
 
 
-async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sink inside the source is left out of every listing, and said once, not once a poll."""
+def counted_listings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at each listing a watcher makes."""
     from pipeline.jobs import watch
 
     listings: list[int] = []
@@ -494,6 +602,13 @@ async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
         return list_source(*args, **kwargs)
 
     monkeypatch.setattr(watch, "list_source", counted)
+    return listings
+
+
+async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink inside the source is left out of every listing, and said once, not once a poll."""
+    listings = counted_listings(monkeypatch)
     src = tmp_path / "in"
     src.mkdir()
     jsonl(src / "a.jsonl", {"a0": "zero"})
@@ -505,3 +620,21 @@ async def test_a_watcher_warns_of_a_sink_inside_its_source_once(tmp_path: Path,
             after = len(listings)
             await until(lambda: len(listings) >= after + 3)
     assert [e["event"] for e in logs].count("sink_inside_source") == 1
+
+
+async def test_a_watcher_says_a_file_deleted_under_keep_once(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With run.on_deleted: keep, the round that finds a file gone logs watch_found deleted=1 kept=1 (as a
+    run's summary counts it), once, not on every later round that still misses it."""
+    listings = counted_listings(monkeypatch)
+    cfg = a_and_b(tmp_path, on_deleted="keep", watch=True, poll_interval_s=0.05)
+    with capture_logs() as logs:
+        async with watching(cfg) as (job, _):
+            await until(lambda: job.changes.get("new") == 2 and job.progress.shards >= 1)
+            (tmp_path / "in" / "b.jsonl").unlink()
+            await until(lambda: job.changes.get("kept") == 1)
+            after = len(listings)
+            await until(lambda: len(listings) >= after + 3)
+    found = [(e["new"], e["deleted"], e.get("kept")) for e in logs if e["event"] == "watch_found"]
+    assert found == [(2, 0, None), (0, 1, 1)], found
+    check_exact(tmp_path, {"a0": "zero", "b0": "one"})

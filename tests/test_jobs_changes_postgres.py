@@ -24,7 +24,7 @@ from pipeline.errors import SinkError
 from pipeline.types import END_OF_FILE
 
 from test_dataset_postgres import batch, floats, open_sink, query
-from test_jobs_changes import jsonl, rerun, touch_later
+from test_jobs_changes import RENAMED_UNDER_KEEP, jsonl, moved_sources, renamed_under_keep, rerun, touch_later
 from test_jobs_follow import edit, expected_ids, sigint_mid_replacement_then_rerun
 from test_jobs_run import make_config
 from test_signals import RECORDS, finish, start, wait_for_commits, write_job
@@ -250,6 +250,27 @@ async def test_on_deleted_keep_leaves_the_rows(postgres_url: str, table: str, tm
     assert result.exit_code == 0 and job.changes["deleted"] == job.changes["kept"] == 1
     assert table_rows(postgres_url, table) == {"a0": "zero", "b0": "one"}
     assert state_keys(postgres_url, table) == {str(src / "a.jsonl"), str(src / "b.jsonl")}
+
+
+@pytest.mark.anyio
+async def test_a_file_renamed_under_keep_moves_its_documents(postgres_url: str, table: str, tmp_path: Path) -> None:
+    """Under run.on_deleted: keep, a new file's records take over the ids a kept (deleted) file's rows hold:
+    each document's kept rows (all its chunks) leave with its new ones, with no duplicate_id error and no
+    token; what no live file took over stays, and goes once on_deleted is remove."""
+    src = tmp_path / "in"
+    sections = {**RENAMED_UNDER_KEEP, "sink": {"path": postgres_url, "table": table, "shard_rows": 200}}
+    cfg = await renamed_under_keep(tmp_path, make_config(tmp_path, "http://placeholder", **sections))
+    texts = table_rows(postgres_url, table)
+    assert {"m#0", "m#1", "m#2"} <= set(texts)
+    job, result, stats = await rerun(cfg)
+    assert job.changes["new"] == 2 and job.changes["kept"] == 2
+    assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
+    assert dict(query(postgres_url, f'SELECT id, source FROM "{table}"')) == moved_sources(src)
+    assert not query(postgres_url, f'SELECT id FROM "{table}_errors"')
+    removing = cfg.model_copy(update={"run": cfg.run.model_copy(update={"on_deleted": "remove"})})
+    _, result, _ = await rerun(removing)
+    expected = {i: t for i, t in texts.items() if i not in ("m#2", "w")}
+    check_exact(postgres_url, table, tmp_path, expected, result.totals)
 
 
 @pytest.mark.anyio

@@ -186,7 +186,7 @@ def test_validate_counts_the_changes_since_the_dataset(tmp_path: Path) -> None:
     (tmp_path / "in" / "new.jsonl").write_text(json.dumps({"id": "n", "text": "new"}) + "\n")
     shown = run_cli("validate", str(job))
     assert shown.returncode == 0, shown.stderr
-    assert "changes since the dataset: new 1, changed 0, appended 1, deleted 1, unchanged 1" in shown.stdout
+    assert "changes since the dataset: new 1, resumed 0, changed 0, appended 1, deleted 1, unchanged 1" in shown.stdout
 
 
 def test_a_postgres_sink_is_checked_without_writing(postgres_url: str, tmp_path: Path) -> None:
@@ -202,7 +202,7 @@ def test_a_postgres_sink_is_checked_without_writing(postgres_url: str, tmp_path:
     after = run_cli("validate", SAMPLE, *sets)
     assert after.returncode == 0, after.stdout + after.stderr
     assert f"(table {table} is there: a run resumes it)" in after.stdout
-    assert "changes since the dataset: new 0, changed 0, appended 0, deleted 0, unchanged 1" in after.stdout
+    assert "changes since the dataset: new 0, resumed 0, changed 0, appended 0, deleted 0, unchanged 1" in after.stdout
 
 
 def test_an_unreachable_postgres_sink_is_one_line_without_the_password() -> None:
@@ -231,7 +231,7 @@ def test_after_a_run_validate_counts_what_a_rerun_would_pay(tmp_path: Path) -> N
     shown = run_cli("validate", str(job))
     assert shown.returncode == 0, shown.stdout + shown.stderr
     out = shown.stdout
-    assert "changes since the dataset: new 0, changed 1, appended 1, deleted 0, unchanged 1" in out
+    assert "changes since the dataset: new 0, resumed 0, changed 1, appended 1, deleted 0, unchanged 1" in out
     assert "a run reads 2 input(s) of them (1 unchanged, not opened): 201 chunks" in out  # 200 + g2
     assert "reusable from the sink itself (changed documents' unchanged chunks): 199 chunks" in out
     assert "requests: 1 (batch_size 96)" in out
@@ -284,7 +284,7 @@ async def test_a_sink_inside_the_source_is_listed_and_warned_about_once(
     with capture_logs() as logs:
         report = validate(cfg, "job.yaml")
     assert report.exit_code == 0, report.problems
-    assert "changes since the dataset: new 0, changed 0, appended 0, deleted 0, unchanged 1" in report.lines
+    assert "changes since the dataset: new 0, resumed 0, changed 0, appended 0, deleted 0, unchanged 1" in report.lines
     assert [e["event"] for e in logs].count("sink_inside_source") == 1
     assert len(listings) == 1
 
@@ -312,7 +312,7 @@ async def test_a_postgres_sink_is_one_connection(
     (src / "c.jsonl").unlink()
     connections = counting(monkeypatch, psycopg, "connect")
     report = validate(cfg, "job.yaml")
-    assert "changes since the dataset: new 0, changed 1, appended 0, deleted 1, unchanged 1" in report.lines
+    assert "changes since the dataset: new 0, resumed 0, changed 1, appended 0, deleted 1, unchanged 1" in report.lines
     assert any(line.startswith("reusable from the sink itself") and ": 1 chunks" in line for line in report.lines), \
         report.lines
     assert len(connections) == 1
@@ -352,7 +352,7 @@ def test_a_file_renamed_under_a_postgres_sink_is_estimated_free(postgres_url: st
     (tmp_path / "in" / "docs.jsonl").rename(tmp_path / "in" / "moved.jsonl")
     shown = run_cli("validate", str(job), *sets)
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    assert "new 1, changed 0, appended 0, deleted 1, unchanged 1" in shown.stdout
+    assert "new 1, resumed 0, changed 0, appended 0, deleted 1, unchanged 1" in shown.stdout
     assert "estimated tokens: 0 (" in shown.stdout and "requests: 0 (" in shown.stdout
 
 

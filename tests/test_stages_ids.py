@@ -77,3 +77,20 @@ def test_merged_pending_and_same_batch_ids_are_all_taken_as_a_dict_would_say(mon
         assert [c.id for c in out.chunks] == kept
         assert [(f.id, f.message.split("a record of ")[1].split(";")[0]) for f in out.failures] == late
     assert len(registry) == len(first_of)
+
+
+def test_a_yielding_inputs_ids_go_to_the_next_input_that_has_one(monkeypatch) -> None:
+    """Ids held by an input that yields (kept under run.on_deleted: keep), merged or pending, are taken
+    over by the first later input with them, naming the rows they displace; then they are that input's."""
+    monkeypatch.setattr(ids_module, "MERGE_EVERY", 4)
+    registry = IdRegistry()
+    registry.add_existing([str(i) for i in range(6)], ["gone.jsonl"] * 6)  # merged
+    registry.add_existing(["p"], ["gone.jsonl"])  # pending
+    registry.add_existing(["o"], ["other.jsonl"])
+    registry.yield_sources(["gone.jsonl"])
+    out = registry.check(batch(0, "moved.jsonl", ["3", "p", "o", "new"]))
+    assert [c.id for c in out.chunks] == ["3", "p", "new"] and out.failures[0].id == "o"
+    assert out.displaced == (("gone.jsonl", "3"), ("gone.jsonl", "p"))
+    again = registry.check(batch(1, "late.jsonl", ["3", "p", "4"]))
+    assert [c.id for c in again.chunks] == ["4"] and again.displaced == (("gone.jsonl", "4"),)
+    assert all("moved.jsonl" in f.message for f in again.failures)

@@ -8,20 +8,23 @@ from pathlib import Path
 
 import anyio
 import fsspec
+import numpy as np
 import pytest
 
 from pipeline.config import SourceConfig
 from pipeline.jobs.progress import Progress
 from pipeline.sources.listing import open_source
 from pipeline.stages.read import Checkpoints, file_items, read_stage
-from pipeline.types import END_OF_FILE, Failure, FileEnd, Record
+from pipeline.types import END_OF_FILE, EmbeddedBatch, Failure, FileEnd, Record, Usage
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.parametrize("name", ["big.jsonl", "big.jsonl.gz"])
 async def test_progress_moves_inside_one_big_file(tmp_path: Path, name: str) -> None:
-    """With one big input file, progress counts the (compressed) bytes read, not 0% until the file ends."""
+    """With one big input file, progress counts the (compressed) bytes up to the last record handed to the
+    sink: not 0% until the file ends, and not the bytes read ahead of what is written (a run cut short
+    would say 100%)."""
     lines = "".join(json.dumps({"id": str(i), "text": f"record {i} " + "x" * 200}) + "\n" for i in range(20_000))
     data = lines.encode()
     (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
@@ -30,21 +33,27 @@ async def test_progress_moves_inside_one_big_file(tmp_path: Path, name: str) -> 
     progress = Progress()
     for inp in files:
         progress.expect(inp)
-    fractions: list[float] = []
+    blocks: list[list] = []
     send, receive = anyio.create_memory_object_stream[list](1)
-    records = 0
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: read_stage(files, send, cfg=cfg, fs=fs, done_upto=lambda _: 0,
                                          checkpoints=Checkpoints(), cpu=anyio.CapacityLimiter(1),
-                                         on_bytes=progress.read_bytes))
+                                         on_bytes=progress.read_bytes, on_block=progress.read_items))
         with anyio.fail_after(60), receive:
             async for block in receive:
-                records += sum(isinstance(item, Record) for item in block)
-                if not any(isinstance(item, FileEnd) for item in block):
-                    fractions.append(progress.fraction or 0.0)
-    assert records == 20_000
-    assert any(0 < f < 1 for f in fractions)  # it moved while the file was being read
-    assert progress.reading[files[0].key] == files[0].size  # every byte of the file, as listed
+                blocks.append(block)
+    records = [item for block in blocks for item in block if isinstance(item, Record)]
+    assert len(records) == 20_000
+    assert progress.reading[files[0].key] == files[0].size  # every byte of the file read, as listed
+    assert progress.fraction == 0  # read, but nothing handed to the sink yet
+    key = files[0].key
+    fractions = []
+    for half in (records[len(records) // 2 - 1], records[-1]):  # the sink is handed half of them, then all
+        progress.add(EmbeddedBatch(0, (), np.zeros((0, 8), np.float32), Usage(), marks=((key, half.location),)))
+        fractions.append(progress.fraction)
+    assert fractions[0] == pytest.approx(0.5, abs=0.01) and fractions[1] == pytest.approx(1.0)
+    progress.add(EmbeddedBatch(1, (), np.zeros((0, 8), np.float32), Usage(), marks=((key, END_OF_FILE),)))
+    assert progress.fraction == 1.0 and progress.bytes_done == progress.bytes_total
 
 
 class _Denying:

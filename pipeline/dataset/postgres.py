@@ -65,9 +65,12 @@ class _Pending:
     errors: int = 0
     started_at: str | None = None
     opened_at: float | None = None
+    #: (source, doc_id) of kept rows whose ids these batches' rows take over
+    displaced: set[tuple[str, str]] = field(default_factory=set)
 
     def add(self, batch: EmbeddedBatch, now: float) -> None:
         self.batches.append(batch)
+        self.displaced.update(batch.displaced)
         self.counts += Counts.of(batch)
         self.nbytes += batch.vectors.nbytes
         self.rows += len(batch.chunks)
@@ -97,9 +100,11 @@ class _Removals:
 
     gone: list[str]
     replaced: list[str]
+    #: (source, doc_id) of documents of kept inputs whose ids the commit's rows take over (every rank's rows)
+    displaced: list[tuple[str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.gone or self.replaced)
+        return bool(self.gone or self.replaced or self.displaced)
 
     def delete(self, cur: psycopg.Cursor[Any], n: Names, rank: int) -> tuple[int, int]:
         """Delete them (in the commit's transaction): how many rows and error rows left."""
@@ -109,6 +114,11 @@ class _Removals:
             rows += max(cur.rowcount, 0)
             cur.execute(sql.SQL("DELETE FROM {e} WHERE source = ANY(%s)").format(e=n.errors), (self.gone,))
             errors += max(cur.rowcount, 0)
+        if self.displaced:
+            sources, docs = [s for s, _ in self.displaced], [d for _, d in self.displaced]
+            cur.execute(sql.SQL("DELETE FROM {t} WHERE (source, doc_id) IN (SELECT * FROM unnest(%s::text[], "
+                                "%s::text[]))").format(t=n.data), (sources, docs))
+            rows += max(cur.rowcount, 0)
         if self.replaced:  # rows of an earlier version have no writer: any rank's replacement takes them
             mine = sql.SQL("source = ANY(%s) AND ({w} = %s OR {w} IS NULL)").format(w=sql.Identifier(WRITER_COLUMN))
             retire(cur, n, mine, (self.replaced, rank), rank)
@@ -324,7 +334,7 @@ class PostgresSink(SinkState):
         token = uuid.uuid4()
         self._check_dimensions(pending.batches)
         state = self._state.after(pending.marks, pending.last)
-        removals = _Removals(sorted(self._removals), sorted(self._replacing))
+        removals = _Removals(sorted(self._removals), sorted(self._replacing), sorted(pending.displaced))
         tries = [0]
 
         def once() -> dict[str, Any]:

@@ -11,7 +11,7 @@ written before entries knew them are asked their ``source`` column.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import fsspec
 import pyarrow as pa
@@ -79,8 +79,10 @@ def rewrite(
     new_shard: NewShard,
     publish: Callable[[ShardWriter, dict[str, Any]], None],
     state: State,
+    docs: Mapping[str, set[str]] | None = None,
 ) -> dict[str, Any] | None:
-    """Copy shard ``entry`` without the rows of ``urls``; its new entry, or None when no row is left.
+    """Copy shard ``entry`` without the rows of ``urls``, and of the documents ``docs`` names (source →
+    doc_ids: kept rows whose ids moved to another input); its new entry, or None when no row is left.
 
     The new entry keeps the old one's accounting, less the rows and records
     of ``urls`` (what the API was paid for those rows stays with the
@@ -88,6 +90,7 @@ def rewrite(
     copy's sources and marks (the old shard's, less those of ``urls``).
     """
     removed_rows, removed_docs = 0, set()
+    moved: dict[str, set[str]] = {}  # of ``docs``, those this shard held rows of
     writer: ShardWriter | None = None
     kept = 0
     try:
@@ -95,8 +98,15 @@ def rewrite(
             schema = shard.schema.remove_metadata()
             for batch in shard.iter_batches(batch_size=COPY_ROWS):  # vectors: a few MB at a time
                 table = pa.Table.from_batches([batch], schema=batch.schema.remove_metadata())
-                gone = pc.is_in(table.column("source").cast(pa.string()), value_set=pa.array(sorted(urls)))
-                gone = pc.fill_null(gone, False)
+                source = table.column("source").cast(pa.string())
+                gone = pc.fill_null(pc.is_in(source, value_set=pa.array(sorted(urls), pa.string())), False)
+                doc_id = table.column("doc_id").cast(pa.string()) if docs else None
+                for url, ids in (docs or {}).items():
+                    of_ids = pc.is_in(doc_id, value_set=pa.array(sorted(ids), pa.string()))
+                    these = pc.fill_null(pc.and_(pc.equal(source, url), of_ids), False)
+                    if pc.any(these).as_py():
+                        moved.setdefault(url, set()).update(pc.unique(doc_id.filter(these)).to_pylist())
+                        gone = pc.or_(gone, these)
                 removed = table.filter(gone)
                 removed_rows += removed.num_rows
                 removed_docs.update(removed.column("doc_id").to_pylist())
@@ -106,7 +116,7 @@ def rewrite(
                         writer = new_shard(entry["kind"], schema)
                     writer.append(left.cast(schema))
                     kept += left.num_rows
-        new, sources, marks = _without(entry, urls, removed_docs, state)
+        new, sources, marks = _without(entry, urls, removed_docs, state, moved)
         if writer is None:
             if not new["records"]:
                 return None
@@ -124,15 +134,21 @@ def rewrite(
 
 
 def _without(
-    entry: dict[str, Any], urls: set[str], removed_docs: set[str], state: State
+    entry: dict[str, Any], urls: set[str], removed_docs: set[str], state: State,
+    moved: Mapping[str, set[str]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, int] | None, dict[str, int]]:
-    """``entry``'s fields less what ``urls`` stood for (records); the copy's sources and marks."""
+    """``entry``'s fields less what ``urls`` stood for (records), and the documents ``moved`` (source →
+    doc_ids, a record each); the copy's sources and marks."""
     new = dict(entry)
     new.pop("bytes", None)  # the copy's own size is recorded once it is published
     sources = state.sources_of(entry["path"])
     if sources is not None:
         gone_records = sum(int(sources.get(u, 0)) for u in urls)
         kept = {u: n for u, n in sources.items() if u not in urls}
+        for url, ids in (moved or {}).items():
+            if url in kept:
+                gone_records += min(len(ids), kept[url])
+                kept[url] -= min(len(ids), kept[url])
     else:  # written before entries knew their sources: a record per document is the best guess
         gone_records = len(removed_docs) if entry["kind"] == "data" or int(entry.get("records", 0)) else 0
         kept = None  # and the copy's are not known either

@@ -96,6 +96,8 @@ class DatasetWriter(ResumeState):
         self._changed: dict[str, str | None] = {}
         #: sources whose rows leave with the next commit, and whether each is gone for good
         self._removing: dict[str, bool] = {}
+        #: documents of kept inputs (source → doc_ids) whose rows leave with the next commit (their ids moved)
+        self._displaced: dict[str, set[str]] = {}
         self._new_signatures: dict[str, str] = {}
         #: changed inputs → the resume keys they were restarted with (whole again once all are committed)
         self._restarted: dict[str, set[str]] = {}
@@ -141,6 +143,8 @@ class DatasetWriter(ResumeState):
             committed += self.commit()
         if self._changed:
             self._replace_touched(batch)
+        for source, doc_id in batch.displaced:  # kept rows whose ids these take over: they leave together
+            self._displaced.setdefault(source, set()).add(doc_id)
         if data is not None:
             shards.open("data", data.schema).append(data)
         if errors is not None:
@@ -185,9 +189,10 @@ class DatasetWriter(ResumeState):
             return []
         old, self._replacing = self._replacing, None
         removing, self._removing = self._removing, {}
+        displaced, self._displaced = self._displaced, {}
         retired: list[dict[str, Any]] = []
         try:
-            rewritten = self._rewrite_without(set(removing))
+            rewritten = self._rewrite_without(set(removing), displaced)
             entries = self._publish()
             self._manifest.add_commit(
                 entries,
@@ -278,9 +283,10 @@ class DatasetWriter(ResumeState):
 
     # ------------------------------------------------------------ replacing sources
 
-    def _rewrite_without(self, urls: set[str]) -> list[Rewritten]:
-        """Copies of the listed shards that hold rows of ``urls``, without them: (old entry, new or None)."""
-        if not urls:
+    def _rewrite_without(self, urls: set[str], docs: dict[str, set[str]] | None = None) -> list[Rewritten]:
+        """Copies of the listed shards that hold rows of ``urls`` (or of ``docs``: source → doc_ids), without
+        them: (old entry, new or None)."""
+        if not urls and not docs:
             return []
         finished_at = utc_now()
 
@@ -289,10 +295,10 @@ class DatasetWriter(ResumeState):
             shard.publish(entry, self._retry)
             entry["bytes"] = shard.size  # in the manifest only, as for any shard
 
-        return [
-            (old, rewrite(self.fs, self.root, old, urls, self._shards.new, publish, self.state))
-            for old in affected(self.fs, self.root, self._manifest.shards, urls, self.state, self._sources_read)
-        ]
+        shards = affected(self.fs, self.root, self._manifest.shards, urls | set(docs or ()), self.state,
+                          self._sources_read)
+        return [(old, rewrite(self.fs, self.root, old, urls, self._shards.new, publish, self.state, docs))
+                for old in shards]
 
     def _replaced_by_shard(
         self, rewritten: list[Rewritten], removing: dict[str, bool]

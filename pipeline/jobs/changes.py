@@ -98,6 +98,8 @@ class Changes:
     inputs: Inputs = field(default_factory=Inputs.empty)
     kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     deleted: list[str] = field(default_factory=list)
+    #: deleted inputs whose rows stay (``run.on_deleted: keep``): taken out of ``deleted`` once noted
+    kept: list[str] = field(default_factory=list)
 
     def of(self, *kinds: int) -> Inputs:
         """The inputs of those kinds, in listing order."""
@@ -192,39 +194,55 @@ def unlisted(urls: Iterable[str], listed: Listed | Inputs) -> list[str]:
     return [url for url in urls if url not in listed]
 
 
-def removal_refused(known: int, removed: int, records_share: float, max_fraction: float) -> str | None:
-    """Why removing ``removed`` of ``known`` source files (``records_share`` of the records) is refused."""
+def removal_refused(known: int, removed: int, records_share: float, max_fraction: float,
+                    emptied: int = 0) -> str | None:
+    """Why removing ``removed`` of ``known`` source files (``records_share`` of the records; ``emptied``
+    of them still listed, with no bytes) is refused."""
     files_share = removed / known if known else 0.0
     if max(files_share, records_share) <= max_fraction:
         return None
+    how = f", {emptied} of them listed with 0 bytes" if emptied else ""
     return (
-        f"this run would remove the rows of {removed} of the dataset's {known} source files "
+        f"this run would remove the rows of {removed} of the dataset's {known} source files{how} "
         f"({files_share:.0%} of the files, {records_share:.0%} of the records), more than "
         f"run.max_removed_fraction={max_fraction:g}; check source.path, or --set run.max_removed_fraction=1 "
         "to allow it"
     )
 
 
+def _size(signature: str) -> int:
+    """The size a :func:`signature` records (0 when it does not say)."""
+    head = signature.partition(TAIL)[0].split(":", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def renamed(changes: Changes, signatures: Mapping[str, str]) -> bool:
     """Whether the new inputs hold at least as many bytes as the deleted ones did (moved or renamed files,
     not a listing that lost them)."""
-    def size(signature: str) -> int:
-        head = signature.partition(TAIL)[0].split(":", 1)[0]
-        return int(head) if head.isdigit() else 0
-
-    gone = sum(size(signatures.get(url, "")) for url in changes.deleted)
+    gone = sum(_size(signatures.get(url, "")) for url in changes.deleted)
     return changes.new.file_bytes() >= gone > 0
 
 
+def emptied(changes: Changes, signatures: Mapping[str, str]) -> list[str]:
+    """The changed inputs now listed with 0 bytes that had bytes when the dataset read them: reading them
+    again removes their rows as surely as a deletion (told from the listing, nothing opened)."""
+    return [url for url, _, size, _ in changes.changed.facts()
+            if size == 0 and _size(signatures.get(url, "")) > 0]
+
+
 def refusal(changes: Changes, signatures: Mapping[str, str], share_of: Callable[[list[str]], float],
-            max_fraction: float) -> str | None:
-    """Why removing ``changes.deleted`` is refused (None when it is not): more than ``max_fraction`` of the
-    source files the dataset knows (``signatures``), or of its records (``share_of`` the deleted; a typo
-    matching the many small files but not the few big ones). Files that reappear under new names with at
-    least as many bytes count as moved, not lost: nothing is refused."""
-    if not changes.deleted or renamed(changes, signatures):
+            max_fraction: float, *, deleted: bool = True) -> str | None:
+    """Why removing ``changes.deleted`` (when ``deleted``: ``run.on_deleted: remove``) and the rows of the
+    :func:`emptied` inputs is refused (None when it is not): more than ``max_fraction`` of the source files
+    the dataset knows (``signatures``), or of its records (``share_of`` the removed; a typo matching the
+    many small files but not the few big ones). Files that reappear under new names with at least as
+    many bytes count as moved, not lost; files truncated to nothing count as lost, whatever was added."""
+    gone = changes.deleted if deleted and not renamed(changes, signatures) else []
+    empty = emptied(changes, signatures)
+    removed = [*gone, *empty]
+    if not removed:
         return None
-    return removal_refused(len(signatures), len(changes.deleted), share_of(changes.deleted), max_fraction)
+    return removal_refused(len(signatures), len(removed), share_of(removed), max_fraction, len(empty))
 
 
 def check_removals(changes: Changes, sink: Sink, *, max_fraction: float) -> None:

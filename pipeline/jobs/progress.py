@@ -10,7 +10,7 @@ import anyio
 
 from pipeline.logs import LogSetup, format_duration, get_logger
 from pipeline.sources.listed import Inputs
-from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch, InputFile
+from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch, FileEnd, InputFile
 
 PROGRESS_EVERY_S = 10.0
 
@@ -31,6 +31,9 @@ class Progress:
     failed_in: dict[str, int] = field(default_factory=dict)  # failed rows counted, by input url
     # inputs were expected all at once (expect_all): each one's size is kept from when its reading starts
     _sized_on_start: bool = False
+    # of inputs not finished: the first and the latest location read (this run), and the latest written
+    _read_span: dict[str, list[int]] = field(default_factory=dict)
+    _written_at: dict[str, int] = field(default_factory=dict)
 
     def read_bytes(self, inp: InputFile, n: int) -> None:
         """``n`` more bytes of ``inp`` were read (called from reader threads)."""
@@ -60,12 +63,28 @@ class Progress:
         if self._sized_on_start and inp.key not in self.sizes:
             self.sizes[inp.key] = _bytes_of(inp)
 
+    def read_items(self, block: list[Any]) -> None:
+        """A block of items was read: note the locations of its inputs' first and latest records."""
+        spans, source, part, span = self._read_span, None, None, None
+        for item in block:
+            if isinstance(item, FileEnd):
+                continue
+            if item.source is not source or item.part is not part:
+                source, part = item.source, item.part
+                span = spans.setdefault(source + part, [item.location, item.location])
+            span[1] = item.location  # type: ignore[index]
+
     def add(self, batch: EmbeddedBatch) -> None:
-        """Count a batch handed to the sink."""
+        """Count a batch handed to the sink (committed with the next commit, the run's last at the latest)."""
         for key, location in batch.marks:
-            if location >= END_OF_FILE and key in self.sizes:
-                self.bytes_done += self.sizes.pop(key)
-                self.reading.pop(key, None)
+            if location >= END_OF_FILE:
+                self._read_span.pop(key, None)
+                self._written_at.pop(key, None)
+                if key in self.sizes:
+                    self.bytes_done += self.sizes.pop(key)
+                    self.reading.pop(key, None)
+            else:
+                self._written_at[key] = max(location, self._written_at.get(key, location))
         self.counts += Counts.of(batch)
         for failure in batch.failures:
             self.failed_in[failure.source] = self.failed_in.get(failure.source, 0) + 1
@@ -75,12 +94,23 @@ class Progress:
         those of this reading (a bad line still there is one failure, as in the dataset, not one a round)."""
         self.counts += Counts(rows_failed=-self.failed_in.pop(url, 0))
 
+    def done_bytes(self) -> float:
+        """The bytes of this run's input that are done: of files whose rows were all handed to the sink, all;
+        of the others, those read up to the last record handed to it (by location, between the first and the
+        latest read). Bytes read ahead and never written (a run cut short) do not count."""
+        done = float(self.bytes_done)
+        for key, n in list(self.reading.items()):  # (reader threads add to it meanwhile)
+            span, written = self._read_span.get(key), self._written_at.get(key)
+            if span is not None and written is not None and written >= span[0]:
+                done += n * min(1.0, (written - span[0] + 1) / (span[1] - span[0] + 1))
+        return done
+
     @property
     def fraction(self) -> float | None:
-        """How much of this run's input is read, by bytes: finished files, and what was read of the others."""
+        """How much of this run's input is done (:meth:`done_bytes`), as a share of its bytes."""
         if not self.bytes_total:
             return None
-        return min(1.0, (self.bytes_done + sum(self.reading.values())) / self.bytes_total)
+        return min(1.0, self.done_bytes() / self.bytes_total)
 
     def fields(self) -> dict[str, Any]:
         """The counters and rates, as log fields."""

@@ -164,5 +164,5 @@ def progress_fields(progress: Progress) -> dict[str, Any]:
         "records": c.records_read, "rows": c.rows_embedded, "failed": c.rows_failed,
         "requests": c.requests, "retries": c.retries, "throttled": progress.throttled,
         "tokens": c.total_tokens, "shards": progress.shards,
-        "bytes_done": progress.bytes_done, "bytes_total": progress.bytes_total,
+        "bytes_done": round(progress.done_bytes()), "bytes_total": progress.bytes_total,
     }

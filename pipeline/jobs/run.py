@@ -201,7 +201,8 @@ class Job:
         with reading:
             await read_stage(files, send, cfg=self.cfg.source, fs=fs, done_upto=self.commit.sink.done_upto,
                              checkpoints=self.checkpoints, cpu=self.cpu, on_file=self._file_started,
-                             on_bytes=self.progress.read_bytes, fields=self.fields)
+                             on_bytes=self.progress.read_bytes, on_block=self.progress.read_items,
+                             fields=self.fields)
 
     async def _watch(self, sink: Sink, embedder: Embedder) -> None:
         await watch_source(
@@ -218,13 +219,14 @@ class Job:
 
         A deleted file's rows leave in a commit of their own. Before anything
         leaves, the vectors the sink holds for changed documents (and, when
-        files were also added, for deleted ones: renames; and the retired
+        files were also added, for deleted ones, kept or not: renames; and the retired
         shards of a replacement an earlier run left unfinished) are indexed, so
         that their chunks whose text did not change are not paid for again.
         """
         sink = self.commit.sink
         own = None
-        if changes.changed or (changes.deleted and changes.new) or _resumes_replacement(sink, changes):
+        renamed = bool((changes.deleted or changes.kept) and changes.new)
+        if changes.changed or renamed or _resumes_replacement(sink, changes):
             own = await anyio.to_thread.run_sync(self._own_vectors, changes, limiter=self.cpu)
         try:
             if changes.deleted:
@@ -246,7 +248,9 @@ class Job:
         """The sink's own vectors for the chunks of changed (or renamed) documents; None when it has none."""
         if not self.commit.sink.counts.rows_embedded:
             return None
-        sources = {inp.url for inp in changes.changed} | (set(changes.deleted) if changes.new else set())
+        sources = {inp.url for inp in changes.changed}
+        if changes.new:
+            sources |= set(changes.deleted) | set(changes.kept)
         sources |= {inp.url for inp in changes.resumed} & self.commit.sink.replacing()
         try:
             own = open_own_vectors(self.cfg, sources)
@@ -270,7 +274,9 @@ class Job:
         remove = self.cfg.run.on_deleted == "remove"
         kept = [] if remove else changes.deleted
         if not remove:
-            changes.deleted = []
+            changes.deleted, changes.kept = [], kept
+            # their rows stay, but a live input with one of their ids (a renamed file) takes it over
+            self.ids.yield_sources(kept)
         check_removals(changes, self.commit.sink, max_fraction=self.cfg.run.max_removed_fraction)
         apply(self.commit.sink, fs, changes, self.checkpoints, self.progress, remove=remove)
         changed = set(changes.changed.urls())

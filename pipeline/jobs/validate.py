@@ -215,22 +215,22 @@ def describe_changes(
     changes = compare(StateView(state), fs, mine, listed)
     c = changes.counts()
     kept = f", kept {c['deleted']:,}" if c["deleted"] and cfg.run.on_deleted == "keep" else ""
-    line = (f"changes since the dataset: new {c['new'] + c['resumed']:,}, changed {c['changed']:,}, "
+    line = (f"changes since the dataset: new {c['new']:,}, resumed {c['resumed']:,}, changed {c['changed']:,}, "
             f"appended {c['appended']:,}, deleted {c['deleted']:,}{kept}, unchanged {c['unchanged']:,}")
     if kept:
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
     refused = None
-    if cfg.run.on_deleted == "remove" and changes.deleted:
-        share_of = partial(postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
-        refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction)
-        if refused:
-            line += "; a run would stop before changing anything (exit 2)"
+    share_of = partial(postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
+    refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction,
+                      deleted=cfg.run.on_deleted == "remove")
+    if refused:
+        line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
-    # as the run's _own_vectors: changed inputs, the deleted ones when files were also added (renames; only
-    # when their rows go), and resumed inputs whose replacement an earlier run left unfinished
+    # as the run's _own_vectors: changed inputs, the deleted ones when files were also added (renames; kept
+    # rows yield their ids to them), and resumed inputs whose replacement an earlier run left unfinished
     own = {inp.url for inp in changes.changed} | {inp.url for inp in changes.resumed if inp.url in replacing}
-    if cfg.run.on_deleted == "remove" and len(changes.new):
+    if len(changes.new):
         own |= set(changes.deleted)
     reading = Reading(fs, changes.to_read, after, changes.unchanged, own)
     return [line], reading, refused

@@ -33,12 +33,12 @@ async def watch_source(
     keep_going: Callable[[], bool],
     wake: anyio.Event,
     update: Callable[[Any, Changes], Awaitable[None]],
-    note: Callable[[Any, Changes], object],
+    note: Callable[[Any, Changes], dict[str, int]],
 ) -> None:
     """List, compare the settled inputs with the dataset, bring it up to date; until told to stop.
 
     ``note(fs, changes)`` tells the sink what changed (and may refuse a
-    mass removal); ``update(fs, changes)`` then removes what is gone, reads
+    mass removal) and returns the counts to log; ``update(fs, changes)`` then removes what is gone, reads
     what changed and commits; ``wake`` ends a sleep between listings early
     (a signal).
     """
@@ -48,6 +48,7 @@ async def watch_source(
     urls: Inputs | None
     wait = min(FIRST_SETTLE_S, cfg.run.poll_interval_s)
     warned: set[str] = set()  # warnings given once, not once a listing
+    kept_before: set[str] = set()  # deleted inputs left alone (run.on_deleted: keep) as of the last round
     while keep_going():
         try:
             fs, urls, listed = await anyio.to_thread.run_sync(partial(list_source, cfg, warned=warned))
@@ -64,10 +65,15 @@ async def watch_source(
             seen = _Either(urls, previous_urls)
         previous, previous_urls = listed, urls
         changes = await anyio.to_thread.run_sync(compare, sink, fs, settled, seen)
+        kept: set[str] = set()
         if changes.to_read or changes.deleted:
-            note(fs, changes)  # with run.on_deleted: keep, the deleted are left alone
+            counts = note(fs, changes)  # with run.on_deleted: keep, the deleted are left alone
+            # a file kept is said once, on the round it went, with the counts a run's summary gives
+            kept = set(changes.kept)
+            if changes.to_read or changes.deleted or kept - kept_before:
+                log.info("watch_found", **counts)
+        kept_before = kept
         if changes.to_read or changes.deleted:
-            log.info("watch_found", **changes.counts())
             await update(fs, changes)
         with anyio.move_on_after(wait):
             await wake.wait()

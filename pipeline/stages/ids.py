@@ -14,6 +14,7 @@ strings), with a hash of each to find those of a changed input.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Iterable
 
 import numpy as np
@@ -41,6 +42,8 @@ class IdRegistry:
         self._fresh: list[str] = []  # the names of the latest places, not yet in a block
         self._hashes = Filling(np.int64, BLOCK)  # hash() of each place's name
         self._recent: dict[str, int] = {}  # place of the names placed since the last block
+        self._yielding: set[int] = set()  # places of inputs whose ids go to the next input that has one
+        self._yielded: set[str] = set()  # those inputs
 
     def __len__(self) -> int:
         return len(self._keys) + len(self._pending)
@@ -70,10 +73,15 @@ class IdRegistry:
         late: list[Failure] = []
         keys = [id_hash(chunk.id) for chunk in batch.chunks]
         stored = self._stored(keys)
+        displaced: list[tuple[str, str]] = []
         for i, chunk in enumerate(batch.chunks):
             key = keys[i]
             pending = self._pending.get(key)  # (an id taken earlier in this batch is pending too)
             first = self._name(pending) if pending is not None else stored[i]
+            if first is not None and self._yielding and self._take_over(key, pending, chunk.source):
+                displaced.append((first, chunk.doc_id))
+                keep.append(i)
+                continue
             if first is None:
                 self._pending[key] = self._place(chunk.source)
                 keep.append(i)
@@ -84,23 +92,59 @@ class IdRegistry:
                                    "is left out: ids must be unique in the dataset"))
         if len(self._pending) >= MERGE_EVERY:
             self._merge()
+        if displaced:
+            batch = replace(batch, displaced=batch.displaced + tuple(dict.fromkeys(displaced)))
         if not late:
             return batch
         chunks = tuple(batch.chunks[i] for i in keep)
         # which chunks took a stored vector is not known here: a left-out one may have been among them
         return EmbeddedBatch(batch.seq, chunks, batch.vectors[np.asarray(keep, dtype=np.int64)], batch.usage,
                              batch.failures + tuple(late), batch.records, batch.marks,
-                             reused=min(batch.reused, len(chunks)))
+                             reused=min(batch.reused, len(chunks)), displaced=batch.displaced)
+
+    def yield_sources(self, sources: Iterable[str]) -> None:
+        """Let the ids of ``sources`` go to the first later input that has one.
+
+        For rows kept only because ``run.on_deleted: keep`` (their input is
+        gone from the listing): a renamed file's records then take their ids
+        back instead of becoming ``duplicate_id`` errors. :meth:`check` keeps
+        such a chunk and names the row it displaces in ``batch.displaced``,
+        for the sink to remove in the same commit.
+        """
+        new = set(sources) - self._yielded
+        if not new:  # a watcher says the same kept inputs every round
+            return
+        self._yielded |= new
+        hashes = np.fromiter(map(hash, new), np.int64, len(new))
+        maybe = np.flatnonzero(np.isin(self._hashes.done(), hashes)).tolist()  # one pass for them all
+        self._yielding |= {p for p in maybe if self._name(p) in new}
+
+    def _take_over(self, key: int, pending: int | None, source: str) -> bool:
+        """Give ``key``'s id to ``source`` if a yielding input holds it; whether it did."""
+        if pending is not None:
+            if pending not in self._yielding:
+                return False
+            self._pending[key] = self._place(source)
+            return True
+        at = int(np.searchsorted(self._keys, np.uint64(key)))
+        if int(self._places[at]) not in self._yielding:
+            return False
+        self._places[at] = self._place(source)
+        return True
 
     def forget_source(self, source: str) -> None:
         """Free the ids of ``source`` (its rows are being read again)."""
-        maybe = np.flatnonzero(self._hashes.done() == hash(source)).tolist()
-        places = {p for p in maybe if self._name(p) == source}
+        places = self._places_of(source)
         if not places:
             return
         self._pending = {k: v for k, v in self._pending.items() if v not in places}
         kept = ~np.isin(self._places, np.fromiter(places, np.uint32, len(places)))
         self._keys, self._places = self._keys[kept], self._places[kept]
+
+    def _places_of(self, source: str) -> set[int]:
+        """The places standing for input ``source``."""
+        maybe = np.flatnonzero(self._hashes.done() == hash(source)).tolist()
+        return {p for p in maybe if self._name(p) == source}
 
     def _place(self, source: str) -> int:
         """The number standing for input ``source`` (one input may get several: they are not all looked up)."""

@@ -238,6 +238,7 @@ async def read_stage(
     cpu: anyio.CapacityLimiter,
     on_file: Callable[[InputFile], None] = lambda _: None,
     on_bytes: Callable[[InputFile, int], None] | None = None,
+    on_block: Callable[[list[Item]], None] = lambda _: None,
     ahead: int = AHEAD,
     fields: FieldCheck | None = None,
 ) -> None:
@@ -250,7 +251,8 @@ async def read_stage(
     small files among the next few are fetched ``ahead`` at a time (see
     :mod:`pipeline.sources.fetch`) while earlier ones are parsed.
     ``on_bytes(inp, n)`` hears of the bytes read inside each file, as they are
-    read (from its thread); ``on_file(inp)`` of each file as its reading starts.
+    read (from its thread); ``on_file(inp)`` of each file as its reading starts;
+    ``on_block(block)`` of each block as it is sent.
     ``fields`` hears of a ``source.id_field`` or ``text_field`` that names nothing in a file.
     """
     log = get_logger()
@@ -276,6 +278,7 @@ async def read_stage(
                     on_file(inp)
                 if not block:
                     break
+                on_block(block)
                 await send.send(block)
     finally:
         reader.close()
