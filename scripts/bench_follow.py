@@ -28,8 +28,17 @@
   watcher's or a nightly rerun's steady state); `find_*`: the yardstick, the
   listing gathered whole as s3fs's `find` does. The dataset is a stand-in
   whose signatures are made when asked: the figures are the listing's and
-  the comparison's, not the sink state's. `start_peak_rss_mb`: the imports
-  alone. Target: under 300 MB at a million.
+  the comparison's, not the sink state's; `state_*` compares against the
+  real opened resume state of a dataset that knows every object. `rerun_*`:
+  the whole of a rerun, `pipeline run`'s Job in one process (the synthetic
+  store registered for s3://) against a copy of that dataset, which also
+  holds real data shards (a row per object, 8-d vectors), with 5 objects
+  changed and embedded by `pipeline serve --fake`: listing, opening the
+  sink, comparing, seeding the id registry, reading, embedding, replacing
+  the changed rows, committing; `rerun_peak_rss_mb` is the process's peak,
+  `rerun_<step>_rss_mb` / `rerun_<step>_peak_rss_mb` its RSS and peak
+  after each step. `start_peak_rss_mb`: the imports alone. Target: under
+  300 MB at a million.
 - rerun-changes: a corpus embedded once, then 10% of its documents edited
   (one JSONL file of records and a folder of .md files, each with 10% of its
   records or files edited) and run again; `paid_per_changed` = inputs sent
@@ -451,7 +460,8 @@ def many_listed(work: Path, records: int) -> Any:
     input to read made as the read stage makes them (nothing read); ``known_*``: against a dataset that
     knows every one, unchanged (the watcher's and the nightly rerun's steady state: nothing opened);
     ``state_*``: as ``known``, against the real resume state of such a dataset, opened as a run opens it
-    (listing, comparison and state in one process: what a rerun over them holds, but the id registry);
+    (listing, comparison and state in one process); ``rerun_*``: a whole ``pipeline run`` (its Job, in one
+    process) over them against a copy of that dataset (with real data shards), a few objects changed;
     ``find_*``: the yardstick, the listing gathered whole as s3fs's ``find`` does, compared as ``new``.
     ``start_rss_mb``: a process that only imported what the cases import."""
     bench = _bench()

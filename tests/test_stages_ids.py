@@ -77,3 +77,21 @@ def test_merged_pending_and_same_batch_ids_are_all_taken_as_a_dict_would_say(mon
         assert [c.id for c in out.chunks] == kept
         assert [(f.id, f.message.split("a record of ")[1].split(";")[0]) for f in out.failures] == late
     assert len(registry) == len(first_of)
+
+
+def test_seeding_keeps_the_first_of_each_id_and_leaves_out_the_skipped_inputs() -> None:
+    """Seeded in blocks (lists or Arrow arrays, more ids than said), the first record of an id keeps it, as
+    add_existing says; the ids of a skipped input are free, as if it had been forgotten."""
+    import pyarrow as pa
+
+    blocks = [(["a", "b", "a"], ["x.md", "x.md", "y.md"]), (pa.array(["c", "b", "e"]), pa.array(["y.md", "z.md", "z.md"]))]
+    registry = IdRegistry()
+    registry.seed(blocks, rows=2, skip={"x.md"})
+    assert len(registry) == 4  # a (y), c (y), b (z), e (z)
+    out = registry.check(batch(0, "new.md", ["a", "b", "d"]))
+    assert [c.id for c in out.chunks] == ["d"]
+    assert ["y.md" in out.failures[0].message, "z.md" in out.failures[1].message] == [True, True]
+    whole = IdRegistry()
+    whole.seed(blocks)
+    out = whole.check(batch(0, "new.md", ["a", "b", "c", "e"]))
+    assert [f.message.split("a record of ")[1].split(";")[0] for f in out.failures] == ["x.md", "x.md", "y.md", "z.md"]
