@@ -38,7 +38,8 @@ Scenarios and their targets:
   under 450 MB at 400k and within 1.5x of the 40k peak.
 - resume: killed twice (SIGKILL, then SIGTERM), rerun to the end.
 - many-files, many-listed, rerun-changes: see scripts/bench_follow.py
-  (many-files-local: many-files without its S3 part, on request only).
+  (many-files-local: many-files without its S3 part, on request only;
+  many-listed's `rerun_*` figures: a whole rerun over a million objects).
 - state-size: `_manifest.json` and `_state/` for a million one-document
   source objects (synthetic), opening them, a commit of 10 changes: see
   scripts/bench_state.py.

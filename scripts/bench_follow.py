@@ -28,8 +28,20 @@
   watcher's or a nightly rerun's steady state); `find_*`: the yardstick, the
   listing gathered whole as s3fs's `find` does. The dataset is a stand-in
   whose signatures are made when asked: the figures are the listing's and
-  the comparison's, not the sink state's. `start_peak_rss_mb`: the imports
-  alone. Target: under 300 MB at a million.
+  the comparison's, not the sink state's; `state_*` compares against the
+  real opened resume state of a dataset that knows every object. `rerun_*`:
+  the whole of a rerun, `pipeline run`'s Job in one process (the synthetic
+  store registered for s3://) against a copy of that dataset, which also
+  holds real data shards (a row per object, 8-d vectors), with 5 objects
+  changed and embedded by `pipeline serve --fake`: listing, opening the
+  sink, comparing, seeding the id registry, reading, embedding, replacing
+  the changed rows, committing; `rerun_peak_rss_mb` is the process's peak,
+  `rerun_<step>_rss_mb` / `rerun_<step>_peak_rss_mb` its RSS and peak
+  after each step (list, open, compare, ids: the id registry is seeded
+  once the listing is let go of), `rerun_before_ids_rss_mb` the RSS then,
+  and `rerun_seed_and_after_peak_rss_mb` the peak of the seeding and what
+  follows alone. `start_peak_rss_mb`: the imports alone. Target: under 300 MB at a
+  million.
 - rerun-changes: a corpus embedded once, then 10% of its documents edited
   (one JSONL file of records and a folder of .md files, each with 10% of its
   records or files edited) and run again; `paid_per_changed` = inputs sent
@@ -54,6 +66,8 @@ from urllib.parse import urlsplit
 
 S3_OBJECTS = 10_000  # objects of the S3 case (uploading to moto costs time too)
 S3_LATENCY_MS = 30.0  # added to every request the S3 server answers
+RERUN_CHANGED = 5  # objects of many-listed's rerun case changed since the dataset read them
+RERUN_DIMENSIONS = 8  # of the vectors of many-listed's rerun case (its data shards stay small)
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -449,7 +463,8 @@ def many_listed(work: Path, records: int) -> Any:
     input to read made as the read stage makes them (nothing read); ``known_*``: against a dataset that
     knows every one, unchanged (the watcher's and the nightly rerun's steady state: nothing opened);
     ``state_*``: as ``known``, against the real resume state of such a dataset, opened as a run opens it
-    (listing, comparison and state in one process: what a rerun over them holds, but the id registry);
+    (listing, comparison and state in one process); ``rerun_*``: a whole ``pipeline run`` (its Job, in one
+    process) over them against a copy of that dataset (with real data shards), a few objects changed;
     ``find_*``: the yardstick, the listing gathered whole as s3fs's ``find`` does, compared as ``new``.
     ``start_rss_mb``: a process that only imported what the cases import."""
     bench = _bench()
@@ -460,15 +475,30 @@ def many_listed(work: Path, records: int) -> Any:
     # peak RSS (ru_maxrss is kept across fork and exec)
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "known-dataset", str(records), str(dataset)],
                    check=True)
-    for how in ("start", "new", "known", "state", "find"):
-        m = bench.measure([sys.executable, str(Path(__file__).resolve()), "listing", str(records), how,
-                           str(dataset)], work)
+    for how in ("start", "new", "known", "state", "rerun", "find"):
+        with bench.serve("--fake", "--dimensions", str(RERUN_DIMENSIONS)) if how == "rerun" else nullcontext() as url:
+            m = bench.measure(_case(work, records, how, dataset, url), work)
         if m.returncode != 0:
             return bench.Row("many-listed", {**figures, "exit": m.returncode})
         if how != "start":
             figures.update({f"{how}_{k}": v for k, v in json.loads(m.stdout.strip().splitlines()[-1]).items()})
-        figures[f"{how}_peak_rss_mb"] = round(m.max_rss_mb)
+        # (rerun resets its peak before seeding the ids, to measure what follows alone: it says its whole peak)
+        figures[f"{how}_peak_rss_mb"] = round(max(m.max_rss_mb, figures.get(f"{how}_whole_peak_rss_mb", 0)))
     return bench.Row("many-listed", {**figures, "exit": 0})
+
+
+def _case(work: Path, records: int, how: str, dataset: Path, url: str | None) -> list[str]:
+    """The command of one many-listed case; ``rerun`` runs a config of its own against a copy of ``dataset``
+    (the run changes it) and the embedding server at ``url``."""
+    me = str(Path(__file__).resolve())
+    if how != "rerun":
+        return [sys.executable, me, "listing", str(records), how, str(dataset)]
+    copy = work / "rerun-ds"
+    shutil.copytree(dataset, copy)
+    config = work / "rerun.yaml"
+    config.write_text(f"source:\n  path: s3://bucket/corpus\nembedding:\n  url: {url}\n  model: bench\n"
+                      f"sink:\n  path: {copy}\nlogging:\n  format: logfmt\n  level: warning\n")
+    return [sys.executable, me, "rerun", str(records), str(config)]
 
 
 def _name(i: int) -> str:
@@ -481,6 +511,54 @@ def _signature(i: int) -> str:
     return f"{1200 + i % 500}:\"{i:032x}\""
 
 
+def _info(i: int, changed: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """What list_objects_v2 says of synthetic object ``i``, as s3fs hands it on (another ETag when changed)."""
+    etag = f'"{i:032x}"' if i not in changed else f'"{i:031x}e"'
+    return {"Key": _name(i), "name": _name(i), "type": "file", "size": 1200 + i % 500, "Size": 1200 + i % 500,
+            "ETag": etag, "LastModified": "2024-01-01T00:00:00+00:00", "StorageClass": "STANDARD"}
+
+
+def _store(objects: int, protocol: Any, changed: frozenset[int] = frozenset()) -> Any:
+    """A filesystem class listing ``objects`` synthetic objects a page at a time, as s3fs does (the
+    ``changed`` ones with another ETag, and their text readable)."""
+    import fsspec.asyn
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Store(MemoryFileSystem):  # type: ignore[misc]
+        loop = fsspec.asyn.get_loop()
+
+        @classmethod
+        def _strip_protocol(cls, path: Any) -> str:  # as s3fs: bucket/key
+            return str(path).removeprefix("s3://").removeprefix("s3a://").removeprefix("memory://").strip("/")
+
+        def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+            return {"name": path, "type": "directory", "size": 0}
+
+        def find(self, path: str, *args: Any, detail: bool = False, **kwargs: Any) -> Any:
+            return {_info(i)["name"]: _info(i) for i in range(objects)}
+
+        def invalidate_cache(self, path: str | None = None) -> None:
+            pass
+
+        def split_path(self, path: str) -> tuple[str, str, None]:
+            bucket, _, key = path.partition("/")
+            return bucket, key, None
+
+        async def _iterdir(self, bucket: str, prefix: str = "", delimiter: str = "/") -> Any:
+            for start in range(0, objects, 1000):
+                for entry in [_info(i, changed) for i in range(start, min(objects, start + 1000))]:  # one page
+                    yield entry
+
+        def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+            i = int(path[-11:-3])
+            if i not in changed or self._strip_protocol(path) != _name(i):
+                raise FileNotFoundError(path)
+            return f"# Document {i}\n\nIts text, edited since the last run.\n".encode()[start:end]
+
+    Store.protocol = protocol
+    return Store
+
+
 def _listing(objects: int, how: str, dataset: str = "") -> dict[str, Any]:
     """List ``objects`` synthetic objects as an S3 source (a page at a time, or whole with ``find``), compare
     them with a dataset (knowing none of them, or all, unchanged) and walk what is to read; the seconds each
@@ -489,8 +567,7 @@ def _listing(objects: int, how: str, dataset: str = "") -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from collections.abc import Mapping
 
-    import fsspec.asyn
-    from fsspec.implementations.memory import MemoryFileSystem
+    import fsspec
 
     from pipeline.config import SourceConfig
     from pipeline.jobs.changes import apply, compare
@@ -504,32 +581,7 @@ def _listing(objects: int, how: str, dataset: str = "") -> dict[str, Any]:
         return {}
 
     name = _name
-
-    def info(i: int) -> dict[str, Any]:  # what list_objects_v2 says of an object, as s3fs hands it on
-        return {"Key": name(i), "name": name(i), "type": "file", "size": 1200 + i % 500, "Size": 1200 + i % 500,
-                "ETag": f'"{i:032x}"', "LastModified": "2024-01-01T00:00:00+00:00", "StorageClass": "STANDARD"}
-
-    class Store(MemoryFileSystem):  # type: ignore[misc]
-        protocol = ("s3", "s3a") if how != "find" else "memory"
-        loop = fsspec.asyn.get_loop()
-
-        def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
-            return {"name": path, "type": "directory", "size": 0}
-
-        def find(self, path: str, *args: Any, detail: bool = False, **kwargs: Any) -> Any:
-            return {info(i)["name"]: info(i) for i in range(objects)}
-
-        def invalidate_cache(self, path: str | None = None) -> None:
-            pass
-
-        def split_path(self, path: str) -> tuple[str, str, None]:
-            bucket, _, key = path.partition("/")
-            return bucket, key, None
-
-        async def _iterdir(self, bucket: str, prefix: str = "", delimiter: str = "/") -> Any:
-            for start in range(0, objects, 1000):
-                for entry in [info(i) for i in range(start, min(objects, start + 1000))]:  # one page
-                    yield entry
+    Store = _store(objects, ("s3", "s3a") if how != "find" else "memory")
 
     class Signatures(Mapping):  # type: ignore[type-arg]
         """url → signature of every object, made when asked (as a compact state would)."""
@@ -602,16 +654,73 @@ def _listing(objects: int, how: str, dataset: str = "") -> dict[str, Any]:
 
 
 def _known_dataset(objects: int, root: str) -> None:
-    """Write the resume state of a dataset that read every synthetic object whole (for ``state``)."""
+    """Write a dataset that read every synthetic object whole: its resume state (for ``state``) and its data
+    shards, a row per object with the id a run gives it and a vector of RERUN_DIMENSIONS (for ``rerun``)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.append(str(Path(__file__).resolve().parents[1]))
     from bench_state import _build
 
-    _build(Path(root), objects, url=lambda i: f"s3://{_name(i)}", signature=_signature)
+    _build(Path(root), objects, url=lambda i: f"s3://{_name(i)}", signature=_signature,
+           doc_id=lambda i: _name(i).removeprefix("bucket/corpus/"), dimensions=RERUN_DIMENSIONS)
+
+
+def _rerun(objects: int, config: str) -> dict[str, Any]:
+    """``pipeline run`` of ``config`` in this process, its source ``objects`` synthetic objects (RERUN_CHANGED
+    of them changed since the dataset read them): the run's figures, and after each of its first steps (the
+    listing, the opened sink, the comparison, the seeded id registry) this process's RSS and peak RSS; the
+    peak is reset before the registry is seeded (``/proc/self/clear_refs``), so ``seed_and_after_peak_rss_mb``
+    is that of the seeding and what follows alone, and ``whole_peak_rss_mb`` the run's."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(1, str(Path(__file__).resolve().parent))
+    import anyio
+    import fsspec
+
+    from bench_state import _peak_mb
+    from pipeline.config import load_config
+    from pipeline.jobs import run
+
+    changed = frozenset(range(0, objects, max(1, objects // RERUN_CHANGED)))
+    fsspec.register_implementation("s3", _store(objects, ("s3", "s3a"), changed), clobber=True)
+    figures: dict[str, Any] = {"start_peak_rss_mb": round(_peak_mb())}
+
+    def measured(name: str, step: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if name == "ids":  # the listing let go of: from here on, the peak of what follows alone
+                figures["before_ids_rss_mb"] = round(_rss_mb())
+                Path("/proc/self/clear_refs").write_text("5")
+            started = time.perf_counter()
+            out = step(*args, **kwargs)
+            figures[f"{name}_s"] = round(time.perf_counter() - started, 1)
+            figures[f"{name}_rss_mb"] = round(_rss_mb())
+            figures[f"{name}_peak_rss_mb"] = round(_peak_mb())
+            return out
+        return wrapped
+
+    for name, attr in (("list", "list_source"), ("open", "open_sink"), ("ids", "_register_ids"),
+                       ("compare", "compare")):
+        setattr(run, attr, measured(name, getattr(run, attr)))
+    started = time.perf_counter()
+    job = run.Job(load_config(config), handle_signals=False)
+    result = anyio.run(job.run)
+    return {**figures, "run_s": round(time.perf_counter() - started, 1), "status": result.status,
+            "message": result.message, **{k: job.changes.get(k) for k in ("changed", "unchanged", "new")},
+            "rows": result.totals.get("rows_embedded"), "seed_and_after_peak_rss_mb": round(_peak_mb()),
+            "whole_peak_rss_mb": round(max(_peak_mb(), *(v for k, v in figures.items() if k.endswith("peak_rss_mb"))))}
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["known-dataset"]:
     _known_dataset(int(sys.argv[2]), sys.argv[3])
+
+if __name__ == "__main__" and sys.argv[1:2] == ["rerun"]:
+    print(json.dumps(_rerun(int(sys.argv[2]), sys.argv[3])))
 
 if __name__ == "__main__" and sys.argv[1:2] == ["listing"]:
     print(json.dumps(_listing(int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])))

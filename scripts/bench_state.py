@@ -39,9 +39,12 @@ def _etag(i: int) -> str:
 
 
 def _build(root: Path, objects: int, url: Callable[[int], str] = _url,
-           signature: Callable[[int], str] = _etag) -> dict[str, Any]:
+           signature: Callable[[int], str] = _etag, doc_id: Callable[[int], str] | None = None,
+           dimensions: int = 1024) -> dict[str, Any]:
     """Write the synthetic dataset's manifest and state (whole, as the first save of a migrated one): object
-    ``i`` is ``url(i)``, read whole when its signature was ``signature(i)``."""
+    ``i`` is ``url(i)``, read whole when its signature was ``signature(i)``. With ``doc_id``, also the data
+    shards the manifest lists, real and small: object ``i``'s one row has id ``doc_id(i)`` and a vector of
+    ``dimensions`` (without, the shards are only named: the state is what is measured)."""
     import fsspec
 
     from pipeline.dataset import state_files
@@ -50,7 +53,7 @@ def _build(root: Path, objects: int, url: Callable[[int], str] = _url,
 
     fs = fsspec.filesystem("file")
     m = Manifest.new("bench", "search_document", "float")
-    m.dimensions = 1024
+    m.dimensions = dimensions
     state = m.loaded
     for s in range(0, objects, PER_SHARD):
         path = f"data/part-00000-{s // PER_SHARD:06d}.parquet"
@@ -59,6 +62,8 @@ def _build(root: Path, objects: int, url: Callable[[int], str] = _url,
                          "prompt_tokens": 120 * len(urls), "total_tokens": 120 * len(urls),
                          "records": len(urls), "rows_reused": 0, "started_at": "2024-05-17T10:00:00.000Z",
                          "finished_at": "2024-05-17T10:05:00.000Z", "bytes": 4_300_000})
+        if doc_id is not None:
+            _write_shard(root / path, m.shards[-1], [doc_id(i) for i in range(s, s + len(urls))], urls, dimensions)
         state.add_shard(path, {u: 1 for u in urls}, {u: END_OF_FILE for u in urls})
         state.advance([(u, END_OF_FILE) for u in urls], {u: 1 for u in urls})
         for i, u in enumerate(urls):
@@ -69,6 +74,27 @@ def _build(root: Path, objects: int, url: Callable[[int], str] = _url,
     state_files.persist(fs, str(root), 0, m)
     m.save(fs, str(root))
     return {"write_s": round(time.perf_counter() - started, 2)}
+
+
+def _write_shard(path: Path, entry: dict[str, Any], ids: list[str], urls: list[str], dimensions: int) -> None:
+    """One data shard as the writer publishes it (its manifest entry in its footer): a row per id."""
+    import numpy as np
+    import orjson
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset.shards import META_KEY
+
+    n = len(ids)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(n * dimensions, np.float32)), dimensions)
+    table = pa.table({"id": ids, "doc_id": ids, "chunk_index": pa.array([0] * n, pa.int32()),
+                      "text": [f"text of {i}" for i in ids], "embedding": vectors, "source": urls,
+                      "content_hash": [f"{hash(i) & (1 << 63) - 1:016x}" for i in ids]})
+    entry.update(bytes=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.replace_schema_metadata({META_KEY: orjson.dumps(entry).decode()}), str(path),
+                   compression="zstd")
+    entry.update(bytes=path.stat().st_size)
 
 
 def _peak_mb() -> float:

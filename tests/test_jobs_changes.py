@@ -175,6 +175,20 @@ async def test_on_deleted_keep_leaves_the_rows(tmp_path: Path) -> None:
     check_exact(tmp_path, {"a0": "zero", "b0": "one"})
 
 
+async def test_a_rerun_seeds_the_ids_when_it_reads_and_without_those_of_the_changed_inputs(tmp_path: Path) -> None:
+    """A rerun with nothing to read reads no shard's ids; one that reads a changed file keeps the other files'
+    ids taken (a clash with them is a duplicate_id) and the changed file's own ids free for its new version."""
+    cfg = a_and_b(tmp_path, max_failed_fraction=1)
+    await rerun(cfg)
+    job, _, _ = await rerun(cfg)
+    assert len(job.ids) == 0
+    jsonl(tmp_path / "in" / "b.jsonl", {"b0": "edited", "a0": "a clash"})
+    touch_later(tmp_path / "in" / "b.jsonl")
+    job, result, _ = await rerun(cfg)
+    check_exact(tmp_path, {"a0": "zero", "b0": "edited"})
+    assert len(job.ids) == 2 and result.totals["rows_failed"] == 1
+
+
 async def test_on_deleted_keep_counts_the_deleted_file_as_validate_does(tmp_path: Path) -> None:
     """With run.on_deleted: keep, run_finished counts a deleted file (deleted=1 kept=1) as validate does."""
     cfg = a_and_b(tmp_path, on_deleted="keep")

@@ -94,3 +94,21 @@ def test_a_yielding_inputs_ids_go_to_the_next_input_that_has_one(monkeypatch) ->
     again = registry.check(batch(1, "late.jsonl", ["3", "p", "4"]))
     assert [c.id for c in again.chunks] == ["4"] and again.displaced == (("gone.jsonl", "4"),)
     assert all("moved.jsonl" in f.message for f in again.failures)
+
+
+def test_seeding_keeps_the_first_of_each_id_and_leaves_out_the_skipped_inputs() -> None:
+    """Seeded in blocks (lists or Arrow arrays, more ids than said), the first record of an id keeps it, as
+    add_existing says; the ids of a skipped input are free, as if it had been forgotten."""
+    import pyarrow as pa
+
+    blocks = [(["a", "b", "a"], ["x.md", "x.md", "y.md"]), (pa.array(["c", "b", "e"]), pa.array(["y.md", "z.md", "z.md"]))]
+    registry = IdRegistry()
+    registry.seed(blocks, rows=2, skip={"x.md"})
+    assert len(registry) == 4  # a (y), c (y), b (z), e (z)
+    out = registry.check(batch(0, "new.md", ["a", "b", "d"]))
+    assert [c.id for c in out.chunks] == ["d"]
+    assert ["y.md" in out.failures[0].message, "z.md" in out.failures[1].message] == [True, True]
+    whole = IdRegistry()
+    whole.seed(blocks)
+    out = whole.check(batch(0, "new.md", ["a", "b", "c", "e"]))
+    assert [f.message.split("a record of ")[1].split(";")[0] for f in out.failures] == ["x.md", "x.md", "y.md", "z.md"]

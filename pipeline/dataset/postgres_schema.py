@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from psycopg import sql
+if TYPE_CHECKING:  # psycopg is imported when SQL is made: a file sink's run does without it (8 MB)
+    from psycopg import sql
 
 from pipeline.config import SinkConfig
 from pipeline.errors import SinkError
@@ -98,10 +99,14 @@ class Names:
     table: str
 
     def _of(self, suffix: str) -> sql.Identifier:
+        from psycopg import sql
+
         return sql.Identifier(f"{self.table}_{suffix}")
 
     @property
     def data(self) -> sql.Identifier:
+        from psycopg import sql
+
         return sql.Identifier(self.table)
 
     errors = property(lambda self: self._of("errors"))
@@ -123,6 +128,8 @@ class Names:
 
 def side_tables(names: Names) -> list[sql.Composed]:
     """DDL of the tables that exist before the first row: meta, runs, state, commits, errors."""
+    from psycopg import sql
+
     q = [
         "CREATE TABLE IF NOT EXISTS {meta} (format_version int NOT NULL, model text NOT NULL, input_type text,"
         " embedding_type text NOT NULL, dimensions int, chunking jsonb, created_at timestamptz DEFAULT now(), id_field text)",
@@ -146,6 +153,8 @@ def side_tables(names: Names) -> list[sql.Composed]:
 
 def data_table(names: Names, embedding_type: str, dimensions: int, include_text: bool) -> list[sql.Composed]:
     """DDL of ``{table}``, made at the first commit, when the dimensions are known."""
+    from psycopg import sql
+
     kind = column_kind(embedding_type)
     text = "text text, " if include_text else ""
     create = sql.SQL(
@@ -216,6 +225,8 @@ def to_column(value: Any, column_type: str) -> Any:
 
 def add_or_widen(names: Names, name: str, current: str | None, needed: str) -> sql.Composed:
     """DDL that adds metadata column ``name``, or changes its type to ``needed``."""
+    from psycopg import sql
+
     col = sql.Identifier(name)
     if current is None:
         return sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {ty}").format(
@@ -233,6 +244,8 @@ def index_ddl(names: Names, cfg: SinkConfig, embedding_type: str, rows: int) -> 
     ivfflat's ``lists`` default to pgvector's advice: rows / 1000 up to a
     million rows, the square root of the rows beyond.
     """
+    from psycopg import sql
+
     if cfg.index == "none":
         return None
     _, opclass = distance_of(cfg, embedding_type)
@@ -256,6 +269,7 @@ def build_index(conn: Any, names: Names, cfg: SinkConfig, embedding_type: str, w
     import time
 
     import psycopg
+    from psycopg import sql
 
     from pipeline.logs import get_logger
 

@@ -130,6 +130,12 @@ class Changes:
         """What a round reads, in listing order."""
         return self.of(NEW, RESUMED, CHANGED, APPENDED)
 
+    def without_unchanged(self) -> Changes:
+        """These changes but the unchanged inputs, the others made into a listing of their own: when few of
+        the inputs changed, the listing (a million objects are some 100 MB) is no longer held by them."""
+        keep = np.flatnonzero(self.kinds != UNCHANGED)
+        return Changes(Inputs.of(self.inputs.take(keep)), self.kinds[keep], self.deleted)
+
     def counts(self) -> dict[str, int]:
         """How many inputs (files; a split file once) each kind counts."""
         return {"new": self.new.files(), "resumed": self.resumed.files(), "changed": self.changed.files(),

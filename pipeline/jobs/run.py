@@ -107,20 +107,37 @@ class Job:
         )
         self.checkpoints = Checkpoints(sink.offsets())
         self.commit = Committer(sink, self.checkpoints, self.cpu, self._committed)
+        self._listing: tuple[Inputs, Inputs] | None = (listed, files)
+        del listed, files  # held by self._listing alone, which _run lets go of once compared
         try:
-            return await self._run(sink, fs, listed, files)
+            return await self._run(sink, fs)
         finally:  # after a bug: let go of the lease at least (a no-op after a clean close)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(close_quietly, sink)
 
-    async def _run(self, sink: Sink, fs: Any, listed: Inputs, files: Inputs) -> RunResult:
+    async def _run(self, sink: Sink, fs: Any) -> RunResult:
+        """Compare, then run the rounds. A run seeds the id registry with the dataset's ids only when it has
+        something to read, after the comparison, with the listing let go of by then (a rerun that finds a
+        few changes among a million objects holds neither the listing nor the registry's ids of the changed
+        and deleted inputs); a watcher seeds it first."""
         cfg = self.cfg
-        await anyio.to_thread.run_sync(_register_ids, self.ids, sink, limiter=self.cpu)
-        changes, counts = Changes(), {}
-        if not cfg.run.watch:  # a refused mass removal stops here, before anything changed
+        assert self._listing is not None
+        listed, files = self._listing
+        self._listing = None
+        changes, counts, mine = Changes(), {}, len(files)
+        if cfg.run.watch:
+            del listed, files
+            await anyio.to_thread.run_sync(_register_ids, self.ids, sink, limiter=self.cpu)
+        else:  # a refused mass removal stops here, before anything changed
             changes = await anyio.to_thread.run_sync(compare, sink, fs, files, listed)
+            del listed, files
             counts = self._note(fs, changes)
-        self.log.info("run_started", files=len(files), source=cfg.source.path, sink=cfg.sink.path,
+            if changes.unchanged > len(changes.inputs) // 2:
+                changes = changes.without_unchanged()
+            if len(changes.to_read):  # the ids of the changed and deleted inputs are freed: not seeded
+                gone = set(changes.changed.urls()) | set(changes.deleted)
+                await anyio.to_thread.run_sync(_register_ids, self.ids, sink, gone, limiter=self.cpu)
+        self.log.info("run_started", files=mine, source=cfg.source.path, sink=cfg.sink.path,
                       provider=cfg.embedding.provider, model=cfg.embedding.model,
                       rank=cfg.run.rank, world_size=cfg.run.world_size, **counts)
         warn_if_batch_capped(cfg, self.log)
@@ -339,9 +356,9 @@ def _resumes_replacement(sink: Sink, changes: Changes) -> bool:
     return bool(changes.resumed and {inp.url for inp in changes.resumed} & sink.replacing())
 
 
-def _register_ids(ids: IdRegistry, sink: Sink) -> None:
-    for block, sources in sink.known_ids():
-        ids.add_existing(block, sources)
+def _register_ids(ids: IdRegistry, sink: Sink, skip: set[str] | None = None) -> None:
+    """Seed ``ids`` with the ids of the sink's rows, but those of the inputs in ``skip``."""
+    ids.seed(sink.known_ids(), rows=sink.counts.rows_embedded, skip=skip)
 
 
 def _close(sink: Sink, status: str) -> list[dict[str, Any]]:

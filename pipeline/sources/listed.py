@@ -160,8 +160,9 @@ class _Index:
     """Where values sit among ``n``: found by their hash, then checked against the value itself."""
 
     def __init__(self, hashes: np.ndarray, value_at: Callable[[int], Any]) -> None:
-        self._order = np.argsort(hashes, kind="stable")
-        self._hashes = hashes[self._order]
+        order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[order]
+        self._order = order.astype(np.int32) if len(order) < 2**31 else order  # kept: half the memory
         self._value_at = value_at
 
     def find(self, values: Sequence[Any]) -> np.ndarray:
@@ -352,10 +353,15 @@ class Inputs(Sequence[InputFile]):
         """Those of ``urls`` that are no input's url, in their order (looked up a chunk at a time)."""
         if self._urls is None:
             among = self._file_rows()
-            rows = np.arange(len(self.listing)) if among is None else np.flatnonzero(among)
             url = self.listing.url
-            hashes = np.fromiter((hash(url(row)) for row in _each(rows)), np.int64, len(rows))
-            self._urls = _Index(hashes, lambda i: url(int(rows[i])))
+            if among is None:  # every row: no array of them kept (8 bytes an object)
+                hashes = np.fromiter(map(hash, map(url, range(len(self.listing)))), np.int64, len(self.listing))
+                self._urls = _Index(hashes, url)
+            else:
+                rows = np.flatnonzero(among)
+                hashes = np.fromiter((hash(url(row)) for row in _each(rows)), np.int64, len(rows))
+                self._urls = _Index(hashes, lambda i: url(int(rows[i])))
+            del hashes
         out: list[str] = []
         for chunk in _chunks(urls):
             out += (u for u, at in zip(chunk, self._urls.find(chunk).tolist()) if at < 0)
