@@ -112,3 +112,14 @@ def test_seeding_keeps_the_first_of_each_id_and_leaves_out_the_skipped_inputs() 
     whole.seed(blocks)
     out = whole.check(batch(0, "new.md", ["a", "b", "c", "e"]))
     assert [f.message.split("a record of ")[1].split(";")[0] for f in out.failures] == ["x.md", "x.md", "y.md", "z.md"]
+
+
+def test_ids_seeded_after_their_input_yields_still_go_to_the_next_input() -> None:
+    """A run is told which inputs yield (kept under run.on_deleted: keep) when it compares, and seeds the
+    registry after: the ids seeded then are theirs to give away all the same."""
+    registry = IdRegistry()
+    registry.yield_sources(["gone.jsonl"])
+    registry.seed([(["a", "b"], ["gone.jsonl", "other.jsonl"])])
+    out = registry.check(batch(0, "moved.jsonl", ["a", "b"]))
+    assert [c.id for c in out.chunks] == ["a"] and out.displaced == (("gone.jsonl", "a"),)
+    assert out.failures[0].id == "b"

@@ -73,6 +73,8 @@ class IdRegistry:
             keys.extend(np.fromiter(map(id_hash, ids), np.uint64, len(ids)))
             names = list(dict.fromkeys(sources))
             place = dict(zip(names, self._place_all(names)))
+            if self._yielded:  # seeded after yield_sources was told of them (a run seeds after comparing)
+                self._yielding |= {place[name] for name in names if name in self._yielded}
             places.extend(np.fromiter(map(place.__getitem__, sources), np.uint32, len(sources)))
             del ids, sources, names, place
         if keys.size and len(self._keys):
