@@ -8,7 +8,6 @@ lists the source once and opens one connection to a Postgres sink.
 
 from __future__ import annotations
 
-import math
 import os
 import posixpath
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, ope
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.logs import format_duration, redact_url
 from pipeline.storage import Location
+from pipeline.stages.batch import RequestCount
 from pipeline.stages.chunk import Chunker
 from pipeline.stages.read import file_items
 from pipeline.types import Failure, FileEnd, InputFile
@@ -92,16 +92,19 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
         indexes.append(own)
     pending: list[tuple[str, str]] = []  # (content hash, text) waiting for a token count and a reuse lookup
     count_tokens = token_counter(cfg)
+    requests = RequestCount(emb.batch_size)  # stored chunks ride along in batches, as a run packs them
 
     def settle() -> None:
         if not pending:
             return
         tokens = count_tokens([text for _, text in pending])
         est.tokens += sum(tokens)
+        found = np.zeros(len(pending), bool)
         if indexes:
             found = np.logical_or.reduce([index.contains([h for h, _ in pending]) for index in indexes])
             est.reusable_chunks += int(found.sum())
             est.reusable_tokens += sum(t for t, hit in zip(tokens, found) if hit)
+        requests.add((~found).tolist())
         pending.clear()
 
     try:
@@ -110,7 +113,7 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
         for index in indexes:
             index.close()
     est.tokens -= est.reusable_tokens
-    est.requests = math.ceil((est.chunks - est.reusable_chunks) / emb.batch_size)
+    est.requests = requests.requests
     limits = []
     if emb.requests_per_minute:
         limits.append(est.requests / emb.requests_per_minute)

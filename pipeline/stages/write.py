@@ -94,7 +94,7 @@ async def write_stage(
                     dropped = [seq for seq in waiting if seq >= cut]
                     for seq in dropped:
                         del waiting[seq]
-                    window.leave(1 + len(dropped))
+                    window.leave([answer.seq, *dropped])
                     continue
                 waiting[answer.seq] = answer
                 while expected in waiting:
@@ -105,7 +105,7 @@ async def write_stage(
                 await commit(sink.write_many, ready)
                 for done in ready:
                     on_written(done)
-                window.leave(len(ready))
+                window.leave(done.seq for done in ready)
             elif sink.commit_due():
                 await commit(sink.commit_if_due)
     if waiting:  # only after a cancellation: these are not committed, and will be read again
