@@ -62,13 +62,12 @@ async def write_stage(
     *,
     commit: Committer,
     window: Window,
-    check: Callable[[EmbeddedBatch], EmbeddedBatch] = lambda batch: batch,
     on_written: Callable[[EmbeddedBatch], None] = lambda _: None,
 ) -> None:
     """Hand answers to the sink in read order, committing as shards fill or fall due.
 
-    ``check`` sees each answer first, in read order (the job moves rows
-    whose id is already taken to the failures there).
+    (Rows whose id is already taken never get here as rows: they are
+    ``duplicate_id`` failures from before batching, :mod:`pipeline.stages.triage`.)
     """
     sink = commit.sink
     waiting: dict[int, EmbeddedBatch] = {}
@@ -101,7 +100,6 @@ async def write_stage(
                     ready.append(waiting.pop(expected))
                     expected += 1
             if ready:
-                ready = [check(done) for done in ready]
                 await commit(sink.write_many, ready)
                 for done in ready:
                     on_written(done)
