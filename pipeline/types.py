@@ -109,8 +109,17 @@ class Failure:
                    error_type, message, status, attempts, item.part)
 
 
-#: one record's outcome after chunking (its chunks, or why it failed), or a file's end
-Piece = tuple[Chunk, ...] | Failure | FileEnd
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A chunk whose vector is already stored (the dataset's own, or ``run.reuse_from``'s): it costs nothing."""
+
+    chunk: Chunk
+    vector: np.ndarray
+
+
+#: one record's outcome after chunking (its chunks, or why it failed), or a file's end. Before batching,
+#: a chunk whose vector is stored becomes :class:`Stored`, one whose id is taken a ``duplicate_id`` failure
+Piece = tuple[Chunk | Stored | Failure, ...] | Failure | FileEnd
 
 
 #: (file url, last location of that file whose every row is in this batch or before)
@@ -125,7 +134,10 @@ class Batch:
     stretch of the input; they ride along so that everything reaches the sink
     in read order. ``records`` counts the records completed by this batch
     (their last chunk or their failure is in it) and ``marks`` says how far
-    each file touched is complete, for resuming.
+    each file touched is complete, for resuming. ``found``, when the chunks
+    were looked up before batching, says which have a stored vector (in
+    ``stored``, in order): those ride along unpaid, and the request carries
+    only the others.
     """
 
     seq: int
@@ -133,6 +145,8 @@ class Batch:
     failures: tuple[Failure, ...] = ()
     records: int = 0
     marks: tuple[Mark, ...] = ()
+    found: np.ndarray | None = None  # bool per chunk; None: not looked up
+    stored: np.ndarray | None = None  # the found chunks' vectors; None when none was found
 
 
 @dataclass(frozen=True, slots=True)

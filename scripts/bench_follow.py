@@ -45,7 +45,9 @@
 - rerun-changes: a corpus embedded once, then 10% of its documents edited
   (one JSONL file of records and a folder of .md files, each with 10% of its
   records or files edited) and run again; `paid_per_changed` = inputs sent
-  to the API ÷ inputs whose text changed, target about 1.
+  to the API ÷ inputs whose text changed, target about 1; `rerun_requests`
+  the requests the rerun sent, against `requests_needed` (inputs paid ÷ the
+  batch size, rounded up).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def _config(work: Path, name: str, source: Path, url: str) -> Path:
     bench = _bench()
     config = work / f"{name}.yaml"
     bench.write_config(config, source, work / f"{name}-out",
-                       {"url": url, "model": "bench", "concurrency": bench.CONCURRENCY, "encoding_format": "base64"})
+                       {"url": url, "model": "bench", "concurrency": bench.CONCURRENCY, "batch_size": bench.BATCH,
+                        "encoding_format": "base64"})
     return config
 
 
@@ -443,7 +446,8 @@ def rerun_changes(work: Path, records: int) -> Any:
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
         bench.reset_stats(url)
         again = bench.run_pipeline(config)
-        paid = bench.stats(url)["inputs_embedded"]
+        served = bench.stats(url)
+        paid = served["inputs_embedded"]
     changed = len(edited) + len(range(0, files, 10))
     figures.update({
         "first_wall_s": round(first.wall_s, 2),
@@ -451,6 +455,9 @@ def rerun_changes(work: Path, records: int) -> Any:
         "inputs_changed": changed,
         "inputs_paid": paid,
         "paid_per_changed": round(paid / changed, 2),
+        # requests of the rerun, against the fewest that could carry the inputs paid
+        "rerun_requests": served["requests"],
+        "requests_needed": -(-paid // bench.BATCH),
         "rows": again.manifest.get("totals", {}).get("rows_embedded"),
         "exit": max(first.returncode, again.returncode),
     })

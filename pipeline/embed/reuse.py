@@ -31,7 +31,8 @@ class ReusingEmbedder:
     chunks in their original order (minus those the inner embedder failed),
     with the inner embedder's usage and failures. A batch wholly reused costs
     no request. Entering it enters ``inner``. Index lookups run in worker
-    threads under ``limiter``.
+    threads under ``limiter``; a batch looked up already (its ``found``,
+    over every index of the chain) is taken as it is.
     """
 
     def __init__(
@@ -65,7 +66,10 @@ class ReusingEmbedder:
     async def embed(self, batch: Batch) -> EmbeddedBatch:
         """Vectors for ``batch.chunks``: from the index where it has them, else from ``inner``."""
         chunks = batch.chunks
-        if chunks:
+        if batch.found is not None:  # looked up before batching (pipeline.stages.triage), in every index
+            found = batch.found
+            stored = batch.stored if batch.stored is not None else np.empty((0, self.index.width), self.index.dtype)
+        elif chunks:
             found, stored = await anyio.to_thread.run_sync(
                 self.index.lookup, [c.content_hash for c in chunks], limiter=self._limiter
             )
@@ -76,7 +80,8 @@ class ReusingEmbedder:
             return EmbeddedBatch.answering(batch, chunks, stored, Usage(), reused=reused)
         missing = tuple(c for c, hit in zip(chunks, found) if not hit)
         answer = await self.inner.embed(
-            Batch(seq=batch.seq, chunks=missing, failures=batch.failures, records=batch.records, marks=batch.marks)
+            Batch(seq=batch.seq, chunks=missing, failures=batch.failures, records=batch.records, marks=batch.marks,
+                  found=None if batch.found is None else np.zeros(len(missing), bool))
         )
         fresh = answer.vectors
         # every answer, reused or not: one batch of the other width would mix widths in the dataset

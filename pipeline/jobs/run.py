@@ -38,6 +38,7 @@ from pipeline.stages.chunk import Chunker, chunk_stage
 from pipeline.stages.embed import SendGate, embed_stage
 from pipeline.stages.ids import IdRegistry
 from pipeline.stages.read import Checkpoints, Item, read_stage
+from pipeline.stages.triage import Triage
 from pipeline.stages.write import Committer, write_stage
 from pipeline.types import Batch, EmbeddedBatch, InputFile, Piece, Skipped
 
@@ -204,14 +205,17 @@ class Job:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read, fs, files, records_send, reading)
                 tg.start_soon(partial(chunk_stage, records_receive, pieces_send, chunker=self.chunker, cpu=self.cpu))
+                triage = Triage(self.ids, _indexes(embedder), limiter=self.cpu)
                 tg.start_soon(partial(batch_stage, pieces_receive, batches_send,
-                                      batch_size=cfg.batch_size, max_rows=cfg.sink.shard_rows, window=window))
+                                      batch_size=cfg.batch_size, max_rows=cfg.sink.shard_rows, window=window,
+                                      triage=triage))
                 async with batches_receive, answers_send:
                     for _ in range(depth):
                         tg.start_soon(partial(embed_stage, batches_receive.clone(), answers_send.clone(),
                                               embedder=embedder, gate=self.gate))
                 tg.start_soon(partial(write_stage, answers_receive.clone(), commit=self.commit, window=window,
-                                      check=self.ids.check, on_written=lambda batch: self._written(batch, embedder)))
+                                      on_written=lambda batch: self._written(batch, embedder),
+                                      prepare=self.ids.with_displaced))
 
     async def _read(self, fs: Any, files: Iterable[InputFile], send: ObjectSendStream[list[Item]],
                     reading: anyio.CancelScope) -> None:
@@ -354,6 +358,16 @@ class Job:
 def _resumes_replacement(sink: Sink, changes: Changes) -> bool:
     """Whether ``changes`` read on an input whose replacement an earlier run left unfinished."""
     return bool(changes.resumed and {inp.url for inp in changes.resumed} & sink.replacing())
+
+
+def _indexes(embedder: Embedder) -> list[ReuseIndex | StoredVectors]:
+    """The reuse indexes ``embedder`` takes vectors from, outermost first: the chunks are looked up in them
+    before batching (see :mod:`pipeline.stages.triage`)."""
+    found = []
+    while isinstance(embedder, ReusingEmbedder):
+        found.append(embedder.index)
+        embedder = embedder.inner
+    return found
 
 
 def _register_ids(ids: IdRegistry, sink: Sink, skip: set[str] | None = None) -> None:

@@ -8,7 +8,6 @@ lists the source once and opens one connection to a Postgres sink.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping
@@ -33,6 +32,7 @@ from pipeline.jobs.validate_postgres import (
 from pipeline.logs import format_duration, redact_url
 from pipeline.sources.fields import FieldCheck
 from pipeline.storage import Location
+from pipeline.stages.batch import RequestCount
 from pipeline.stages.chunk import Chunker
 from pipeline.stages.read import file_items
 from pipeline.types import Failure, FileEnd, InputFile
@@ -94,16 +94,19 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
         indexes.append(own)
     pending: list[tuple[str, str]] = []  # (content hash, text) waiting for a token count and a reuse lookup
     count_tokens = token_counter(cfg)
+    requests = RequestCount(cfg.batch_size, cfg.sink.shard_rows)  # stored chunks ride along in batches, as a run packs them
 
     def settle() -> None:
         if not pending:
             return
         tokens = count_tokens([text for _, text in pending])
         est.tokens += sum(tokens)
+        found = np.zeros(len(pending), bool)
         if indexes:
             found = np.logical_or.reduce([index.contains([h for h, _ in pending]) for index in indexes])
             est.reusable_chunks += int(found.sum())
             est.reusable_tokens += sum(t for t, hit in zip(tokens, found) if hit)
+        requests.add((~found).tolist())
         pending.clear()
 
     try:
@@ -112,7 +115,7 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
         for index in indexes:
             index.close()
     est.tokens -= est.reusable_tokens
-    est.requests = math.ceil((est.chunks - est.reusable_chunks) / cfg.batch_size)
+    est.requests = requests.requests
     limits = []
     if emb.requests_per_minute:
         limits.append(est.requests / emb.requests_per_minute)

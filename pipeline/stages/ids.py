@@ -2,9 +2,9 @@
 
 Two input files that both hold ``id: 7`` would give two rows with one id
 (a primary-key violation for anyone loading the dataset into a database).
-The write stage asks an :class:`IdRegistry` first: the first record with an
-id keeps it, every later one goes to ``errors/`` (``duplicate_id``) with a
-message naming both places. The registry holds 64-bit hashes of the ids in
+Before batching, :mod:`pipeline.stages.triage` asks an :class:`IdRegistry`,
+in read order: the first record with an id keeps it, every later one goes to
+``errors/`` (``duplicate_id``) with a message naming both places, unpaid. The registry holds 64-bit hashes of the ids in
 sorted numpy arrays (12 bytes an id, no Python object per id), seeded with
 the ids the dataset already holds; the inputs they came from are kept in
 compressed blocks (a million urls in a few MB rather than 200 MB of
@@ -44,6 +44,9 @@ class IdRegistry:
         self._recent: dict[str, int] = {}  # place of the names placed since the last block
         self._yielding: set[int] = set()  # places of inputs whose ids go to the next input that has one
         self._yielded: set[str] = set()  # those inputs
+        #: (source, id) of a chunk that took over a yielding input's id → the (source, doc_id) it displaces,
+        #: until the chunk's embedded batch asks (:meth:`with_displaced`)
+        self._displacing: dict[tuple[str, str], tuple[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self._keys) + len(self._pending)
@@ -96,6 +99,7 @@ class IdRegistry:
             first = self._name(pending) if pending is not None else stored[i]
             if first is not None and self._yielding and self._take_over(key, pending, chunk.source):
                 displaced.append((first, chunk.doc_id))
+                self._displacing[(chunk.source, chunk.id)] = (first, chunk.doc_id)
                 keep.append(i)
                 continue
             if first is None:
@@ -134,6 +138,18 @@ class IdRegistry:
         hashes = np.fromiter(map(hash, new), np.int64, len(new))
         maybe = np.flatnonzero(np.isin(self._hashes.done(), hashes)).tolist()  # one pass for them all
         self._yielding |= {p for p in maybe if self._name(p) in new}
+
+    def with_displaced(self, batch: EmbeddedBatch) -> EmbeddedBatch:
+        """``batch`` naming the kept rows its chunks displace (their ids were taken over when they were
+        checked, before batching: see :mod:`pipeline.stages.triage`), for the sink to remove in the commit
+        that brings them."""
+        if not self._displacing:
+            return batch
+        pop = self._displacing.pop
+        found = [pair for chunk in batch.chunks if (pair := pop((chunk.source, chunk.id), None)) is not None]
+        if not found:
+            return batch
+        return replace(batch, displaced=tuple(dict.fromkeys(batch.displaced + tuple(found))))
 
     def _take_over(self, key: int, pending: int | None, source: str) -> bool:
         """Give ``key``'s id to ``source`` if a yielding input holds it; whether it did."""

@@ -62,13 +62,14 @@ async def write_stage(
     *,
     commit: Committer,
     window: Window,
-    check: Callable[[EmbeddedBatch], EmbeddedBatch] = lambda batch: batch,
     on_written: Callable[[EmbeddedBatch], None] = lambda _: None,
+    prepare: Callable[[EmbeddedBatch], EmbeddedBatch] = lambda batch: batch,
 ) -> None:
-    """Hand answers to the sink in read order, committing as shards fill or fall due.
+    """Hand answers to the sink in read order, committing as shards fill or fall due; ``prepare``
+    sees each answer first (the id registry names the kept rows it displaces).
 
-    ``check`` sees each answer first, in read order (the job moves rows
-    whose id is already taken to the failures there).
+    (Rows whose id is already taken never get here as rows: they are
+    ``duplicate_id`` failures from before batching, :mod:`pipeline.stages.triage`.)
     """
     sink = commit.sink
     waiting: dict[int, EmbeddedBatch] = {}
@@ -94,18 +95,17 @@ async def write_stage(
                     dropped = [seq for seq in waiting if seq >= cut]
                     for seq in dropped:
                         del waiting[seq]
-                    window.leave(1 + len(dropped))
+                    window.leave([answer.seq, *dropped])
                     continue
                 waiting[answer.seq] = answer
                 while expected in waiting:
-                    ready.append(waiting.pop(expected))
+                    ready.append(prepare(waiting.pop(expected)))
                     expected += 1
             if ready:
-                ready = [check(done) for done in ready]
                 await commit(sink.write_many, ready)
                 for done in ready:
                     on_written(done)
-                window.leave(len(ready))
+                window.leave(done.seq for done in ready)
             elif sink.commit_due():
                 await commit(sink.commit_if_due)
     if waiting:  # only after a cancellation: these are not committed, and will be read again
