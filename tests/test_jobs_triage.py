@@ -54,12 +54,13 @@ async def test_an_edit_spread_over_many_documents_sends_full_requests(tmp_path: 
 
 async def test_fifty_edited_records_go_out_in_one_request(tmp_path: Path) -> None:
     """50 records edited among 1,000 of a JSONL (batch_size 96): one request of 50 inputs, not one per
-    batch of 96 lines read."""
+    batch of 96 lines read. (Shards of up to 2,000 rows: a batch, stored rows and all, never holds more
+    than sink.shard_rows rows, since it is never split across shards.)"""
     src = tmp_path / "in"
     src.mkdir()
     docs = {f"r{i}": f"record {i} " + " ".join(f"w{i}-{k}" for k in range(10)) for i in range(1000)}
     jsonl(src / "a.jsonl", docs)
-    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []}, sink={"shard_rows": 2000})
     await rerun(cfg)
     for i in range(0, 1000, 20):
         docs[f"r{i}"] += " (edited)"
