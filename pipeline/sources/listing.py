@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
 from pipeline.sources.listed import Inputs, Listing, piece_part
+from pipeline.sources.local_walk import each_file_below, is_hidden_name
 from pipeline.sources.records import READ_ERRORS, open_input
 from pipeline.storage import Location, storage_errors
 from pipeline.types import InputFile
@@ -144,11 +145,16 @@ def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | 
             entries = [(info.get("name", root), info)]
         files = Listing()
 
-        def add(path: str, meta: dict[str, Any]) -> None:
-            if (inp := _input_file(location, cfg, path, meta, base, single, skipped)) is not None:
+        def add_file(path: str, size: int | None, mtime: str | None) -> None:
+            if (inp := _input_file(location, cfg, path, size, mtime, base, single, skipped)) is not None:
                 files.append(inp)
 
-        if entries is None:
+        def add(path: str, meta: dict[str, Any]) -> None:
+            add_file(path, meta.get("size"), _mtime(meta))
+
+        if entries is None and location.local:  # as fsspec's find would list it, without its cost a file
+            each_file_below(root, add_file)
+        elif entries is None:
             _each_below(fs, root, add)
         for path, meta in entries or ():
             add(path, meta)
@@ -158,10 +164,11 @@ def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | 
 
 
 def _input_file(
-    location: Location, cfg: SourceConfig, path: str, info: dict[str, Any], base: str, single: bool,
-    skipped: dict[str, int] | None = None,
+    location: Location, cfg: SourceConfig, path: str, size: int | None, mtime: str | None, base: str,
+    single: bool, skipped: dict[str, int] | None = None,
 ) -> InputFile | None:
-    """The input file at ``path``, or None when it is hidden or of no known format."""
+    """The input file at ``path`` (listed with ``size`` and ``mtime``), or None when it is hidden or of no
+    known format."""
     if location.local:
         path = posixpath.normpath(path)
     rel = posixpath.basename(path) if single else _relative(path, base)
@@ -178,7 +185,6 @@ def _input_file(
             ext = posixpath.splitext(posixpath.basename(path))[1].lower() or "(no extension)"
             skipped[ext] = skipped.get(ext, 0) + 1
         return None
-    size = info.get("size")
     return InputFile(
         path=path,
         url=location.url_of(path),
@@ -186,7 +192,7 @@ def _input_file(
         format=fmt,
         compression=compression,
         rel_path=rel,
-        mtime=_mtime(info),
+        mtime=mtime,
     )
 
 
@@ -240,7 +246,7 @@ def _mtime(info: dict[str, Any]) -> str | None:
 
 
 def _is_hidden(rel_path: str) -> bool:
-    return any(part.startswith((".", "_")) for part in rel_path.split("/"))
+    return any(map(is_hidden_name, rel_path.split("/")))
 
 
 def _glob_base(pattern: str) -> str:
