@@ -152,8 +152,18 @@ def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | 
         def add(path: str, meta: dict[str, Any]) -> None:
             add_file(path, meta.get("size"), _mtime(meta))
 
+        cut = len(root.rstrip("/")) + 1  # a walked path's relative path starts there
+
+        def add_below(path: str, size: int, mtime: str) -> None:
+            """A file of the local walk: its path normalised, below root, not hidden (what _input_file checks)."""
+            fmt, compression = detect_format(path, cfg.format)
+            if fmt is None:
+                _count_skipped(path, skipped)
+            else:
+                files.append(InputFile(path, path, size, fmt, compression, path[cut:], mtime))
+
         if entries is None and location.local:  # as fsspec's find would list it, without its cost a file
-            each_file_below(root, add_file)
+            each_file_below(root, add_below)
         elif entries is None:
             _each_below(fs, root, add)
         for path, meta in entries or ():
@@ -181,9 +191,7 @@ def _input_file(
                 f"source.path {location.shown}: cannot tell the format from the extension; "
                 "set source.format (jsonl, text, csv, parquet or arrow)"
             )
-        if skipped is not None:
-            ext = posixpath.splitext(posixpath.basename(path))[1].lower() or "(no extension)"
-            skipped[ext] = skipped.get(ext, 0) + 1
+        _count_skipped(path, skipped)
         return None
     return InputFile(
         path=path,
@@ -194,6 +202,13 @@ def _input_file(
         rel_path=rel,
         mtime=mtime,
     )
+
+
+def _count_skipped(path: str, skipped: dict[str, int] | None) -> None:
+    """Count the file at ``path``, left out for its extension, in ``skipped`` (by extension), when given."""
+    if skipped is not None:
+        ext = posixpath.splitext(posixpath.basename(path))[1].lower() or "(no extension)"
+        skipped[ext] = skipped.get(ext, 0) + 1
 
 
 def _each_below(fs: fsspec.AbstractFileSystem, root: str, each: Callable[[str, dict[str, Any]], None]) -> None:
