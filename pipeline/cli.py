@@ -8,7 +8,6 @@ anything else is a bug and is allowed to crash loudly.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import select
@@ -111,7 +110,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     logs = configure(cfg.logging.level, cfg.logging.format, secrets=_secrets(cfg))
-    _collect_less()
     # until the run's own handler is listening, SIGTERM and SIGHUP still mean "stop": exit 143/129, not -15
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGHUP, _exit_on_signal)
@@ -123,24 +121,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if logs.console is not None:
             logs.console.clear()
     return _report(result, logs)
-
-
-#: objects allocated (net) between two collections of the youngest generation during a run (CPython's 700
-#: collects hundreds of times over many small inputs, each time walking the older generations now and then)
-GC_YOUNG = 20_000
-
-
-def _collect_less() -> None:
-    """Collect garbage less often during a run, and never walk what the imports made.
-
-    A run allocates several small objects per input (its file, record,
-    chunk, marks) that die young; the modules, classes and functions loaded
-    by now live as long as the process, and freezing them spares every full
-    collection a walk over them. Cycles are still collected, a little later.
-    """
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, older, oldest)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
