@@ -40,17 +40,19 @@ def each_file_below(root: str, each: OnFile) -> None:
     files, dirs = _entries(root)
     # a directory's key is its name and a "/": the files below it sort right there among its siblings
     ordered = sorted(files + [(name + "/", path) for name, path in dirs]) if dirs else sorted(files)
-    for _, what in ordered:
+    for name, what in ordered:
         if isinstance(what, str):
             each_file_below(what, each)
         else:
-            each(*what)
+            size, mtime = what
+            each(os.path.join(root, name), size, str(mtime))
 
 
-def _entries(folder: str) -> tuple[list[tuple[str, tuple[str, int, str]]], list[tuple[str, str]]]:
-    """The files of ``folder`` (name, and path, size and time) and its subdirectories (name and path),
-    hidden ones left out; none when it cannot be read."""
-    files: list[tuple[str, tuple[str, int, str]]] = []
+def _entries(folder: str) -> tuple[list[tuple[str, tuple[int, float]]], list[tuple[str, str]]]:
+    """The files of ``folder`` (name, and size and time) and its subdirectories (name and path), hidden
+    ones left out; none when it cannot be read. A file's path and time are made as it is handed over:
+    a folder of a million files holds three small values each meanwhile."""
+    files: list[tuple[str, tuple[int, float]]] = []
     dirs: list[tuple[str, str]] = []
     try:
         with os.scandir(folder) as it:
@@ -71,7 +73,7 @@ def _entries(folder: str) -> tuple[list[tuple[str, tuple[str, int, str]]], list[
                             size = 0
                 except FileNotFoundError:  # gone since the directory was read
                     continue
-                files.append((name, (entry.path, size, str(st.st_mtime))))
+                files.append((name, (size, st.st_mtime)))
     except OSError:  # as fsspec's walk: a directory it cannot list is left out, with all below it
         return [], []
     return files, dirs
