@@ -258,6 +258,14 @@ def check_removals(changes: Changes, sink: Sink, *, max_fraction: float) -> None
         raise SinkError(refused)
 
 
+def _record_signatures(sink: Sink, fs: Any, inputs: Inputs) -> None:
+    """``sink.set_signature`` of each of ``inputs``: its :func:`full_signature`, taken from the listing's
+    columns (no InputFile made) for every input but whole JSONL files, whose tail is hashed."""
+    jsonl = inputs.listing.formats().where("jsonl")[inputs.rows()].tolist()
+    for i, (url, _, size, mtime) in enumerate(inputs.facts()):
+        sink.set_signature(url, full_signature(fs, inputs[i]) if jsonl[i] else signature_of(size, mtime))
+
+
 def apply(sink: Sink, fs: Any, changes: Changes, checkpoints: Checkpoints, progress: Progress,
           *, remove: bool) -> None:
     """Tell the sink what changed: new signatures, inputs to read again or on, rows to remove."""
@@ -272,8 +280,7 @@ def apply(sink: Sink, fs: Any, changes: Changes, checkpoints: Checkpoints, progr
         checkpoints.forget(inp.url)
     for inp in changes.appended:
         log.info("file_appended", file=inp.key, after=sink.done_upto(inp.key))
-    for inp in changes.of(NEW, CHANGED, APPENDED):
-        sink.set_signature(inp.url, full_signature(fs, inp))
+    _record_signatures(sink, fs, changes.of(NEW, CHANGED, APPENDED))
     progress.expect_all(changes.to_read)
     if remove and changes.deleted:
         log.info("files_deleted", count=len(changes.deleted), first=changes.deleted[0])

@@ -53,6 +53,10 @@ class Fetched:
 
         return compr[compression](data, mode="rb")
 
+    def whole(self) -> bytes:
+        """The file's bytes as they are (what ``open`` without a compression reads), or what reading them raised."""
+        return self._get()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fs, name)
 
@@ -92,12 +96,13 @@ class Ahead(Generic[T]):
         return len(self._waiting) + len(self._ready)
 
     def plan(self, inp: InputFile, extra: T) -> None:
-        """Add ``inp`` after the files planned so far."""
-        self._waiting.append(_Planned(inp, extra))
+        """Add ``inp`` after the files planned so far (on local disk, where nothing is fetched, ready at once)."""
+        (self._ready if self._local else self._waiting).append(_Planned(inp, extra))
 
     def next(self) -> tuple[InputFile, T, Any] | None:
         """The next planned file, its ``extra`` and the ``fs`` to read it from; None when none is planned."""
-        self._top_up()
+        if not self._local:  # (on local disk every planned file is ready: nothing to look at)
+            self._top_up()
         if not self._ready:
             return None
         planned = self._ready.popleft()
@@ -152,7 +157,7 @@ class Ahead(Generic[T]):
 def _read_local(path: str, size: int) -> bytes:
     """The whole file (``size`` bytes as listed, or whatever it holds now), read with ``os`` calls.
 
-    Four system calls where ``open`` and ``read`` make eight: each lets go of
+    Three system calls where ``open`` and ``read`` make eight: each lets go of
     the GIL and then waits to take it back while the event loop is busy,
     which over many small files costs more than reading their bytes.
     """
@@ -162,6 +167,8 @@ def _read_local(path: str, size: int) -> bytes:
         want = size + 1
         while chunk := os.read(fd, want):  # to the end, even if the file grew since it was listed
             chunks.append(chunk)
+            if len(chunk) < want:  # a short read of a file on disk: its end (no read more to find it)
+                break
             want = 1 << 16
         return b"".join(chunks)
     finally:

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
 from pipeline.sources.listed import Inputs, Listing, piece_part
+from pipeline.sources.local_walk import each_file_below, is_hidden_name
 from pipeline.sources.records import READ_ERRORS, open_input
 from pipeline.storage import Location, storage_errors
 from pipeline.types import InputFile
@@ -144,11 +145,26 @@ def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | 
             entries = [(info.get("name", root), info)]
         files = Listing()
 
-        def add(path: str, meta: dict[str, Any]) -> None:
-            if (inp := _input_file(location, cfg, path, meta, base, single, skipped)) is not None:
+        def add_file(path: str, size: int | None, mtime: str | None) -> None:
+            if (inp := _input_file(location, cfg, path, size, mtime, base, single, skipped)) is not None:
                 files.append(inp)
 
-        if entries is None:
+        def add(path: str, meta: dict[str, Any]) -> None:
+            add_file(path, meta.get("size"), _mtime(meta))
+
+        cut = len(root.rstrip("/")) + 1  # a walked path's relative path starts there
+
+        def add_below(path: str, size: int, mtime: str) -> None:
+            """A file of the local walk: its path normalised, below root, not hidden (what _input_file checks)."""
+            fmt, compression = detect_format(path, cfg.format)
+            if fmt is None:
+                _count_skipped(path, skipped)
+            else:
+                files.append(InputFile(path, path, size, fmt, compression, path[cut:], mtime))
+
+        if entries is None and location.local:  # as fsspec's find would list it, without its cost a file
+            each_file_below(root, add_below)
+        elif entries is None:
             _each_below(fs, root, add)
         for path, meta in entries or ():
             add(path, meta)
@@ -158,10 +174,11 @@ def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | 
 
 
 def _input_file(
-    location: Location, cfg: SourceConfig, path: str, info: dict[str, Any], base: str, single: bool,
-    skipped: dict[str, int] | None = None,
+    location: Location, cfg: SourceConfig, path: str, size: int | None, mtime: str | None, base: str,
+    single: bool, skipped: dict[str, int] | None = None,
 ) -> InputFile | None:
-    """The input file at ``path``, or None when it is hidden or of no known format."""
+    """The input file at ``path`` (listed with ``size`` and ``mtime``), or None when it is hidden or of no
+    known format."""
     if location.local:
         path = posixpath.normpath(path)
     rel = posixpath.basename(path) if single else _relative(path, base)
@@ -174,11 +191,8 @@ def _input_file(
                 f"source.path {location.shown}: cannot tell the format from the extension; "
                 "set source.format (jsonl, text, csv, parquet or arrow)"
             )
-        if skipped is not None:
-            ext = posixpath.splitext(posixpath.basename(path))[1].lower() or "(no extension)"
-            skipped[ext] = skipped.get(ext, 0) + 1
+        _count_skipped(path, skipped)
         return None
-    size = info.get("size")
     return InputFile(
         path=path,
         url=location.url_of(path),
@@ -186,8 +200,15 @@ def _input_file(
         format=fmt,
         compression=compression,
         rel_path=rel,
-        mtime=_mtime(info),
+        mtime=mtime,
     )
+
+
+def _count_skipped(path: str, skipped: dict[str, int] | None) -> None:
+    """Count the file at ``path``, left out for its extension, in ``skipped`` (by extension), when given."""
+    if skipped is not None:
+        ext = posixpath.splitext(posixpath.basename(path))[1].lower() or "(no extension)"
+        skipped[ext] = skipped.get(ext, 0) + 1
 
 
 def _each_below(fs: fsspec.AbstractFileSystem, root: str, each: Callable[[str, dict[str, Any]], None]) -> None:
@@ -240,7 +261,7 @@ def _mtime(info: dict[str, Any]) -> str | None:
 
 
 def _is_hidden(rel_path: str) -> bool:
-    return any(part.startswith((".", "_")) for part in rel_path.split("/"))
+    return any(map(is_hidden_name, rel_path.split("/")))
 
 
 def _glob_base(pattern: str) -> str:

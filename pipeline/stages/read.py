@@ -56,6 +56,12 @@ def text_in_hand(inp: InputFile, after: int, fetched: Fetched) -> list[Item]:
     if after >= 1:
         return [FileEnd(inp.key)]
     try:
+        data = fetched.whole()
+    except Exception:  # the bytes could not be read: read again as any file is, for its one-line error
+        data = None
+    if data is not None:
+        return [text_record(inp, data), FileEnd(inp.key)]
+    try:
         with open_input(fetched, inp) as f:
             item = text_record(inp, f.read())
     except SourceError as exc:
