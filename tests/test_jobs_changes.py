@@ -219,16 +219,22 @@ async def test_a_shard_copied_without_a_deleted_file_is_logged_as_rewritten(tmp_
     check_exact(tmp_path, {"a0": "zero"})
 
 
-async def test_mass_deletion_is_refused_before_anything_changes(tmp_path: Path) -> None:
-    """A run that would remove more than run.max_removed_fraction of the files stops (exit 2, one line
-    naming the fraction and the key) and leaves the dataset as it was; raising the key lets it through."""
+async def one_record_files(tmp_path: Path, names: str) -> tuple[Path, Any, list[str]]:
+    """A JSONL file of one record per letter of ``names`` under ``in/``, embedded: the source folder, the
+    config and the dataset's data files."""
     src = tmp_path / "in"
     src.mkdir()
-    for name in "abc":
+    for name in names:
         jsonl(src / f"{name}.jsonl", {f"{name}0": name})
     cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
     await rerun(cfg)
-    before = sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
+    return src, cfg, sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
+
+
+async def test_mass_deletion_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    """A run that would remove more than run.max_removed_fraction of the files stops (exit 2, one line
+    naming the fraction and the key) and leaves the dataset as it was; raising the key lets it through."""
+    src, cfg, before = await one_record_files(tmp_path, "abc")
     (src / "a.jsonl").unlink()
     (src / "b.jsonl").unlink()
     with pytest.raises(SinkError) as caught:
@@ -268,13 +274,7 @@ async def test_a_typo_that_drops_the_few_big_files_is_refused_by_records(tmp_pat
 async def test_emptying_most_files_is_refused_as_a_mass_removal(tmp_path: Path) -> None:
     """Files truncated to 0 bytes lose their rows as surely as deleted ones: emptying 3 of 4 files is
     refused by validate and the run (exit 2, one line), under run.on_deleted: keep too; one of 4 is not."""
-    src = tmp_path / "in"
-    src.mkdir()
-    for name in "abcd":
-        jsonl(src / f"{name}.jsonl", {f"{name}0": name})
-    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []})
-    await rerun(cfg)
-    before = sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
+    src, cfg, before = await one_record_files(tmp_path, "abcd")
     for name in "abc":
         (src / f"{name}.jsonl").write_text("")
         touch_later(src / f"{name}.jsonl")
