@@ -446,6 +446,26 @@ async def test_a_file_renamed_under_keep_moves_its_documents(tmp_path: Path) -> 
     check_exact(tmp_path, {i: t for i, t in expected.items() if i != "w"}, records=5)
 
 
+async def test_a_rename_under_keep_among_many_unchanged_files_costs_nothing(tmp_path: Path) -> None:
+    """When most files are unchanged the run lets go of them after comparing (a listing of the others);
+    the kept inputs must stay known then, so the dataset's own vectors serve the renamed file: 0 paid."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        jsonl(src / f"same{i}.jsonl", {f"s{i}": f"same {i}"})
+    jsonl(src / "a.jsonl", {"x": "ex", "m": "\n\n".join(PARAGRAPHS)})
+    cfg = make_config(tmp_path, "http://placeholder", **RENAMED_UNDER_KEEP)
+    await rerun(cfg)
+    (src / "a.jsonl").rename(src / "b.jsonl")
+    job, result, stats = await rerun(cfg)
+    assert job.changes["new"] == 1 and job.changes["kept"] == 1 and job.changes["unchanged"] == 6
+    assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
+    table = current(tmp_path)
+    assert sorted(table["id"].to_pylist()) == ["m#0", "m#1", "m#2", *(f"s{i}" for i in range(6)), "x"]
+    assert set(table.filter(pa.compute.is_in(table["id"], pa.array(["x", "m#0"])))["source"].to_pylist()) == {
+        str(src / "b.jsonl")}
+
+
 #: the config sections of :func:`renamed_under_keep`
 RENAMED_UNDER_KEEP: dict[str, Any] = {"source": {"metadata_fields": []}, "chunking": {"max_chars": 300},
                                       "run": {"on_deleted": "keep", "max_removed_fraction": 1}}

@@ -134,7 +134,7 @@ class Changes:
         """These changes but the unchanged inputs, the others made into a listing of their own: when few of
         the inputs changed, the listing (a million objects are some 100 MB) is no longer held by them."""
         keep = np.flatnonzero(self.kinds != UNCHANGED)
-        return Changes(Inputs.of(self.inputs.take(keep)), self.kinds[keep], self.deleted)
+        return Changes(Inputs.of(self.inputs.take(keep)), self.kinds[keep], self.deleted, self.kept)
 
     def counts(self) -> dict[str, int]:
         """How many inputs (files; a split file once) each kind counts."""
