@@ -20,16 +20,14 @@ import anyio
 from pipeline import __version__
 from pipeline.config import Config, load_config
 from pipeline.errors import EXIT_SIGINT, EXIT_SIGPIPE, PipelineError, SinkError
-from pipeline.logs import LogSetup, configure, redact_url
+from pipeline.logs import LogSetup, configure, mask_secrets, redact_url
 
 if TYPE_CHECKING:
     from pipeline.jobs.outcome import RunResult
 
 
 def _fail(message: str, code: int, secrets: Sequence[str | None] = ()) -> int:
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
+    message = mask_secrets(message, [secret for secret in secrets if secret])
     print(f"pipeline: error: {redact_url(message)}", file=sys.stderr)
     return code
 

@@ -21,6 +21,27 @@ import structlog
 MAX_LINE = 8000  # Heroku drops log lines over 10 KB
 
 
+WHOLE_WORD_BELOW = 16  # a secret shorter than this is masked only where it stands as a word of its own
+
+
+def mask_secrets(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret in it masked (``***``).
+
+    A short secret (a throwaway key such as ``x`` or ``test`` against a
+    local server) is masked where it stands alone, not inside other words:
+    replacing every ``x`` made ``source.path not found: /data/none***ist``
+    of the errors. A real key is long, and masked wherever it appears.
+    """
+    for secret in secrets:
+        if not secret or secret not in text:
+            continue
+        if len(secret) >= WHOLE_WORD_BELOW:
+            text = text.replace(secret, "***")
+        else:
+            text = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(secret)}(?![A-Za-z0-9_])", "***", text)
+    return text
+
+
 class Redactor:
     """A structlog processor that masks secrets in every value."""
 
@@ -38,16 +59,12 @@ class Redactor:
             if text is None and not isinstance(value, (int, float, bool, type(None))):
                 text = str(value)
             if text is not None and any(s in text for s in self.secrets):
-                for secret in self.secrets:
-                    text = text.replace(secret, "***")
-                event[key] = text
+                event[key] = mask_secrets(text, self.secrets)
         return event
 
     def text(self, value: str) -> str:
         """``value`` with every secret masked."""
-        for secret in self.secrets:
-            value = value.replace(secret, "***")
-        return value
+        return mask_secrets(value, self.secrets)
 
 
 def _truncate(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:

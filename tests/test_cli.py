@@ -198,3 +198,12 @@ def test_a_finished_command_skips_the_interpreters_finalisation(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert "finalised" not in result.stderr
     assert "tokens" in result.stdout  # the whole report reached the pipe: flushed before the process ended
+
+
+def test_a_short_throwaway_key_does_not_garble_errors(tmp_path: Path) -> None:
+    """With api_key: x (a local server needs none), the one-line error names the missing path whole: a
+    short secret is masked where it stands alone, not inside every word that holds its letters."""
+    job = write_job(tmp_path)
+    result = run_cli("run", str(job), "--set", f"source.path={tmp_path / 'nonexist'}", env={"TEST_KEY": "x"})
+    assert result.returncode != 0
+    assert_one_line_error(result.stderr, str(tmp_path / "nonexist"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import structlog
 
 from conftest import run_cli, serve_process
-from pipeline.logs import configure, get_logger
+from pipeline.logs import configure, get_logger, mask_secrets
 
 KEY = "sk-live-9f8e7d6c5b4a"
 LOGFMT_PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_.-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
@@ -78,10 +78,18 @@ def test_credentials_in_any_url_are_masked_in_logs() -> None:
     """A URL with userinfo in any log field (a sink or endpoint URL) is logged with it masked."""
     import io
 
-    from pipeline.logs import configure, get_logger
+    from pipeline.logs import configure, get_logger, mask_secrets
 
     stream = io.StringIO()
     configure("info", "logfmt", stream=stream)
     get_logger().info("run_started", sink="postgresql://app:s3cr3t@db.example:5432/x", source="s3://b/docs/")
     line = stream.getvalue()
     assert "s3cr3t" not in line and "postgresql://***@db.example:5432/x" in line and "s3://b/docs/" in line
+
+
+def test_short_secrets_are_masked_as_words_long_ones_anywhere() -> None:
+    """A short secret is masked where it stands alone (never inside other words); a real key anywhere."""
+    assert mask_secrets("not found: /data/nonexist; run.max_removed_fraction", ["x"]) == (
+        "not found: /data/nonexist; run.max_removed_fraction")
+    assert mask_secrets("Authorization: Bearer x, key=x", ["x"]) == "Authorization: Bearer ***, key=***"
+    assert mask_secrets(f"token{KEY}tail", [KEY]) == "token***tail"
