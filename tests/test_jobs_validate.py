@@ -279,7 +279,10 @@ async def test_a_sink_inside_the_source_is_listed_and_warned_about_once(
     jsonl(tmp_path / "in" / "a.jsonl", {"a0": "zero", "a1": "one"})
     cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
                       sink={"path": str(tmp_path / "in" / "embedded")})
-    await rerun(cfg)
+    with capture_logs() as first:  # before the sink has a file there: said all the same
+        assert validate(cfg, "job.yaml").exit_code == 0
+        await rerun(cfg)
+    assert [e["event"] for e in first].count("sink_inside_source") == 2
     listings = counting(monkeypatch, inputs, "open_source")
     with capture_logs() as logs:
         report = validate(cfg, "job.yaml")

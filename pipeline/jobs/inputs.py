@@ -39,7 +39,9 @@ def list_source(cfg: Config, skipped: dict[str, int] | None = None,
     inside = _sink_prefix(cfg, fs)
     if inside is not None:
         kept = files.where(np.fromiter((not url.startswith(inside) for url in files.urls()), bool, len(files)))
-        if len(kept) < len(files) and "sink_inside_source" not in (warned or ()):
+        # said before its files are there too (the first run, validate before it)
+        under = len(kept) < len(files) or _under_source(cfg, fs, inside)
+        if under and "sink_inside_source" not in (warned or ()):
             if warned is not None:
                 warned.add("sink_inside_source")
             get_logger().warning("sink_inside_source", sink=cfg.sink.path, source=cfg.source.path,
@@ -54,15 +56,28 @@ def list_source(cfg: Config, skipped: dict[str, int] | None = None,
 
 def _sink_prefix(cfg: Config, source_fs: Any) -> str | None:
     """``sink.path`` as the listing's urls spell it, with a trailing ``/``; None on another store."""
+    return _prefix(cfg.sink.path, cfg.sink.storage_options, source_fs)
+
+
+def _under_source(cfg: Config, source_fs: Any, sink_prefix: str) -> bool:
+    """Whether the sink's folder lies inside ``source.path`` (a folder, not a glob), files there or not."""
+    if any(c in cfg.source.path for c in "*?["):
+        return False
+    source = _prefix(cfg.source.path, cfg.source.storage_options, source_fs, role="source.path")
+    return source is not None and sink_prefix.startswith(source)
+
+
+def _prefix(path: str, storage_options: dict[str, Any], source_fs: Any, role: str = "sink.path") -> str | None:
+    """``path`` as the listing's urls spell it, with a trailing ``/``; None on another store."""
     try:
-        sink = Location.open(cfg.sink.path, cfg.sink.storage_options)
-    except SinkError:  # opening the sink reports its own errors
+        where = Location.open(path, storage_options, role=role)
+    except (SinkError, SourceError):  # opening the sink reports its own errors
         return None
-    if type(sink.fs) is not type(source_fs):
+    if type(where.fs) is not type(source_fs):
         return None
-    if sink.local:
-        return posixpath.normpath(os.path.abspath(sink.root)) + "/"
-    return sink.url_of(sink.root) + "/"
+    if where.local:
+        return posixpath.normpath(os.path.abspath(where.root)) + "/"
+    return where.url_of(where.root) + "/"
 
 
 def open_reuse_index(cfg: Config) -> ReuseIndex:

@@ -88,6 +88,7 @@ class Job:
         #: deleted inputs left in the dataset (``run.on_deleted: keep``), counted once over all rounds
         self._kept: set[str] = set()
         self.ids = IdRegistry()
+        self._warned: set[str] = set()  # warnings given once a run, by its first listing or a watcher's
         #: a source.id_field or text_field naming nothing in the files read: said once a run
         self.fields = FieldCheck(cfg.source, lambda missing: self.log.warning("source_field_missing",
                                                                              **missing.log_fields()))
@@ -97,7 +98,7 @@ class Job:
         cfg = self.cfg
         started_at = utc_now()
         try:
-            fs, listed, files = await anyio.to_thread.run_sync(list_source, cfg)
+            fs, listed, files = await anyio.to_thread.run_sync(partial(list_source, cfg, warned=self._warned))
         except SourceError:
             if not cfg.run.watch:
                 raise
@@ -233,6 +234,7 @@ class Job:
             wake=self.shutdown.event,
             update=lambda fs, changes: self._update(fs, changes, embedder),
             note=self._note,
+            warned=self._warned,
         )
 
     async def _update(self, fs: Any, changes: Changes, embedder: Embedder) -> None:

@@ -34,20 +34,21 @@ async def watch_source(
     wake: anyio.Event,
     update: Callable[[Any, Changes], Awaitable[None]],
     note: Callable[[Any, Changes], dict[str, int]],
+    warned: set[str] | None = None,
 ) -> None:
     """List, compare the settled inputs with the dataset, bring it up to date; until told to stop.
 
     ``note(fs, changes)`` tells the sink what changed (and may refuse a
     mass removal) and returns the counts to log; ``update(fs, changes)`` then removes what is gone, reads
     what changed and commits; ``wake`` ends a sleep between listings early
-    (a signal).
+    (a signal). ``warned``: the warnings given once (by the job's first listing too), not once a listing.
     """
     log = get_logger()
     previous: Inputs | None = None  # this rank's inputs in the listing before
     previous_urls: Inputs | None = None
     urls: Inputs | None
     wait = min(FIRST_SETTLE_S, cfg.run.poll_interval_s)
-    warned: set[str] = set()  # warnings given once, not once a listing
+    warned = set() if warned is None else warned
     kept_before: set[str] = set()  # deleted inputs left alone (run.on_deleted: keep) as of the last round
     while keep_going():
         try:
