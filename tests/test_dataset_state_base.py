@@ -115,6 +115,24 @@ def test_changes_over_the_loaded_rows_behave_as_a_dict_and_are_saved(tmp_path: P
     assert max(files) > 2  # what changed went to files of their own, read over the snapshot
 
 
+def test_the_names_a_listing_lacks_are_found_through_the_loaded_index(tmp_path: Path) -> None:
+    """``Column.unlisted`` gives the names held that no listed url is: loaded or set since, changed, removed."""
+    state = saved(tmp_path, built(300))
+    state.set_signature(url(10), "changed")
+    state.set_signature(url(11), "changed")
+    state.set_signature(url(350), "new")
+    state.set_signature(url(351), "new")
+    state.forget(url(20))
+    state.forget(url(21))
+    listed = [url(i) for i in range(0, 400, 3)] + [url(11), url(351), url(21), "s3://elsewhere/x.json"]
+    expected = [name for name in dict(state.files) if name not in set(listed)]
+    assert url(10) in expected and url(350) in expected and url(20) not in expected
+    assert sorted(state.files.unlisted(iter(listed))) == sorted(expected)
+    assert state.files.unlisted(iter(())) == list(state.files)
+    fresh = Column("signature", None, {url(1): "a", url(2): "b"})
+    assert fresh.unlisted(iter([url(2)])) == [url(1)]
+
+
 def test_a_column_set_removed_and_set_again_counts_each_name_once() -> None:
     m = built(20)
     loaded = saved_in_memory(m)

@@ -25,7 +25,7 @@ and a name not loaded is taken for a loaded one with a chance of about 5 in
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping, MutableMapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import pyarrow as pa
@@ -251,6 +251,10 @@ class Inputs:
                 found = self._ints[column][0][part].tolist()
             yield from zip(names, found)
 
+    def names(self, positions: np.ndarray) -> list[str]:
+        """The names of the rows at ``positions`` (ascending)."""
+        return self._names.arrays(positions if self._rows is None else self._rows[positions]).to_pylist()
+
     def table(self, positions: np.ndarray, used: Mapping[str, bool]) -> dict[str, pa.Array]:
         """The rows at ``positions`` (ascending) as Arrow columns; a column not ``used`` is left empty."""
         rows = positions if self._rows is None else self._rows[positions]
@@ -284,6 +288,18 @@ class Inputs:
 
 
 _MISSING = object()
+
+
+def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    """``values`` :data:`ITER_ROWS` at a time."""
+    chunk: list[str] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == ITER_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _table(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -419,6 +435,33 @@ class Column(MutableMapping[str, Any]):
         found |= self._pieces.get(url, set())
         found.add(url)
         return sorted(name for name in found if name in self)
+
+    def unlisted(self, urls: Iterable[str]) -> list[str]:
+        """The names held that are none of ``urls``, in row order then set order.
+
+        Each of ``urls`` is looked up in the loaded rows' index and marks the
+        row it finds (a byte per row): no index of ``urls`` is built, so a
+        listing of a million urls costs 1 MB here rather than some 30.
+        """
+        seen = np.zeros(len(self._base) if self._base is not None else 0, bool)
+        over = set(self._over)  # never among the removed
+        listed_over: set[str] = set()
+        find = self._find if self._base is not None else None
+        for chunk in _chunks(urls):
+            if find is not None:
+                at = [j for j in map(find, chunk) if j >= 0]
+                seen[at] = True
+            if over:
+                listed_over.update(url for url in chunk if url in over)
+        out: list[str] = []
+        if self._base is not None:
+            held = self._base._valid(self._kind) & ~seen
+            skip = self._over.keys() | self._gone
+            for start in range(0, len(held), ITER_ROWS):
+                part = np.flatnonzero(held[start:start + ITER_ROWS]) + start
+                if len(part):
+                    out += (name for name in self._base.names(part) if name not in skip)
+        return out + [name for name in self._over if name not in listed_over]
 
     def copy(self) -> Column:
         """Another column over the same loaded rows (which never change), with a copy of the changes."""

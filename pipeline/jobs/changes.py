@@ -188,7 +188,9 @@ def compare(sink: Known, fs: Any, mine: Sequence[InputFile], listed: Listed | In
             if url not in grew:
                 grew[url] = only_grew(fs, inputs[i], known)
             kinds[i] = APPENDED if grew[url] else CHANGED
-    out.deleted = sorted(unlisted(known_all, listed))
+    by_sink = getattr(sink, "unlisted", None)  # the sink's own index: no index of the listing built
+    out.deleted = sorted(by_sink(listed.urls()) if by_sink is not None and isinstance(listed, Inputs)
+                         else unlisted(known_all, listed))
     return out
 
 
