@@ -132,7 +132,7 @@ class Changes:
 
     def without_unchanged(self) -> Changes:
         """These changes but the unchanged inputs, the others made into a listing of their own: when few of
-        the inputs changed, the listing (a million objects are some 100 MB) is no longer held by them."""
+        the inputs changed, the listing (a million objects are some 60 MB) is no longer held by them."""
         keep = np.flatnonzero(self.kinds != UNCHANGED)
         return Changes(Inputs.of(self.inputs.take(keep)), self.kinds[keep], self.deleted)
 
