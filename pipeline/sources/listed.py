@@ -174,9 +174,6 @@ class Listing:
         self._formats.append(inp.format)
         self._compressions.append(inp.compression)
 
-    def path(self, row: int) -> str:
-        return f"{self._roots[row]}{self._rels[row]}"
-
     def url(self, row: int) -> str:
         odd = self._odd.get(row)
         return odd[0] if odd is not None else f"{self._prefix}{self._roots[row]}{self._rels[row]}"
