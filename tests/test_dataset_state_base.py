@@ -36,6 +36,12 @@ def tables(state: State) -> dict[str, dict]:
             "offsets": dict(state.offsets), "sources": dict(state.sources), "marks": dict(state.marks)}
 
 
+def signature(i: int) -> str:
+    """Input ``i``'s signature: a size and S3 ETag (kept as bytes when loaded) or something else."""
+    etag = f'"{i:032x}"'
+    return [f"{i}:{etag}", etag, f"{i}:{etag.upper()}", f"{i}:{etag}|tail=0123456789abcdef", f"{i}:\"é\""][i % 5]
+
+
 def built(n: int) -> Manifest:
     """A manifest whose state holds ``n`` inputs (one in 10 in two pieces), with shards of 50."""
     m = Manifest.new("m", None, "float")
@@ -48,7 +54,7 @@ def built(n: int) -> Manifest:
         s.add_shard(DATA.format(start // 50), {url(i): 1 for i in docs} if start % 100 else None,
                     dict.fromkeys(keys, END_OF_FILE))
         for i in docs:
-            s.set_signature(url(i), f'"{i:032x}"')
+            s.set_signature(url(i), signature(i))
     s.set_offsets({url(5): [[10, 1000], [20, 2000]]})
     return m
 
@@ -60,7 +66,7 @@ def test_a_loaded_state_answers_every_lookup_as_the_dicts_it_was_written_from(tm
     assert tables(loaded) == expected
     assert isinstance(loaded.files, Column) and len(loaded.files) == 1_000 and len(loaded.progress) == 1_100
     for i in range(1_000):
-        assert loaded.files.get(url(i)) == f'"{i:032x}"' and url(i) in loaded.files
+        assert loaded.files.get(url(i)) == signature(i) and url(i) in loaded.files
         key = f"{url(i)}#bytes=0-9" if i % 10 == 3 else url(i)
         assert loaded.done_upto(key) == expected["progress"][key]
     for absent in (url(1_000), "", "s3://bucket/crawl/doc-00003.json#bytes=20-29", url(3)):
@@ -115,6 +121,24 @@ def test_changes_over_the_loaded_rows_behave_as_a_dict_and_are_saved(tmp_path: P
     assert max(files) > 2  # what changed went to files of their own, read over the snapshot
 
 
+def test_the_names_a_listing_lacks_are_found_through_the_loaded_index(tmp_path: Path) -> None:
+    """``Column.unlisted`` gives the names held that no listed url is: loaded or set since, changed, removed."""
+    state = saved(tmp_path, built(300))
+    state.set_signature(url(10), "changed")
+    state.set_signature(url(11), "changed")
+    state.set_signature(url(350), "new")
+    state.set_signature(url(351), "new")
+    state.forget(url(20))
+    state.forget(url(21))
+    listed = [url(i) for i in range(0, 400, 3)] + [url(11), url(351), url(21), "s3://elsewhere/x.json"]
+    expected = [name for name in dict(state.files) if name not in set(listed)]
+    assert url(10) in expected and url(350) in expected and url(20) not in expected
+    assert sorted(state.files.unlisted(iter(listed))) == sorted(expected)
+    assert state.files.unlisted(iter(())) == list(state.files)
+    fresh = Column("signature", None, {url(1): "a", url(2): "b"})
+    assert fresh.unlisted(iter([url(2)])) == [url(1)]
+
+
 def test_a_column_set_removed_and_set_again_counts_each_name_once() -> None:
     m = built(20)
     loaded = saved_in_memory(m)
@@ -132,7 +156,7 @@ def test_a_column_set_removed_and_set_again_counts_each_name_once() -> None:
     assert len(files) == 20 and dict(files.items()) == dict(zip(files, map(files.__getitem__, files)))
     copy = files.copy()
     files[url(2)] = "only here"
-    assert copy[url(2)] == f'"{2:032x}"'
+    assert copy[url(2)] == signature(2)
 
 
 def saved_in_memory(m: Manifest) -> State:

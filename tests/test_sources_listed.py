@@ -40,6 +40,28 @@ def test_inputs_give_back_every_field_as_listed_in_listing_order() -> None:
     assert list(inputs.urls()) == [f.url for f in files]
 
 
+def test_times_and_etags_come_back_as_listed_whatever_their_form() -> None:
+    """An ETag of 32 hex digits in quotes is kept as 16 bytes, yet every time or ETag comes back the same
+    string: upper-case or multipart ETags, values of 16 bytes, no value at all."""
+    tags = ['"0123456789abcdef0123456789abcdef"', '"0123456789ABCDEF0123456789ABCDEF"', '"0123456789abcdef-3"',
+            "0123456789abcdef0123456789abcdef", "2024-01-01T00:00Z", "é" * 8, "\udcff" * 5 + "x", "", None,
+            '"00000000000000000000000000000000"']
+    inputs = Inputs.of([_file(f"b/{i}.md", mtime=tag) for i, tag in enumerate(tags)])
+    assert [inp.mtime for inp in inputs] == tags
+    assert [facts[3] for facts in inputs.facts()] == tags
+
+
+def test_files_under_many_roots_keep_their_paths() -> None:
+    """Paths are kept after their root (the start before the relative path): with more roots than a byte
+    tells, the others are kept whole, and a listing of them sorts as Python sorts their paths."""
+    files = [_file(f"r{i % 300:03d}/x/{(7 * i) % 600:03d}.md", rel_path=f"{(7 * i) % 600:03d}.md")
+             for i in range(600)]
+    inputs = Inputs.of(files)
+    assert list(inputs) == files
+    listing = inputs.listing
+    assert [inp.path for inp in Inputs(listing, listing.sorted_rows())] == sorted(f.path for f in files)
+
+
 def test_an_unsorted_listing_is_read_in_the_order_sorted_gives() -> None:
     """Rows added out of order are read sorted by path as Python sorts strings (non-ASCII included)."""
     paths = ["b/é.md", "b/z.md", "b/a.md", "b/Z.md", "b/日本.md", "b/a b.md"]

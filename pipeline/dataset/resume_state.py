@@ -8,13 +8,14 @@ what :class:`~pipeline.dataset.writer.DatasetWriter` saves with each commit.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import fsspec
 
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import open_shard
 from pipeline.dataset.state import State, of_url
+from pipeline.dataset.state_base import Column
 from pipeline.storage import join
 from pipeline.types import Counts, EmbeddedBatch
 
@@ -63,6 +64,15 @@ class ResumeState:
         """Every input the dataset knows, with the signature it had when last read (a read-only view, not a copy:
         a million of them would be a million Python strings)."""
         return MappingProxyType(self.state.files)
+
+    def unlisted(self, urls: Iterable[str]) -> list[str]:
+        """The inputs the dataset knows that are none of ``urls`` (a listing's, walked once): found through
+        the state's own index of names, rather than an index of the listing built for the purpose."""
+        files = self.state.files
+        if isinstance(files, Column):
+            return files.unlisted(urls)
+        listed = set(urls)
+        return [url for url in files if url not in listed]
 
     def set_signature(self, url: str, signature: str) -> None:
         """Record ``url``'s signature; saved with the next commit (a changed input's: with its new rows)."""

@@ -6,10 +6,11 @@ sources and marks of its shards: as Python dicts, that is about 500 MB and
 seconds to build. Here the rows read from ``_state/`` (:mod:`state_files`)
 stay in arrays (:class:`Inputs`): the names in zstd-compressed blocks, the
 numbers in numpy arrays, the signatures end to end in one buffer (as Arrow
-lays out strings), and an index of the names' 64-bit hashes (an
-open-addressing table). Each shard's sources and marks stay compressed
-(:class:`Pairs`) until asked for. At a million inputs that is about 80 MB
-(signatures 38, numbers 17, index 16, names 5) and 7 MB of shards.
+lays out strings; an S3 ETag in one as its 16 bytes, :class:`Signatures`),
+and an index of the names' 64-bit hashes (an open-addressing table). Each
+shard's sources and marks stay compressed (:class:`Pairs`) until asked for.
+At a million inputs that is about 70 MB (signatures 30, numbers 18, index
+17, names 5) and 7 MB of shards.
 
 What a process changes goes to small dicts over them: :class:`Column` is a
 ``MutableMapping`` (name → value) made of the loaded rows, an overlay of the
@@ -25,7 +26,7 @@ and a name not loaded is taken for a loaded one with a chance of about 5 in
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping, MutableMapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import pyarrow as pa
@@ -162,6 +163,47 @@ class Strings:
         return len(self.data) + self.offsets.nbytes + self.valid.nbytes
 
 
+#: a signature of an S3 object put whole: its size and its ETag of 32 hex digits (``1200:"0a1b..."``)
+_ETAG_SIGNATURE = r'^[0-9]+:"[0-9a-f]{32}"$'
+#: each byte's value as a hex digit
+_NIBBLE = np.zeros(256, np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_NIBBLE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+
+
+class Signatures(Strings):
+    """Signatures, a size and ETag of 32 hex digits (``1200:"0a1b..."``) kept as the size's digits, a 0xFF
+    (a byte UTF-8 never holds) and the ETag's 16 bytes: 21 bytes rather than 39. Others are kept as they are."""
+
+    def extend(self, array: pa.Array) -> None:
+        array = array.cast(pa.string())
+        etags = np.asarray(pc.match_substring_regex(array, _ETAG_SIGNATURE).fill_null(False))
+        if not etags.any():
+            super().extend(array)
+            return
+        offsets, data = _buffers(array)
+        raw = np.frombuffer(data, np.uint8)
+        ends = offsets[1:][etags].astype(np.int64)  # each is digits, ':', '"', 32 hex digits, '"'
+        out, kept = raw.copy(), np.ones(len(raw), bool)
+        out[ends - 35] = 0xFF
+        kept[ends - 34] = kept[ends - 1] = False
+        pairs = (ends - 33)[:, None] + np.arange(0, 32, 2)[None, :]
+        out[pairs] = (_NIBBLE[raw[pairs]] << 4) | _NIBBLE[raw[pairs + 1]]
+        kept[pairs + 1] = False
+        lengths = np.diff(offsets).astype(np.int64)
+        lengths[etags] -= 18
+        self._offsets.extend(np.cumsum(lengths) + len(self.data))
+        self._valid.extend(np.asarray(array.is_valid()))
+        self.data += out[kept].tobytes()
+
+
+def signature_text(data: bytes | bytearray) -> str:
+    """A signature as :class:`Signatures` keeps it, as text again."""
+    if len(data) >= 17 and data[-17] == 0xFF:
+        return f'{data[:-17].decode()}:"{data[-16:].hex()}"'
+    return data.decode()
+
+
 class Inputs:
     """The input rows loaded from the state files: one per name (the last written), deleted ones left out.
 
@@ -208,7 +250,7 @@ class Inputs:
             offsets, data = memoryview(self._sig.offsets), self._sig.data
 
             def signature(j: int) -> str:
-                return data[offsets[j]:offsets[j + 1]].decode()
+                return signature_text(data[offsets[j]:offsets[j + 1]])
 
             return memoryview(self._sig.valid), signature
         values, valid = self._ints[column]
@@ -243,13 +285,14 @@ class Inputs:
             if not values:
                 found: list[Any] = [None] * len(names)
             elif column == "signature":
-                sig = self._sig
-                every = pa.LargeStringArray.from_buffers(len(sig.valid), pa.py_buffer(sig.offsets),
-                                                         pa.py_buffer(sig.data))
-                found = every.take(pa.array(part)).to_pylist()
+                found = self._signatures(part)
             else:
                 found = self._ints[column][0][part].tolist()
             yield from zip(names, found)
+
+    def names(self, positions: np.ndarray) -> list[str]:
+        """The names of the rows at ``positions`` (ascending)."""
+        return self._names.arrays(positions if self._rows is None else self._rows[positions]).to_pylist()
 
     def table(self, positions: np.ndarray, used: Mapping[str, bool]) -> dict[str, pa.Array]:
         """The rows at ``positions`` (ascending) as Arrow columns; a column not ``used`` is left empty."""
@@ -259,13 +302,19 @@ class Inputs:
             out[kind] = (pa.array(values[positions], pa.int64(), mask=~valid[positions]) if used[kind]
                          else pa.nulls(len(positions), pa.int64()))
         if used["signature"]:
-            sig = self._sig
-            every = pa.LargeStringArray.from_buffers(len(sig.valid), pa.py_buffer(sig.offsets), pa.py_buffer(sig.data))
-            taken = every.take(pa.array(positions)).cast(pa.string())
-            out["signature"] = pc.if_else(pa.array(sig.valid[positions]), taken, pa.scalar(None, pa.string()))
+            valid = self._sig.valid[positions]
+            found = iter(self._signatures(positions[valid]))
+            out["signature"] = pa.array([next(found) if ok else None for ok in valid.tolist()], pa.string())
         else:
             out["signature"] = pa.nulls(len(positions), pa.string())
         return out
+
+    def _signatures(self, positions: np.ndarray) -> list[str]:
+        """The signatures of the rows at ``positions`` (each holding one), as text."""
+        sig = self._sig
+        every = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(sig.valid),
+                                                 [None, pa.py_buffer(sig.offsets), pa.py_buffer(sig.data)])
+        return [signature_text(data) for data in every.take(pa.array(positions)).to_pylist()]
 
     def held(self, used: Mapping[str, bool]) -> np.ndarray:
         """Whether each row holds a value in one of the ``used`` columns."""
@@ -286,6 +335,18 @@ class Inputs:
 _MISSING = object()
 
 
+def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    """``values`` :data:`ITER_ROWS` at a time."""
+    chunk: list[str] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == ITER_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _table(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An open-addressing hash table of ``hashes`` (linear probing, :data:`LOAD` full), built with numpy.
 
@@ -298,17 +359,23 @@ def _table(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     small = np.int32 if size < 2**31 - 1 else np.int64  # the temporary arrays: half the memory
     keys = np.zeros(size, np.int64)
     at = np.zeros(size, small)
-    home = (hashes % size).astype(small)
+    n = len(hashes)
+    home = np.empty(n, small)
+    for a in range(0, n, ITER_ROWS):  # a chunk at a time: no temporary array of them all
+        home[a:a + ITER_ROWS] = hashes[a:a + ITER_ROWS] % size
     order = np.argsort(home, kind="stable").astype(small)
     home = home[order]
-    steps = np.arange(len(home), dtype=small)
-    home -= steps
+    for a in range(0, n, ITER_ROWS):
+        home[a:a + ITER_ROWS] -= np.arange(a, min(n, a + ITER_ROWS), dtype=small)
     np.maximum.accumulate(home, out=home)
-    home += steps  # each name's slot, in order (past the end for the last ones of a full run)
-    del steps
+    for a in range(0, n, ITER_ROWS):
+        home[a:a + ITER_ROWS] += np.arange(a, min(n, a + ITER_ROWS), dtype=small)
+    # each name's slot, in order (past the end for the last ones of a full run)
     inside = int(np.searchsorted(home, size))  # slots only grow: those past the end are the last ones
-    keys[home[:inside]] = hashes[order[:inside]]
-    at[home[:inside]] = order[:inside] + 1
+    for a in range(0, inside, ITER_ROWS):
+        b = min(inside, a + ITER_ROWS)
+        keys[home[a:b]] = hashes[order[a:b]]
+        at[home[a:b]] = order[a:b] + 1
     for j in order[inside:].tolist():  # the few that ran past the end go on from the start
         slot = 0
         while at[slot]:
@@ -419,6 +486,33 @@ class Column(MutableMapping[str, Any]):
         found |= self._pieces.get(url, set())
         found.add(url)
         return sorted(name for name in found if name in self)
+
+    def unlisted(self, urls: Iterable[str]) -> list[str]:
+        """The names held that are none of ``urls``, in row order then set order.
+
+        Each of ``urls`` is looked up in the loaded rows' index and marks the
+        row it finds (a byte per row): no index of ``urls`` is built, so a
+        listing of a million urls costs 1 MB here rather than some 30.
+        """
+        seen = np.zeros(len(self._base) if self._base is not None else 0, bool)
+        over = set(self._over)  # never among the removed
+        listed_over: set[str] = set()
+        find = self._find if self._base is not None else None
+        for chunk in _chunks(urls):
+            if find is not None:
+                at = [j for j in map(find, chunk) if j >= 0]
+                seen[at] = True
+            if over:
+                listed_over.update(url for url in chunk if url in over)
+        out: list[str] = []
+        if self._base is not None:
+            held = self._base._valid(self._kind) & ~seen
+            skip = self._over.keys() | self._gone
+            for start in range(0, len(held), ITER_ROWS):
+                part = np.flatnonzero(held[start:start + ITER_ROWS]) + start
+                if len(part):
+                    out += (name for name in self._base.names(part) if name not in skip)
+        return out + [name for name in self._over if name not in listed_over]
 
     def copy(self) -> Column:
         """Another column over the same loaded rows (which never change), with a copy of the changes."""

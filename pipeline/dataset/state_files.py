@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.dataset.state import State
-from pipeline.dataset.state_base import Column, Filling, Inputs, Pairs, Shards, Strings, Texts, prefixes
+from pipeline.dataset.state_base import Column, Filling, Inputs, Pairs, Shards, Signatures, Texts, prefixes
 from pipeline.errors import SinkError
 from pipeline.storage import is_local, join
 
@@ -183,7 +183,7 @@ class _Loader:
         self.hashes = Filling(np.int64, capacity)
         self.deleted = Filling(bool, capacity)
         self.ints = {c: (Filling(np.int64, capacity), Filling(bool, capacity)) for c in ("progress", "end")}
-        self.signatures = Strings(capacity)
+        self.signatures = Signatures(capacity)
         self.pieces: list[tuple[int, str]] = []  # (row, name) of the names that are pieces of a url
         self.offsets: dict[str, list[list[int]]] = {}
         self.sources, self.marks = Shards(), Shards()

@@ -132,7 +132,7 @@ class Changes:
 
     def without_unchanged(self) -> Changes:
         """These changes but the unchanged inputs, the others made into a listing of their own: when few of
-        the inputs changed, the listing (a million objects are some 100 MB) is no longer held by them."""
+        the inputs changed, the listing (a million objects are some 60 MB) is no longer held by them."""
         keep = np.flatnonzero(self.kinds != UNCHANGED)
         return Changes(Inputs.of(self.inputs.take(keep)), self.kinds[keep], self.deleted, self.kept)
 
@@ -188,7 +188,9 @@ def compare(sink: Known, fs: Any, mine: Sequence[InputFile], listed: Listed | In
             if url not in grew:
                 grew[url] = only_grew(fs, inputs[i], known)
             kinds[i] = APPENDED if grew[url] else CHANGED
-    out.deleted = sorted(unlisted(known_all, listed))
+    by_sink = getattr(sink, "unlisted", None)  # the sink's own index: no index of the listing built
+    out.deleted = sorted(by_sink(listed.urls()) if by_sink is not None and isinstance(listed, Inputs)
+                         else unlisted(known_all, listed))
     return out
 
 

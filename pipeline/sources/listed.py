@@ -1,10 +1,11 @@
-"""The listed inputs, kept column by column: a million listed objects in about 100 MB.
+"""The listed inputs, kept column by column: a million listed objects in about 60 MB.
 
 A bucket can hold millions of objects. As :class:`~pipeline.types.InputFile`
 values each would cost about 500 bytes (an object and five strings), plus
 the sets and lists a run keeps of them. A :class:`Listing` keeps each listed
-file as its path's and its modification time's bytes and a few numbers (its
-url and relative path are its path with a prefix added or cut); an
+file as its relative path's and its modification time's bytes (an S3 ETag
+as its 16 bytes) and a few numbers (its path is a root added to its
+relative path, its url a prefix added to its path); an
 :class:`Inputs` is a sequence of some of its files (or of pieces of them),
 in order, as an array of row numbers. ``InputFile`` values are made one at
 a time, when an input is looked at or read.
@@ -12,6 +13,7 @@ a time, when an input is looked at or read.
 
 from __future__ import annotations
 
+import re
 from array import array
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Sequence, overload
@@ -32,30 +34,73 @@ def piece_part(fmt: str, start: int, end: int) -> str:
 
 
 class _Strings:
-    """A column of strings (None allowed): their UTF-8 bytes end to end, and where each starts."""
+    """A column of strings (None allowed): their UTF-8 bytes end to end, and where each starts.
+
+    Where each starts takes 4 bytes while the bytes are under 4 GB, 8 beyond.
+    """
 
     def __init__(self) -> None:
         self._data = bytearray()
-        self._starts = array("q", [0])
+        self._starts = array("I", [0])
         self._none: set[int] = set()
 
     def append(self, value: str | None) -> None:
         if value is None:
             self._none.add(len(self._starts) - 1)
+            self._starts.append(len(self._data))
         else:
-            self._data += value.encode("utf-8", "surrogatepass")  # a local name need not be valid UTF-8
+            self._add(value.encode("utf-8", "surrogatepass"))  # a local name need not be valid UTF-8
+
+    def _add(self, data: bytes) -> None:
+        self._data += data
+        if self._starts.typecode == "I" and len(self._data) >= 2**32:
+            self._starts = array("q", self._starts)
         self._starts.append(len(self._data))
 
-    def __getitem__(self, i: int) -> str | None:
+    def raw(self, i: int) -> bytes | None:
+        """The bytes of ``i`` (None: a None)."""
         if self._none and i in self._none:
             return None
         starts = self._starts
-        return self._data[starts[i]:starts[i + 1]].decode("utf-8", "surrogatepass")
+        return self._data[starts[i]:starts[i + 1]]
+
+    def __getitem__(self, i: int) -> str | None:
+        data = self.raw(i)
+        return None if data is None else data.decode("utf-8", "surrogatepass")
 
     def arrow(self) -> pa.Array:
-        """The column as an Arrow binary array, without a copy (nulls read as empty)."""
+        """The column as an Arrow binary array (nulls read as empty)."""
+        starts = np.frombuffer(self._starts, np.uint32 if self._starts.typecode == "I" else np.int64)
         return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(self._starts) - 1,
-                                                [None, pa.py_buffer(self._starts), pa.py_buffer(self._data)])
+                                                [None, pa.py_buffer(starts.astype(np.int64)),
+                                                 pa.py_buffer(self._data)])
+
+
+class _Tags(_Strings):
+    """A column of modification times or ETags: an ETag of 32 hex digits in quotes (S3's for an object put
+    whole) kept as its 16 bytes, any other value as its UTF-8 bytes (one of 16 bytes with a 0xFF after it,
+    a byte UTF-8 never holds)."""
+
+    def append(self, value: str | None) -> None:
+        if value is None:
+            self._none.add(len(self._starts) - 1)
+            self._starts.append(len(self._data))
+        elif len(value) == 34 and value[0] == value[-1] == '"' and _HEX.fullmatch(value, 1, 33):
+            self._add(bytes.fromhex(value[1:33]))
+        else:
+            data = value.encode("utf-8", "surrogatepass")
+            self._add(data + b"\xff" if len(data) == 16 else data)
+
+    def __getitem__(self, i: int) -> str | None:
+        data = self.raw(i)
+        if data is None:
+            return None
+        if len(data) == 16:
+            return f'"{data.hex()}"'
+        return data[:16].decode("utf-8", "surrogatepass") if len(data) == 17 and data[16] == 0xFF else data.decode("utf-8", "surrogatepass")
+
+
+_HEX = re.compile("[0-9a-f]{32}")
 
 
 class _Codes:
@@ -70,6 +115,10 @@ class _Codes:
             self._values.append(value)
         self._codes.append(self._values.index(value))
 
+    def full(self, value: Any) -> bool:
+        """Whether ``value`` is not one of the values and no other can be added."""
+        return len(self._values) >= 255 and value not in self._values  # the 256th kept for ""
+
     def __getitem__(self, i: int) -> Any:
         return self._values[self._codes[i]]
 
@@ -82,18 +131,19 @@ class _Codes:
 class Listing:
     """Listed files, one row each in the order they were added: append while listing, then only read.
 
-    A file's url is its path after a prefix the listing's urls share
-    (``s3://``), and its relative path the end of its path; a file whose
-    url or relative path is not so made is kept aside whole.
+    A file's path is kept as its relative path after its root (the start of
+    its path, one of a few a listing's files share: ``bucket/corpus/``), its
+    url as its path after a prefix the listing's urls share (``s3://``); a
+    file whose url or relative path is not so made is kept aside whole.
     """
 
     def __init__(self) -> None:
-        self._paths = _Strings()
-        self._mtimes = _Strings()
+        self._rels = _Strings()  # the path after its root (the whole path for an odd row)
+        self._roots = _Codes()
+        self._mtimes = _Tags()
         self._sizes = array("q")  # -1: unknown
         self._formats = _Codes()
         self._compressions = _Codes()
-        self._rel_starts = array("i")  # where the relative path starts in the path
         self._prefix: str | None = None  # url = prefix + path
         self._odd: dict[int, tuple[str, str]] = {}  # row → (url, rel_path) not made from the path
         self.in_order = True  # whether paths were added sorted
@@ -108,38 +158,43 @@ class Listing:
         row = len(self._sizes)
         if self._prefix is None and url.endswith(path):
             self._prefix = url[:len(url) - len(path)]
-        if self._prefix is None or url != f"{self._prefix}{path}" or not path.endswith(rel):
+        made = path.endswith(rel)  # the path is a root and the relative path
+        root = path[:len(path) - len(rel)] if made else ""
+        if self._roots.full(root):  # more roots than a byte tells: the path kept whole
+            root, made = "", False
+        if self._prefix is None or url != f"{self._prefix}{path}" or not made:
             self._odd[row] = (url, rel)
         if path < self._last:
             self.in_order = False
         self._last = path
-        self._paths.append(path)
+        self._rels.append(path[len(root):])
+        self._roots.append(root)
         self._mtimes.append(inp.mtime)
         self._sizes.append(-1 if inp.size is None else inp.size)
         self._formats.append(inp.format)
         self._compressions.append(inp.compression)
-        self._rel_starts.append(len(path) - len(rel))
 
     def url(self, row: int) -> str:
         odd = self._odd.get(row)
-        return odd[0] if odd is not None else f"{self._prefix}{self._paths[row]}"
+        return odd[0] if odd is not None else f"{self._prefix}{self._roots[row]}{self._rels[row]}"
 
     def file(self, row: int) -> InputFile:
         """The whole file of ``row`` (made often: a read of every column is spelled out here)."""
-        paths, mtimes, formats, compressions = self._paths, self._mtimes, self._formats, self._compressions
-        at = paths._starts
-        path = paths._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
-        at = mtimes._starts
-        mtime = (None if mtimes._none and row in mtimes._none
-                 else mtimes._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass"))
+        rels, formats, compressions = self._rels, self._formats, self._compressions
+        at = rels._starts
+        rel = rels._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
+        path = f"{self._roots[row]}{rel}"
         size = self._sizes[row]
         if self._odd and row in self._odd:
             url, rel = self._odd[row]
         else:
-            url, rel = f"{self._prefix}{path}", path[self._rel_starts[row]:]
+            url = f"{self._prefix}{path}"
         # InputFile's fields in order: path, url, size, format, compression, rel_path, mtime
         return InputFile(path, url, None if size < 0 else size, formats._values[formats._codes[row]],
-                         compressions._values[compressions._codes[row]], rel, mtime)
+                         compressions._values[compressions._codes[row]], rel, self._mtimes[row])
+
+    def mtime(self, row: int) -> str | None:
+        return self._mtimes[row]
 
     def sizes(self) -> np.ndarray:
         """Every row's size (-1: unknown)."""
@@ -152,8 +207,13 @@ class Listing:
         """The rows in the order of their paths (as ``sorted`` orders strings); None when added in that order."""
         if self.in_order:
             return None
+        paths = self._rels.arrow()
+        if len(self._roots._values) > 1:  # the roots put back
+            roots = pa.array([r.encode("utf-8", "surrogatepass") for r in self._roots._values], pa.large_binary())
+            codes = np.frombuffer(self._roots._codes, np.uint8)
+            paths = pc.binary_join_element_wise(roots.take(pa.array(codes)), paths, pa.scalar(b"", pa.large_binary()))
         # UTF-8 bytes sort as the code points they encode: Arrow's binary order is Python's str order
-        return pc.sort_indices(self._paths.arrow()).to_numpy().astype(np.int64)
+        return pc.sort_indices(paths).to_numpy().astype(np.int64)
 
 
 class _Index:
@@ -308,10 +368,10 @@ class Inputs(Sequence[InputFile]):
                 yield inp.url, inp.key, inp.size, inp.mtime
             return
         listing = self.listing
-        url, sizes, mtimes = listing.url, listing._sizes, listing._mtimes
+        url, sizes, mtime = listing.url, listing._sizes, listing.mtime
         for row in self._each_row():
             size = sizes[row]
-            yield (u := url(row)), u, None if size < 0 else size, mtimes[row]
+            yield (u := url(row)), u, None if size < 0 else size, mtime(row)
 
     def _each_row(self) -> Iterator[int]:
         if self._rows is None:
