@@ -25,7 +25,7 @@ and a name not loaded is taken for a loaded one with a chance of about 5 in
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping, MutableMapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import pyarrow as pa
@@ -370,6 +370,20 @@ class Column(MutableMapping[str, Any]):
             for url in prefixes(name):
                 self._pieces.setdefault(url, set()).add(name)
         self._over[name] = value
+
+    def set_many(self, items: Iterable[tuple[str, Any]]) -> None:
+        """``self[name] = value`` for each pair, in one call (a commit of many small files sets thousands)."""
+        over, gone, pieces = self._over, self._gone, self._pieces
+        for name, value in items:
+            if name not in over:
+                if name in gone:
+                    gone.discard(name)
+                elif self._loaded(name) < 0:
+                    self._extra += 1
+                if "#" in name:
+                    for url in prefixes(name):
+                        pieces.setdefault(url, set()).add(name)
+            over[name] = value
 
     def __delitem__(self, name: str) -> None:
         if name in self._over:
