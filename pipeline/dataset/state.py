@@ -117,13 +117,15 @@ class State:
         in :attr:`ends` (``last`` holds this commit's, by key).
         """
         last = last or {}
-        get = self.progress.get
+        get = self.progress.getter()
         moved: dict[str, int] = {}  # set in the columns at the end, all at once (a commit may hold thousands)
         ended: dict[str, int] = {}
         for key, location in marks:
             before = moved.get(key)
             if before is None:
-                before = get(key, -1)
+                before = get(key)
+                if before is None:
+                    before = -1
             if location > before:
                 moved[key] = int(location)
                 if location >= END_OF_FILE:
