@@ -210,3 +210,25 @@ def test_signatures_are_a_read_only_view_of_the_state(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         view[url(3)] = "1:z"  # type: ignore[index]
     w.close("completed")
+
+
+def test_many_names_set_at_once_are_as_if_set_one_at_a_time() -> None:
+    """``Column.set_many`` (what a commit uses) over loaded, removed, new names and pieces, against ``[]=``."""
+    one, many = saved_in_memory(built(20)).files, saved_in_memory(built(20)).files
+    for files in (one, many):
+        del files[url(1)]
+    pairs = [(url(1), "back"), (url(2), "changed"), (url(30), "new"), (f"{url(31)}#bytes=0-9", "piece"),
+             (url(30), "new again")]
+    for name, value in pairs:
+        one[name] = value
+    many.set_many(pairs)
+    assert dict(many.items()) == dict(one.items()) and len(many) == len(one) == 22
+    assert many.of_url(url(31)) == one.of_url(url(31)) == [f"{url(31)}#bytes=0-9"]
+
+
+def test_a_key_marked_twice_in_one_commit_advances_as_marked_one_at_a_time() -> None:
+    s = Manifest.new("m", None, "float").loaded
+    s.advance([("a", 3), ("a", 2), ("a", END_OF_FILE), ("b", 1), ("b", END_OF_FILE), ("b", END_OF_FILE)],
+              {"a": 3})
+    assert dict(s.progress) == {"a": END_OF_FILE, "b": END_OF_FILE}
+    assert dict(s.ends) == {"a": 3, "b": 1} and s.dirty == {"a", "b"}

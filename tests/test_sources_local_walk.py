@@ -8,7 +8,7 @@ from pathlib import Path
 import fsspec
 
 from pipeline.config import SourceConfig
-from pipeline.sources.listing import open_source
+from pipeline.sources.listing import detect_format, open_source
 from pipeline.sources.local_walk import each_file_below
 
 
@@ -70,3 +70,15 @@ def test_a_folder_that_cannot_be_read_is_left_out(tmp_path: Path, monkeypatch) -
     listed: list[str] = []
     each_file_below(str(tmp_path), lambda path, size, mtime: listed.append(path[len(str(tmp_path)) + 1:]))
     assert not [rel for rel in listed if rel.startswith("a/")] and "a-b.md" in listed and "b.md" in listed
+
+
+def test_each_walked_file_has_the_format_and_compression_of_its_own_name(tmp_path: Path) -> None:
+    """Names sharing what follows their first dot, or not quite (case, a second suffix, none), each as
+    detect_format reads it (the walk reads each ending once)."""
+    names = ["UP.MD", "up.md", "t.md.gz", "u.md.GZ", "c.jsonl.gz", "d.jsonl.gz", "x.tar.md", "y.tar.md",
+             "dots..md", "plain", "other", "e.csv", "f.bin.gz", "g.bin.gz"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    _, files = open_source(SourceConfig(path=str(tmp_path)))
+    assert {f.rel_path: (f.format, f.compression) for f in files} == {
+        name: detect_format(name) for name in names if detect_format(name)[0] is not None}

@@ -32,10 +32,11 @@ class Pending:
     marks: dict[str, int] = field(default_factory=dict)
     #: key → the location of the last record of these batches' rows
     last: dict[str, int] = field(default_factory=dict)
-    #: url → records completed; and the sources of the data and of the errors rows
+    #: url → records completed; and the sources of the data and of the errors rows (dicts as ordered sets:
+    #: in read order, which is the listing's, sorting them for the shard entry is one pass, not n log n)
     records: dict[str, int] = field(default_factory=dict)
-    data_sources: set[str] = field(default_factory=set)
-    error_sources: set[str] = field(default_factory=set)
+    data_sources: dict[str, None] = field(default_factory=dict)
+    error_sources: dict[str, None] = field(default_factory=dict)
 
     def add(self, batch: EmbeddedBatch) -> None:
         self.counts += Counts.of(batch)
@@ -48,8 +49,8 @@ class Pending:
                 self.last[key] = item.location
         for url, n in records_by_source(batch).items():
             self.records[url] = self.records.get(url, 0) + n
-        self.data_sources.update(c.source for c in batch.chunks)
-        self.error_sources.update(f.source for f in batch.failures)
+        self.data_sources.update(dict.fromkeys(c.source for c in batch.chunks))
+        self.error_sources.update(dict.fromkeys(f.source for f in batch.failures))
 
     def entry_fields(self, kind: str, owner: bool) -> dict[str, Any]:
         """What a shard entry of ``kind`` records of these batches (rows are the shard's own).

@@ -116,13 +116,23 @@ class State:
         A key reaching ``END_OF_FILE`` keeps the location of its last record
         in :attr:`ends` (``last`` holds this commit's, by key).
         """
+        last = last or {}
+        get = self.progress.getter()
+        moved: dict[str, int] = {}  # set in the columns at the end, all at once (a commit may hold thousands)
+        ended: dict[str, int] = {}
         for key, location in marks:
-            before = self.progress.get(key, -1)
+            before = moved.get(key)
+            if before is None:
+                before = get(key)
+                if before is None:
+                    before = -1
             if location > before:
-                self.progress[key] = int(location)
-                self.dirty.add(key)
+                moved[key] = int(location)
                 if location >= END_OF_FILE:
-                    self.ends[key] = max((last or {}).get(key, 0), before)
+                    ended[key] = max(last.get(key, 0), before)
+        self.progress.set_many(moved.items())
+        self.ends.set_many(ended.items())
+        self.dirty.update(moved)
 
     # ------------------------------------------------------------ shards
 

@@ -438,6 +438,20 @@ class Column(MutableMapping[str, Any]):
                 self._pieces.setdefault(url, set()).add(name)
         self._over[name] = value
 
+    def set_many(self, items: Iterable[tuple[str, Any]]) -> None:
+        """``self[name] = value`` for each pair, in one call (a commit of many small files sets thousands)."""
+        over, gone, pieces = self._over, self._gone, self._pieces
+        for name, value in items:
+            if name not in over:
+                if name in gone:
+                    gone.discard(name)
+                elif self._loaded(name) < 0:
+                    self._extra += 1
+                if "#" in name:
+                    for url in prefixes(name):
+                        pieces.setdefault(url, set()).add(name)
+            over[name] = value
+
     def __delitem__(self, name: str) -> None:
         if name in self._over:
             del self._over[name]

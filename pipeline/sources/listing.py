@@ -153,10 +153,19 @@ def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | 
             add_file(path, meta.get("size"), _mtime(meta))
 
         cut = len(root.rstrip("/")) + 1  # a walked path's relative path starts there
+        # a walked name does not start with a dot (hidden): its format and compression depend only on what
+        # follows its first dot, and a folder's files mostly share that (no splitting of every name)
+        formats: dict[str, tuple[str | None, str | None]] = {}
 
         def add_below(path: str, size: int, mtime: str) -> None:
             """A file of the local walk: its path normalised, below root, not hidden (what _input_file checks)."""
-            fmt, compression = detect_format(path, cfg.format)
+            name = path[path.rfind("/") + 1:]
+            dot = name.find(".")
+            ending = name[dot:] if dot > 0 else ""
+            found = formats.get(ending)
+            if found is None:
+                found = formats[ending] = detect_format(path, cfg.format)
+            fmt, compression = found
             if fmt is None:
                 _count_skipped(path, skipped)
             else:

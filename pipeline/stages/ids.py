@@ -40,7 +40,7 @@ class IdRegistry:
         self._pending: dict[int, int] = {}
         self._inputs = Texts()  # the names of the inputs, by place, a block at a time
         self._fresh: list[str] = []  # the names of the latest places, not yet in a block
-        self._hashes = Filling(np.int64, BLOCK)  # hash() of each place's name
+        self._hashes = Filling(np.int64, BLOCK)  # hash() of each place's name (the latest: see _hashed)
         self._recent: dict[str, int] = {}  # place of the names placed since the last block
         self._yielding: set[int] = set()  # places of inputs whose ids go to the next input that has one
         self._yielded: set[str] = set()  # those inputs
@@ -136,7 +136,7 @@ class IdRegistry:
             return
         self._yielded |= new
         hashes = np.fromiter(map(hash, new), np.int64, len(new))
-        maybe = np.flatnonzero(np.isin(self._hashes.done(), hashes)).tolist()  # one pass for them all
+        maybe = np.flatnonzero(np.isin(self._hashed(), hashes)).tolist()  # one pass for them all
         self._yielding |= {p for p in maybe if self._name(p) in new}
 
     def with_displaced(self, batch: EmbeddedBatch) -> EmbeddedBatch:
@@ -175,7 +175,7 @@ class IdRegistry:
 
     def _places_of(self, source: str) -> set[int]:
         """The places standing for input ``source``."""
-        maybe = np.flatnonzero(self._hashes.done() == hash(source)).tolist()
+        maybe = np.flatnonzero(self._hashed() == hash(source)).tolist()
         return {p for p in maybe if self._name(p) == source}
 
     def _place(self, source: str) -> int:
@@ -190,11 +190,24 @@ class IdRegistry:
         """New numbers standing for ``sources``."""
         first = self._inputs.rows + len(self._fresh)
         self._fresh += sources
-        self._hashes.extend(np.fromiter(map(hash, sources), np.int64, len(sources)))
         if len(self._fresh) >= BLOCK:
+            self._hashed()
             self._inputs.extend(pa.array(self._fresh, pa.string()))
             self._fresh, self._recent = [], {}
         return range(first, first + len(sources))
+
+    def _hashed(self) -> np.ndarray:
+        """The hash of every place's name, by place.
+
+        The names placed since the last call are hashed now, all at once: a
+        new input is placed as its first chunk is checked, and an array made
+        and copied for each of them was a few µs a file.
+        """
+        start = self._hashes.size - self._inputs.rows  # the first name in _fresh not hashed yet
+        if start < len(self._fresh):
+            new = self._fresh[start:]
+            self._hashes.extend(np.fromiter(map(hash, new), np.int64, len(new)))
+        return self._hashes.done()
 
     def _name(self, place: int) -> str:
         if place >= self._inputs.rows:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from functools import partial
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import anyio
 from anyio.abc import ObjectSendStream
@@ -28,6 +29,8 @@ from pipeline.types import END_OF_FILE, Failure, FileEnd, InputFile, Record
 
 READ_BLOCK = 512  # records per hop between the reader thread and the event loop
 PLAN_AHEAD = 2 * READ_BLOCK  # files handed to the reader thread ahead of what it read (> a block of files)
+#: how a file other than a whole JSONL file is read: from where its mark says (one for all, not a dict a file)
+_NO_SEEKING: Mapping[str, Any] = MappingProxyType({})
 
 #: what the read stage sends: a block of a file's records, failures and ends
 Item = Record | Failure | FileEnd
@@ -199,7 +202,7 @@ class _Reader:
     def __len__(self) -> int:
         return len(self._files)
 
-    def plan(self, inp: InputFile, after: int, seeking: dict[str, Any]) -> None:
+    def plan(self, inp: InputFile, after: int, seeking: Mapping[str, Any]) -> None:
         """Read ``inp`` after location ``after`` once the files planned before it are read."""
         self._files.plan(inp, (after, seeking))
 
@@ -271,7 +274,7 @@ async def read_stage(
                     after = done_upto(inp.key)
                     if after >= END_OF_FILE:
                         continue  # committed whole by an earlier run
-                    seeking: dict[str, Any] = {}
+                    seeking: Mapping[str, Any] = _NO_SEEKING
                     if inp.format == "jsonl" and not inp.part:  # whole jsonl files: resume by seeking to a checkpoint
                         seeking = {"seek": checkpoints.best(inp.url, after),
                                    "on_checkpoint": checkpoints.recorder(inp.url)}
