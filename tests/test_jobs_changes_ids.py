@@ -1,21 +1,35 @@
-"""A record left out as a ``duplicate_id`` gets its id once the input holding it is gone or no longer has it."""
+"""A record left out as a ``duplicate_id`` gets its id once the input holding it is gone or no longer has it,
+in the files dataset and in a Postgres table alike."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import pyarrow.dataset as ds
 import pytest
 
 from pipeline.config import Config
+from test_dataset_postgres import query
 from test_jobs_changes import check_exact, jsonl, rerun, touch_later
+from test_jobs_changes_postgres import pg_config, table_rows
 from test_jobs_run import make_config
 
 pytestmark = pytest.mark.anyio
 
 
-def error_rows(tmp_path: Path) -> list[tuple[str, str]]:
+@dataclass
+class Target:
+    """A sink to run against: its config, what it holds (id → text) and its error rows (file name, type)."""
+
+    cfg: Config
+    check: Callable[[dict[str, str], dict[str, Any]], None]
+    errors: Callable[[], list[tuple[str, str]]]
+
+
+def files_errors(tmp_path: Path) -> list[tuple[str, str]]:
     """The (source name, error_type) of the error rows ``_manifest.json`` lists."""
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     files = [str(tmp_path / "out" / s["path"]) for s in manifest["shards"] if s["kind"] == "errors"]
@@ -25,7 +39,31 @@ def error_rows(tmp_path: Path) -> list[tuple[str, str]]:
     return [(Path(s).name, e) for s, e in zip(table["source"].to_pylist(), table["error_type"].to_pylist())]
 
 
-async def a_takes_b_id(tmp_path: Path, others: int = 0) -> Config:
+def files_target(tmp_path: Path) -> Target:
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                      run={"max_failed_fraction": 1})
+    return Target(cfg, lambda expected, totals: check_exact(tmp_path, expected), lambda: files_errors(tmp_path))
+
+
+def postgres_target(tmp_path: Path, url: str, table: str) -> Target:
+    def check(expected: dict[str, str], totals: dict[str, Any]) -> None:
+        assert table_rows(url, table) == expected and totals["rows_embedded"] == len(expected)
+
+    def errors() -> list[tuple[str, str]]:
+        return [(Path(s).name, e) for s, e in query(url, f'SELECT source, error_type FROM "{table}_errors"')]
+
+    return Target(pg_config(tmp_path, url, table, run={"max_failed_fraction": 1}), check, errors)
+
+
+@pytest.fixture(params=["files", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    if request.param == "files":
+        return files_target(tmp_path)
+    url, table = request.getfixturevalue("postgres_url"), request.getfixturevalue("table")
+    return postgres_target(tmp_path, url, table)
+
+
+async def a_takes_b_id(tmp_path: Path, target: Target, others: int = 0) -> None:
     """a.jsonl holds id 7 first, b.jsonl's id 7 is a duplicate_id error row (and its id 8 a row); ``others``
     files of a record each besides."""
     src = tmp_path / "in"
@@ -34,45 +72,43 @@ async def a_takes_b_id(tmp_path: Path, others: int = 0) -> Config:
     jsonl(src / "b.jsonl", {"7": "from B", "8": "eight"})
     for i in range(others):
         jsonl(src / f"c{i}.jsonl", {f"c{i}": f"other {i}"})
-    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
-                      run={"max_failed_fraction": 1})
-    await rerun(cfg)
-    assert error_rows(tmp_path) == [("b.jsonl", "duplicate_id")]
-    return cfg
+    await rerun(target.cfg)
+    assert target.errors() == [("b.jsonl", "duplicate_id")]
 
 
-async def test_a_record_gets_its_id_once_the_file_holding_it_is_deleted(tmp_path: Path) -> None:
+async def test_a_record_gets_its_id_once_the_file_holding_it_is_deleted(tmp_path: Path, target: Target) -> None:
     """The holder deleted, the file whose record lost the id is read again in the same run: the record gets
     its id, its error row leaves, and only it is paid for (id 8 keeps its vector)."""
-    cfg = await a_takes_b_id(tmp_path)
+    await a_takes_b_id(tmp_path, target)
     (tmp_path / "in" / "a.jsonl").unlink()
-    job, result, stats = await rerun(cfg)
+    job, result, stats = await rerun(target.cfg)
     assert result.exit_code == 0
     assert job.changes["deleted"] == 1 and job.changes["changed"] == 1
     assert stats["inputs_embedded"] == 1
-    check_exact(tmp_path, {"7": "from B", "8": "eight"})
-    assert error_rows(tmp_path) == []
-    job, _, stats = await rerun(cfg)
+    target.check({"7": "from B", "8": "eight"}, result.totals)
+    assert target.errors() == []
+    job, _, stats = await rerun(target.cfg)
     assert stats["inputs_embedded"] == 0 and job.changes["unchanged"] == 1
 
 
-async def test_a_record_gets_its_id_once_the_file_holding_it_has_another(tmp_path: Path) -> None:
+async def test_a_record_gets_its_id_once_the_file_holding_it_has_another(tmp_path: Path, target: Target) -> None:
     """The holder edited to another id frees id 7 for b.jsonl's record in the same run."""
-    cfg = await a_takes_b_id(tmp_path)
+    await a_takes_b_id(tmp_path, target)
     jsonl(tmp_path / "in" / "a.jsonl", {"9": "nine"})
     touch_later(tmp_path / "in" / "a.jsonl")
-    job, result, stats = await rerun(cfg)
+    job, result, stats = await rerun(target.cfg)
     assert result.exit_code == 0 and job.changes["changed"] == 2
     assert stats["inputs_embedded"] == 2  # 9 and 7 (from B); 8 keeps its vector
-    check_exact(tmp_path, {"7": "from B", "8": "eight", "9": "nine"})
-    assert error_rows(tmp_path) == []
+    target.check({"7": "from B", "8": "eight", "9": "nine"}, result.totals)
+    assert target.errors() == []
 
 
-async def test_only_the_files_that_lost_an_id_to_a_deleted_one_are_read_again(tmp_path: Path) -> None:
+async def test_only_the_files_that_lost_an_id_to_a_deleted_one_are_read_again(tmp_path: Path,
+                                                                               target: Target) -> None:
     """Among unchanged files, only the one whose error row names the deleted holder is opened again."""
-    cfg = await a_takes_b_id(tmp_path, others=3)
+    await a_takes_b_id(tmp_path, target, others=3)
     (tmp_path / "in" / "a.jsonl").unlink()
-    job, _, stats = await rerun(cfg)
+    job, result, stats = await rerun(target.cfg)
     assert job.changes == {"new": 0, "resumed": 0, "changed": 1, "appended": 0, "deleted": 1, "unchanged": 3}
     assert job.progress.files == 1 and stats["inputs_embedded"] == 1
-    check_exact(tmp_path, {"7": "from B", "8": "eight", **{f"c{i}": f"other {i}" for i in range(3)}})
+    target.check({"7": "from B", "8": "eight", **{f"c{i}": f"other {i}" for i in range(3)}}, result.totals)
