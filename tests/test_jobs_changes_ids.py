@@ -12,6 +12,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from pipeline.config import Config
+from pipeline.jobs.validate import validate
 from test_dataset_postgres import query
 from test_jobs_changes import check_exact, jsonl, rerun, touch_later
 from test_jobs_changes_postgres import pg_config, table_rows
@@ -78,9 +79,14 @@ async def a_takes_b_id(tmp_path: Path, target: Target, others: int = 0) -> None:
 
 async def test_a_record_gets_its_id_once_the_file_holding_it_is_deleted(tmp_path: Path, target: Target) -> None:
     """The holder deleted, the file whose record lost the id is read again in the same run: the record gets
-    its id, its error row leaves, and only it is paid for (id 8 keeps its vector)."""
+    its id, its error row leaves, and only it is paid for (id 8 keeps its vector); validate counts the file as
+    changed and estimates the one chunk to pay."""
     await a_takes_b_id(tmp_path, target)
     (tmp_path / "in" / "a.jsonl").unlink()
+    shown = "\n".join(validate(target.cfg, "job.yaml").lines)
+    assert "changed 1, appended 0, deleted 1, unchanged 0; 1 of the changed read again for freed ids" in shown
+    assert "a run reads 1 input(s) of them (0 unchanged, not opened): 2 chunks" in shown
+    assert "unchanged chunks): 1 chunks" in shown, shown
     job, result, stats = await rerun(target.cfg)
     assert result.exit_code == 0
     assert job.changes["deleted"] == 1 and job.changes["changed"] == 1
