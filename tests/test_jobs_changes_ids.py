@@ -14,7 +14,7 @@ import pytest
 from pipeline.config import Config
 from pipeline.jobs.validate import validate
 from test_dataset_postgres import query
-from test_jobs_changes import check_exact, jsonl, rerun, touch_later
+from test_jobs_changes import check_exact, jsonl, rerun, touch_later, until, watching
 from test_jobs_changes_postgres import pg_config, table_rows
 from test_jobs_run import make_config
 
@@ -118,3 +118,23 @@ async def test_only_the_files_that_lost_an_id_to_a_deleted_one_are_read_again(tm
     assert job.changes == {"new": 0, "resumed": 0, "changed": 1, "appended": 0, "deleted": 1, "unchanged": 3}
     assert job.progress.files == 1 and stats["inputs_embedded"] == 1
     target.check({"7": "from B", "8": "eight", **{f"c{i}": f"other {i}" for i in range(3)}}, result.totals)
+
+
+async def test_a_watcher_gives_the_id_back_in_the_round_that_removes_its_holder(tmp_path: Path) -> None:
+    """A watcher's round that removes the deleted holder reads the file that lost the id to it again."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"7": "from A"})
+    jsonl(src / "b.jsonl", {"7": "from B", "8": "eight"})
+    cfg = make_config(tmp_path, "http://placeholder", source={"metadata_fields": []},
+                      run={"max_failed_fraction": 1, "watch": True, "poll_interval_s": 0.05})
+    async with watching(cfg) as (job, server):
+        def counts() -> tuple[int, int]:
+            sink = getattr(job, "commit", None)  # made once the sink is open
+            return (sink.sink.counts.rows_embedded, sink.sink.counts.rows_failed) if sink else (0, 0)
+
+        await until(lambda: counts() == (2, 1))
+        (src / "a.jsonl").unlink()
+        await until(lambda: job.changes.get("deleted") == 1 and job.changes.get("changed") == 1 and counts() == (2, 0))
+    check_exact(tmp_path, {"7": "from B", "8": "eight"})
+    assert files_errors(tmp_path) == [] and server.stats.snapshot()["inputs_embedded"] == 3
