@@ -24,6 +24,7 @@ from pipeline.dataset import postgres_schema as schema
 from pipeline.dataset.postgres_schema import Names
 from pipeline.dataset.state import State, of_url
 from pipeline.errors import SinkError
+from pipeline.stages.ids import DUPLICATE_ID, losers_of
 from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch
 
 #: ``{table}_state``'s column of ends, added to tables made before it
@@ -254,6 +255,15 @@ def share_of(conn: psycopg.Connection[Any], names: Names, urls: list[str]) -> fl
     return row[0] / row[1] if row and row[1] else 0.0
 
 
+def id_losers(conn: psycopg.Connection[Any], names: Names, holders: set[str]) -> set[str]:
+    """The inputs with ``duplicate_id`` error rows in ``{table}_errors`` whose id one of ``holders`` held
+    (see :func:`~pipeline.stages.ids.losers_of`): one query, of those rows' source and message."""
+    if not holders:
+        return set()
+    query = sql.SQL("SELECT source, message FROM {e} WHERE error_type = %s").format(e=names.errors)
+    return losers_of(holders, conn.execute(query, [DUPLICATE_ID]).fetchall())
+
+
 class SinkState:
     """The resume-state half of :class:`~pipeline.dataset.postgres.PostgresSink`, as the Sink protocol asks for it.
 
@@ -323,6 +333,10 @@ class SinkState:
     def share_of(self, urls: list[str]) -> float:
         """The share of the table's rows whose source is one of ``urls``."""
         return share_of(self.conn, self.names, urls)  # type: ignore[attr-defined]
+
+    def id_losers(self, holders: set[str]) -> set[str]:
+        """The inputs with ``duplicate_id`` error rows whose id one of ``holders`` held."""
+        return id_losers(self.conn, self.names, holders)  # type: ignore[attr-defined]
 
     def remove_sources(self, urls: list[str]) -> None:
         """Inputs ``urls`` are gone: their rows, error rows and state rows leave with the next commit.

@@ -8,14 +8,16 @@ what :class:`~pipeline.dataset.writer.DatasetWriter` saves with each commit.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import fsspec
+import pyarrow.compute as pc
 
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import open_shard
 from pipeline.dataset.state import State, of_url
 from pipeline.dataset.state_base import Column
+from pipeline.stages.ids import DUPLICATE_ID, losers_of
 from pipeline.storage import join
 from pipeline.types import Counts, EmbeddedBatch
 
@@ -127,6 +129,10 @@ class ResumeState:
                 for block in shard.iter_batches(columns=["id", "source"]):
                     yield block.column(0).to_pylist(), block.column(1).to_pylist()
 
+    def id_losers(self, holders: set[str]) -> set[str]:
+        """The inputs with ``duplicate_id`` error rows whose id one of ``holders`` held."""
+        return id_losers(self.fs, self.root, self._manifest.shards, holders)
+
     def _replace_touched(self, batch: EmbeddedBatch) -> None:
         """A batch brings the first new rows (or the end) of changed inputs: their old rows leave now."""
         touched = {c.source for c in batch.chunks} | {f.source for f in batch.failures}
@@ -136,3 +142,21 @@ class ResumeState:
                 self._removing.setdefault(url, False)
                 if signature is not None:
                     self._new_signatures[url] = signature
+
+
+def id_losers(fs: fsspec.AbstractFileSystem, root: str, shards: Iterable[dict[str, Any]],
+              holders: set[str]) -> set[str]:
+    """The inputs with ``duplicate_id`` error rows in the errors ``shards`` (manifest entries) whose id
+    one of ``holders`` held (see :func:`~pipeline.stages.ids.losers_of`): no data shard is opened, and
+    only the source, error_type and message columns of the errors shards are read."""
+    found: set[str] = set()
+    for entry in shards if holders else ():
+        if entry["kind"] != "errors":
+            continue
+        with open_shard(fs, join(root, entry["path"])) as shard:
+            for block in shard.iter_batches(columns=["source", "error_type", "message"]):
+                dup = pc.equal(block.column(1), DUPLICATE_ID)
+                if pc.any(dup).as_py():
+                    sources, messages = pc.filter(block.column(0), dup), pc.filter(block.column(2), dup)
+                    found |= losers_of(holders, zip(sources.to_pylist(), messages.to_pylist()))
+    return found

@@ -73,6 +73,10 @@ class Sink(Protocol):
         """The rows whose ``source`` is one of ``urls`` leave with the next commit."""
         ...
 
+    def id_losers(self, holders: set[str]) -> set[str]:
+        """The inputs with ``duplicate_id`` error rows whose id one of ``holders`` held."""
+        ...
+
     def set_offsets(self, offsets: dict[str, list[list[int]]]) -> None:
         """Seek checkpoints to save with the next commit."""
         ...

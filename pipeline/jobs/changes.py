@@ -194,6 +194,25 @@ def compare(sink: Known, fs: Any, mine: Sequence[InputFile], listed: Listed | In
     return out
 
 
+def reread_losers(changes: Changes, id_losers: Callable[[set[str]], set[str]], *, deleted: bool = True) -> list[str]:
+    """Mark as changed the unchanged (resumed, appended) inputs whose ``duplicate_id`` error rows name an input
+    whose ids this comparison frees (changed, or, when ``deleted``, gone); their urls.
+
+    The record that lost its id to another input gets it once that input is
+    gone or no longer has it: read again, as a changed input is (its rows and
+    error rows replaced in one commit, its unchanged chunks' vectors reused).
+    ``id_losers`` (the sink's) is asked only when something was freed.
+    """
+    freed = set(changes.changed.urls()) | (set(changes.deleted) if deleted else set())
+    losers = id_losers(freed) if freed else set()
+    if not losers:
+        return []
+    at = np.flatnonzero(np.isin(changes.kinds, (UNCHANGED, RESUMED, APPENDED))).tolist()
+    found = [i for i, url in zip(at, changes.inputs.take(at).urls()) if url in losers] if at else []
+    changes.kinds[found] = CHANGED
+    return list(changes.inputs.take(found).urls()) if found else []
+
+
 def unlisted(urls: Iterable[str], listed: Listed | Inputs) -> list[str]:
     """Those of ``urls`` not in ``listed`` (looked up a chunk at a time when it can)."""
     missing = getattr(listed, "missing", None)

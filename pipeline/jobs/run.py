@@ -24,7 +24,7 @@ from pipeline.dataset.reuse_index import ReuseIndex
 from pipeline.dataset.self_reuse import StoredVectors
 from pipeline.embed.reuse import ReusingEmbedder
 from pipeline.errors import EXIT_OK, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
-from pipeline.jobs.changes import Changes, apply, check_removals, compare
+from pipeline.jobs.changes import Changes, apply, check_removals, compare, reread_losers
 from pipeline.jobs.inputs import list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.malloc import give_back_big_blocks
 from pipeline.jobs.outcome import RunResult, close_quietly, finish, first_leaf, log_commits, warn_if_batch_capped
@@ -302,6 +302,10 @@ class Job:
             changes.deleted, changes.kept = [], kept
             # their rows stay, but a live input with one of their ids (a renamed file) takes it over
             self.ids.yield_sources(kept)
+        sink = self.commit.sink
+        losers = reread_losers(changes, sink.id_losers, deleted=remove) if sink.counts.rows_failed else []
+        if losers:  # their ids are free now: read again, their error rows replaced
+            self.log.info("ids_freed", files=len(losers), first=losers[0])
         check_removals(changes, self.commit.sink, max_fraction=self.cfg.run.max_removed_fraction)
         apply(self.commit.sink, fs, changes, self.checkpoints, self.progress, remove=remove)
         changed = set(changes.changed.urls())

@@ -20,15 +20,17 @@ from pipeline.embed.tokens import estimate_tokens
 from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkError, SourceError
 from pipeline.dataset import state_files
 from pipeline.dataset.manifest import load_rank
+from pipeline.dataset.resume_state import id_losers as files_id_losers
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.sink import refuse_mixing
 from pipeline.dataset.state import State
-from pipeline.jobs.changes import compare, refusal
+from pipeline.jobs.changes import compare, refusal, reread_losers
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.jobs.sink_check import check_sink, one_line
 from pipeline.jobs.validate_postgres import (
-    connected, postgres_mixed, postgres_replacing, postgres_share, postgres_state, sink_connection)
+    connected, postgres_id_losers, postgres_mixed, postgres_replacing, postgres_share, postgres_state,
+    sink_connection)
 from pipeline.logs import format_duration, redact_url
 from pipeline.sources.fields import FieldCheck
 from pipeline.storage import Location
@@ -202,6 +204,7 @@ def describe_changes(
         if mixed := postgres_mixed(cfg, pg):
             return [MIXED], None, mixed
         state, replacing = postgres_state(cfg, pg), postgres_replacing(cfg, pg)
+        id_losers: Callable[[set[str]], set[str]] = partial(postgres_id_losers, cfg, pg)
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
@@ -212,16 +215,22 @@ def describe_changes(
         state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
         # inputs whose replacement a run left unfinished: a rerun reads on with the retired shards' vectors
         replacing = {url for r in manifest.retired for url in r["inputs"]} if manifest is not None else set()
+        id_losers = partial(files_id_losers, where.fs, where.root, manifest.shards if manifest is not None else [])
     if state is None:
         return [], None, None
     fs, listed, mine = listing if listing is not None else list_source(cfg)
     changes = compare(StateView(state), fs, mine, listed)
+    # as a run: the inputs that lost an id to one whose ids are freed are read again, as changed
+    losers = reread_losers(changes, id_losers, deleted=cfg.run.on_deleted == "remove")
     c = changes.counts()
     kept = f", kept {c['deleted']:,}" if c["deleted"] and cfg.run.on_deleted == "keep" else ""
     line = (f"changes since the dataset: new {c['new']:,}, resumed {c['resumed']:,}, changed {c['changed']:,}, "
             f"appended {c['appended']:,}, deleted {c['deleted']:,}{kept}, unchanged {c['unchanged']:,}")
     if kept:
         line += " (run.on_deleted: keep leaves the deleted files' rows)"
+    if losers:
+        line += (f"; {len(losers):,} of the changed read again for freed ids: their duplicate_id error rows name "
+                 "a file deleted or changed")
     refused = None
     share_of = partial(postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
     refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction,

@@ -76,6 +76,22 @@ def postgres_share(cfg: Config, conn: Any, urls: list[str]) -> float:
         return 0.0
 
 
+def postgres_id_losers(cfg: Config, conn: Any, holders: set[str]) -> set[str]:
+    """The inputs whose ``duplicate_id`` error rows name one of ``holders`` (see
+    :func:`~pipeline.dataset.postgres_state.id_losers`); none when the table cannot be read."""
+    import psycopg
+
+    from pipeline.dataset.postgres_schema import Names
+    from pipeline.dataset.postgres_state import id_losers
+
+    if not connected(conn):
+        return set()
+    try:
+        return id_losers(conn, Names(cfg.sink.table), holders)
+    except psycopg.Error:  # the sink line says what is wrong with the database
+        return set()
+
+
 def postgres_replacing(cfg: Config, conn: Any) -> set[str]:
     """Inputs whose replacement a run left unfinished (their old rows' vectors wait in ``{table}_retired``)."""
     import psycopg

@@ -26,6 +26,26 @@ from pipeline.types import EmbeddedBatch, Failure
 MERGE_EVERY = 1 << 16  # new ids kept in a dict before they are merged into the sorted arrays
 
 
+DUPLICATE_ID = "duplicate_id"  # the error_type of a record whose id another input holds
+TAKEN_BY, THIS_ONE = "is already taken by a record of ", "; this one ("  # around the holder in its message
+
+
+def holder_of(message: str, source: str) -> str | None:
+    """The input that holds the id of a ``duplicate_id`` error row of ``source`` (None if ``message`` does
+    not say): it is named between :data:`TAKEN_BY` and ``; this one ({source} ...``, so a name holding either
+    phrase is still told right."""
+    start = message.find(TAKEN_BY)
+    end = message.rfind(f"{THIS_ONE}{source} line/row ")
+    return message[start + len(TAKEN_BY):end] if 0 <= start < end else None
+
+
+def losers_of(holders: set[str], rows: Iterable[tuple[str, str]]) -> set[str]:
+    """The sources among ``rows`` (source, message of ``duplicate_id`` error rows) whose id one of
+    ``holders`` held: once those inputs are gone or read again, the ids may be theirs."""
+    return {source for source, message in rows
+            if source not in holders and holder_of(message, source) in holders}
+
+
 def id_hash(value: str) -> int:
     """A stable 64-bit hash of an id (two of a million ids share one with a chance of about 3 in 10^8)."""
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little")
@@ -107,8 +127,8 @@ class IdRegistry:
                 keep.append(i)
                 continue
             here = f"{chunk.source} line/row {chunk.location}"
-            late.append(Failure.of(chunk, "duplicate_id",
-                                   f"id {chunk.id!r} is already taken by a record of {first}; this one ({here}) "
+            late.append(Failure.of(chunk, DUPLICATE_ID,
+                                   f"id {chunk.id!r} {TAKEN_BY}{first}{THIS_ONE}{here}) "
                                    "is left out: ids must be unique in the dataset"))
         if len(self._pending) >= MERGE_EVERY:
             self._merge()
