@@ -466,6 +466,30 @@ async def test_a_rename_under_keep_among_many_unchanged_files_costs_nothing(tmp_
         str(src / "b.jsonl")}
 
 
+async def test_a_file_renamed_under_keep_and_back_keeps_its_documents(tmp_path: Path) -> None:
+    """Renamed under run.on_deleted: keep, a file's documents move to the new name; renamed back, they
+    move back (the old name is marked moved, so the same bytes there are read again, at no token), and
+    switching to remove then leaves every current record in place."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("f1", "f2", "f3"):
+        jsonl(src / f"{name}.jsonl", {f"{name}-{i}": f"{name} record {i}" for i in range(4)})
+    docs = {f"{name}-{i}": f"{name} record {i}" for name in ("f1", "f2", "f3") for i in range(4)}
+    cfg = make_config(tmp_path, "http://placeholder", **RENAMED_UNDER_KEEP)
+    await rerun(cfg)
+    (src / "f1.jsonl").rename(src / "g1.jsonl")
+    await rerun(cfg)
+    (src / "g1.jsonl").rename(src / "f1.jsonl")
+    job, result, stats = await rerun(cfg)
+    assert stats["inputs_embedded"] == 0 and result.totals["rows_failed"] == 0
+    table = current(tmp_path)
+    assert {s for i, s in zip(table["id"].to_pylist(), table["source"].to_pylist()) if i.startswith("f1-")} == {
+        str(src / "f1.jsonl")}
+    removing = cfg.model_copy(update={"run": cfg.run.model_copy(update={"on_deleted": "remove"})})
+    await rerun(removing)
+    check_exact(tmp_path, docs, records=12)
+
+
 #: the config sections of :func:`renamed_under_keep`
 RENAMED_UNDER_KEEP: dict[str, Any] = {"source": {"metadata_fields": []}, "chunking": {"max_chars": 300},
                                       "run": {"on_deleted": "keep", "max_removed_fraction": 1}}

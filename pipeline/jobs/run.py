@@ -44,6 +44,8 @@ from pipeline.stages.write import Committer, write_stage
 from pipeline.types import Batch, EmbeddedBatch, InputFile, Piece, Skipped
 
 HEARTBEAT_S = 10.0  # a third of the write lease's 30 s life
+#: the signature of a kept input whose documents a live input took over: it matches no listing
+MOVED = "moved"
 
 
 class Job:
@@ -218,7 +220,7 @@ class Job:
                                               embedder=embedder, gate=self.gate))
                 tg.start_soon(partial(write_stage, answers_receive.clone(), commit=self.commit, window=window,
                                       on_written=lambda batch: self._written(batch, embedder),
-                                      prepare=self.ids.with_displaced))
+                                      prepare=self._displacing))
 
     async def _read(self, fs: Any, files: Iterable[InputFile], send: ObjectSendStream[list[Item]],
                     reading: anyio.CancelScope) -> None:
@@ -269,6 +271,15 @@ class Job:
                 with anyio.CancelScope(shield=True):  # the files the index read, retired meanwhile
                     await anyio.to_thread.run_sync(sink.release_retired, limiter=self.cpu)
 
+    def _displacing(self, batch: EmbeddedBatch) -> EmbeddedBatch:
+        """``batch`` naming the kept rows it takes over (see :meth:`IdRegistry.with_displaced`); the kept
+        inputs they came from are marked moved in the same commit, so that a file coming back under such
+        a name is read again (its documents are now another input's) rather than taken as unchanged."""
+        batch = self.ids.with_displaced(batch)
+        for source in dict.fromkeys(source for source, _ in batch.displaced):
+            self.commit.sink.set_signature(source, MOVED)
+        return batch
+
     def _own_vectors(self, changes: Changes) -> ReuseIndex | StoredVectors | None:
         """The sink's own vectors for the chunks of changed (or renamed) documents; None when it has none."""
         if not self.commit.sink.counts.rows_embedded:
@@ -276,6 +287,8 @@ class Job:
         sources = {inp.url for inp in changes.changed}
         if changes.new:
             sources |= set(changes.deleted) | set(changes.kept)
+        elif changes.changed:  # a file back under its old name, whose documents a kept file took over
+            sources |= set(changes.kept)
         sources |= {inp.url for inp in changes.resumed} & self.commit.sink.replacing()
         try:
             own = open_own_vectors(self.cfg, sources)

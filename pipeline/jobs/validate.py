@@ -242,7 +242,7 @@ def describe_changes(
     # as the run's _own_vectors: changed inputs, the deleted ones when files were also added (renames; kept
     # rows yield their ids to them), and resumed inputs whose replacement an earlier run left unfinished
     own = {inp.url for inp in changes.changed} | {inp.url for inp in changes.resumed if inp.url in replacing}
-    if len(changes.new):
+    if len(changes.new) or (len(changes.changed) and cfg.run.on_deleted == "keep"):  # renames, or a name back
         own |= set(changes.deleted)
     reading = Reading(fs, changes.to_read, after, changes.unchanged, own)
     return [line], reading, refused
