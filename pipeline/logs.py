@@ -28,9 +28,9 @@ def mask_secrets(text: str, secrets: list[str]) -> str:
     """``text`` with every secret in it masked (``***``).
 
     A short secret (a throwaway key such as ``x`` or ``test`` against a
-    local server) is masked where it stands alone, not inside other words:
-    replacing every ``x`` made ``source.path not found: /data/none***ist``
-    of the errors. A real key is long, and masked wherever it appears.
+    local server) is masked where it stands alone, not inside other words
+    or paths: replacing every ``x`` made ``source.path not found:
+    /data/none***ist`` of the errors (and ``texts/***/a.jsonl``). A real key is long, and masked wherever it appears.
     """
     for secret in secrets:
         if not secret or secret not in text:
@@ -38,7 +38,7 @@ def mask_secrets(text: str, secrets: list[str]) -> str:
         if len(secret) >= WHOLE_WORD_BELOW:
             text = text.replace(secret, "***")
         else:
-            text = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(secret)}(?![A-Za-z0-9_])", "***", text)
+            text = re.sub(rf"(?<![\w./-]){re.escape(secret)}(?![\w./-])", "***", text)
     return text
 
 

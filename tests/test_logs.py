@@ -92,4 +92,5 @@ def test_short_secrets_are_masked_as_words_long_ones_anywhere() -> None:
     assert mask_secrets("not found: /data/nonexist; run.max_removed_fraction", ["x"]) == (
         "not found: /data/nonexist; run.max_removed_fraction")
     assert mask_secrets("Authorization: Bearer x, key=x", ["x"]) == "Authorization: Bearer ***, key=***"
+    assert mask_secrets("not found: texts/x/ex.jsonl, /data/x.jsonl", ["x"]) == "not found: texts/x/ex.jsonl, /data/x.jsonl"
     assert mask_secrets(f"token{KEY}tail", [KEY]) == "token***tail"
