@@ -88,10 +88,10 @@ def test_a_yielding_inputs_ids_go_to_the_next_input_that_has_one(monkeypatch) ->
     registry.add_existing(["p"], ["gone.jsonl"])  # pending
     registry.add_existing(["o"], ["other.jsonl"])
     registry.yield_sources(["gone.jsonl"])
-    out = registry.check(batch(0, "moved.jsonl", ["3", "p", "o", "new"]))
+    out = registry.with_displaced(registry.check(batch(0, "moved.jsonl", ["3", "p", "o", "new"])))
     assert [c.id for c in out.chunks] == ["3", "p", "new"] and out.failures[0].id == "o"
     assert out.displaced == (("gone.jsonl", "3"), ("gone.jsonl", "p"))
-    again = registry.check(batch(1, "late.jsonl", ["3", "p", "4"]))
+    again = registry.with_displaced(registry.check(batch(1, "late.jsonl", ["3", "p", "4"])))
     assert [c.id for c in again.chunks] == ["4"] and again.displaced == (("gone.jsonl", "4"),)
     assert all("moved.jsonl" in f.message for f in again.failures)
 
@@ -120,6 +120,6 @@ def test_ids_seeded_after_their_input_yields_still_go_to_the_next_input() -> Non
     registry = IdRegistry()
     registry.yield_sources(["gone.jsonl"])
     registry.seed([(["a", "b"], ["gone.jsonl", "other.jsonl"])])
-    out = registry.check(batch(0, "moved.jsonl", ["a", "b"]))
+    out = registry.with_displaced(registry.check(batch(0, "moved.jsonl", ["a", "b"])))
     assert [c.id for c in out.chunks] == ["a"] and out.displaced == (("gone.jsonl", "a"),)
     assert out.failures[0].id == "b"

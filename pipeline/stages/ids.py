@@ -112,13 +112,11 @@ class IdRegistry:
         late: list[Failure] = []
         keys = [id_hash(chunk.id) for chunk in batch.chunks]
         stored = self._stored(keys)
-        displaced: list[tuple[str, str]] = []
         for i, chunk in enumerate(batch.chunks):
             key = keys[i]
             pending = self._pending.get(key)  # (an id taken earlier in this batch is pending too)
             first = self._name(pending) if pending is not None else stored[i]
             if first is not None and self._yielding and self._take_over(key, pending, chunk.source):
-                displaced.append((first, chunk.doc_id))
                 self._displacing[(chunk.source, chunk.id)] = (first, chunk.doc_id)
                 keep.append(i)
                 continue
@@ -132,8 +130,6 @@ class IdRegistry:
                                    "is left out: ids must be unique in the dataset"))
         if len(self._pending) >= MERGE_EVERY:
             self._merge()
-        if displaced:
-            batch = replace(batch, displaced=batch.displaced + tuple(dict.fromkeys(displaced)))
         if not late:
             return batch
         chunks = tuple(batch.chunks[i] for i in keep)
@@ -148,8 +144,9 @@ class IdRegistry:
         For rows kept only because ``run.on_deleted: keep`` (their input is
         gone from the listing): a renamed file's records then take their ids
         back instead of becoming ``duplicate_id`` errors. :meth:`check` keeps
-        such a chunk and names the row it displaces in ``batch.displaced``,
-        for the sink to remove in the same commit.
+        such a chunk and notes the row it displaces; :meth:`with_displaced`
+        names it in the chunk's embedded batch, for the sink to remove in the
+        same commit.
         """
         new = set(sources) - self._yielded
         if not new:  # a watcher says the same kept inputs every round
