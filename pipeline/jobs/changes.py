@@ -213,6 +213,19 @@ def reread_losers(changes: Changes, id_losers: Callable[[set[str]], set[str]], *
     return list(changes.inputs.take(found).urls()) if found else []
 
 
+def own_sources(changes: Changes, replacing: set[str]) -> set[str]:
+    """The inputs whose rows' vectors a round indexes so as not to pay again for unchanged text: the changed
+    ones; the deleted ones, kept or not, when files were also added (renames); the kept ones when files
+    changed (a file back under a name whose documents a kept file took over); the resumed ones among
+    ``replacing`` (a replacement an earlier run left unfinished)."""
+    sources = set(changes.changed.urls())
+    if len(changes.new):
+        sources |= set(changes.deleted) | set(changes.kept)
+    elif len(changes.changed):
+        sources |= set(changes.kept)
+    return sources | (set(changes.resumed.urls()) & replacing)
+
+
 def unlisted(urls: Iterable[str], listed: Listed | Inputs) -> list[str]:
     """Those of ``urls`` not in ``listed`` (looked up a chunk at a time when it can)."""
     missing = getattr(listed, "missing", None)

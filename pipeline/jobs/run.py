@@ -24,7 +24,7 @@ from pipeline.dataset.reuse_index import ReuseIndex
 from pipeline.dataset.self_reuse import StoredVectors
 from pipeline.embed.reuse import ReusingEmbedder
 from pipeline.errors import EXIT_OK, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
-from pipeline.jobs.changes import Changes, apply, check_removals, compare, reread_losers
+from pipeline.jobs.changes import Changes, apply, check_removals, compare, own_sources, reread_losers
 from pipeline.jobs.inputs import list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.malloc import give_back_big_blocks
 from pipeline.jobs.outcome import RunResult, close_quietly, finish, first_leaf, log_commits, warn_if_batch_capped
@@ -284,12 +284,7 @@ class Job:
         """The sink's own vectors for the chunks of changed (or renamed) documents; None when it has none."""
         if not self.commit.sink.counts.rows_embedded:
             return None
-        sources = {inp.url for inp in changes.changed}
-        if changes.new:
-            sources |= set(changes.deleted) | set(changes.kept)
-        elif changes.changed:  # a file back under its old name, whose documents a kept file took over
-            sources |= set(changes.kept)
-        sources |= {inp.url for inp in changes.resumed} & self.commit.sink.replacing()
+        sources = own_sources(changes, self.commit.sink.replacing())
         try:
             own = open_own_vectors(self.cfg, sources)
         except SinkError as exc:  # not worth stopping for: those chunks are embedded again

@@ -8,7 +8,7 @@ lists the source once and opens one connection to a Postgres sink.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable, Mapping
 
@@ -24,7 +24,7 @@ from pipeline.dataset.resume_state import id_losers as files_id_losers
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.sink import refuse_mixing
 from pipeline.dataset.state import State
-from pipeline.jobs.changes import compare, refusal, reread_losers
+from pipeline.jobs.changes import compare, own_sources, refusal, reread_losers
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.jobs.sink_check import check_sink, one_line
@@ -239,11 +239,9 @@ def describe_changes(
         line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
-    # as the run's _own_vectors: changed inputs, the deleted ones when files were also added (renames; kept
-    # rows yield their ids to them), and resumed inputs whose replacement an earlier run left unfinished
-    own = {inp.url for inp in changes.changed} | {inp.url for inp in changes.resumed if inp.url in replacing}
-    if len(changes.new) or (len(changes.changed) and cfg.run.on_deleted == "keep"):  # renames, or a name back
-        own |= set(changes.deleted)
+    # as the run's _own_vectors, which sees the deleted inputs as kept under run.on_deleted: keep
+    noted = changes if cfg.run.on_deleted == "remove" else replace(changes, deleted=[], kept=changes.deleted)
+    own = own_sources(noted, replacing)
     reading = Reading(fs, changes.to_read, after, changes.unchanged, own)
     return [line], reading, refused
 
