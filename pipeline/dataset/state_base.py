@@ -429,14 +429,7 @@ class Column(MutableMapping[str, Any]):
         return isinstance(name, str) and name not in self._gone and self._loaded(name) >= 0
 
     def __setitem__(self, name: str, value: Any) -> None:
-        if name not in self._over:
-            if name in self._gone:
-                self._gone.discard(name)
-            elif self._loaded(name) < 0:
-                self._extra += 1
-            for url in prefixes(name):
-                self._pieces.setdefault(url, set()).add(name)
-        self._over[name] = value
+        self.set_many(((name, value),))
 
     def set_many(self, items: Iterable[tuple[str, Any]]) -> None:
         """``self[name] = value`` for each pair, in one call (a commit of many small files sets thousands)."""
