@@ -4,7 +4,8 @@ Events are snake_case verbs with bound context (``shard_committed rows=…``).
 Off a terminal every event is one logfmt line (Heroku's log tools parse
 them) or one JSON object with ``logging.format: json``. On a terminal, events
 are printed readably and a progress line redraws in place. A redaction
-processor replaces every secret it was given, wherever it appears.
+processor replaces every secret it was given, wherever it appears. A field
+whose value is ``None`` is left out of every format.
 """
 
 from __future__ import annotations
@@ -74,9 +75,18 @@ def _truncate(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]
     return event
 
 
+def _drop_unset(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Leave out the fields that have nothing to say (``None``), in every format.
+
+    A logfmt ``cost_usd=`` (no price configured) or ``seek_offset=`` (no
+    checkpoint) reads as a value that went missing; an optional fact that
+    does not apply is simply absent, and JSON says the same by leaving the
+    key out rather than writing ``null``.
+    """
+    return {key: value for key, value in event.items() if value is not None}
+
+
 def _logfmt_value(value: Any) -> str:
-    if value is None:
-        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -168,6 +178,7 @@ def configure(
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        _drop_unset,
         redactor,
         _truncate,
     ]

@@ -7,17 +7,18 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import structlog
 
 from conftest import run_cli, serve_process
 from pipeline.logs import configure, get_logger, mask_secrets
 
 KEY = "sk-live-9f8e7d6c5b4a"
-LOGFMT_PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_.-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+LOGFMT_PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_.-]*)=("(?:[^"\\]|\\.)*"|[^\s"]+)')
 
 
 def parse_logfmt(line: str) -> dict[str, str]:
-    """Parse one logfmt line; raises if anything is left over."""
+    """Parse one logfmt line; raises if anything is left over, or a key has no value (``cost_usd=``)."""
     pairs = LOGFMT_PAIR.findall(line)
     rebuilt = " ".join(f"{k}={v}" for k, v in pairs)
     assert rebuilt == line.strip(), f"not logfmt: {line!r}"
@@ -50,6 +51,7 @@ def test_logfmt_lines_parse_and_hide_the_key(tmp_path: Path) -> None:
     assert {"run_started", "shard_committed", "request_retried", "run_finished"} <= {e["event"] for e in events}
     finished = [e for e in events if e["event"] == "run_finished"][0]
     assert finished["records"] == "301" and int(finished["throttled"]) > 0
+    assert "cost_usd" not in finished  # no embedding.usd_per_million_tokens: nothing to say
     assert KEY not in result.stderr and KEY not in result.stdout
 
 
@@ -60,6 +62,38 @@ def test_json_format(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stderr.splitlines()]
     assert events[-1]["event"] == "run_finished" and events[-1]["rows"] == 300
+    assert "cost_usd" not in events[-1]  # absent, as in logfmt, rather than null
+    assert all(value is not None for event in events for value in event.values())
+
+
+def test_priced_run_logs_its_cost(tmp_path: Path) -> None:
+    """With embedding.usd_per_million_tokens set, run_finished says what the run cost."""
+    job = write_job(tmp_path, "http://127.0.0.1:1", "logfmt")
+    with serve_process("--fake", "--dimensions", "8") as url:
+        result = run_cli("run", str(job), "--set", f"embedding.url={url}",
+                         "--set", "embedding.usd_per_million_tokens=0.1", env={"TEST_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    finished = [e for e in map(parse_logfmt, result.stderr.splitlines()) if e["event"] == "run_finished"][0]
+    assert float(finished["cost_usd"]) > 0
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json", "live"])
+def test_fields_without_a_value_are_left_out(fmt: str) -> None:
+    """A field whose value is None (file_resumed's seek_offset without a checkpoint) is absent in every format."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal() if fmt == "live" else io.StringIO()
+    configure("info", "auto" if fmt == "live" else fmt, stream=out)
+    try:
+        get_logger().info("file_resumed", file="a.jsonl", after=120, seek_offset=None)
+    finally:
+        structlog.reset_defaults()
+    line = out.getvalue().strip().split("\x1b[2K")[-1]
+    fields = json.loads(line) if fmt == "json" else parse_logfmt(line.replace("file_resumed ", "event=file_resumed "))
+    assert "seek_offset" not in fields and fields["after"] in (120, "120")
 
 
 def test_redaction_masks_secrets_anywhere() -> None:
