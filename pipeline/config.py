@@ -36,6 +36,7 @@ from pipeline.config_yaml import (
     line_map,
     load_yaml,
 )
+from pipeline.config_yaml_errors import explain as explain_yaml
 from pipeline.errors import ConfigError
 from pipeline.logs import redact_url
 
@@ -271,6 +272,10 @@ def _not_a_section(loc: tuple, value: Any) -> str:
     assert model is not None
     required = [name for name, f in model.model_fields.items() if f.is_required()]
     example = "url" if model is EmbeddingConfig else (required or list(model.model_fields))[0]
+    glued = re.match(r"([A-Za-z_]\w*):\S", value) if isinstance(value, str) else None
+    if glued:  # ``path:x.jsonl`` is one string to YAML; its value is not shown (it may be api_key:...)
+        key = glued.group(1)
+        return f"must be a section, got the string '{key}:...': a ':' needs a space after it ({key}: ...)"
     return f"must be a section ({loc[-1]}: {{{example}: ...}}), got {_what(value)}"
 
 
@@ -354,12 +359,13 @@ def load_config(
     except YamlTooBig as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc}") from None
+        if (problem := explain_yaml(exc, text)) is None:
+            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{path}:{problem.line}:{problem.column}: invalid YAML: {problem.message}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if data is None:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    empty = data is None  # nothing but comments, or nothing at all
+    if empty:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections (source:, embedding:, sink:, ...)")
@@ -390,4 +396,7 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
+        if empty and not overrides:
+            raise ConfigError(f"{path}: the file is empty: a config needs at least source.path and sink.path "
+                              "(source: {path: ...} and sink: {path: ...})") from None
         raise _explain(exc, path, lines, unset, applied) from None

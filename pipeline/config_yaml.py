@@ -98,26 +98,27 @@ def _check_duplicates(root: yaml.Node) -> None:
     """Refuse a mapping that gives a key twice: YAML keeps the last silently (a second ``run:`` block
     would drop every key of the first)."""
     seen_nodes: set[int] = set()
-    stack = [root]
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]  # each node with the dotted key it is the value of
     while stack:
-        node = stack.pop()
+        node, where = stack.pop()
         if id(node) in seen_nodes:
             continue
         seen_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
             first: dict[str, int] = {}
             for key, value in node.value:
+                name = f"{where}.{key.value}" if where else str(key.value)
                 if isinstance(key, yaml.ScalarNode) and key.value != "<<":
                     if key.value in first:
                         raise yaml.constructor.ConstructorError(
                             None, None,
-                            f"{key.value}: given twice (first on line {first[key.value] + 1}); YAML would keep "
+                            f"{name}: given twice (first on line {first[key.value] + 1}); YAML would keep "
                             "only this one: merge the two into one",
                             key.start_mark)
                     first[key.value] = key.start_mark.line
-                stack += [key, value]
+                stack += [(key, where), (value, name)]
         elif isinstance(node, yaml.SequenceNode):
-            stack += node.value
+            stack += [(item, where) for item in node.value]
 
 
 def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:

@@ -207,3 +207,23 @@ def test_a_short_throwaway_key_does_not_garble_errors(tmp_path: Path) -> None:
     result = run_cli("run", str(job), "--set", f"source.path={tmp_path / 'nonexist'}", env={"TEST_KEY": "x"})
     assert result.returncode != 0
     assert_one_line_error(result.stderr, str(tmp_path / "nonexist"))
+
+
+BROKEN_YAML = {
+    "indent": ("  path: x.jsonl\n   format: jsonl\n", ":3:4: invalid YAML: 'format' is indented deeper than 'path'"),
+    "tab": ("\tpath: x.jsonl\n", ":2:1: invalid YAML: a tab character"),
+    "quote": ('  path: "x.jsonl\n', ":2:9: invalid YAML: the quote '\"' opened here is never closed"),
+}
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "inspect"])
+@pytest.mark.parametrize("mistake", list(BROKEN_YAML))
+def test_broken_yaml_exit_2_one_plain_line(tmp_path: Path, command: str, mistake: str) -> None:
+    """Bad indentation, a tab or an unclosed quote: exit 2, one line naming file, line, column and the
+    mistake in plain words, not PyYAML's several lines."""
+    body, expected = BROKEN_YAML[mistake]
+    job = tmp_path / "bad.yaml"
+    job.write_text("source:\n" + body + f"sink:\n  path: {tmp_path / 'out'}\n")
+    result = run_cli(command, str(job))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, f"pipeline: error: {job}{expected}")

@@ -123,9 +123,9 @@ def test_bad_set_syntax(tmp_path: Path) -> None:
 
 
 def test_invalid_yaml_names_line(tmp_path: Path) -> None:
-    """Broken YAML is reported with its file and line."""
+    """Broken YAML is reported with its file, line and column (more cases in test_config_yaml_errors.py)."""
     path = write(tmp_path, "source:\n  path: [unclosed\nsink: {path: x}\n")
-    with pytest.raises(ConfigError, match=rf"{path}:\d+: invalid YAML"):
+    with pytest.raises(ConfigError, match=rf"{path}:2:9: invalid YAML"):
         load_config(path)
 
 
@@ -300,8 +300,8 @@ def test_a_section_given_twice_is_refused_with_both_lines(tmp_path: Path) -> Non
             "sink: {path: out}\nrun:\n  poll_interval_s: 5\n")
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
-    assert str(info.value) == (f"{tmp_path / 'job.yaml'}:6: invalid YAML: run: given twice (first on line 3); "
+    assert str(info.value) == (f"{tmp_path / 'job.yaml'}:6:1: invalid YAML: run: given twice (first on line 3); "
                                "YAML would keep only this one: merge the two into one")
     nested = "source: {path: a.jsonl, path: b.jsonl}\nembedding: {provider: local}\nsink: {path: out}\n"
-    with pytest.raises(ConfigError, match="path: given twice"):
+    with pytest.raises(ConfigError, match="source.path: given twice"):
         load_config(write(tmp_path, nested))
