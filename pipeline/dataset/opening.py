@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 from typing import Any
 
@@ -36,6 +37,37 @@ def enclosing_dataset(fs: fsspec.AbstractFileSystem, root: str, levels: int = 3)
         if up == parent:
             return None
         parent = up
+    return None
+
+
+#: pseudo-filesystems of the kernel: writable-looking to root, never a place for a dataset
+_VIRTUAL = ("/proc", "/sys")
+
+
+def nearest_existing(path: str) -> str:
+    """``path`` if something is there (a dangling link is, and is in the way), else its nearest parent that is."""
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def local_problem(path: str) -> str | None:
+    """Why a local ``path`` (absolute) could not hold a dataset, found without writing anything; None if it can.
+
+    It, or its nearest existing parent, must be a writable directory outside
+    /proc and /sys. ``pipeline validate`` says so in its report; a run
+    refuses with the same words before taking its lease (else the first
+    error is the lease's ``Not a directory: '/etc/passwd/_locks'``).
+    """
+    real = os.path.realpath(path)
+    for top in _VIRTUAL:
+        if real == top or real.startswith(top + "/"):
+            return f"inside {top}, a virtual filesystem of the kernel, not a place for files"
+    existing = nearest_existing(path)
+    if not os.path.isdir(existing):
+        return "exists and is not a directory" if existing == path else f"cannot be created: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
     return None
 
 

@@ -8,12 +8,13 @@ committed; it never edits the sink's state itself. The file dataset
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from pipeline.config import Config
 from pipeline.dataset.lease import Lease
 from pipeline.dataset.manifest import Manifest, load_rank
-from pipeline.dataset.opening import enclosing_dataset
+from pipeline.dataset.opening import enclosing_dataset, local_problem
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.errors import SinkError
@@ -151,7 +152,7 @@ def open_sink(
 
         return open_postgres_sink(cfg, started_at=started_at, metadata_fields=metadata_fields, fresh=fresh,
                                   on_wait=on_wait)
-    _refuse_nested(cfg)
+    _refuse_unusable(cfg)
     lease = take_lease(cfg, on_wait)
     try:
         writer = _open_writer(cfg, lease, started_at, metadata_fields, fresh)
@@ -162,9 +163,12 @@ def open_sink(
         raise
 
 
-def _refuse_nested(cfg: Config) -> None:
-    """``SinkError`` when ``sink.path`` lies inside another dataset (before anything is written there)."""
+def _refuse_unusable(cfg: Config) -> None:
+    """``SinkError`` when ``sink.path`` lies inside another dataset, or is a local path that cannot be a
+    writable folder (a file in the way), before anything is written there."""
     where = Location.open(cfg.sink.path, cfg.sink.storage_options)
+    if where.local and (problem := local_problem(os.path.abspath(where.root))) is not None:
+        raise SinkError(f"sink.path {where.shown}: {problem}")
     with where.errors(f"cannot look at {where.shown}", catch=(Exception,)):
         outer = enclosing_dataset(where.fs, where.root)
     if outer is not None:

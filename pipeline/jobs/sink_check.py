@@ -9,16 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.dataset.opening import enclosing_dataset
+from pipeline.dataset.opening import enclosing_dataset, local_problem, nearest_existing
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.errors import SinkError
 from pipeline.jobs.validate_postgres import sink_connection
 from pipeline.logs import redact_url
 from pipeline.storage import Location
-
-#: pseudo-filesystems of the kernel: writable-looking to root, never a place for a dataset
-_VIRTUAL = ("/proc", "/sys")
-
 
 @dataclass
 class SinkCheck:
@@ -68,19 +64,9 @@ def check_sink(cfg: Config, pg: Any = None) -> SinkCheck:
 
 
 def _check_local(shown: str, path: str) -> SinkCheck:
-    real = os.path.realpath(path)
-    for top in _VIRTUAL:
-        if real == top or real.startswith(top + "/"):
-            return _refused(shown, f"inside {top}, a virtual filesystem of the kernel, not a place for files")
-    existing = path
-    while not os.path.lexists(existing):  # a dangling link is there, and in the way
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        what = "exists and is not a directory" if existing == path else f"cannot be created: {existing} is a file"
-        return _refused(shown, what)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
-        return _refused(shown, what)
+    if (problem := local_problem(path)) is not None:
+        return _refused(shown, problem)
+    existing = nearest_existing(path)
     if existing != path:
         return SinkCheck(f"sink: {shown} (will be created in {existing})")
     has_dataset = os.path.exists(os.path.join(path, "_manifest.json"))
