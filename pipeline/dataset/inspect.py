@@ -16,6 +16,18 @@ from pipeline.storage import join
 from pipeline.errors import SinkError
 
 
+def _refuse_a_file(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """``SinkError`` saying so when ``root`` is a file (``inspect docs.jsonl``, a config not ending in .yaml):
+    plainer than the ``Not a directory: '.../_manifest.json'`` that reading it gives."""
+    try:
+        is_file = fs.isfile(root)
+    except Exception:  # the store's own errors: the caller's message stands
+        return
+    if is_file:
+        raise SinkError(f"no dataset at {root}: it is a file; inspect takes a dataset's folder (the one holding "
+                        f"{MANIFEST}) or a config file ending in .yaml")
+
+
 def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
     """A dataset as ``pipeline inspect`` shows it: the manifest, checked against the files.
 
@@ -24,8 +36,13 @@ def summarize(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any]:
     metadata disagrees with the manifest. Raises ``SinkError`` when ``root``
     holds no manifest.
     """
-    manifest = load_dataset_manifest(fs, root)
+    try:
+        manifest = load_dataset_manifest(fs, root)
+    except SinkError:
+        _refuse_a_file(fs, root)
+        raise
     if manifest is None:
+        _refuse_a_file(fs, root)
         raise SinkError(f"no dataset at {root}: {MANIFEST} not found")
     problems: list[str] = []
     shards = []
