@@ -227,3 +227,26 @@ def test_broken_yaml_exit_2_one_plain_line(tmp_path: Path, command: str, mistake
     result = run_cli(command, str(job))
     assert result.returncode == 2
     assert_one_line_error(result.stderr, f"pipeline: error: {job}{expected}")
+
+
+def test_a_file_where_the_sink_belongs_exit_2_as_validate_says(tmp_path: Path) -> None:
+    """sink.path naming a file: the run refuses in validate's words before taking its lease (it said
+    "cannot write the lease .../_locks/00000.json: [Errno 20] Not a directory")."""
+    in_the_way = tmp_path / "out.txt"
+    in_the_way.write_text("not a dataset\n")
+    job = write_job(tmp_path)
+    for command in ("run", "validate"):
+        result = run_cli(command, str(job), "--set", f"sink.path={in_the_way}")
+        assert result.returncode == 2
+        assert_one_line_error(result.stderr, f"pipeline: error: sink.path {in_the_way}: exists and is not a directory")
+    assert_one_line_error(run_cli("run", str(job), "--set", f"sink.path={in_the_way}/ds").stderr,
+                          f"sink.path {in_the_way}/ds: cannot be created: {in_the_way} is a file")
+
+
+def test_inspect_a_file_says_it_is_not_a_dataset(tmp_path: Path) -> None:
+    """`pipeline inspect docs.jsonl` (or a config not ending in .yaml) says it is a file, not errno 20."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "a", "text": "a"}\n')
+    result = run_cli("inspect", str(docs))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, f"no dataset at {docs}: it is a file")

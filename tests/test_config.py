@@ -135,6 +135,13 @@ def test_missing_file() -> None:
         load_config("nope.yaml")
 
 
+def test_a_directory_given_as_the_config(tmp_path: Path) -> None:
+    """A folder where the config file belongs is said in plain words, not as errno 21."""
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value) == f"{tmp_path}: is a directory, not a config file (give its YAML file)"
+
+
 def test_rank_must_be_below_world_size(tmp_path: Path) -> None:
     """rank >= world_size is refused."""
     with pytest.raises(ConfigError, match="rank"):
