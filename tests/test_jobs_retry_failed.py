@@ -8,6 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from conftest import run_cli
 from pipeline.jobs.retry_failed import retry_failed
 from pipeline.serve.app import ServerOptions, running_server
 
@@ -41,3 +42,15 @@ async def test_retry_failed_moves_successes_to_data(tmp_path: Path) -> None:
     listed = {s["path"] for s in manifest["shards"]} | {f["path"] for f in manifest["state"]}
     on_disk = {f"{p.parent.name}/{p.name}" for p in (tmp_path / "out").glob("*/part-*")}
     assert listed == on_disk  # the replaced errors shards are gone from disk too
+
+
+def test_retry_failed_without_a_dataset_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    """A sink.path that holds no dataset (a typo) exits 2 with one line, and leaves no empty dataset behind
+    (it made one and reported a completed retry of nothing)."""
+    job = tmp_path / "job.yaml"
+    job.write_text(f"source:\n  path: {tmp_path / 'in'}\nembedding:\n  provider: local\n"
+                   f"sink:\n  path: {tmp_path / 'typo'}\n")
+    result = run_cli("retry-failed", str(job))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"pipeline: error: no dataset at {tmp_path / 'typo'} yet: `pipeline run` writes it"
+    assert not (tmp_path / "typo").exists()

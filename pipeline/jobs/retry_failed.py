@@ -7,16 +7,18 @@ from typing import Any, Iterator
 import anyio
 
 from pipeline.config import Config
-from pipeline.dataset.manifest import utc_now
+from pipeline.dataset.manifest import load_dataset_manifest, utc_now
+from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.shards import open_shard
 from pipeline.dataset.sink import open_sink
 from pipeline.dataset.writer import DatasetWriter
 from pipeline.embed import Embedder, make_embedder
-from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, CommitFailed, FatalApiError
+from pipeline.errors import EXIT_OK, EXIT_TOO_MANY_FAILED, CommitFailed, FatalApiError, SinkError
 from pipeline.jobs.outcome import (RunResult, close_quietly, first_leaf, log_commits, too_many_failed,
                                    warn_if_batch_capped)
 from pipeline.logs import get_logger
 from pipeline.stages.chunk import make_hasher
+from pipeline.storage import Location
 from pipeline.types import Batch, Chunk, Counts, EmbeddedBatch, Failure, Usage
 
 #: error types worth sending again: the API's answers, not the input's faults
@@ -30,6 +32,16 @@ def _read_failures(fs: Any, path: str, batch_rows: int) -> Iterator[list[Failure
             yield [Failure(**row) for row in batch.to_pylist()]
 
 
+def _dataset_must_exist(cfg: Config) -> None:
+    """``SinkError`` when ``sink.path`` holds no dataset: opening the sink would make an empty one there, and
+    a mistyped path would report a completed retry of nothing."""
+    where = Location.open(cfg.sink.path, cfg.sink.storage_options)
+    with where.errors("cannot read the dataset", catch=(Exception,)):
+        manifest = load_dataset_manifest(where.fs, where.root)
+    if manifest is None:
+        raise SinkError(f"no dataset at {where.shown} yet: `pipeline run` writes it")
+
+
 async def retry_failed(cfg: Config, *, embedder: Embedder | None = None) -> RunResult:
     """Embed again the retryable rows of this rank's ``errors/`` shards.
 
@@ -38,6 +50,8 @@ async def retry_failed(cfg: Config, *, embedder: Embedder | None = None) -> RunR
     errors shard, and the old shard leaves the manifest in the same save.
     """
     log = get_logger()
+    if not is_postgres(cfg.sink.path):
+        await anyio.to_thread.run_sync(_dataset_must_exist, cfg)
     writer = await anyio.to_thread.run_sync(lambda: open_sink(cfg, started_at=utc_now(), metadata_fields=[]))
     try:
         return await _retry(cfg, writer, embedder, log)
