@@ -54,7 +54,7 @@ class _Section(BaseModel):
 class SourceConfig(_Section):
     """Where records come from (``source:``)."""
 
-    path: str
+    path: str = Field(min_length=1)  # "" would list the working directory
     format: Literal["auto", "jsonl", "text", "csv", "parquet", "arrow"] = "auto"
     id_field: str = "id"
     text_field: str = "text"
@@ -139,7 +139,7 @@ class EmbeddingConfig(_Section):
 class SinkConfig(_Section):
     """Where and how the dataset is written (``sink:``)."""
 
-    path: str
+    path: str = Field(min_length=1)  # "" would write the dataset into the working directory
     storage_options: dict[str, Any] = Field(default_factory=dict)
     format: Literal["parquet", "arrow"] = "parquet"
     shard_rows: int = Field(100_000, ge=1)
@@ -289,6 +289,12 @@ def _describe(error: dict) -> str:
         return _not_a_section(tuple(error["loc"]), error.get("input"))
     msg = error["msg"].removeprefix("Value error, ")
     inp = error.get("input")
+    if inp is None and kind.endswith("_type"):  # ``path:`` with nothing after it is YAML's null
+        return "has no value (nothing after its ':')"
+    if kind == "string_too_short" and inp == "":
+        return "must not be empty"
+    if kind == "list_type" and isinstance(inp, str) and not is_secret(error["loc"][-1]):
+        return f"must be a list, got the string {inp!r} (a list of one: [{inp}])"
     if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
         if not isinstance(inp, (dict, list)) and not is_secret(error["loc"][-1]):
             msg = f"{msg} (got {inp!r})"
@@ -306,7 +312,10 @@ def _explain(
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
     loc = tuple(err["loc"])
-    flags = [item for key, item in applied.items() if loc[: len(key)] == key]
+    # the flag that set this key or a section above it; or, for a value, one that set keys under it
+    # (``--set embedding.api_key.x=1`` made it a mapping), but not any flag inside a section a rule blames
+    is_value = _model_at(loc + ("",)) is None
+    flags = [item for key, item in applied.items() if loc[: len(key)] == key or is_value and key[: len(loc)] == loc]
     if flags:
         where = flag_of(flags[-1])
     else:

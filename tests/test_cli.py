@@ -250,3 +250,11 @@ def test_inspect_a_file_says_it_is_not_a_dataset(tmp_path: Path) -> None:
     result = run_cli("inspect", str(docs))
     assert result.returncode == 2
     assert_one_line_error(result.stderr, f"no dataset at {docs}: it is a file")
+
+
+def test_an_empty_source_path_exit_2_not_the_working_directory(tmp_path: Path) -> None:
+    """--set source.path= (or path: "") is refused by name; it listed, and a run would embed, the directory it
+    was started in."""
+    result = run_cli("validate", str(write_job(tmp_path)), "--set", "source.path=")
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "pipeline: error: --set source.path=: source.path: must not be empty")

@@ -142,6 +142,32 @@ def test_a_directory_given_as_the_config(tmp_path: Path) -> None:
     assert str(info.value) == f"{tmp_path}: is a directory, not a config file (give its YAML file)"
 
 
+LOCAL = "source:\n  path: a.jsonl\nsink:\n  path: out\nembedding:\n  provider: local\n"
+
+
+@pytest.mark.parametrize("old, new, where, message", [
+    ("  path: a.jsonl\n", "  path:\n", ":2: source.path", "has no value (nothing after its ':')"),
+    ("  path: a.jsonl\n", '  path: ""\n', ":2: source.path", "must not be empty"),
+    ("  path: out\n", '  path: ""\n', ":4: sink.path", "must not be empty"),
+    ("  path: a.jsonl\n", "  path: a.jsonl\n  metadata_fields: lang\n", ":3: source.metadata_fields",
+     "must be a list, got the string 'lang' (a list of one: [lang])"),
+])
+def test_empty_and_mistyped_values_in_plain_words(tmp_path: Path, old: str, new: str, where: str, message: str) -> None:
+    """`path:` with nothing, `path: ""` (it listed the working directory) and a string for a list, said plainly."""
+    path = write(tmp_path, LOCAL.replace(old, new))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == f"{path}{where}: {message}"
+
+
+def test_a_set_under_a_value_is_blamed_on_the_flag(tmp_path: Path) -> None:
+    """--set embedding.api_key.x=1 turns a value into a mapping: the flag is blamed, not the file's line."""
+    path = write(tmp_path, LOCAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["embedding.api_key.x=1"], env={})
+    assert str(info.value).startswith("--set embedding.api_key.x=***: embedding.api_key:")
+
+
 def test_rank_must_be_below_world_size(tmp_path: Path) -> None:
     """rank >= world_size is refused."""
     with pytest.raises(ConfigError, match="rank"):
