@@ -125,7 +125,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """``pipeline validate``: counts and estimates, no API call; exits as a run would begin or end."""
     from pipeline.jobs.validate import validate
 
-    report = validate(_load(args), args.config)
+    cfg = _load(args)
+    # what the listing warns of (a sink inside the source) goes to stderr as the config's logging says,
+    # not through structlog's unconfigured default onto stdout, amid the report
+    configure(cfg.logging.level, cfg.logging.format, secrets=_secrets(cfg))
+    report = validate(cfg, args.config)
     print("\n".join(report.lines))
     for problem in report.problems:
         _fail(problem, report.exit_code)

@@ -258,3 +258,13 @@ def test_an_empty_source_path_exit_2_not_the_working_directory(tmp_path: Path) -
     result = run_cli("validate", str(write_job(tmp_path)), "--set", "source.path=")
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "pipeline: error: --set source.path=: source.path: must not be empty")
+
+
+def test_validate_keeps_log_warnings_off_its_report(tmp_path: Path) -> None:
+    """A warning the listing logs (sink inside the source) goes to stderr in the config's format, not onto
+    stdout amid the report in structlog's unconfigured default."""
+    job = write_job(tmp_path)
+    result = run_cli("validate", str(job), "--set", f"sink.path={tmp_path / 'in' / 'out'}")
+    assert result.returncode == 0, result.stderr
+    assert "sink_inside_source" not in result.stdout and result.stdout.startswith("config: ok")
+    assert "at=warning event=sink_inside_source" in result.stderr
