@@ -268,3 +268,16 @@ def test_validate_keeps_log_warnings_off_its_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "sink_inside_source" not in result.stdout and result.stdout.startswith("config: ok")
     assert "at=warning event=sink_inside_source" in result.stderr
+
+
+def test_inspect_says_what_a_dataset_does_not_know_instead_of_none(tmp_path: Path) -> None:
+    """A dataset whose every record failed has no dimensions yet, and input_type: null sends none: inspect says
+    so in words, not "None"."""
+    with serve_process("--fake", "--dimensions", "8") as url:
+        result = run_cli("run", str(write_job(tmp_path, url)), "--set", "source.text_field=body",
+                         "--set", "embedding.input_type=null", env={"TEST_KEY": KEY})
+    assert result.returncode == 1, result.stderr  # every record lacks the field: all failed
+    shown = run_cli("inspect", str(tmp_path / "out"))
+    assert shown.returncode == 0, shown.stderr
+    assert "None" not in shown.stdout
+    assert "input_type: not sent" in shown.stdout and "dimensions: not known yet (no vector written)" in shown.stdout

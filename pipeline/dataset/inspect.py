@@ -124,8 +124,9 @@ def render_summary(summary: dict, failures_by_type: dict[str, int]) -> str:
     t = summary["totals"]
     out = [
         f"dataset: {summary['path']}",
-        f"model: {summary['model']}  input_type: {summary['input_type']}  "
-        f"embedding_type: {summary['embedding_type']}  dimensions: {summary['dimensions']}",
+        f"model: {summary['model']}  input_type: {summary['input_type'] or 'not sent'}  "
+        f"embedding_type: {summary['embedding_type']}  "
+        f"dimensions: {summary['dimensions'] or 'not known yet (no vector written)'}",
         "",
         text_table(
             ["shard", "kind", "rows", "requests", "retries", "prompt_tokens", "total_tokens", "finished_at"],
