@@ -363,7 +363,11 @@ def load_config(
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a config file (give its YAML file)") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save the file "
+                          "as UTF-8") from None
+    except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
         data, node = load_yaml(text)

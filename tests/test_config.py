@@ -168,6 +168,15 @@ def test_a_set_under_a_value_is_blamed_on_the_flag(tmp_path: Path) -> None:
     assert str(info.value).startswith("--set embedding.api_key.x=***: embedding.api_key:")
 
 
+def test_a_file_not_in_utf8_names_its_line(tmp_path: Path) -> None:
+    """A config saved as Latin-1 names the line and the byte, not the codec's position in the file."""
+    path = tmp_path / "job.yaml"
+    path.write_bytes("source:\n  path: caf\u00e9.jsonl\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}:2: not UTF-8 text (byte 0xe9): save the file as UTF-8"
+
+
 def test_rank_must_be_below_world_size(tmp_path: Path) -> None:
     """rank >= world_size is refused."""
     with pytest.raises(ConfigError, match="rank"):
