@@ -290,7 +290,7 @@ def _describe(error: dict) -> str:
     msg = error["msg"].removeprefix("Value error, ")
     inp = error.get("input")
     if inp is None and kind.endswith("_type"):  # ``path:`` with nothing after it is YAML's null
-        return "has no value (nothing after its ':')"
+        return "has no value"
     if kind == "string_too_short" and inp == "":
         return "must not be empty"
     if kind == "list_type" and isinstance(inp, str) and not is_secret(error["loc"][-1]):

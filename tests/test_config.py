@@ -146,7 +146,7 @@ LOCAL = "source:\n  path: a.jsonl\nsink:\n  path: out\nembedding:\n  provider: l
 
 
 @pytest.mark.parametrize("old, new, where, message", [
-    ("  path: a.jsonl\n", "  path:\n", ":2: source.path", "has no value (nothing after its ':')"),
+    ("  path: a.jsonl\n", "  path:\n", ":2: source.path", "has no value"),
     ("  path: a.jsonl\n", '  path: ""\n', ":2: source.path", "must not be empty"),
     ("  path: out\n", '  path: ""\n', ":4: sink.path", "must not be empty"),
     ("  path: a.jsonl\n", "  path: a.jsonl\n  metadata_fields: lang\n", ":3: source.metadata_fields",
