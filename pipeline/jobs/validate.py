@@ -8,7 +8,7 @@ lists the source once and opens one connection to a Postgres sink.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping
 
@@ -24,7 +24,7 @@ from pipeline.dataset.resume_state import id_losers as files_id_losers
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.sink import refuse_mixing
 from pipeline.dataset.state import State
-from pipeline.jobs.changes import compare, own_sources, refusal, reread_losers
+from pipeline.jobs.changes import compare, own_sources, refusal, reread_losers, settle_deleted
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.jobs.sink_check import check_sink, one_line
@@ -220,10 +220,12 @@ def describe_changes(
         return [], None, None
     fs, listed, mine = listing if listing is not None else list_source(cfg)
     changes = compare(StateView(state), fs, mine, listed)
+    remove = cfg.run.on_deleted == "remove"
+    settle_deleted(changes, remove=remove)  # as a run: the inputs an earlier run counted gone and kept, uncounted
     # as a run: the inputs that lost an id to one whose ids are freed are read again, as changed
-    losers = reread_losers(changes, id_losers, deleted=cfg.run.on_deleted == "remove")
+    losers = reread_losers(changes, id_losers, deleted=remove)
     c = changes.counts()
-    kept = f", kept {c['deleted']:,}" if c["deleted"] and cfg.run.on_deleted == "keep" else ""
+    kept = f", kept {c['kept']:,}" if c.get("kept") else ""
     line = (f"changes since the dataset: new {c['new']:,}, resumed {c['resumed']:,}, changed {c['changed']:,}, "
             f"appended {c['appended']:,}, deleted {c['deleted']:,}{kept}, unchanged {c['unchanged']:,}")
     if kept:
@@ -233,15 +235,12 @@ def describe_changes(
                  "a file deleted or changed")
     refused = None
     share_of = partial(postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
-    refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction,
-                      deleted=cfg.run.on_deleted == "remove")
+    refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction, deleted=remove)
     if refused:
         line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
-    # as the run's _own_vectors, which sees the deleted inputs as kept under run.on_deleted: keep
-    noted = changes if cfg.run.on_deleted == "remove" else replace(changes, deleted=[], kept=changes.deleted)
-    own = own_sources(noted, replacing)
+    own = own_sources(changes, replacing)
     reading = Reading(fs, changes.to_read, after, changes.unchanged, own)
     return [line], reading, refused
 
