@@ -377,3 +377,45 @@ def test_requests_are_counted_at_most_shard_rows_inputs_each() -> None:
     assert est.chunks == 308 and est.requests == 8  # ceil(308 / 40), not ceil(308 / 96)
     lines = validate(load_config(SAMPLE, ["sink.shard_rows=40"]), SAMPLE).lines
     assert "requests: 8 (batch_size 40, capped at sink.shard_rows)" in lines
+
+
+def tokens_line(stdout: str) -> int:
+    """The tokens validate's ``estimated tokens:`` line counts."""
+    return int(stdout.split("estimated tokens: ")[1].split()[0].replace(",", ""))
+
+
+def test_duplicate_ids_are_counted_failed_and_unpaid_as_the_run_writes_them(tmp_path: Path) -> None:
+    """Records whose id an earlier file's record holds are the duplicate_id error rows of the run: validate
+    counts them failed, not paid (provider: local: its tokens are the run's), and says in one line that
+    the run exits 1 on run.max_failed_fraction; the run does."""
+    job = write_job(tmp_path, GOOD)
+    (tmp_path / "in" / "other.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "text": f"the same id again, {i} " + "word " * 20}) + "\n"
+                for i in range(3)))
+    shown = run_cli("validate", str(job))
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "records: 13 (3 unusable: duplicate_id 3)" in shown.stdout
+    assert shown.stderr.strip() == "pipeline: error: 3 of 13 rows would fail, more than " \
+                                   "run.max_failed_fraction=0.01: a run would exit 1"
+    ran = run_cli("run", str(job))
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    totals = json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]
+    assert totals["rows_failed"] == 3 and totals["prompt_tokens"] == tokens_line(shown.stdout)
+
+
+def test_a_rerun_is_estimated_without_the_records_whose_ids_the_dataset_holds(tmp_path: Path) -> None:
+    """After a run, a new file holding an id the dataset has (r1) and a new one: validate counts the clash
+    as the run's duplicate_id row, paying only for the new record, as the run then does."""
+    job = write_job(tmp_path, GOOD)
+    assert run_cli("run", str(job)).returncode == 0
+    before = json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]["prompt_tokens"]
+    (tmp_path / "in" / "new.jsonl").write_text(
+        json.dumps({"id": "r1", "text": "a clash " + "word " * 30}) + "\n"
+        + json.dumps({"id": "n1", "text": "a new record"}) + "\n")
+    shown = run_cli("validate", str(job), "--set", "run.max_failed_fraction=0.1")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "a run reads 1 input(s) of them (1 unchanged, not opened): 1 chunks" in shown.stdout
+    assert run_cli("run", str(job), "--set", "run.max_failed_fraction=0.1").returncode == 0
+    totals = json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]
+    assert totals["rows_failed"] == 1 and totals["prompt_tokens"] - before == tokens_line(shown.stdout) > 0
+

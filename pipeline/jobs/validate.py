@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkErro
 from pipeline.dataset import state_files
 from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.resume_state import id_losers as files_id_losers
+from pipeline.dataset.resume_state import known_ids as files_known_ids
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.sink import refuse_mixing
 from pipeline.dataset.state import State
@@ -29,15 +30,17 @@ from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, ope
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.jobs.sink_check import check_sink, one_line
 from pipeline.jobs.validate_postgres import (
-    connected, postgres_id_losers, postgres_mixed, postgres_replacing, postgres_share, postgres_state,
-    sink_connection)
+    connected, postgres_id_losers, postgres_known_ids, postgres_mixed, postgres_replacing, postgres_share,
+    postgres_state, sink_connection)
 from pipeline.logs import format_duration, redact_url
 from pipeline.sources.fields import FieldCheck
 from pipeline.storage import Location
 from pipeline.stages.batch import RequestCount
 from pipeline.stages.chunk import Chunker
+from pipeline.stages.ids import IdRegistry
 from pipeline.stages.read import file_items
-from pipeline.types import Failure, FileEnd, InputFile
+from pipeline.stages.triage import claim_ids
+from pipeline.types import Chunk, Failure, FileEnd, InputFile
 
 
 @dataclass
@@ -59,6 +62,11 @@ class Estimate:
     #: a source.id_field or text_field naming nothing in a file read, as a run would warn of it
     fields_missing: list[str] = field(default_factory=list)
 
+    def failed(self, error_type: str) -> None:
+        """Count a row a run would write to ``errors/`` (an unusable record, or a chunk whose id is taken)."""
+        self.bad_records += 1
+        self.by_error[error_type] = self.by_error.get(error_type, 0) + 1
+
 
 @dataclass
 class Reading:
@@ -73,6 +81,8 @@ class Reading:
     #: the documents whose unchanged chunks a run takes from the sink's own vectors (changed, renamed, a
     #: replacement left unfinished), as ``Job._own_vectors`` picks them; empty: the sink is not indexed
     own_sources: set[str]
+    #: seeds an id registry with the ids a rerun finds taken in the dataset (None: a fresh dataset's none)
+    seed_ids: Callable[[IdRegistry], None] | None = None
 
 
 def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Estimate:
@@ -81,7 +91,9 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
 
     With ``run.reuse_from``, and for a rerun's changed documents with the
     sink itself, chunks whose vector is already stored are counted apart:
-    they cost no token and no request. ``pg``: the report's connection to a
+    they cost no token and no request. A chunk whose id an earlier one (or
+    the dataset) holds is counted as the ``duplicate_id`` error row a run
+    writes instead of sending it. ``pg``: the report's connection to a
     Postgres sink (see :func:`sink_connection`).
     """
     if reading is None:
@@ -94,22 +106,28 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
     indexes = [open_reuse_index(cfg)] if cfg.run.reuse_from else []
     if reading.own_sources and (own := _own_vectors(cfg, reading.own_sources, pg)) is not None:
         indexes.append(own)
-    pending: list[tuple[str, str]] = []  # (content hash, text) waiting for a token count and a reuse lookup
+    pending: list[Chunk] = []  # waiting for an id check, a token count and a reuse lookup
     count_tokens = token_counter(cfg)
     requests = RequestCount(cfg.batch_size, cfg.sink.shard_rows)  # stored chunks ride along in batches, as a run packs them
+    ids = IdRegistry()
+    if reading.seed_ids is not None and files:
+        reading.seed_ids(ids)
 
     def settle() -> None:
-        if not pending:
+        chunks = _claim_ids(ids, pending, est)
+        pending.clear()
+        if not chunks:
             return
-        tokens = count_tokens([text for _, text in pending])
+        est.chunks += len(chunks)
+        est.chars += sum(len(chunk.text) for chunk in chunks)
+        tokens = count_tokens([chunk.text for chunk in chunks])
         est.tokens += sum(tokens)
-        found = np.zeros(len(pending), bool)
+        found = np.zeros(len(chunks), bool)
         if indexes:
-            found = np.logical_or.reduce([index.contains([h for h, _ in pending]) for index in indexes])
+            found = np.logical_or.reduce([index.contains([c.content_hash for c in chunks]) for index in indexes])
             est.reusable_chunks += int(found.sum())
             est.reusable_tokens += sum(t for t, hit in zip(tokens, found) if hit)
         requests.add((~found).tolist())
-        pending.clear()
 
     try:
         _count(cfg, fs, files, chunker, est, pending, settle, reading.after)
@@ -130,31 +148,36 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
 
 
 def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: Estimate,
-           pending: list[tuple[str, str]], settle: Callable[[], None], after: dict[str, int]) -> None:
-    """Read every file (after the location ``after`` gives), counting records, failures, chunks and tokens."""
+           pending: list[Chunk], settle: Callable[[], None], after: dict[str, int]) -> None:
+    """Read every file (after the location ``after`` gives), counting records and failures; the chunks go
+    to ``pending``, which ``settle`` counts."""
     fields = FieldCheck(cfg.source, lambda missing: est.fields_missing.append(missing.line()))
     for inp in files:
         for item in file_items(cfg.source, fs, inp, after.get(inp.key, 0), fields=fields):
             if isinstance(item, FileEnd):
                 continue
-            if isinstance(item, Failure):
-                est.records += 1
-                est.bad_records += 1
-                est.by_error[item.error_type] = est.by_error.get(item.error_type, 0) + 1
-                continue
             est.records += 1
-            result = chunker(item)
+            result = item if isinstance(item, Failure) else chunker(item)
             if isinstance(result, Failure):
-                est.bad_records += 1
-                est.by_error[result.error_type] = est.by_error.get(result.error_type, 0) + 1
+                est.failed(result.error_type)
                 continue
-            for chunk in result:
-                est.chunks += 1
-                est.chars += len(chunk.text)
-                pending.append((chunk.content_hash, chunk.text))
-                if len(pending) >= 4096:
-                    settle()
+            pending.extend(result)
+            if len(pending) >= 4096:
+                settle()
     settle()
+
+
+def _claim_ids(ids: IdRegistry, chunks: list[Chunk], est: Estimate) -> list[Chunk]:
+    """The ``chunks`` whose id is free, as a run's triage finds them (in read order: the first kept); each
+    other one is counted as the ``duplicate_id`` error row a run writes, unsent."""
+    if not chunks:
+        return []
+    (piece,) = claim_ids(ids, [tuple(chunks)])
+    assert isinstance(piece, tuple)
+    for item in piece:
+        if isinstance(item, Failure):
+            est.failed(item.error_type)
+    return [item for item in piece if isinstance(item, Chunk)]
 
 
 def token_counter(cfg: Config) -> Callable[[list[str]], list[int]]:
@@ -205,6 +228,7 @@ def describe_changes(
             return [MIXED], None, mixed
         state, replacing = postgres_state(cfg, pg), postgres_replacing(cfg, pg)
         id_losers: Callable[[set[str]], set[str]] = partial(postgres_id_losers, cfg, pg)
+        known_ids: Callable[[], Iterator[tuple[list[str], list[str]]]] = partial(postgres_known_ids, cfg, pg)
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
@@ -215,7 +239,9 @@ def describe_changes(
         state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
         # inputs whose replacement a run left unfinished: a rerun reads on with the retired shards' vectors
         replacing = {url for r in manifest.retired for url in r["inputs"]} if manifest is not None else set()
-        id_losers = partial(files_id_losers, where.fs, where.root, manifest.shards if manifest is not None else [])
+        shards = manifest.shards if manifest is not None else []
+        id_losers = partial(files_id_losers, where.fs, where.root, shards)
+        known_ids = partial(files_known_ids, where.fs, where.root, shards, cfg.run.rank)
     if state is None:
         return [], None, None
     fs, listed, mine = listing if listing is not None else list_source(cfg)
@@ -241,8 +267,20 @@ def describe_changes(
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
     own = own_sources(changes, replacing)
-    reading = Reading(fs, changes.to_read, after, changes.unchanged, own)
+    # as a run: the ids of the changed and deleted inputs are freed, those of the kept ones yield
+    freed = set(changes.changed.urls()) | set(changes.deleted)
+    seed = partial(_seed_ids, known_ids, freed, changes.retained)
+    reading = Reading(fs, changes.to_read, after, changes.unchanged, own, seed)
     return [line], reading, refused
+
+
+def _seed_ids(known_ids: Callable[[], Iterator[tuple[list[str], list[str]]]], freed: set[str],
+              yielding: list[str], ids: IdRegistry) -> None:
+    """Seed ``ids`` as a rerun does before reading: with the dataset's ids (``known_ids()``) but those of
+    the inputs ``freed``, the ids of the inputs ``yielding`` (kept under ``run.on_deleted: keep``) going to
+    the first live input that has one."""
+    ids.yield_sources(yielding)
+    ids.seed(known_ids(), skip=freed)
 
 
 class StateView:
