@@ -419,3 +419,32 @@ def test_a_rerun_is_estimated_without_the_records_whose_ids_the_dataset_holds(tm
     totals = json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]
     assert totals["rows_failed"] == 1 and totals["prompt_tokens"] - before == tokens_line(shown.stdout) > 0
 
+
+def test_most_files_emptied_is_one_error_the_guards(tmp_path: Path) -> None:
+    """Three of four files emptied: the run would stop at the mass-removal guard (exit 2) before their
+    empty_text rows could fail it, so validate prints that one error line, not also max_failed_fraction's."""
+    job = write_job(tmp_path, GOOD[:1])
+    for i in range(3):
+        (tmp_path / "in" / f"f{i}.md").write_text(f"document {i}\n")
+    assert run_cli("run", str(job)).returncode == 0
+    for i in range(3):
+        (tmp_path / "in" / f"f{i}.md").write_text("")
+    shown = run_cli("validate", str(job))
+    assert shown.returncode == 2, shown.stdout + shown.stderr
+    assert shown.stderr.count("\n") == 1 and "run.max_removed_fraction=0.5" in shown.stderr, shown.stderr
+    assert "unusable share: 75.00% of 4 rows (more than run.max_failed_fraction 0.01)" in shown.stdout
+
+
+def test_too_many_failed_is_said_of_every_row_a_run_writes_not_of_those_a_rerun_reads(tmp_path: Path) -> None:
+    """After a run, two bad lines appended: the error line counts them among the dataset's 12 rows, as the
+    unusable share does (it said "2 of 2 rows", those of the appended lines alone)."""
+    job = write_job(tmp_path, GOOD)
+    assert run_cli("run", str(job)).returncode == 0
+    with open(tmp_path / "in" / "docs.jsonl", "a") as f:
+        f.write("not json\n" * 2)
+    shown = run_cli("validate", str(job))
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "unusable share: 16.67% of 12 rows (more than run.max_failed_fraction 0.01; a run would exit 1)" \
+        in shown.stdout
+    assert shown.stderr.strip() == "pipeline: error: 2 of 12 rows would fail, more than " \
+                                   "run.max_failed_fraction=0.01: a run would exit 1"

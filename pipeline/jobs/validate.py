@@ -329,20 +329,23 @@ def _report(cfg: Config, config_name: str, pg: Any) -> Report:
         lines += changes
     except (SinkError, SourceError, OSError) as exc:  # the sink check already says what is wrong there
         lines.append(f"changes: could not compare with the dataset ({one_line(exc)})")
+    # a run would stop there, before reading anything (exit 2): what it would have failed then does not matter
     problems = [p for p in (sink.problem, refused) if p]
+    stops = bool(problems)
     failed = too_many_failed(cfg, {"rows_failed": est.bad_records, "rows_embedded": est.chunks})
-    lines += _describe_records(cfg, est, failed is not None)
+    exits_1 = failed is not None and not stops
+    lines += _describe_records(cfg, est, failed is not None, exits_1)
     lines += [f"warning: {line}" for line in est.fields_missing]
+    if exits_1:  # the share the records line gives: of every row a run would write, not only of those it reads
+        rows = est.bad_records + est.chunks
+        problems.append(f"{est.bad_records:,} of {rows:,} rows would fail, more than "
+                        f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}: a run would exit 1")
     if reading is not None:  # a rerun pays for what changed only
         est = estimate(cfg, reading, pg)
         lines.append(f"a run reads {len({f.url for f in est.files}):,} input(s) of them "
                      f"({reading.unchanged:,} unchanged, not opened): {est.chunks:,} chunks")
     lines += _describe_work(cfg, est, reading)
-    if failed is not None:
-        rows = est.bad_records + est.chunks
-        problems.append(f"{est.bad_records:,} of {rows:,} rows would fail, more than "
-                        f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}: a run would exit 1")
-    code = EXIT_CONFIG if sink.problem or refused else EXIT_TOO_MANY_FAILED if failed else EXIT_OK
+    code = EXIT_CONFIG if stops else EXIT_TOO_MANY_FAILED if exits_1 else EXIT_OK
     # every URL printed is masked: a key passed to a proxy as https://user:KEY@host must not show
     return Report([redact_url(line) for line in lines], [redact_url(p) for p in problems], code)
 
@@ -366,7 +369,7 @@ def _describe_inputs(cfg: Config, est: Estimate, skipped: dict[str, int]) -> lis
     return lines
 
 
-def _describe_records(cfg: Config, est: Estimate, too_many_failed: bool) -> list[str]:
+def _describe_records(cfg: Config, est: Estimate, too_many_failed: bool, exits_1: bool) -> list[str]:
     lines = [f"records: {est.records:,} ({est.bad_records:,} unusable"
              + (": " + ", ".join(f"{k} {v}" for k, v in sorted(est.by_error.items())) if est.by_error else "")
              + ")"]
@@ -374,7 +377,7 @@ def _describe_records(cfg: Config, est: Estimate, too_many_failed: bool) -> list
     share = est.bad_records / rows if rows else 0.0
     verdict = "more than" if too_many_failed else "within"
     lines.append(f"unusable share: {share:.2%} of {rows:,} rows ({verdict} run.max_failed_fraction "
-                 f"{cfg.run.max_failed_fraction:g}" + ("; a run would exit 1)" if too_many_failed else ")"))
+                 f"{cfg.run.max_failed_fraction:g}" + ("; a run would exit 1)" if exits_1 else ")"))
     lines.append(f"chunks: {est.chunks:,} ({est.chars:,} characters)")
     return lines
 
