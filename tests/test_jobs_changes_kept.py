@@ -17,6 +17,7 @@ from state_helpers import read_state
 
 from test_jobs_changes import (RENAMED_UNDER_KEEP, a_and_b, check_exact, counted_listings, jsonl, rerun, until,
                                watching)
+from test_jobs_changes_postgres import pg_config, table_rows
 from test_jobs_run import make_config
 
 pytestmark = pytest.mark.anyio
@@ -59,6 +60,26 @@ async def test_a_kept_file_is_counted_deleted_once_and_removed_on_a_switch_to_re
     switched = await counted(with_run(cfg, on_deleted="remove", max_removed_fraction=1))
     assert (switched["deleted"], switched.get("kept")) == (1, None)
     check_exact(tmp_path, {"a0": "zero"})
+
+
+async def test_a_table_counts_a_kept_file_deleted_once_and_removes_it_on_a_switch(
+        postgres_url: str, table: str, tmp_path: Path) -> None:
+    """A Postgres sink marks a kept file in its state as the file dataset does: deleted=1 kept=1 once, then
+    nothing (validate too), its row staying until a switch to remove."""
+    src = tmp_path / "in"
+    src.mkdir()
+    jsonl(src / "a.jsonl", {"a0": "zero"})
+    jsonl(src / "b.jsonl", {"b0": "one"})
+    cfg = pg_config(tmp_path, postgres_url, table, run={"on_deleted": "keep"})
+    await rerun(cfg)
+    (src / "b.jsonl").unlink()
+    first = await counted(cfg)
+    assert (first["deleted"], first.get("kept")) == (1, 1)
+    later = await counted(cfg)
+    assert (later["deleted"], later.get("kept")) == (0, None)
+    assert table_rows(postgres_url, table) == {"a0": "zero", "b0": "one"}
+    switched = await counted(with_run(cfg, on_deleted="remove", max_removed_fraction=1))
+    assert switched["deleted"] == 1 and table_rows(postgres_url, table) == {"a0": "zero"}
 
 
 async def test_a_kept_file_that_comes_back_is_unchanged_and_counted_again_if_it_goes_again(tmp_path: Path) -> None:
