@@ -359,6 +359,25 @@ def test_a_file_renamed_under_a_postgres_sink_is_estimated_free(postgres_url: st
     assert "estimated tokens: 0 (" in shown.stdout and "requests: 0 (" in shown.stdout
 
 
+def test_a_rerun_into_a_table_is_estimated_without_the_records_whose_ids_it_holds(postgres_url: str,
+                                                                                   tmp_path: Path) -> None:
+    """The ids a rerun finds taken are read from the table (on the report's connection): a new file's record
+    with one of them is not counted among the chunks a run sends."""
+    from test_dataset_postgres import query
+
+    job = write_job(tmp_path, GOOD, sink=postgres_url)
+    table = "validate_" + os.urandom(4).hex()
+    sets = ["--set", f"sink.table={table}", "--set", "run.max_failed_fraction=0.1"]
+    assert run_cli("run", str(job), *sets).returncode == 0
+    (tmp_path / "in" / "new.jsonl").write_text(json.dumps({"id": "r1", "text": "a clash"}) + "\n"
+                                               + json.dumps({"id": "n1", "text": "a new record"}) + "\n")
+    shown = run_cli("validate", str(job), *sets)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "a run reads 1 input(s) of them (1 unchanged, not opened): 1 chunks" in shown.stdout
+    assert run_cli("run", str(job), *sets).returncode == 0
+    assert query(postgres_url, f'SELECT id, error_type FROM "{table}_errors"') == [("r1", "duplicate_id")]
+
+
 def test_the_state_validate_compares_with_is_looked_at_not_copied() -> None:
     """validate compares the listing with the dataset's resume state as it is loaded (compact columns),
     not with a dict copy of every input's signature: a million inputs would cost hundreds of MB more."""
