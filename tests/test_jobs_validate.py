@@ -359,6 +359,25 @@ def test_a_file_renamed_under_a_postgres_sink_is_estimated_free(postgres_url: st
     assert "estimated tokens: 0 (" in shown.stdout and "requests: 0 (" in shown.stdout
 
 
+def test_a_rerun_into_a_table_is_estimated_without_the_records_whose_ids_it_holds(postgres_url: str,
+                                                                                   tmp_path: Path) -> None:
+    """The ids a rerun finds taken are read from the table (on the report's connection): a new file's record
+    with one of them is not counted among the chunks a run sends."""
+    from test_dataset_postgres import query
+
+    job = write_job(tmp_path, GOOD, sink=postgres_url)
+    table = "validate_" + os.urandom(4).hex()
+    sets = ["--set", f"sink.table={table}", "--set", "run.max_failed_fraction=0.1"]
+    assert run_cli("run", str(job), *sets).returncode == 0
+    (tmp_path / "in" / "new.jsonl").write_text(json.dumps({"id": "r1", "text": "a clash"}) + "\n"
+                                               + json.dumps({"id": "n1", "text": "a new record"}) + "\n")
+    shown = run_cli("validate", str(job), *sets)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "a run reads 1 input(s) of them (1 unchanged, not opened): 1 chunks" in shown.stdout
+    assert run_cli("run", str(job), *sets).returncode == 0
+    assert query(postgres_url, f'SELECT id, error_type FROM "{table}_errors"') == [("r1", "duplicate_id")]
+
+
 def test_the_state_validate_compares_with_is_looked_at_not_copied() -> None:
     """validate compares the listing with the dataset's resume state as it is loaded (compact columns),
     not with a dict copy of every input's signature: a million inputs would cost hundreds of MB more."""
@@ -377,3 +396,74 @@ def test_requests_are_counted_at_most_shard_rows_inputs_each() -> None:
     assert est.chunks == 308 and est.requests == 8  # ceil(308 / 40), not ceil(308 / 96)
     lines = validate(load_config(SAMPLE, ["sink.shard_rows=40"]), SAMPLE).lines
     assert "requests: 8 (batch_size 40, capped at sink.shard_rows)" in lines
+
+
+def tokens_line(stdout: str) -> int:
+    """The tokens validate's ``estimated tokens:`` line counts."""
+    return int(stdout.split("estimated tokens: ")[1].split()[0].replace(",", ""))
+
+
+def test_duplicate_ids_are_counted_failed_and_unpaid_as_the_run_writes_them(tmp_path: Path) -> None:
+    """Records whose id an earlier file's record holds are the duplicate_id error rows of the run: validate
+    counts them failed, not paid (provider: local: its tokens are the run's), and says in one line that
+    the run exits 1 on run.max_failed_fraction; the run does."""
+    job = write_job(tmp_path, GOOD)
+    (tmp_path / "in" / "other.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "text": f"the same id again, {i} " + "word " * 20}) + "\n"
+                for i in range(3)))
+    shown = run_cli("validate", str(job))
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "records: 13 (3 unusable: duplicate_id 3)" in shown.stdout
+    assert shown.stderr.strip() == "pipeline: error: 3 of 13 rows would fail, more than " \
+                                   "run.max_failed_fraction=0.01: a run would exit 1"
+    ran = run_cli("run", str(job))
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    totals = json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]
+    assert totals["rows_failed"] == 3 and totals["prompt_tokens"] == tokens_line(shown.stdout)
+
+
+def test_a_rerun_is_estimated_without_the_records_whose_ids_the_dataset_holds(tmp_path: Path) -> None:
+    """After a run, a new file holding an id the dataset has (r1) and a new one: validate counts the clash
+    as the run's duplicate_id row, paying only for the new record, as the run then does."""
+    job = write_job(tmp_path, GOOD)
+    assert run_cli("run", str(job)).returncode == 0
+    before = json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]["prompt_tokens"]
+    (tmp_path / "in" / "new.jsonl").write_text(
+        json.dumps({"id": "r1", "text": "a clash " + "word " * 30}) + "\n"
+        + json.dumps({"id": "n1", "text": "a new record"}) + "\n")
+    shown = run_cli("validate", str(job), "--set", "run.max_failed_fraction=0.1")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "a run reads 1 input(s) of them (1 unchanged, not opened): 1 chunks" in shown.stdout
+    assert run_cli("run", str(job), "--set", "run.max_failed_fraction=0.1").returncode == 0
+    totals = json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]
+    assert totals["rows_failed"] == 1 and totals["prompt_tokens"] - before == tokens_line(shown.stdout) > 0
+
+
+def test_most_files_emptied_is_one_error_the_guards(tmp_path: Path) -> None:
+    """Three of four files emptied: the run would stop at the mass-removal guard (exit 2) before their
+    empty_text rows could fail it, so validate prints that one error line, not also max_failed_fraction's."""
+    job = write_job(tmp_path, GOOD[:1])
+    for i in range(3):
+        (tmp_path / "in" / f"f{i}.md").write_text(f"document {i}\n")
+    assert run_cli("run", str(job)).returncode == 0
+    for i in range(3):
+        (tmp_path / "in" / f"f{i}.md").write_text("")
+    shown = run_cli("validate", str(job))
+    assert shown.returncode == 2, shown.stdout + shown.stderr
+    assert shown.stderr.count("\n") == 1 and "run.max_removed_fraction=0.5" in shown.stderr, shown.stderr
+    assert "unusable share: 75.00% of 4 rows (more than run.max_failed_fraction 0.01)" in shown.stdout
+
+
+def test_too_many_failed_is_said_of_every_row_a_run_writes_not_of_those_a_rerun_reads(tmp_path: Path) -> None:
+    """After a run, two bad lines appended: the error line counts them among the dataset's 12 rows, as the
+    unusable share does (it said "2 of 2 rows", those of the appended lines alone)."""
+    job = write_job(tmp_path, GOOD)
+    assert run_cli("run", str(job)).returncode == 0
+    with open(tmp_path / "in" / "docs.jsonl", "a") as f:
+        f.write("not json\n" * 2)
+    shown = run_cli("validate", str(job))
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "unusable share: 16.67% of 12 rows (more than run.max_failed_fraction 0.01; a run would exit 1)" \
+        in shown.stdout
+    assert shown.stderr.strip() == "pipeline: error: 2 of 12 rows would fail, more than " \
+                                   "run.max_failed_fraction=0.01: a run would exit 1"

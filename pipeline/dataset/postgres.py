@@ -205,14 +205,7 @@ class PostgresSink(SinkState):
 
     def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
         """The ids and sources of the table's rows, a block at a time (a server-side cursor)."""
-        conn = self.conn
-        name = sql.Identifier(self.names.table).as_string(conn)
-        if conn.execute("SELECT to_regclass(%s)", [name]).fetchone()[0] is None:  # type: ignore[index]
-            return  # made at the first commit, once the width is known
-        with conn.transaction(), conn.cursor(name="pipeline_known_ids") as cursor:
-            cursor.execute(sql.SQL("SELECT id, source FROM {}").format(self.names.data))
-            while rows := cursor.fetchmany(50_000):
-                yield [r[0] for r in rows], [r[1] for r in rows]
+        return known_ids(self.conn, self.names)
 
     # ------------------------------------------------------------ writing
 
@@ -452,3 +445,14 @@ def drop_tables(conn: psycopg.Connection[Any], names: Names) -> None:
         for ident in (names.data, names.errors, names.commits, names.state, names.runs, names.meta, names.retired):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=ident))
 
+
+def known_ids(conn: psycopg.Connection[Any], names: Names) -> Iterator[tuple[list[str], list[str]]]:
+    """The ids and sources of the rows of table ``names``, a block at a time (a server-side cursor); none
+    before the table is made (at the first commit, once the width is known)."""
+    name = sql.Identifier(names.table).as_string(conn)
+    if conn.execute("SELECT to_regclass(%s)", [name]).fetchone()[0] is None:  # type: ignore[index]
+        return
+    with conn.transaction(), conn.cursor(name="pipeline_known_ids") as cursor:
+        cursor.execute(sql.SQL("SELECT id, source FROM {}").format(names.data))
+        while rows := cursor.fetchmany(50_000):
+            yield [r[0] for r in rows], [r[1] for r in rows]

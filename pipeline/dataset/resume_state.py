@@ -121,13 +121,7 @@ class ResumeState:
 
     def known_ids(self) -> Iterator[tuple[list[str], list[str]]]:
         """The ids and sources of this rank's committed data rows, a block at a time."""
-        mine = f"part-{self.rank:05d}-"
-        for entry in self._manifest.shards:
-            if entry["kind"] != "data" or mine not in entry["path"]:
-                continue
-            with open_shard(self.fs, join(self.root, entry["path"])) as shard:
-                for block in shard.iter_batches(columns=["id", "source"]):
-                    yield block.column(0).to_pylist(), block.column(1).to_pylist()
+        return known_ids(self.fs, self.root, self._manifest.shards, self.rank)
 
     def id_losers(self, holders: set[str]) -> set[str]:
         """The inputs with ``duplicate_id`` error rows whose id one of ``holders`` held."""
@@ -142,6 +136,18 @@ class ResumeState:
                 self._removing.setdefault(url, False)
                 if signature is not None:
                     self._new_signatures[url] = signature
+
+
+def known_ids(fs: fsspec.AbstractFileSystem, root: str, shards: Iterable[dict[str, Any]],
+              rank: int) -> Iterator[tuple[list[str], list[str]]]:
+    """The ids and sources of the rows of rank ``rank``'s data ``shards`` (manifest entries), a block at a time."""
+    mine = f"part-{rank:05d}-"
+    for entry in shards:
+        if entry["kind"] != "data" or mine not in entry["path"]:
+            continue
+        with open_shard(fs, join(root, entry["path"])) as shard:
+            for block in shard.iter_batches(columns=["id", "source"]):
+                yield block.column(0).to_pylist(), block.column(1).to_pylist()
 
 
 def id_losers(fs: fsspec.AbstractFileSystem, root: str, shards: Iterable[dict[str, Any]],

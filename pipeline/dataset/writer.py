@@ -182,10 +182,12 @@ class DatasetWriter(ResumeState):
         return []
 
     def commit(self) -> list[dict[str, Any]]:
-        """Publish the open data and errors shards together, then save the manifest once."""
+        """Publish the open data and errors shards together, then save the manifest once (with the resume
+        state, which may be all that changed: inputs marked gone under ``run.on_deleted: keep``)."""
         self._check_usable()
         open_ = self._shards.files
-        if not open_ and not self._pending.marks and self._replacing is None and not self._removing:
+        if (not open_ and not self._pending.marks and self._replacing is None and not self._removing
+                and not self.state.dirty):
             return []
         old, self._replacing = self._replacing, None
         removing, self._removing = self._removing, {}

@@ -7,6 +7,10 @@ that only grew is *appended*: the last KB before its old end is the same
 as when it was read, so only the lines after its last record are read.
 Inputs gone from the listing have their rows removed, unless a run would
 remove more than ``run.max_removed_fraction`` of the dataset's inputs.
+Under ``run.on_deleted: keep`` their rows stay, and the run that first
+finds one gone counts it (``deleted``, ``kept``) and marks its signature
+(:data:`GONE`): later runs leave it out of their counts, and a switch to
+``remove`` removes it then.
 """
 
 from __future__ import annotations
@@ -27,6 +31,20 @@ from pipeline.types import END_OF_FILE, InputFile
 
 TAIL_BYTES = 1024  # how much before a JSONL file's old end must be the same for it to count as appended
 TAIL = "|tail="
+#: ends the signature of an input gone from the listing whose rows stay (``run.on_deleted: keep``) once a run
+#: counted it deleted, so that later runs do not count it again; a signature without it (every one a dataset
+#: of an earlier version holds) is an input not yet counted
+GONE = "|gone"
+
+
+def marked_gone(signature: str) -> str:
+    """``signature`` marked as that of an input counted gone, its rows kept."""
+    return signature if signature.endswith(GONE) else signature + GONE
+
+
+def as_read(signature: str) -> str:
+    """The signature an input had when read: ``signature`` without its :data:`GONE` mark."""
+    return signature.removesuffix(GONE)
 
 
 def signature(inp: InputFile) -> str:
@@ -97,9 +115,16 @@ class Changes:
 
     inputs: Inputs = field(default_factory=Inputs.empty)
     kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    #: inputs gone from the listing that no run counted yet (once settled, :func:`settle_deleted`: those
+    #: whose rows leave, under ``run.on_deleted: remove``)
     deleted: list[str] = field(default_factory=list)
-    #: deleted inputs whose rows stay (``run.on_deleted: keep``): taken out of ``deleted`` once noted
+    #: deleted inputs whose rows stay (``run.on_deleted: keep``): taken out of ``deleted`` once settled
     kept: list[str] = field(default_factory=list)
+    #: inputs gone from the listing that an earlier run counted and kept (signature marked :data:`GONE`):
+    #: counted by no later run; their rows stay under keep, and leave (as ``deleted``) under remove
+    gone: list[str] = field(default_factory=list)
+    #: listed inputs whose signature is marked :data:`GONE`: back in the listing, the mark is dropped
+    back: list[str] = field(default_factory=list)
 
     def of(self, *kinds: int) -> Inputs:
         """The inputs of those kinds, in listing order."""
@@ -134,12 +159,23 @@ class Changes:
         """These changes but the unchanged inputs, the others made into a listing of their own: when few of
         the inputs changed, the listing (a million objects are some 60 MB) is no longer held by them."""
         keep = np.flatnonzero(self.kinds != UNCHANGED)
-        return Changes(Inputs.of(self.inputs.take(keep)), self.kinds[keep], self.deleted, self.kept)
+        return Changes(Inputs.of(self.inputs.take(keep)), self.kinds[keep], self.deleted, self.kept, self.gone,
+                       self.back)
+
+    @property
+    def retained(self) -> list[str]:
+        """The inputs gone from the listing whose rows stay (kept now or before)."""
+        return [*self.kept, *self.gone]
 
     def counts(self) -> dict[str, int]:
-        """How many inputs (files; a split file once) each kind counts."""
-        return {"new": self.new.files(), "resumed": self.resumed.files(), "changed": self.changed.files(),
-                "appended": self.appended.files(), "deleted": len(self.deleted), "unchanged": self.unchanged}
+        """How many inputs (files; a split file once) each kind counts; ``deleted`` counts the kept too,
+        and ``kept`` is there when some are (inputs gone before, counted then, are in neither)."""
+        out = {"new": self.new.files(), "resumed": self.resumed.files(), "changed": self.changed.files(),
+               "appended": self.appended.files(), "deleted": len(self.deleted) + len(self.kept),
+               "unchanged": self.unchanged}
+        if self.kept:
+            out["kept"] = len(self.kept)
+        return out
 
 
 class Known(Protocol):
@@ -182,6 +218,9 @@ def compare(sink: Known, fs: Any, mine: Sequence[InputFile], listed: Listed | In
         known = sink.signature(url)
         if known is None:
             continue
+        if known.endswith(GONE):
+            out.back.append(url)
+            known = as_read(known)
         if known.partition(TAIL)[0] == signature_of(size, mtime):
             kinds[i] = UNCHANGED if sink.done_upto(key) >= END_OF_FILE else RESUMED
         else:
@@ -189,9 +228,21 @@ def compare(sink: Known, fs: Any, mine: Sequence[InputFile], listed: Listed | In
                 grew[url] = only_grew(fs, inputs[i], known)
             kinds[i] = APPENDED if grew[url] else CHANGED
     by_sink = getattr(sink, "unlisted", None)  # the sink's own index: no index of the listing built
-    out.deleted = sorted(by_sink(listed.urls()) if by_sink is not None and isinstance(listed, Inputs)
-                         else unlisted(known_all, listed))
+    missing = sorted(by_sink(listed.urls()) if by_sink is not None and isinstance(listed, Inputs)
+                     else unlisted(known_all, listed))
+    for url in missing:
+        (out.gone if (sink.signature(url) or "").endswith(GONE) else out.deleted).append(url)
     return out
+
+
+def settle_deleted(changes: Changes, *, remove: bool) -> None:
+    """Apply ``run.on_deleted`` to ``changes``: under remove (``remove``) every input gone from the listing
+    is deleted, those kept by earlier runs too (their rows leave now); under keep the newly gone are kept
+    and the others stay as they were, uncounted."""
+    if remove:
+        changes.deleted, changes.gone = sorted([*changes.deleted, *changes.gone]), []
+    else:
+        changes.deleted, changes.kept = [], [*changes.kept, *changes.deleted]
 
 
 def reread_losers(changes: Changes, id_losers: Callable[[set[str]], set[str]], *, deleted: bool = True) -> list[str]:
@@ -220,9 +271,9 @@ def own_sources(changes: Changes, replacing: set[str]) -> set[str]:
     ``replacing`` (a replacement an earlier run left unfinished)."""
     sources = set(changes.changed.urls())
     if len(changes.new):
-        sources |= set(changes.deleted) | set(changes.kept)
+        sources |= set(changes.deleted) | set(changes.retained)
     elif len(changes.changed):
-        sources |= set(changes.kept)
+        sources |= set(changes.retained)
     return sources | (set(changes.resumed.urls()) & replacing)
 
 
@@ -302,8 +353,13 @@ def _record_signatures(sink: Sink, fs: Any, inputs: Inputs) -> None:
 
 def apply(sink: Sink, fs: Any, changes: Changes, checkpoints: Checkpoints, progress: Progress,
           *, remove: bool) -> None:
-    """Tell the sink what changed: new signatures, inputs to read again or on, rows to remove."""
+    """Tell the sink what changed: new signatures, inputs to read again or on, rows to remove, inputs
+    counted gone and kept (their signature marked) or back from being gone (the mark dropped)."""
     log = get_logger()
+    for url in changes.back:  # a changed one's new signature follows, with its new rows
+        sink.set_signature(url, as_read(sink.signature(url) or ""))
+    for url in changes.kept:
+        sink.set_signature(url, marked_gone(sink.signature(url) or ""))
     for i in np.flatnonzero(changes.kinds == APPENDED).tolist():
         inp = changes.inputs[i]
         if not sink.append(inp.key, inp.url):  # its last record is not known: read it whole again

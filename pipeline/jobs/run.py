@@ -24,7 +24,8 @@ from pipeline.dataset.reuse_index import ReuseIndex
 from pipeline.dataset.self_reuse import StoredVectors
 from pipeline.embed.reuse import ReusingEmbedder
 from pipeline.errors import EXIT_OK, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
-from pipeline.jobs.changes import Changes, apply, check_removals, compare, own_sources, reread_losers
+from pipeline.jobs.changes import (
+    Changes, apply, check_removals, compare, marked_gone, own_sources, reread_losers, settle_deleted)
 from pipeline.jobs.inputs import list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.malloc import give_back_big_blocks
 from pipeline.jobs.outcome import RunResult, close_quietly, finish, first_leaf, log_commits, warn_if_batch_capped
@@ -44,7 +45,8 @@ from pipeline.stages.write import Committer, write_stage
 from pipeline.types import Batch, EmbeddedBatch, InputFile, Piece, Skipped
 
 HEARTBEAT_S = 10.0  # a third of the write lease's 30 s life
-#: the signature of a kept input whose documents a live input took over: it matches no listing
+#: the signature of a kept input whose documents a live input took over: it matches no listing (saved marked
+#: gone: the input was counted gone when its ids were yielded)
 MOVED = "moved"
 
 
@@ -89,8 +91,6 @@ class Job:
         self._reported_model: str | None = None
         #: inputs by what happened to them (new, changed, appended, deleted, unchanged), over all rounds
         self.changes: dict[str, int] = {}
-        #: deleted inputs left in the dataset (``run.on_deleted: keep``), counted once over all rounds
-        self._kept: set[str] = set()
         self.ids = IdRegistry()
         self._warned: set[str] = set()  # warnings given once a run, by its first listing or a watcher's
         #: a source.id_field or text_field naming nothing in the files read: said once a run
@@ -252,11 +252,11 @@ class Job:
         """
         sink = self.commit.sink
         own = None
-        renamed = bool((changes.deleted or changes.kept) and changes.new)
+        renamed = bool((changes.deleted or changes.retained) and changes.new)
         if changes.changed or renamed or _resumes_replacement(sink, changes):
             own = await anyio.to_thread.run_sync(self._own_vectors, changes, limiter=self.cpu)
         try:
-            if changes.deleted:
+            if changes.deleted or changes.kept or changes.back:  # rows removed, or inputs marked gone or back
                 await self.commit(sink.commit)
             if changes.to_read and fs is not None:
                 where = f"sink.path {redact_url(self.cfg.sink.path)}"
@@ -277,7 +277,7 @@ class Job:
         a name is read again (its documents are now another input's) rather than taken as unchanged."""
         batch = self.ids.with_displaced(batch)
         for source in dict.fromkeys(source for source, _ in batch.displaced):
-            self.commit.sink.set_signature(source, MOVED)
+            self.commit.sink.set_signature(source, marked_gone(MOVED))
         return batch
 
     def _own_vectors(self, changes: Changes) -> ReuseIndex | StoredVectors | None:
@@ -299,17 +299,16 @@ class Job:
         """Refuse a mass removal, then tell the sink what changed and count it for ``run_finished``; the
         counts of this comparison.
 
-        With ``run.on_deleted: keep`` the deleted inputs are counted (``deleted``,
-        and ``kept`` among them, as ``pipeline validate`` says) and left alone; a
-        watcher meets them again every round, and counts each once. Unchanged
-        inputs are those of the last comparison, for the same reason.
+        With ``run.on_deleted: keep`` the inputs found gone are counted
+        (``deleted``, and ``kept`` among them, as ``pipeline validate`` says),
+        left alone and marked counted: a later round or run, which meets them
+        again, counts them no more. Unchanged inputs are those of the last
+        comparison, for the same reason.
         """
         remove = self.cfg.run.on_deleted == "remove"
-        kept = [] if remove else changes.deleted
-        if not remove:
-            changes.deleted, changes.kept = [], kept
-            # their rows stay, but a live input with one of their ids (a renamed file) takes it over
-            self.ids.yield_sources(kept)
+        settle_deleted(changes, remove=remove)
+        if not remove:  # their rows stay, but a live input with one of their ids (a renamed file) takes it over
+            self.ids.yield_sources(changes.retained)
         sink = self.commit.sink
         losers = reread_losers(changes, sink.id_losers, deleted=remove) if sink.counts.rows_failed else []
         if losers:  # their ids are free now: read again, their error rows replaced
@@ -322,14 +321,7 @@ class Job:
         for url in changed:
             self.progress.read_again(url)
         counts = changes.counts()
-        if kept:
-            counts["deleted"] += len(kept)
-            counts["kept"] = len(kept)
-            newly = set(kept) - self._kept
-            self._kept |= newly
-            self.changes["deleted"] = self.changes.get("deleted", 0) + len(newly)
-            self.changes["kept"] = self.changes.get("kept", 0) + len(newly)
-        for name, n in changes.counts().items():
+        for name, n in counts.items():
             self.changes[name] = self.changes.get(name, 0) + n
         self.changes["unchanged"] = counts["unchanged"]  # as of the last look: not one more a watch round
         return counts

@@ -8,9 +8,9 @@ lists the source once and opens one connection to a Postgres sink.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -21,23 +21,26 @@ from pipeline.errors import EXIT_CONFIG, EXIT_OK, EXIT_TOO_MANY_FAILED, SinkErro
 from pipeline.dataset import state_files
 from pipeline.dataset.manifest import load_rank
 from pipeline.dataset.resume_state import id_losers as files_id_losers
+from pipeline.dataset.resume_state import known_ids as files_known_ids
 from pipeline.dataset.postgres_schema import is_postgres
 from pipeline.dataset.sink import refuse_mixing
 from pipeline.dataset.state import State
-from pipeline.jobs.changes import compare, own_sources, refusal, reread_losers
+from pipeline.jobs.changes import compare, own_sources, refusal, reread_losers, settle_deleted
 from pipeline.jobs.inputs import list_inputs, list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.outcome import too_many_failed
 from pipeline.jobs.sink_check import check_sink, one_line
 from pipeline.jobs.validate_postgres import (
-    connected, postgres_id_losers, postgres_mixed, postgres_replacing, postgres_share, postgres_state,
-    sink_connection)
+    connected, postgres_id_losers, postgres_known_ids, postgres_mixed, postgres_replacing, postgres_share,
+    postgres_state, sink_connection)
 from pipeline.logs import format_duration, redact_url
 from pipeline.sources.fields import FieldCheck
 from pipeline.storage import Location
 from pipeline.stages.batch import RequestCount
 from pipeline.stages.chunk import Chunker
+from pipeline.stages.ids import IdRegistry
 from pipeline.stages.read import file_items
-from pipeline.types import Failure, FileEnd, InputFile
+from pipeline.stages.triage import claim_ids
+from pipeline.types import Chunk, Failure, FileEnd, InputFile
 
 
 @dataclass
@@ -59,6 +62,11 @@ class Estimate:
     #: a source.id_field or text_field naming nothing in a file read, as a run would warn of it
     fields_missing: list[str] = field(default_factory=list)
 
+    def failed(self, error_type: str) -> None:
+        """Count a row a run would write to ``errors/`` (an unusable record, or a chunk whose id is taken)."""
+        self.bad_records += 1
+        self.by_error[error_type] = self.by_error.get(error_type, 0) + 1
+
 
 @dataclass
 class Reading:
@@ -73,6 +81,8 @@ class Reading:
     #: the documents whose unchanged chunks a run takes from the sink's own vectors (changed, renamed, a
     #: replacement left unfinished), as ``Job._own_vectors`` picks them; empty: the sink is not indexed
     own_sources: set[str]
+    #: seeds an id registry with the ids a rerun finds taken in the dataset (None: a fresh dataset's none)
+    seed_ids: Callable[[IdRegistry], None] | None = None
 
 
 def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Estimate:
@@ -81,7 +91,9 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
 
     With ``run.reuse_from``, and for a rerun's changed documents with the
     sink itself, chunks whose vector is already stored are counted apart:
-    they cost no token and no request. ``pg``: the report's connection to a
+    they cost no token and no request. A chunk whose id an earlier one (or
+    the dataset) holds is counted as the ``duplicate_id`` error row a run
+    writes instead of sending it. ``pg``: the report's connection to a
     Postgres sink (see :func:`sink_connection`).
     """
     if reading is None:
@@ -94,22 +106,28 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
     indexes = [open_reuse_index(cfg)] if cfg.run.reuse_from else []
     if reading.own_sources and (own := _own_vectors(cfg, reading.own_sources, pg)) is not None:
         indexes.append(own)
-    pending: list[tuple[str, str]] = []  # (content hash, text) waiting for a token count and a reuse lookup
+    pending: list[Chunk] = []  # waiting for an id check, a token count and a reuse lookup
     count_tokens = token_counter(cfg)
     requests = RequestCount(cfg.batch_size, cfg.sink.shard_rows)  # stored chunks ride along in batches, as a run packs them
+    ids = IdRegistry()
+    if reading.seed_ids is not None and files:
+        reading.seed_ids(ids)
 
     def settle() -> None:
-        if not pending:
+        chunks = _claim_ids(ids, pending, est)
+        pending.clear()
+        if not chunks:
             return
-        tokens = count_tokens([text for _, text in pending])
+        est.chunks += len(chunks)
+        est.chars += sum(len(chunk.text) for chunk in chunks)
+        tokens = count_tokens([chunk.text for chunk in chunks])
         est.tokens += sum(tokens)
-        found = np.zeros(len(pending), bool)
+        found = np.zeros(len(chunks), bool)
         if indexes:
-            found = np.logical_or.reduce([index.contains([h for h, _ in pending]) for index in indexes])
+            found = np.logical_or.reduce([index.contains([c.content_hash for c in chunks]) for index in indexes])
             est.reusable_chunks += int(found.sum())
             est.reusable_tokens += sum(t for t, hit in zip(tokens, found) if hit)
         requests.add((~found).tolist())
-        pending.clear()
 
     try:
         _count(cfg, fs, files, chunker, est, pending, settle, reading.after)
@@ -130,31 +148,36 @@ def estimate(cfg: Config, reading: Reading | None = None, pg: Any = None) -> Est
 
 
 def _count(cfg: Config, fs: Any, files: list[InputFile], chunker: Chunker, est: Estimate,
-           pending: list[tuple[str, str]], settle: Callable[[], None], after: dict[str, int]) -> None:
-    """Read every file (after the location ``after`` gives), counting records, failures, chunks and tokens."""
+           pending: list[Chunk], settle: Callable[[], None], after: dict[str, int]) -> None:
+    """Read every file (after the location ``after`` gives), counting records and failures; the chunks go
+    to ``pending``, which ``settle`` counts."""
     fields = FieldCheck(cfg.source, lambda missing: est.fields_missing.append(missing.line()))
     for inp in files:
         for item in file_items(cfg.source, fs, inp, after.get(inp.key, 0), fields=fields):
             if isinstance(item, FileEnd):
                 continue
-            if isinstance(item, Failure):
-                est.records += 1
-                est.bad_records += 1
-                est.by_error[item.error_type] = est.by_error.get(item.error_type, 0) + 1
-                continue
             est.records += 1
-            result = chunker(item)
+            result = item if isinstance(item, Failure) else chunker(item)
             if isinstance(result, Failure):
-                est.bad_records += 1
-                est.by_error[result.error_type] = est.by_error.get(result.error_type, 0) + 1
+                est.failed(result.error_type)
                 continue
-            for chunk in result:
-                est.chunks += 1
-                est.chars += len(chunk.text)
-                pending.append((chunk.content_hash, chunk.text))
-                if len(pending) >= 4096:
-                    settle()
+            pending.extend(result)
+            if len(pending) >= 4096:
+                settle()
     settle()
+
+
+def _claim_ids(ids: IdRegistry, chunks: list[Chunk], est: Estimate) -> list[Chunk]:
+    """The ``chunks`` whose id is free, as a run's triage finds them (in read order: the first kept); each
+    other one is counted as the ``duplicate_id`` error row a run writes, unsent."""
+    if not chunks:
+        return []
+    (piece,) = claim_ids(ids, [tuple(chunks)])
+    assert isinstance(piece, tuple)
+    for item in piece:
+        if isinstance(item, Failure):
+            est.failed(item.error_type)
+    return [item for item in piece if isinstance(item, Chunk)]
 
 
 def token_counter(cfg: Config) -> Callable[[list[str]], list[int]]:
@@ -205,6 +228,7 @@ def describe_changes(
             return [MIXED], None, mixed
         state, replacing = postgres_state(cfg, pg), postgres_replacing(cfg, pg)
         id_losers: Callable[[set[str]], set[str]] = partial(postgres_id_losers, cfg, pg)
+        known_ids: Callable[[], Iterator[tuple[list[str], list[str]]]] = partial(postgres_known_ids, cfg, pg)
     else:
         where = Location.open(cfg.sink.path, cfg.sink.storage_options)
         manifest = load_rank(where.fs, where.root, cfg.run.rank, cfg.run.world_size)
@@ -215,15 +239,19 @@ def describe_changes(
         state = state_files.load(where.fs, where.root, manifest) if manifest is not None else None
         # inputs whose replacement a run left unfinished: a rerun reads on with the retired shards' vectors
         replacing = {url for r in manifest.retired for url in r["inputs"]} if manifest is not None else set()
-        id_losers = partial(files_id_losers, where.fs, where.root, manifest.shards if manifest is not None else [])
+        shards = manifest.shards if manifest is not None else []
+        id_losers = partial(files_id_losers, where.fs, where.root, shards)
+        known_ids = partial(files_known_ids, where.fs, where.root, shards, cfg.run.rank)
     if state is None:
         return [], None, None
     fs, listed, mine = listing if listing is not None else list_source(cfg)
     changes = compare(StateView(state), fs, mine, listed)
+    remove = cfg.run.on_deleted == "remove"
+    settle_deleted(changes, remove=remove)  # as a run: the inputs an earlier run counted gone and kept, uncounted
     # as a run: the inputs that lost an id to one whose ids are freed are read again, as changed
-    losers = reread_losers(changes, id_losers, deleted=cfg.run.on_deleted == "remove")
+    losers = reread_losers(changes, id_losers, deleted=remove)
     c = changes.counts()
-    kept = f", kept {c['deleted']:,}" if c["deleted"] and cfg.run.on_deleted == "keep" else ""
+    kept = f", kept {c['kept']:,}" if c.get("kept") else ""
     line = (f"changes since the dataset: new {c['new']:,}, resumed {c['resumed']:,}, changed {c['changed']:,}, "
             f"appended {c['appended']:,}, deleted {c['deleted']:,}{kept}, unchanged {c['unchanged']:,}")
     if kept:
@@ -233,17 +261,26 @@ def describe_changes(
                  "a file deleted or changed")
     refused = None
     share_of = partial(postgres_share, cfg, pg) if is_postgres(cfg.sink.path) else state.share_of
-    refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction,
-                      deleted=cfg.run.on_deleted == "remove")
+    refused = refusal(changes, state.files, share_of, cfg.run.max_removed_fraction, deleted=remove)
     if refused:
         line += "; a run would stop before changing anything (exit 2)"
     after = {inp.key: state.done_upto(inp.key) for inp in changes.resumed}
     after.update({inp.key: state.ends[inp.key] for inp in changes.appended if inp.key in state.ends})
-    # as the run's _own_vectors, which sees the deleted inputs as kept under run.on_deleted: keep
-    noted = changes if cfg.run.on_deleted == "remove" else replace(changes, deleted=[], kept=changes.deleted)
-    own = own_sources(noted, replacing)
-    reading = Reading(fs, changes.to_read, after, changes.unchanged, own)
+    own = own_sources(changes, replacing)
+    # as a run: the ids of the changed and deleted inputs are freed, those of the kept ones yield
+    freed = set(changes.changed.urls()) | set(changes.deleted)
+    seed = partial(_seed_ids, known_ids, freed, changes.retained)
+    reading = Reading(fs, changes.to_read, after, changes.unchanged, own, seed)
     return [line], reading, refused
+
+
+def _seed_ids(known_ids: Callable[[], Iterator[tuple[list[str], list[str]]]], freed: set[str],
+              yielding: list[str], ids: IdRegistry) -> None:
+    """Seed ``ids`` as a rerun does before reading: with the dataset's ids (``known_ids()``) but those of
+    the inputs ``freed``, the ids of the inputs ``yielding`` (kept under ``run.on_deleted: keep``) going to
+    the first live input that has one."""
+    ids.yield_sources(yielding)
+    ids.seed(known_ids(), skip=freed)
 
 
 class StateView:
@@ -292,20 +329,23 @@ def _report(cfg: Config, config_name: str, pg: Any) -> Report:
         lines += changes
     except (SinkError, SourceError, OSError) as exc:  # the sink check already says what is wrong there
         lines.append(f"changes: could not compare with the dataset ({one_line(exc)})")
+    # a run would stop there, before reading anything (exit 2): what it would have failed then does not matter
     problems = [p for p in (sink.problem, refused) if p]
+    stops = bool(problems)
     failed = too_many_failed(cfg, {"rows_failed": est.bad_records, "rows_embedded": est.chunks})
-    lines += _describe_records(cfg, est, failed is not None)
+    exits_1 = failed is not None and not stops
+    lines += _describe_records(cfg, est, failed is not None, exits_1)
     lines += [f"warning: {line}" for line in est.fields_missing]
+    if exits_1:  # the share the records line gives: of every row a run would write, not only of those it reads
+        rows = est.bad_records + est.chunks
+        problems.append(f"{est.bad_records:,} of {rows:,} rows would fail, more than "
+                        f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}: a run would exit 1")
     if reading is not None:  # a rerun pays for what changed only
         est = estimate(cfg, reading, pg)
         lines.append(f"a run reads {len({f.url for f in est.files}):,} input(s) of them "
                      f"({reading.unchanged:,} unchanged, not opened): {est.chunks:,} chunks")
     lines += _describe_work(cfg, est, reading)
-    if failed is not None:
-        rows = est.bad_records + est.chunks
-        problems.append(f"{est.bad_records:,} of {rows:,} rows would fail, more than "
-                        f"run.max_failed_fraction={cfg.run.max_failed_fraction:g}: a run would exit 1")
-    code = EXIT_CONFIG if sink.problem or refused else EXIT_TOO_MANY_FAILED if failed else EXIT_OK
+    code = EXIT_CONFIG if stops else EXIT_TOO_MANY_FAILED if exits_1 else EXIT_OK
     # every URL printed is masked: a key passed to a proxy as https://user:KEY@host must not show
     return Report([redact_url(line) for line in lines], [redact_url(p) for p in problems], code)
 
@@ -329,7 +369,7 @@ def _describe_inputs(cfg: Config, est: Estimate, skipped: dict[str, int]) -> lis
     return lines
 
 
-def _describe_records(cfg: Config, est: Estimate, too_many_failed: bool) -> list[str]:
+def _describe_records(cfg: Config, est: Estimate, too_many_failed: bool, exits_1: bool) -> list[str]:
     lines = [f"records: {est.records:,} ({est.bad_records:,} unusable"
              + (": " + ", ".join(f"{k} {v}" for k, v in sorted(est.by_error.items())) if est.by_error else "")
              + ")"]
@@ -337,7 +377,7 @@ def _describe_records(cfg: Config, est: Estimate, too_many_failed: bool) -> list
     share = est.bad_records / rows if rows else 0.0
     verdict = "more than" if too_many_failed else "within"
     lines.append(f"unusable share: {share:.2%} of {rows:,} rows ({verdict} run.max_failed_fraction "
-                 f"{cfg.run.max_failed_fraction:g}" + ("; a run would exit 1)" if too_many_failed else ")"))
+                 f"{cfg.run.max_failed_fraction:g}" + ("; a run would exit 1)" if exits_1 else ")"))
     lines.append(f"chunks: {est.chunks:,} ({est.chars:,} characters)")
     return lines
 

@@ -92,6 +92,22 @@ def postgres_id_losers(cfg: Config, conn: Any, holders: set[str]) -> set[str]:
         return set()
 
 
+def postgres_known_ids(cfg: Config, conn: Any) -> Iterator[tuple[list[str], list[str]]]:
+    """The ids and sources of the table's rows, a block at a time, as a run seeds its id registry with
+    them (see :func:`~pipeline.dataset.postgres.known_ids`); none when the table cannot be read."""
+    import psycopg
+
+    from pipeline.dataset.postgres import known_ids
+    from pipeline.dataset.postgres_schema import Names
+
+    if not connected(conn):
+        return
+    try:
+        yield from known_ids(conn, Names(cfg.sink.table))
+    except psycopg.Error:  # the sink line says what is wrong with the database
+        return
+
+
 def postgres_replacing(cfg: Config, conn: Any) -> set[str]:
     """Inputs whose replacement a run left unfinished (their old rows' vectors wait in ``{table}_retired``)."""
     import psycopg

@@ -49,7 +49,6 @@ async def watch_source(
     urls: Inputs | None
     wait = min(FIRST_SETTLE_S, cfg.run.poll_interval_s)
     warned = set() if warned is None else warned
-    kept_before: set[str] = set()  # deleted inputs left alone (run.on_deleted: keep) as of the last round
     while keep_going():
         try:
             fs, urls, listed = await anyio.to_thread.run_sync(partial(list_source, cfg, warned=warned))
@@ -66,15 +65,11 @@ async def watch_source(
             seen = _Either(urls, previous_urls)
         previous, previous_urls = listed, urls
         changes = await anyio.to_thread.run_sync(compare, sink, fs, settled, seen)
-        kept: set[str] = set()
-        if changes.to_read or changes.deleted:
+        if changes.to_read or changes.deleted or changes.back:
             counts = note(fs, changes)  # with run.on_deleted: keep, the deleted are left alone
-            # a file kept is said once, on the round it went, with the counts a run's summary gives
-            kept = set(changes.kept)
-            if changes.to_read or changes.deleted or kept - kept_before:
+            # a file kept is said once, on the round that finds it gone (then marked counted), as a run says it
+            if changes.to_read or changes.deleted or changes.kept:
                 log.info("watch_found", **counts)
-        kept_before = kept
-        if changes.to_read or changes.deleted:
             await update(fs, changes)
         with anyio.move_on_after(wait):
             await wake.wait()
