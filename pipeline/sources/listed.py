@@ -246,10 +246,10 @@ class Listing:
 
     def file(self, row: int) -> InputFile:
         """The whole file of ``row`` (made often: a read of every column is spelled out here)."""
-        rels, formats, compressions = self._rels, self._formats, self._compressions
+        rels, roots, formats, compressions = self._rels, self._roots, self._formats, self._compressions
         at = rels._starts
         rel = rels._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
-        path = f"{self._roots[row]}{rel}"
+        path = f"{roots._values[roots._codes[row]]}{rel}"
         size = self._sizes[row]
         if self._odd and row in self._odd:
             url, rel = self._odd[row]
@@ -257,7 +257,7 @@ class Listing:
             url = f"{self._prefix}{path}"
         # InputFile's fields in order: path, url, size, format, compression, rel_path, mtime
         return InputFile(path, url, None if size < 0 else size, formats._values[formats._codes[row]],
-                         compressions._values[compressions._codes[row]], rel, self._mtimes[row])
+                         compressions._values[compressions._codes[row]], rel, self.mtime(row))
 
     def starting_with(self, prefix: str) -> np.ndarray:
         """Whether each row's url starts with ``prefix``, as a boolean array: told by root where it can be (a
@@ -276,7 +276,13 @@ class Listing:
         return out
 
     def mtime(self, row: int) -> str | None:
-        return self._mtimes[row]
+        mtimes = self._mtimes
+        if mtimes._none and row in mtimes._none:
+            return None
+        at = mtimes._starts
+        if at[row + 1] - at[row] in (16, 17):  # an ETag's 16 bytes, or 16 characters and a 0xFF
+            return mtimes[row]
+        return mtimes._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
 
     def sizes(self) -> np.ndarray:
         """Every row's size (-1: unknown)."""
