@@ -15,7 +15,7 @@ def _thresholds_after(setup: str) -> str:
 
 
 def test_the_young_generation_is_looked_at_less_often_and_the_start_frozen() -> None:
-    assert _thresholds_after("pass") == ["5000", "True", "True"]
+    assert _thresholds_after("pass") == ["2000", "True", "True"]
 
 
 def test_a_collector_turned_off_or_already_slower_is_left_as_it_is() -> None:
