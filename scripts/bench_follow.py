@@ -63,7 +63,7 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 S3_OBJECTS = 10_000  # objects of the S3 case (uploading to moto costs time too)
@@ -628,6 +628,10 @@ def _listing(objects: int, how: str, dataset: str = "") -> dict[str, Any]:
 
         def set_signature(self, url: str, signature: str) -> None:
             pass
+
+        def set_signatures(self, pairs: Iterable[tuple[str, str]]) -> None:
+            for _ in pairs:  # made as a run makes them, kept nowhere
+                pass
 
     class Opened(Dataset):
         """The sink as a run opens it: the dataset's real resume state, read from its files."""

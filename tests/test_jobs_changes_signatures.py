@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import fsspec
 
@@ -19,6 +20,9 @@ class _Recorded:
 
     def set_signature(self, url: str, signature: str) -> None:
         self.signatures[url] = signature
+
+    def set_signatures(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self.signatures.update(pairs)
 
 
 def test_signatures_are_those_of_the_input_files(tmp_path: Path) -> None:

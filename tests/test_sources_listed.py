@@ -197,3 +197,46 @@ def test_settled_inputs_are_those_the_listing_before_held_alike() -> None:
     now = Inputs.of([_file("b/a.md"), _file("b/b.md", mtime='"f"'), _file("b/c.md", size=4), _file("b/d.md")])
     assert [f.path for f in now.settled_since(before)] == ["b/a.md"]
     assert len(now.settled_since(None)) == 0
+
+
+def test_a_run_of_files_added_at_once_reads_back_as_added_one_by_one() -> None:
+    """Listing.add_run (a local folder's files in bulk) keeps what append keeps, whatever the names and
+    times: not ASCII, not UTF-8, a time of 16 characters, one that looks like an ETag; out of order too."""
+    root = "/data/corpus/"
+    rels = ["a.md", "b/c.md", "x\udcff.md", "z.jsonl.gz", "é.md"]
+    sizes = [1, 0, 30, 4, 5]
+    mtimes = ["1764600000.12345", "1764600000.5", "1764600001.0", '"0123456789abcdef0123456789abcdef"', "7"]
+    formats = ["text", "text", "text", "jsonl", "text"]
+    compressions: list[str | None] = [None, None, None, "gzip", None]
+    files = [InputFile(root + rel, root + rel, size, fmt, compression, rel, mtime)
+             for rel, size, mtime, fmt, compression in zip(rels, sizes, mtimes, formats, compressions)]
+    bulk = Listing()
+    bulk.add_run(root, rels[:2], sizes[:2], mtimes[:2], formats[:2], compressions[:2])
+    bulk.add_run(root, rels[2:], sizes[2:], mtimes[2:], formats[2:], compressions[2:])
+    assert list(Inputs(bulk)) == files and bulk.in_order
+    one_by_one = Listing()
+    for inp in files:
+        one_by_one.append(inp)
+    assert [bulk.url(row) for row in range(5)] == [one_by_one.url(row) for row in range(5)]
+    assert [bulk.mtime(row) for row in range(5)] == mtimes
+    late = Listing()
+    late.add_run(root, rels[2:], sizes[2:], mtimes[2:], formats[2:], compressions[2:])
+    late.add_run(root, rels[:2], sizes[:2], mtimes[:2], formats[:2], compressions[:2])
+    assert not late.in_order and list(Inputs(late, late.sorted_rows())) == files
+
+
+def test_urls_under_a_prefix_are_told_by_root_or_one_by_one() -> None:
+    """Inputs.starting_with: every file of a root under the prefix, none of a root beside it, each of a
+    root the prefix lies below; a url kept aside whole by its own."""
+    listing = Listing()
+    listing.add_run("/src/", ["a.md", "out/x.md", "out/y.md", "z.md"], [1] * 4, ["1.0"] * 4, ["text"] * 4, [None] * 4)
+    listing.add_run("/src-out/", ["b.md"], [1], ["1.0"], ["text"], [None])
+    inputs = Inputs(listing)
+    assert inputs.starting_with("/src/out/").tolist() == [False, True, True, False, False]
+    assert inputs.starting_with("/src-out/").tolist() == [False] * 4 + [True]
+    assert inputs.starting_with("/src").tolist() == [True] * 5
+    assert inputs.starting_with("/elsewhere/").tolist() == [False] * 5
+    odd = Inputs.of([_file("b/odd.md", url="https://***@host/odd.md", rel_path="elsewhere.md", format="text"),
+                     _file("b/a.md", rel_path="a.md")])
+    assert odd.starting_with("https://").tolist() == [True, False]
+    assert odd.take([1, 0]).starting_with("s3://b/").tolist() == [True, False]

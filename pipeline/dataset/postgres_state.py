@@ -14,7 +14,7 @@ what the job asks and tells it between commits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import psycopg
 from psycopg import sql
@@ -303,6 +303,17 @@ class SinkState:
             self._changed[url] = signature
         else:
             self._state.set_signature(url, signature)
+
+    def set_signatures(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """:meth:`set_signature` of each url and signature, in one call."""
+        changed = self._changed
+        if changed:
+            pairs = list(pairs)
+            for url, signature in pairs:
+                if url in changed:
+                    changed[url] = signature
+            pairs = [(url, signature) for url, signature in pairs if url not in changed]
+        self._state.set_signatures(pairs)
 
     def restart(self, key: str, url: str) -> None:
         """Input ``key`` changed: the next read starts at its top.

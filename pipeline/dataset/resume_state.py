@@ -83,6 +83,17 @@ class ResumeState:
         else:
             self.state.set_signature(url, signature)
 
+    def set_signatures(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """:meth:`set_signature` of each url and signature, in one call."""
+        changed = self._changed
+        if changed:
+            pairs = list(pairs)
+            for url, signature in pairs:
+                if url in changed:
+                    changed[url] = signature
+            pairs = [(url, signature) for url, signature in pairs if url not in changed]
+        self.state.set_signatures(pairs)
+
     def restart(self, key: str, url: str) -> None:
         """Input ``key`` changed: the next read starts at its top.
 

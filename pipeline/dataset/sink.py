@@ -9,7 +9,7 @@ committed; it never edits the sink's state itself. The file dataset
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from pipeline.config import Config
 from pipeline.dataset.lease import Lease
@@ -48,6 +48,10 @@ class Sink(Protocol):
 
     def set_signature(self, url: str, signature: str) -> None:
         """Record ``url``'s signature with the next commit."""
+        ...
+
+    def set_signatures(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """:meth:`set_signature` of each url and signature."""
         ...
 
     def restart(self, key: str, url: str) -> None:

@@ -434,6 +434,15 @@ class Column(MutableMapping[str, Any]):
     def set_many(self, items: Iterable[tuple[str, Any]]) -> None:
         """``self[name] = value`` for each pair, in one call (a commit of many small files sets thousands)."""
         over, gone, pieces = self._over, self._gone, self._pieces
+        if self._base is None and not gone:  # (a new dataset's first commit: names only added, in bulk)
+            added = dict(items)
+            self._extra += sum(1 for name in added if name not in over)
+            for name in added:
+                if "#" in name:
+                    for url in prefixes(name):
+                        pieces.setdefault(url, set()).add(name)
+            over.update(added)
+            return
         for name, value in items:
             if name not in over:
                 if name in gone:

@@ -38,7 +38,7 @@ def list_source(cfg: Config, skipped: dict[str, int] | None = None,
     fs, files = open_source(cfg.source, skipped)
     inside = _sink_prefix(cfg, fs)
     if inside is not None:
-        kept = files.where(np.fromiter((not url.startswith(inside) for url in files.urls()), bool, len(files)))
+        kept = files.where(~files.starting_with(inside))
         # said before its files are there too (the first run, validate before it)
         under = len(kept) < len(files) or _under_source(cfg, fs, inside)
         if under and "sink_inside_source" not in (warned or ()):

@@ -37,14 +37,14 @@ class Progress:
 
     def read_bytes(self, inp: InputFile, n: int) -> None:
         """``n`` more bytes of ``inp`` were read (called from reader threads)."""
-        key = inp.key
+        key = inp.url + inp.part  # (inp.key, spelled out: called for each of many small files)
         size = self.sizes.get(key)
         if size is None:
             if not self._sized_on_start:
                 return
-            self.opened(inp)
-            size = self.sizes[key]
-        self.reading[key] = min(self.reading.get(key, 0) + n, size)
+            size = self.sizes[key] = _bytes_of(inp)  # (opened)
+        reading = self.reading
+        reading[key] = min(reading.get(key, 0) + n, size)
 
     def expect(self, inp: InputFile) -> None:
         """Count ``inp`` (a file or a piece of one) among the bytes this run has to read."""
@@ -60,8 +60,8 @@ class Progress:
 
     def opened(self, inp: InputFile) -> None:
         """The reading of ``inp`` started: keep its size until it is finished."""
-        if self._sized_on_start and inp.key not in self.sizes:
-            self.sizes[inp.key] = _bytes_of(inp)
+        if self._sized_on_start and (key := inp.url + inp.part) not in self.sizes:
+            self.sizes[key] = _bytes_of(inp)
 
     def read_items(self, block: list[Any]) -> None:
         """A block of items was read: note the locations of its inputs' first and latest records."""

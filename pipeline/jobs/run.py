@@ -26,6 +26,7 @@ from pipeline.embed.reuse import ReusingEmbedder
 from pipeline.errors import EXIT_OK, ApiError, CommitFailed, FatalApiError, SinkError, SourceError
 from pipeline.jobs.changes import (
     Changes, apply, check_removals, compare, marked_gone, own_sources, reread_losers, settle_deleted)
+from pipeline.jobs.collector import collect_less
 from pipeline.jobs.inputs import list_source, open_own_vectors, open_reuse_index
 from pipeline.jobs.malloc import give_back_big_blocks
 from pipeline.jobs.outcome import RunResult, close_quietly, finish, first_leaf, log_commits, warn_if_batch_capped
@@ -66,6 +67,7 @@ class Job:
         """``limiter`` paces this rank's requests (a budget shared with other ranks); by default the
         embedder makes its own from the config."""
         give_back_big_blocks()  # a million inputs' arrays freed, their memory goes back
+        collect_less()  # the millions of short-lived objects of a run are not looked at 700 at a time
         self.cfg = cfg
         self._limiter = limiter
         self.log = get_logger()

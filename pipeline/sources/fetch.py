@@ -40,6 +40,8 @@ T = TypeVar("T")
 class Fetched:
     """``fs`` for one small file read whole: ``open`` gives its bytes (or raises what reading them raised)."""
 
+    __slots__ = ("_fs", "_get")
+
     def __init__(self, fs: Any, get: Callable[[], bytes]) -> None:
         self._fs = fs
         self._get = get
@@ -85,6 +87,7 @@ class Ahead(Generic[T]):
         self._small = small_bytes
         self._waiting: deque[_Planned[T]] = deque()  # planned, not looked at yet
         self._ready: deque[_Planned[T]] = deque()  # looked at: fetching (small) or to stream (others)
+        self._local_ready: deque[tuple[InputFile, T]] = deque()  # planned on local disk: nothing to look at
         self._fetching = 0
         self._bytes = 0
         self._pool: ThreadPoolExecutor | None = None
@@ -93,23 +96,31 @@ class Ahead(Generic[T]):
         self._local = isinstance(fs, LocalFileSystem)
 
     def __len__(self) -> int:
-        return len(self._waiting) + len(self._ready)
+        return len(self._waiting) + len(self._ready) + len(self._local_ready)
 
     def plan(self, inp: InputFile, extra: T) -> None:
         """Add ``inp`` after the files planned so far (on local disk, where nothing is fetched, ready at once)."""
-        (self._ready if self._local else self._waiting).append(_Planned(inp, extra))
+        if self._local:
+            self._local_ready.append((inp, extra))
+        else:
+            self._waiting.append(_Planned(inp, extra))
 
     def next(self) -> tuple[InputFile, T, Any] | None:
         """The next planned file, its ``extra`` and the ``fs`` to read it from; None when none is planned."""
-        if not self._local:  # (on local disk every planned file is ready: nothing to look at)
-            self._top_up()
+        if self._local:  # every planned file is ready: nothing to look at, no fetch (one of many small files)
+            if not self._local_ready:
+                return None
+            inp, extra = self._local_ready.popleft()
+            size = inp.size
+            if not inp.part and size is not None and size <= self._small:  # cheaper than the fs's own file object
+                return inp, extra, Fetched(self._fs, partial(_read_local, inp.path, size))
+            return inp, extra, self._fs
+        self._top_up()
         if not self._ready:
             return None
         planned = self._ready.popleft()
         inp = planned.inp
         if planned.future is None:
-            if self._local and self._small_whole(inp):  # cheaper than the filesystem's own file object
-                return inp, planned.extra, Fetched(self._fs, partial(_read_local, inp.path, inp.size or 0))
             return inp, planned.extra, self._fs
         self._fetching -= 1
         self._bytes -= inp.size or 0
@@ -122,6 +133,7 @@ class Ahead(Generic[T]):
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._waiting.clear()
         self._ready.clear()
+        self._local_ready.clear()
 
     def _small_whole(self, inp: InputFile) -> bool:
         return not inp.part and inp.size is not None and inp.size <= self._small

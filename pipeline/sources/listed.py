@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from array import array
+from itertools import accumulate, islice
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Sequence, overload
 
@@ -57,6 +58,23 @@ class _Strings:
             self._starts = array("q", self._starts)
         self._starts.append(len(self._data))
 
+    def extend(self, values: list[str]) -> None:
+        """:meth:`append` of each of ``values`` (no None), in one call: their bytes joined once."""
+        joined = "".join(values)
+        if joined.isascii():  # (most names) a character a byte: the lengths are the strings'
+            self._extend(joined.encode("ascii"), list(map(len, values)))
+        else:
+            encoded = [value.encode("utf-8", "surrogatepass") for value in values]
+            self._extend(b"".join(encoded), list(map(len, encoded)))
+
+    def _extend(self, data: bytes, lengths: list[int]) -> None:
+        """Add values of ``lengths`` bytes, whose bytes are ``data`` end to end."""
+        base = len(self._data)
+        self._data += data
+        if self._starts.typecode == "I" and len(self._data) >= 2**32:
+            self._starts = array("q", self._starts)
+        self._starts.extend(islice(accumulate(lengths, initial=base), 1, None))
+
     def raw(self, i: int) -> bytes | None:
         """The bytes of ``i`` (None: a None)."""
         if self._none and i in self._none:
@@ -91,6 +109,16 @@ class _Tags(_Strings):
             data = value.encode("utf-8", "surrogatepass")
             self._add(data + b"\xff" if len(data) == 16 else data)
 
+    def extend(self, values: list[str]) -> None:
+        """:meth:`append` of each of ``values`` (no None): in one call when none is kept other than as is."""
+        if any(len(value) == 34 for value in values) or not "".join(values).isascii():
+            for value in values:
+                self.append(value)
+            return
+        # a time's bytes are its characters; one of 16 (``1764600000.12345``) gets its 0xFF
+        encoded = [value.encode("ascii") + b"\xff" if len(value) == 16 else value.encode("ascii") for value in values]
+        self._extend(b"".join(encoded), list(map(len, encoded)))
+
     def __getitem__(self, i: int) -> str | None:
         data = self.raw(i)
         if data is None:
@@ -114,6 +142,15 @@ class _Codes:
         if value not in self._values:
             self._values.append(value)
         self._codes.append(self._values.index(value))
+
+    def extend(self, values: list[Any]) -> None:
+        """:meth:`append` of each of ``values``."""
+        codes: dict[Any, int] = {}
+        for value in dict.fromkeys(values):  # each distinct value once
+            if value not in self._values:
+                self._values.append(value)
+            codes[value] = self._values.index(value)
+        self._codes += bytes(map(codes.__getitem__, values))
 
     def full(self, value: Any) -> bool:
         """Whether ``value`` is not one of the values and no other can be added."""
@@ -174,16 +211,45 @@ class Listing:
         self._formats.append(inp.format)
         self._compressions.append(inp.compression)
 
+    def add_run(self, root: str, rels: list[str], sizes: list[int], mtimes: list[str], formats: list[str],
+                compressions: list[str | None]) -> None:
+        """:meth:`append` of the files ``root`` and each of ``rels`` make (sorted, known sizes), whose urls are
+        their paths (a local folder's files), in one call: the columns extended once, not a file at a time."""
+        if not rels:
+            return
+        if self._prefix is None:
+            self._prefix = ""
+        if self._prefix or self._roots.full(root):  # (urls not paths, or too many roots: kept as any file)
+            for rel, size, mtime, fmt, compression in zip(rels, sizes, mtimes, formats, compressions):
+                path = root + rel
+                self.append(InputFile(path, path, size, fmt, compression, rel, mtime))
+            return
+        first = root + rels[0]
+        if first < self._last or rels != sorted(rels):
+            self.in_order = False
+        self._last = root + rels[-1]
+        self._rels.extend(rels)
+        self._roots.extend([root] * len(rels))
+        self._mtimes.extend(mtimes)
+        self._sizes.extend(sizes)
+        self._formats.extend(formats)
+        self._compressions.extend(compressions)
+
     def url(self, row: int) -> str:
-        odd = self._odd.get(row)
-        return odd[0] if odd is not None else f"{self._prefix}{self._roots[row]}{self._rels[row]}"
+        """The url of ``row`` (made for every new input: the columns' reads spelled out here)."""
+        if self._odd and row in self._odd:
+            return self._odd[row][0]
+        rels, roots = self._rels, self._roots
+        at = rels._starts
+        rel = rels._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
+        return f"{self._prefix}{roots._values[roots._codes[row]]}{rel}"
 
     def file(self, row: int) -> InputFile:
         """The whole file of ``row`` (made often: a read of every column is spelled out here)."""
-        rels, formats, compressions = self._rels, self._formats, self._compressions
+        rels, roots, formats, compressions = self._rels, self._roots, self._formats, self._compressions
         at = rels._starts
         rel = rels._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
-        path = f"{self._roots[row]}{rel}"
+        path = f"{roots._values[roots._codes[row]]}{rel}"
         size = self._sizes[row]
         if self._odd and row in self._odd:
             url, rel = self._odd[row]
@@ -191,10 +257,32 @@ class Listing:
             url = f"{self._prefix}{path}"
         # InputFile's fields in order: path, url, size, format, compression, rel_path, mtime
         return InputFile(path, url, None if size < 0 else size, formats._values[formats._codes[row]],
-                         compressions._values[compressions._codes[row]], rel, self._mtimes[row])
+                         compressions._values[compressions._codes[row]], rel, self.mtime(row))
+
+    def starting_with(self, prefix: str) -> np.ndarray:
+        """Whether each row's url starts with ``prefix``, as a boolean array: told by root where it can be (a
+        sink's folder beside the source's matches none of its files without a look at each)."""
+        out = np.zeros(len(self), bool)
+        codes = np.frombuffer(self._roots._codes, np.uint8) if len(self) else np.zeros(0, np.uint8)
+        for code, root in enumerate(self._roots._values):
+            whole = f"{self._prefix or ''}{root}"
+            if whole.startswith(prefix):
+                out[codes == code] = True
+            elif prefix.startswith(whole):  # below this root: each of its files looked at
+                for row in np.flatnonzero(codes == code).tolist():
+                    out[row] = self.url(row).startswith(prefix)
+        for row, (url, _) in self._odd.items():
+            out[row] = url.startswith(prefix)
+        return out
 
     def mtime(self, row: int) -> str | None:
-        return self._mtimes[row]
+        mtimes = self._mtimes
+        if mtimes._none and row in mtimes._none:
+            return None
+        at = mtimes._starts
+        if at[row + 1] - at[row] in (16, 17):  # an ETag's 16 bytes, or 16 characters and a 0xFF
+            return mtimes[row]
+        return mtimes._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
 
     def sizes(self) -> np.ndarray:
         """Every row's size (-1: unknown)."""
@@ -354,6 +442,11 @@ class Inputs(Sequence[InputFile]):
         """These inputs cut as ``starts`` and ``ends`` say (``ends`` -1: the whole file)."""
         pieces = bool((ends >= 0).any())
         return Inputs(self.listing, self.rows(), starts if pieces else None, ends if pieces else None)
+
+    def starting_with(self, prefix: str) -> np.ndarray:
+        """Whether each input's url starts with ``prefix``, as a boolean array."""
+        among = self.listing.starting_with(prefix)
+        return among if self._rows is None else among[self._rows]
 
     def urls(self) -> Iterator[str]:
         """Every input's url, in order (no InputFile made)."""

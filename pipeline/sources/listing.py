@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
 from pipeline.sources.listed import Inputs, Listing, piece_part
-from pipeline.sources.local_walk import each_file_below, is_hidden_name
+from pipeline.sources.local_walk import is_hidden_name, runs_below
 from pipeline.sources.records import READ_ERRORS, open_input
 from pipeline.storage import Location, storage_errors
 from pipeline.types import InputFile
@@ -157,22 +157,28 @@ def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | 
         # follows its first dot, and a folder's files mostly share that (no splitting of every name)
         formats: dict[str, tuple[str | None, str | None]] = {}
 
-        def add_below(path: str, size: int, mtime: str) -> None:
-            """A file of the local walk: its path normalised, below root, not hidden (what _input_file checks)."""
-            name = path[path.rfind("/") + 1:]
-            dot = name.find(".")
-            ending = name[dot:] if dot > 0 else ""
-            found = formats.get(ending)
-            if found is None:
-                found = formats[ending] = detect_format(path, cfg.format)
-            fmt, compression = found
-            if fmt is None:
-                _count_skipped(path, skipped)
-            else:
-                files.append(InputFile(path, path, size, fmt, compression, path[cut:], mtime))
+        def add_run(folder: str, names: list[str], sizes: list[int], mtimes: list[str]) -> None:
+            """Files of the local walk, of one folder: their paths normalised, below root, not hidden (what
+            _input_file checks); kept in bulk, those of no known format left out."""
+            found = []
+            for name in names:
+                dot = name.find(".")
+                ending = name[dot:] if dot > 0 else ""
+                known = formats.get(ending)
+                if known is None:
+                    known = formats[ending] = detect_format(folder + name, cfg.format)
+                found.append(known)
+            keep = [i for i, (fmt, _) in enumerate(found) if fmt is not None]
+            if len(keep) < len(names):
+                for i in sorted(set(range(len(names))) - set(keep)):
+                    _count_skipped(folder + names[i], skipped)
+                names, sizes, mtimes, found = ([values[i] for i in keep] for values in (names, sizes, mtimes, found))
+            below = folder[cut:]
+            files.add_run(folder[:cut] if below else folder, [below + name for name in names] if below else names,
+                          sizes, mtimes, [fmt for fmt, _ in found], [compression for _, compression in found])
 
         if entries is None and location.local:  # as fsspec's find would list it, without its cost a file
-            each_file_below(root, add_below)
+            runs_below(root, add_run)
         elif entries is None:
             _each_below(fs, root, add)
         for path, meta in entries or ():

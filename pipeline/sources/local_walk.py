@@ -21,12 +21,16 @@ is not walked at all (nothing below it would be listed).
 from __future__ import annotations
 
 import os
+from stat import S_ISDIR, S_ISLNK
 from typing import Callable
 
-__all__ = ["each_file_below", "is_hidden_name"]
+__all__ = ["each_file_below", "is_hidden_name", "runs_below"]
 
 #: what the walk hands each file: its path, size and time
 OnFile = Callable[[str, int, str], None]
+#: what the walk hands each run of files of one folder: the folder's path ending in "/", and the files'
+#: names, sizes and times (the path of each is the folder's and its name)
+OnRun = Callable[[str, list[str], list[int], list[str]], None]
 
 
 def is_hidden_name(name: str) -> bool:
@@ -37,15 +41,43 @@ def is_hidden_name(name: str) -> bool:
 def each_file_below(root: str, each: OnFile) -> None:
     """``each(path, size, mtime)`` for every file below directory ``root`` (a normalised absolute path), in
     the order of their paths, hidden entries left out."""
+
+    def each_of_run(folder: str, names: list[str], sizes: list[int], mtimes: list[str]) -> None:
+        for name, size, mtime in zip(names, sizes, mtimes):
+            each(folder + name, size, mtime)
+
+    runs_below(root, each_of_run)
+
+
+def runs_below(root: str, each_run: OnRun) -> None:
+    """:func:`each_file_below`, a run of files of one folder at a time: ``each_run(folder, names, sizes,
+    mtimes)`` for each run of consecutive files (in the order of their paths) that share a folder.
+
+    A folder of many small files is handed over in one call (or a few, around
+    its subdirectories), so that whoever keeps them can take them in bulk.
+    """
+    folder = root if root.endswith("/") else root + "/"
     files, dirs = _entries(root)
     # a directory's key is its name and a "/": the files below it sort right there among its siblings
     ordered = sorted(files + [(name + "/", path) for name, path in dirs]) if dirs else sorted(files)
-    for name, what in ordered:
-        if isinstance(what, str):
-            each_file_below(what, each)
-        else:
-            size, mtime = what
-            each(os.path.join(root, name), size, str(mtime))
+    run: list[tuple[str, tuple[int, float]]] = []
+
+    def hand_over() -> None:
+        if run:
+            each_run(folder, [name for name, _ in run], [facts[0] for _, facts in run],
+                     [str(facts[1]) for _, facts in run])
+            run.clear()
+
+    if not dirs:  # (a folder of files only: one run)
+        run = ordered  # type: ignore[assignment]
+    else:
+        for entry in ordered:
+            if isinstance(entry[1], str):
+                hand_over()
+                runs_below(entry[1], each_run)
+            else:
+                run.append(entry)  # type: ignore[arg-type]
+    hand_over()
 
 
 def _entries(folder: str) -> tuple[list[tuple[str, tuple[int, float]]], list[tuple[str, str]]]:
@@ -58,15 +90,16 @@ def _entries(folder: str) -> tuple[list[tuple[str, tuple[int, float]]], list[tup
         with os.scandir(folder) as it:
             for entry in it:
                 name = entry.name
-                if is_hidden_name(name):
+                if name[0] in "._":  # hidden (is_hidden_name)
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
-                    if entry.is_dir(follow_symlinks=False):
+                    mode = st.st_mode
+                    if S_ISDIR(mode):
                         dirs.append((name, entry.path))
                         continue
                     size = st.st_size
-                    if entry.is_symlink():
+                    if S_ISLNK(mode):
                         try:
                             size = entry.stat().st_size
                         except OSError:

@@ -198,8 +198,10 @@ class IdRegistry:
     def _place(self, source: str) -> int:
         """The number standing for input ``source`` (one input may get several: they are not all looked up)."""
         place = self._recent.get(source)
-        if place is None:
-            (place,) = self._place_all([source])
+        if place is None:  # (_place_all of one, spelled out: once for each of many small files)
+            place = self._inputs.rows + len(self._fresh)
+            self._fresh.append(source)
+            self._keep_fresh_bounded()
             self._recent[source] = place
         return place
 
@@ -207,11 +209,15 @@ class IdRegistry:
         """New numbers standing for ``sources``."""
         first = self._inputs.rows + len(self._fresh)
         self._fresh += sources
+        self._keep_fresh_bounded()
+        return range(first, first + len(sources))
+
+    def _keep_fresh_bounded(self) -> None:
+        """The names placed since are kept as Arrow strings once they are a ``BLOCK``."""
         if len(self._fresh) >= BLOCK:
             self._hashed()
             self._inputs.extend(pa.array(self._fresh, pa.string()))
             self._fresh, self._recent = [], {}
-        return range(first, first + len(sources))
 
     def _hashed(self) -> np.ndarray:
         """The hash of every place's name, by place.

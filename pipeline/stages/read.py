@@ -210,16 +210,17 @@ class _Reader:
         """Up to ``n`` items, from as many planned files as they take, and the files started meanwhile."""
         block: list[Item] = []
         started: list[InputFile] = []
+        next_file, on_bytes = self._files.next, self._on_bytes  # (once a file: thousands of small ones)
         while len(block) < n:
             if self._current is None:
-                planned = self._files.next()
+                planned = next_file()
                 if planned is None:
                     break
                 inp, (after, seeking), source = planned
                 started.append(inp)
-                if inp.format == "text" and not inp.compression and isinstance(source, Fetched):
-                    if self._on_bytes is not None and after < 1:  # read at once, as the file starts
-                        self._on_bytes(inp, inp.size or 0)
+                if inp.format == "text" and not inp.compression and type(source) is Fetched:
+                    if on_bytes is not None and after < 1:  # read at once, as the file starts
+                        on_bytes(inp, inp.size or 0)
                     block += text_in_hand(inp, after, source)
                     continue
                 if self._on_bytes is not None:
@@ -270,8 +271,9 @@ async def read_stage(
     try:
         async with send:
             while True:
-                while len(reader) < PLAN_AHEAD and (inp := next(todo, None)) is not None:
-                    after = done_upto(inp.key)
+                room = PLAN_AHEAD - len(reader)
+                while room > 0 and (inp := next(todo, None)) is not None:
+                    after = done_upto(inp.url + inp.part)  # (inp.key)
                     if after >= END_OF_FILE:
                         continue  # committed whole by an earlier run
                     seeking: Mapping[str, Any] = _NO_SEEKING
@@ -282,6 +284,7 @@ async def read_stage(
                         log.info("file_resumed", file=inp.key, after=after,
                                  seek_offset=(seeking.get("seek") or (None, None))[1])
                     reader.plan(inp, after, seeking)
+                    room -= 1
                 block, started = await anyio.to_thread.run_sync(reader.take, READ_BLOCK, limiter=cpu)
                 for inp in started:
                     on_file(inp)
