@@ -344,7 +344,7 @@ def check_removals(changes: Changes, sink: Sink, *, max_fraction: float) -> None
 
 
 def _record_signatures(sink: Sink, fs: Any, inputs: Inputs) -> None:
-    """``sink.set_signatures`` of ``inputs``: its :func:`full_signature`, taken from the listing's
+    """``sink.set_signatures`` of ``inputs``: each one's :func:`full_signature`, taken from the listing's
     columns (no InputFile made) for every input but whole JSONL files, whose tail is hashed."""
     jsonl = inputs.listing.formats().where("jsonl")[inputs.rows()].tolist()
     sink.set_signatures((url, full_signature(fs, inputs[i]) if jsonl[i] else f"{size}:{mtime}")  # signature_of
