@@ -175,13 +175,14 @@ def _read_local(path: str, size: int) -> bytes:
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks: list[bytes] = []
-        want = size + 1
-        while chunk := os.read(fd, want):  # to the end, even if the file grew since it was listed
+        data = os.read(fd, size + 1)
+        if len(data) <= size:  # a short read of a file on disk: its end (no read more to find it)
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, 1 << 16):  # to the end: the file grew since it was listed
             chunks.append(chunk)
-            if len(chunk) < want:  # a short read of a file on disk: its end (no read more to find it)
+            if len(chunk) < 1 << 16:
                 break
-            want = 1 << 16
         return b"".join(chunks)
     finally:
         os.close(fd)

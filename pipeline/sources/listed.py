@@ -121,8 +121,11 @@ class _Tags(_Strings):
 
     def __getitem__(self, i: int) -> str | None:
         data = self.raw(i)
-        if data is None:
-            return None
+        return None if data is None else self.decoded(data)
+
+    @staticmethod
+    def decoded(data: bytes | bytearray) -> str:
+        """The value kept as ``data``."""
         if len(data) == 16:
             return f'"{data.hex()}"'
         return data[:16].decode("utf-8", "surrogatepass") if len(data) == 17 and data[16] == 0xFF else data.decode("utf-8", "surrogatepass")
@@ -279,10 +282,8 @@ class Listing:
         mtimes = self._mtimes
         if mtimes._none and row in mtimes._none:
             return None
-        at = mtimes._starts
-        if at[row + 1] - at[row] in (16, 17):  # an ETag's 16 bytes, or 16 characters and a 0xFF
-            return mtimes[row]
-        return mtimes._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
+        at = mtimes._starts  # (its raw read spelled out: once for each of many small files)
+        return mtimes.decoded(mtimes._data[at[row]:at[row + 1]])
 
     def sizes(self) -> np.ndarray:
         """Every row's size (-1: unknown)."""
