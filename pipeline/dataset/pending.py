@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +17,9 @@ def records_by_source(batch: EmbeddedBatch) -> dict[str, int]:
     record share a location, so completed records are distinct locations.
     """
     marks = dict(batch.marks)
-    seen: dict[str, set[tuple[str, int]]] = {}
-    for item in (*batch.chunks, *batch.failures):
-        mark = marks.get(item.source + item.part)
-        if mark is not None and item.location <= mark:
-            seen.setdefault(item.source, set()).add((item.part, item.location))
-    return {url: len(locations) for url, locations in seen.items()}
+    completed = {(item.source, item.part, item.location) for item in (*batch.chunks, *batch.failures)
+                 if (mark := marks.get(item.source + item.part)) is not None and item.location <= mark}
+    return dict(Counter(source for source, _, _ in completed))  # (one set, not one a source: many small files)
 
 
 @dataclass
