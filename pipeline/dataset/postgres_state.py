@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from pipeline.dataset import postgres_schema as schema
 from pipeline.dataset.postgres_schema import Names
-from pipeline.dataset.state import State, of_url
+from pipeline.dataset.state import State, held_back, of_url
 from pipeline.errors import SinkError
 from pipeline.stages.ids import DUPLICATE_ID, losers_of
 from pipeline.types import END_OF_FILE, Counts, EmbeddedBatch
@@ -306,14 +306,7 @@ class SinkState:
 
     def set_signatures(self, pairs: Iterable[tuple[str, str]]) -> None:
         """:meth:`set_signature` of each url and signature, in one call."""
-        changed = self._changed
-        if changed:
-            pairs = list(pairs)
-            for url, signature in pairs:
-                if url in changed:
-                    changed[url] = signature
-            pairs = [(url, signature) for url, signature in pairs if url not in changed]
-        self._state.set_signatures(pairs)
+        self._state.set_signatures(held_back(self._changed, pairs))
 
     def restart(self, key: str, url: str) -> None:
         """Input ``key`` changed: the next read starts at its top.

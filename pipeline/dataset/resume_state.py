@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import open_shard
-from pipeline.dataset.state import State, of_url
+from pipeline.dataset.state import State, held_back, of_url
 from pipeline.dataset.state_base import Column
 from pipeline.stages.ids import DUPLICATE_ID, losers_of
 from pipeline.storage import join
@@ -85,14 +85,7 @@ class ResumeState:
 
     def set_signatures(self, pairs: Iterable[tuple[str, str]]) -> None:
         """:meth:`set_signature` of each url and signature, in one call."""
-        changed = self._changed
-        if changed:
-            pairs = list(pairs)
-            for url, signature in pairs:
-                if url in changed:
-                    changed[url] = signature
-            pairs = [(url, signature) for url, signature in pairs if url not in changed]
-        self.state.set_signatures(pairs)
+        self.state.set_signatures(held_back(self._changed, pairs))
 
     def restart(self, key: str, url: str) -> None:
         """Input ``key`` changed: the next read starts at its top.

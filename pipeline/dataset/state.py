@@ -28,6 +28,18 @@ def of_url(key: str, url: str) -> bool:
     return key == url or (key.startswith(url) and key[len(url)] == "#")
 
 
+def held_back(changed: dict[str, str | None], pairs: Iterable[tuple[str, str]]) -> Iterable[tuple[str, str]]:
+    """The url and signature ``pairs`` to record in the state now: those of inputs ``changed`` (read again,
+    their new signature saved with their first new rows) are put there instead."""
+    if not changed:
+        return pairs
+    pairs = list(pairs)
+    for url, signature in pairs:
+        if url in changed:
+            changed[url] = signature
+    return [(url, signature) for url, signature in pairs if url not in changed]
+
+
 class State:
     """The resume state of one rank's inputs (or of a whole dataset, when loaded for reading)."""
 
