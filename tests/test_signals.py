@@ -231,3 +231,41 @@ def test_many_small_files_sigkill_then_rerun_loses_nothing(tmp_path: Path, seed:
     assert len(ids) == len(set(ids)) == files
     assert set(ids) == {f"note-{i:04d}.md" for i in range(files)}
     assert manifest["totals"]["rows_embedded"] == files == manifest["totals"]["records_read"]
+
+
+def test_a_commit_inside_a_record_then_sigkill_leaves_no_error_rows(tmp_path: Path) -> None:
+    """The interrupted run commits the first chunks of a record (batches of 2 chunks, a shard each), not its
+    mark; the rerun reads that record again and leaves its stored chunks out: each chunk once in data/,
+    no duplicate_id error row, nothing failed. validate says the same before the rerun."""
+    (tmp_path / "in").mkdir()
+    sentence = "a sentence of words that fills forty. "
+    lines = [json.dumps({"id": f"r{i}", "text": sentence * 5}) for i in range(3)]
+    (tmp_path / "in" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    with serve_process("--fake", "--dimensions", "8", "--latency-ms", "1500") as url:
+        job = tmp_path / "job.yaml"
+        job.write_text(
+            f"source:\n  path: {tmp_path / 'in'}\n"
+            f"embedding:\n  url: {url}\n  model: m\n  batch_size: 2\n  concurrency: 1\n"
+            f"chunking:\n  max_chars: 50\n"
+            f"sink:\n  path: {tmp_path / 'out'}\n  shard_rows: 2\n"
+            "logging:\n  format: logfmt\n"
+        )
+        proc = start(job)
+        wait_for_commits(proc, 1)
+        proc.kill()  # the next batch is 1.5 s away: the first record is cut after its first 2 chunks
+        proc.communicate(timeout=60)
+        out = tmp_path / "out"
+        manifest = json.loads((out / "_manifest.json").read_text())
+        stored = ds.dataset([str(out / s["path"]) for s in manifest["shards"] if s["kind"] == "data"],
+                            format="parquet").to_table(columns=["id"])["id"].to_pylist()
+        assert stored == ["r0#0", "r0#1"]  # the commit fell inside record r0
+        checked = run_cli("validate", str(job))
+        assert checked.returncode == 0 and "duplicate_id" not in checked.stdout, checked.stdout
+        rerun = run_cli("run", str(job))
+        assert rerun.returncode == 0, rerun.stderr
+        assert "failed=0" in rerun.stderr and "dataset_failed=0" in rerun.stderr, rerun.stderr
+    manifest = json.loads((out / "_manifest.json").read_text())
+    data = [str(out / s["path"]) for s in manifest["shards"] if s["kind"] == "data"]
+    ids = ds.dataset(data, format="parquet").to_table(columns=["id"])["id"].to_pylist()
+    assert sorted(ids) == sorted(f"r{i}#{c}" for i in range(3) for c in range(5))
+    assert not [s for s in manifest["shards"] if s["kind"] == "errors"]

@@ -317,6 +317,8 @@ class Job:
             self.log.info("ids_freed", files=len(losers), first=losers[0])
         check_removals(changes, self.commit.sink, max_fraction=self.cfg.run.max_removed_fraction)
         apply(self.commit.sink, fs, changes, self.checkpoints, self.progress, remove=remove)
+        # an interrupted run's last commit may have fallen inside a record: its first chunks are stored
+        self.ids.resume(key for _, key, _, _ in changes.resumed.facts())
         changed = set(changes.changed.urls())
         for url in changed | set(changes.deleted):
             self.ids.forget_source(url)  # their rows leave: a new version (or another file) may take the ids

@@ -269,17 +269,18 @@ def describe_changes(
     own = own_sources(changes, replacing)
     # as a run: the ids of the changed and deleted inputs are freed, those of the kept ones yield
     freed = set(changes.changed.urls()) | set(changes.deleted)
-    seed = partial(_seed_ids, known_ids, freed, changes.retained)
+    seed = partial(_seed_ids, known_ids, freed, changes.retained, [inp.key for inp in changes.resumed])
     reading = Reading(fs, changes.to_read, after, changes.unchanged, own, seed)
     return [line], reading, refused
 
 
 def _seed_ids(known_ids: Callable[[], Iterator[tuple[list[str], list[str]]]], freed: set[str],
-              yielding: list[str], ids: IdRegistry) -> None:
+              yielding: list[str], read_on: list[str], ids: IdRegistry) -> None:
     """Seed ``ids`` as a rerun does before reading: with the dataset's ids (``known_ids()``) but those of
     the inputs ``freed``, the ids of the inputs ``yielding`` (kept under ``run.on_deleted: keep``) going to
-    the first live input that has one."""
+    the first live input that has one; the inputs of keys ``read_on`` are read on after a mark."""
     ids.yield_sources(yielding)
+    ids.resume(read_on)
     ids.seed(known_ids(), skip=freed)
 
 

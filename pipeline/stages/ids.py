@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.dataset.state_base import BLOCK, Filling, Texts
-from pipeline.types import EmbeddedBatch, Failure
+from pipeline.types import Chunk, EmbeddedBatch, Failure
 
 MERGE_EVERY = 1 << 16  # new ids kept in a dict before they are merged into the sorted arrays
 
@@ -67,6 +67,11 @@ class IdRegistry:
         #: (source, id) of a chunk that took over a yielding input's id → the (source, doc_id) it displaces,
         #: until the chunk's embedded batch asks (:meth:`with_displaced`)
         self._displacing: dict[tuple[str, str], tuple[str, str]] = {}
+        #: inputs read on after a mark an interrupted run committed (resume key → the location of the first
+        #: record read again, once seen): that record's first chunks may be in the dataset already
+        self._resumed: dict[str, int | None] = {}
+        #: (source, id) of chunks found already stored, until the caller of :meth:`check` asks
+        self._stored_again: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         return len(self._keys) + len(self._pending)
@@ -106,16 +111,40 @@ class IdRegistry:
         elif keys.size:
             self._keys, self._places = _first_of_each(keys.done(), places.done())
 
+    def resume(self, keys: Iterable[str]) -> None:
+        """The inputs of ``keys`` are read on after their committed mark (an interrupted run's)."""
+        self._resumed.update(dict.fromkeys(keys))
+
+    def stored_again(self, chunk: Chunk) -> bool:
+        """Whether :meth:`check` left ``chunk`` out as already in the dataset (asked once for each)."""
+        found = (chunk.source, chunk.id) in self._stored_again
+        self._stored_again.discard((chunk.source, chunk.id))
+        return found
+
     def check(self, batch: EmbeddedBatch) -> EmbeddedBatch:
-        """``batch`` with chunks whose id is already taken moved to its failures."""
+        """``batch`` with chunks whose id is already taken moved to its failures.
+
+        A resumed input's first record read again may have had its first
+        chunks committed by the interrupted run (the commit fell inside it;
+        its mark stays before it): those chunks, whose ids its own input
+        holds in the dataset, are left out without an error row (see
+        :meth:`stored_again`); the dataset has them.
+        """
         keep: list[int] = []
         late: list[Failure] = []
         keys = [id_hash(chunk.id) for chunk in batch.chunks]
         stored = self._stored(keys)
+        resumed = self._resumed
         for i, chunk in enumerate(batch.chunks):
             key = keys[i]
             pending = self._pending.get(key)  # (an id taken earlier in this batch is pending too)
             first = self._name(pending) if pending is not None else stored[i]
+            if resumed and (read := chunk.source + chunk.part) in resumed:
+                if resumed[read] is None:
+                    resumed[read] = chunk.location
+                if pending is None and first == chunk.source and chunk.location == resumed[read]:
+                    self._stored_again.add((chunk.source, chunk.id))
+                    continue
             if first is not None and self._yielding and self._take_over(key, pending, chunk.source):
                 self._displacing[(chunk.source, chunk.id)] = (first, chunk.doc_id)
                 keep.append(i)
@@ -130,7 +159,7 @@ class IdRegistry:
                                    "is left out: ids must be unique in the dataset"))
         if len(self._pending) >= MERGE_EVERY:
             self._merge()
-        if not late:
+        if not late and len(keep) == len(batch.chunks):
             return batch
         chunks = tuple(batch.chunks[i] for i in keep)
         # which chunks took a stored vector is not known here: a left-out one may have been among them

@@ -92,11 +92,12 @@ def claim_ids(ids: IdRegistry, pieces: list[Piece]) -> list[Piece]:
         return pieces
     asked = EmbeddedBatch(0, tuple(chunks), np.empty((len(chunks), 0), np.float32), Usage())
     answer = ids.check(asked)
-    if answer is asked or not answer.failures:
+    if answer is asked:
         return pieces
     kept = {id(chunk) for chunk in answer.chunks}
-    late = iter(answer.failures)  # in the order of the chunks left out
-    return _replace(pieces, {i: next(late) for i, chunk in enumerate(chunks) if id(chunk) not in kept})
+    late = iter(answer.failures)  # in the order of the chunks left out (but those already stored)
+    return _replace(pieces, {i: None if ids.stored_again(chunk) else next(late)
+                             for i, chunk in enumerate(chunks) if id(chunk) not in kept})
 
 
 def _chunks(pieces: list[Piece]) -> list[Chunk]:
@@ -104,8 +105,9 @@ def _chunks(pieces: list[Piece]) -> list[Chunk]:
     return [item for piece in pieces if isinstance(piece, tuple) for item in piece if isinstance(item, Chunk)]
 
 
-def _replace(pieces: list[Piece], instead: dict[int, Stored | Failure]) -> list[Piece]:
-    """``pieces`` with their ``i``-th chunk still to embed (as :func:`_chunks` counts) replaced by ``instead[i]``."""
+def _replace(pieces: list[Piece], instead: dict[int, Stored | Failure | None]) -> list[Piece]:
+    """``pieces`` with their ``i``-th chunk still to embed (as :func:`_chunks` counts) replaced by ``instead[i]``
+    (None: left out)."""
     if not instead:
         return pieces
     out: list[Piece] = []
@@ -118,6 +120,8 @@ def _replace(pieces: list[Piece], instead: dict[int, Stored | Failure]) -> list[
         for item in piece:
             if isinstance(item, Chunk):
                 item, i = instead.get(i, item), i + 1
+                if item is None:
+                    continue
             items.append(item)
         out.append(tuple(items))
     return out
