@@ -40,3 +40,13 @@ def test_signatures_are_those_of_the_input_files(tmp_path: Path) -> None:
     assert list(sink.signatures) == [inp.url for inp in files]
     assert "|tail=" in sink.signatures[str(tmp_path / "b.jsonl")]
     assert "|tail=" not in sink.signatures[str(tmp_path / "c.jsonl.gz")]
+
+
+def test_a_refused_removal_just_over_the_bound_does_not_read_as_the_bound() -> None:
+    """101 of 200 files is 50.5%, not "50% ... more than 0.5" (found by a tryout); a round share stays round."""
+    from pipeline.jobs.changes import removal_refused
+
+    assert "(50.5% of the files, 50.5% of the records), more than run.max_removed_fraction=0.5" in (
+        removal_refused(200, 101, 0.505, 0.5) or "")
+    assert "(75% of the files, 10% of the records)" in (removal_refused(200, 150, 0.1, 0.5) or "")
+    assert removal_refused(200, 100, 0.5, 0.5) is None

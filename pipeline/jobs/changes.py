@@ -295,10 +295,20 @@ def removal_refused(known: int, removed: int, records_share: float, max_fraction
     how = f", {emptied} of them listed with 0 bytes" if emptied else ""
     return (
         f"this run would remove the rows of {removed} of the dataset's {known} source files{how} "
-        f"({files_share:.0%} of the files, {records_share:.0%} of the records), more than "
+        f"({_percent(files_share, max_fraction)} of the files, {_percent(records_share, max_fraction)} of the "
+        f"records), more than "
         f"run.max_removed_fraction={max_fraction:g}; check source.path, or --set run.max_removed_fraction=1 "
         "to allow it"
     )
+
+
+def _percent(share: float, bound: float) -> str:
+    """``share`` as a percentage, with as many decimals as it takes not to read as ``bound`` when it is not."""
+    for decimals in range(4):
+        shown = f"{share:.{decimals}%}"
+        if share == bound or round(share * 100, decimals) != round(bound * 100, decimals):
+            return shown
+    return shown
 
 
 def _size(signature: str) -> int:
