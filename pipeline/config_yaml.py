@@ -226,5 +226,6 @@ def is_secret(name: object) -> bool:
 
 def flag_of(item: str) -> str:
     """A ``--set`` flag as an error may show it: a credential's value masked."""
-    key, _, value = item.partition("=")
-    return f"--set {key}=***" if any(is_secret(part) for part in key.split(".")) else f"--set {item}"
+    key, sep, value = item.partition("=")
+    masked = bool(sep) and any(is_secret(part) for part in key.split("."))  # (no "=": no value to mask)
+    return f"--set {key}=***" if masked else f"--set {item}"

@@ -347,3 +347,16 @@ def test_a_section_given_twice_is_refused_with_both_lines(tmp_path: Path) -> Non
     nested = "source: {path: a.jsonl, path: b.jsonl}\nembedding: {provider: local}\nsink: {path: out}\n"
     with pytest.raises(ConfigError, match="source.path: given twice"):
         load_config(write(tmp_path, nested))
+
+
+def test_a_set_flag_without_a_value_is_shown_as_typed() -> None:
+    """``--set nokey`` (no "="): the error shows the flag as typed, not ``nokey=***`` as if a secret had a
+    value (found by a tryout); a secret's value given with "=" is still masked."""
+    from pipeline.config_yaml import parse_override
+
+    with pytest.raises(ConfigError) as bare:
+        parse_override("nokey")
+    assert str(bare.value).startswith("--set nokey: expected KEY=VALUE")
+    with pytest.raises(ConfigError) as secret:
+        parse_override("embedding.api_key..=s3cr3t")
+    assert "s3cr3t" not in str(secret.value) and "--set embedding.api_key..=***" in str(secret.value)
