@@ -433,14 +433,13 @@ class Column(MutableMapping[str, Any]):
 
     def set_many(self, items: Iterable[tuple[str, Any]]) -> None:
         """``self[name] = value`` for each pair, in one call (a commit of many small files sets thousands)."""
-        over, gone, pieces = self._over, self._gone, self._pieces
+        over, gone = self._over, self._gone
         if self._base is None and not gone:  # (a new dataset's first commit: names only added, in bulk)
             added = dict(items)
             self._extra += sum(1 for name in added if name not in over)
             for name in added:
                 if "#" in name:
-                    for url in prefixes(name):
-                        pieces.setdefault(url, set()).add(name)
+                    self._note_piece(name)
             over.update(added)
             return
         for name, value in items:
@@ -450,9 +449,13 @@ class Column(MutableMapping[str, Any]):
                 elif self._loaded(name) < 0:
                     self._extra += 1
                 if "#" in name:
-                    for url in prefixes(name):
-                        pieces.setdefault(url, set()).add(name)
+                    self._note_piece(name)
             over[name] = value
+
+    def _note_piece(self, name: str) -> None:
+        """Index ``name`` (a piece of an input: ``url#bytes=...``) under its url."""
+        for url in prefixes(name):
+            self._pieces.setdefault(url, set()).add(name)
 
     def __delitem__(self, name: str) -> None:
         if name in self._over:

@@ -37,7 +37,7 @@ class Progress:
 
     def read_bytes(self, inp: InputFile, n: int) -> None:
         """``n`` more bytes of ``inp`` were read (called from reader threads)."""
-        key = inp.url + inp.part  # (inp.key, spelled out: called for each of many small files)
+        key = inp.key
         size = self.sizes.get(key)
         if size is None:
             if not self._sized_on_start:
@@ -60,8 +60,8 @@ class Progress:
 
     def opened(self, inp: InputFile) -> None:
         """The reading of ``inp`` started: keep its size until it is finished."""
-        if self._sized_on_start and (key := inp.url + inp.part) not in self.sizes:
-            self.sizes[key] = _bytes_of(inp)
+        if self._sized_on_start and inp.key not in self.sizes:
+            self.sizes[inp.key] = _bytes_of(inp)
 
     def read_items(self, block: list[Any]) -> None:
         """A block of items was read: note the locations of its inputs' first and latest records."""

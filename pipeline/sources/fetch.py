@@ -111,9 +111,8 @@ class Ahead(Generic[T]):
             if not self._local_ready:
                 return None
             inp, extra = self._local_ready.popleft()
-            size = inp.size
-            if not inp.part and size is not None and size <= self._small:  # cheaper than the fs's own file object
-                return inp, extra, Fetched(self._fs, partial(_read_local, inp.path, size))
+            if self._small_whole(inp):  # cheaper than the filesystem's own file object
+                return inp, extra, Fetched(self._fs, partial(_read_local, inp.path, inp.size or 0))
             return inp, extra, self._fs
         self._top_up()
         if not self._ready:

@@ -54,9 +54,13 @@ class _Strings:
 
     def _add(self, data: bytes) -> None:
         self._data += data
+        self._widen()
+        self._starts.append(len(self._data))
+
+    def _widen(self) -> None:
+        """Where values start, as 8-byte numbers once the bytes reach 4 GB."""
         if self._starts.typecode == "I" and len(self._data) >= 2**32:
             self._starts = array("q", self._starts)
-        self._starts.append(len(self._data))
 
     def extend(self, values: list[str]) -> None:
         """:meth:`append` of each of ``values`` (no None), in one call: their bytes joined once."""
@@ -71,8 +75,7 @@ class _Strings:
         """Add values of ``lengths`` bytes, whose bytes are ``data`` end to end."""
         base = len(self._data)
         self._data += data
-        if self._starts.typecode == "I" and len(self._data) >= 2**32:
-            self._starts = array("q", self._starts)
+        self._widen()
         self._starts.extend(islice(accumulate(lengths, initial=base), 1, None))
 
     def raw(self, i: int) -> bytes | None:
@@ -101,8 +104,7 @@ class _Tags(_Strings):
 
     def append(self, value: str | None) -> None:
         if value is None:
-            self._none.add(len(self._starts) - 1)
-            self._starts.append(len(self._data))
+            super().append(value)
         elif len(value) == 34 and value[0] == value[-1] == '"' and _HEX.fullmatch(value, 1, 33):
             self._add(bytes.fromhex(value[1:33]))
         else:
@@ -238,21 +240,23 @@ class Listing:
         self._formats.extend(formats)
         self._compressions.extend(compressions)
 
-    def url(self, row: int) -> str:
-        """The url of ``row`` (made for every new input: the columns' reads spelled out here)."""
-        if self._odd and row in self._odd:
-            return self._odd[row][0]
+    def _path(self, row: int) -> tuple[str, str]:
+        """The path of ``row`` and what follows its root (made for every new input: the columns' reads
+        spelled out here)."""
         rels, roots = self._rels, self._roots
         at = rels._starts
         rel = rels._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
-        return f"{self._prefix}{roots._values[roots._codes[row]]}{rel}"
+        return f"{roots._values[roots._codes[row]]}{rel}", rel
+
+    def url(self, row: int) -> str:
+        if self._odd and row in self._odd:
+            return self._odd[row][0]
+        return f"{self._prefix}{self._path(row)[0]}"
 
     def file(self, row: int) -> InputFile:
         """The whole file of ``row`` (made often: a read of every column is spelled out here)."""
-        rels, roots, formats, compressions = self._rels, self._roots, self._formats, self._compressions
-        at = rels._starts
-        rel = rels._data[at[row]:at[row + 1]].decode("utf-8", "surrogatepass")
-        path = f"{roots._values[roots._codes[row]]}{rel}"
+        formats, compressions = self._formats, self._compressions
+        path, rel = self._path(row)
         size = self._sizes[row]
         if self._odd and row in self._odd:
             url, rel = self._odd[row]

@@ -170,11 +170,12 @@ def list_files(location: Location, cfg: SourceConfig, skipped: dict[str, int] | 
                 found.append(known)
             keep = [i for i, (fmt, _) in enumerate(found) if fmt is not None]
             if len(keep) < len(names):
-                for i in sorted(set(range(len(names))) - set(keep)):
-                    _count_skipped(folder + names[i], skipped)
+                for name, (fmt, _) in zip(names, found):
+                    if fmt is None:
+                        _count_skipped(folder + name, skipped)
                 names, sizes, mtimes, found = ([values[i] for i in keep] for values in (names, sizes, mtimes, found))
-            below = folder[cut:]
-            files.add_run(folder[:cut] if below else folder, [below + name for name in names] if below else names,
+            below = folder[cut:]  # (the folder's path below root; root is the rest)
+            files.add_run(folder[:cut], [below + name for name in names] if below else names,
                           sizes, mtimes, [fmt for fmt, _ in found], [compression for _, compression in found])
 
         if entries is None and location.local:  # as fsspec's find would list it, without its cost a file

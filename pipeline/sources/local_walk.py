@@ -68,15 +68,12 @@ def runs_below(root: str, each_run: OnRun) -> None:
                      [str(facts[1]) for _, facts in run])
             run.clear()
 
-    if not dirs:  # (a folder of files only: one run)
-        run = ordered  # type: ignore[assignment]
-    else:
-        for entry in ordered:
-            if isinstance(entry[1], str):
-                hand_over()
-                runs_below(entry[1], each_run)
-            else:
-                run.append(entry)  # type: ignore[arg-type]
+    for entry in ordered:
+        if isinstance(entry[1], str):
+            hand_over()
+            runs_below(entry[1], each_run)
+        else:
+            run.append(entry)  # type: ignore[arg-type]
     hand_over()
 
 

@@ -218,7 +218,7 @@ class _Reader:
                     break
                 inp, (after, seeking), source = planned
                 started.append(inp)
-                if inp.format == "text" and not inp.compression and type(source) is Fetched:
+                if inp.format == "text" and not inp.compression and isinstance(source, Fetched):
                     if on_bytes is not None and after < 1:  # read at once, as the file starts
                         on_bytes(inp, inp.size or 0)
                     block += text_in_hand(inp, after, source)
@@ -273,7 +273,7 @@ async def read_stage(
             while True:
                 room = PLAN_AHEAD - len(reader)
                 while room > 0 and (inp := next(todo, None)) is not None:
-                    after = done_upto(inp.url + inp.part)  # (inp.key)
+                    after = done_upto(inp.key)
                     if after >= END_OF_FILE:
                         continue  # committed whole by an earlier run
                     seeking: Mapping[str, Any] = _NO_SEEKING
