@@ -357,7 +357,7 @@ def _record_signatures(sink: Sink, fs: Any, inputs: Inputs) -> None:
     """``sink.set_signatures`` of ``inputs``: each one's :func:`full_signature`, taken from the listing's
     columns (no InputFile made) for every input but whole JSONL files, whose tail is hashed."""
     jsonl = inputs.listing.formats().where("jsonl")[inputs.rows()].tolist()
-    sink.set_signatures((url, full_signature(fs, inputs[i]) if jsonl[i] else f"{size}:{mtime}")  # signature_of
+    sink.set_signatures((url, full_signature(fs, inputs[i]) if jsonl[i] else signature_of(size, mtime))
                         for i, (url, _, size, mtime) in enumerate(inputs.facts()))
 
 
